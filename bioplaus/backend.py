@@ -1,0 +1,132 @@
+"""The array module, chosen once: NumPy on the CPU, CuPy on an NVIDIA GPU.
+
+This is the only module that imports CuPy. Everything else asks a :class:`Backend` (or
+:func:`get_array_module` for an array it was handed) for ``xp`` and writes its math once.
+
+Random streams are keyed, not global: ``backend.rng(seed, "dropout", block_index, epoch)``
+always gives the same stream for the same key, so a block owns its stream and a resumed run
+redraws exactly what an uninterrupted one would have drawn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+TRAIN_DTYPE = np.float32  # training runs in float32; float64 is used by the gradient checks
+
+_cupy: Any = None
+_cupy_error: str | None = None
+
+
+class BackendError(RuntimeError):
+    """A device was asked for that this machine cannot provide."""
+
+
+def _load_cupy():
+    """Import CuPy on first use, quietly; remember why it failed."""
+    global _cupy, _cupy_error
+    if _cupy is None and _cupy_error is None:
+        try:
+            import cupy
+
+            if cupy.cuda.runtime.getDeviceCount() < 1:
+                raise RuntimeError("no CUDA device is visible")
+            cupy.zeros(1).sum()  # touch the device: fails fast on a broken driver
+            _cupy = cupy
+        except Exception as exc:  # ImportError, CUDARuntimeError, ...
+            _cupy_error = f"{type(exc).__name__}: {exc}".strip()
+    return _cupy
+
+
+def gpu_available() -> bool:
+    """True when CuPy imports and a CUDA device answers."""
+    return _load_cupy() is not None
+
+
+def get_array_module(*arrays):
+    """NumPy or CuPy, whichever owns ``arrays`` (NumPy for plain Python values)."""
+    if _cupy is not None:
+        return _cupy.get_array_module(*arrays)
+    return np
+
+
+def _seed_words(key: tuple) -> list[int]:
+    """Turn a key such as (1, "dropout", 3, 7) into integers for a SeedSequence."""
+    words = []
+    for part in key:
+        if isinstance(part, (int, np.integer)):
+            words.append(int(part) & 0xFFFFFFFF)
+        else:
+            digest = hashlib.sha256(str(part).encode()).digest()
+            words.append(int.from_bytes(digest[:4], "little"))
+    return words
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One array module and what goes with it."""
+
+    name: str  # "numpy" or "cupy"
+    xp: Any = field(repr=False)
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.name == "cupy"
+
+    @property
+    def device(self) -> str:
+        """Human-readable device name, written into run logs."""
+        if not self.is_gpu:
+            import platform
+
+            return f"cpu ({platform.processor() or platform.machine()})"
+        props = self.xp.cuda.runtime.getDeviceProperties(self.xp.cuda.Device().id)
+        name = props["name"]
+        return "gpu (" + (name.decode() if isinstance(name, bytes) else str(name)) + ")"
+
+    def asarray(self, a, dtype=None):
+        """Host or device array -> array on this backend (copies only when needed)."""
+        return self.xp.asarray(a, dtype=dtype)
+
+    def to_host(self, a) -> np.ndarray:
+        """Array on this backend -> NumPy array (the only device->host transfer point)."""
+        if self.is_gpu and isinstance(a, self.xp.ndarray):
+            return self.xp.asnumpy(a)
+        return np.asarray(a)
+
+    def rng(self, *key):
+        """A random generator on this device, fully determined by ``key``."""
+        words = _seed_words(key)
+        if self.is_gpu:
+            seed = np.random.SeedSequence(words).generate_state(1, dtype=np.uint64)[0]
+            return self.xp.random.default_rng(int(seed))
+        return np.random.Generator(np.random.PCG64(np.random.SeedSequence(words)))
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (for timing only; never inside a training step)."""
+        if self.is_gpu:
+            self.xp.cuda.Stream.null.synchronize()
+
+
+NUMPY = Backend("numpy", np)
+
+
+def get_backend(device: str = "auto") -> Backend:
+    """Choose the array module: ``auto`` (GPU when usable, else CPU), ``cpu`` or ``gpu``."""
+    if device == "cpu":
+        return NUMPY
+    if device not in ("auto", "gpu"):
+        raise BackendError(f"unknown device {device!r}; choose auto, cpu or gpu")
+    cupy = _load_cupy()
+    if cupy is not None:
+        return Backend("cupy", cupy)
+    if device == "gpu":
+        raise BackendError(
+            f"--device gpu needs CuPy and a CUDA device, but {_cupy_error}; "
+            "install the 'gpu' extra or use --device cpu"
+        )
+    return NUMPY

@@ -1,0 +1,192 @@
+"""The run configuration: one frozen object, built from defaults, a recipe and flags.
+
+Field names follow the authors' command-line flags (``--lr-decay-milestones`` ->
+``lr_decay_milestones``) so their recipes carry over unchanged. ``Config.from_dict`` rejects
+unknown keys and wrong types; ``Config.resolve`` fills the variant-dependent defaults
+(β) and checks combinations. The resolved configuration is written whole into the run log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+VARIANTS = ("glob", "pred", "sim", "predsim", "pred-bpf", "sim-bpf", "predsim-bpf", "glob+sim")
+NONLINS = ("relu", "leakyrelu")
+OPTIMS = ("adam", "amsgrad", "sgd")
+DEVICES = ("auto", "cpu", "gpu")
+
+# β as the authors ran each variant: predsim is mostly sim, predsim-bpf mostly pred-bpf.
+DEFAULT_BETA = {"predsim": 0.99, "predsim-bpf": 0.01}
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message is one sentence for the user."""
+
+
+@dataclass(frozen=True)
+class Config:
+    variant: str = "predsim"
+    model: str = "mlp"
+    dataset: str = "fashion-mnist-mini"
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 5e-4
+    lr_decay_milestones: tuple[int, ...] = (5, 8)
+    lr_decay_fact: float = 0.25
+    optim: str = "adam"
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    dropout: float = 0.0
+    nonlin: str = "relu"
+    beta: float | None = None  # None: the variant's default (DEFAULT_BETA), 0.99 otherwise
+    num_layers: int = 3
+    num_hidden: int = 1024
+    feat_mult: float = 1.0
+    dim_in_decoder: int = 4096
+    target_proj_size: int = 128
+    batch_norm: bool = True
+    cutout: bool = False
+    cutout_length: int = 16
+    classes_per_batch: int = 0
+    classes_per_batch_until_epoch: int = 0
+    seed: int = 1
+    device: str = "auto"
+    data_dir: str | None = None
+    probe_every: int = 0  # every k epochs, log the angle between each block's update and backprop's
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], base: Config | None = None) -> Config:
+        """``base`` (or the defaults) overridden by ``values``; unknown keys and bad types fail."""
+        base = base or cls()
+        types = {f.name: f.type for f in dataclasses.fields(cls)}
+        clean = {}
+        for key, value in values.items():
+            if key not in types:
+                raise ConfigError(f"unknown configuration key {key!r}")
+            clean[key] = _coerce(key, value, types[key])
+        return dataclasses.replace(base, **clean)
+
+    def replace(self, **changes) -> Config:
+        return Config.from_dict(changes, base=self)
+
+    def resolve(self) -> Config:
+        """Fill variant defaults and check every combination; returns a new Config."""
+        cfg = self
+        if cfg.beta is None:
+            cfg = dataclasses.replace(cfg, beta=DEFAULT_BETA.get(cfg.variant, 0.99))
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"unknown variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
+        if self.nonlin not in NONLINS:
+            raise ConfigError(f"unknown nonlinearity {self.nonlin!r}; choose relu or leakyrelu")
+        if self.optim not in OPTIMS:
+            raise ConfigError(f"unknown optimizer {self.optim!r}; choose adam, amsgrad or sgd")
+        if self.device not in DEVICES:
+            raise ConfigError(f"unknown device {self.device!r}; choose auto, cpu or gpu")
+        positive = ("epochs", "batch_size", "num_hidden", "dim_in_decoder", "target_proj_size")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.num_layers < 0 or (self.model == "mlp" and self.num_layers < 1):
+            raise ConfigError("--num-layers must be at least 1 for an mlp (0 or more for a vgg)")
+        if not self.lr > 0:
+            raise ConfigError("--lr must be positive")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError("--dropout must be in [0, 1)")
+        if self.beta is not None and not 0.0 <= self.beta <= 1.0:
+            raise ConfigError("--beta must be in [0, 1]")
+        if self.feat_mult <= 0:
+            raise ConfigError("--feat-mult must be positive")
+        if self.model == "mlp" and self.feat_mult != 1.0:
+            raise ConfigError("--feat-mult scales convolution channels and has no meaning for the mlp")
+        if list(self.lr_decay_milestones) != sorted(self.lr_decay_milestones):
+            raise ConfigError("--lr-decay-milestones must be in increasing order")
+        if self.classes_per_batch < 0 or self.classes_per_batch_until_epoch < 0:
+            raise ConfigError("--classes-per-batch and its end epoch must not be negative")
+        if self.cutout and self.cutout_length < 1:
+            raise ConfigError("--cutout-length must be at least 1 when cutout is on")
+        if self.probe_every < 0:
+            raise ConfigError("--probe-every must not be negative")
+
+    # ------------------------------------------------------------------ views
+    @property
+    def is_local(self) -> bool:
+        """True when hidden blocks learn from local losses only (no error crosses a block)."""
+        return self.variant not in ("glob", "glob+sim")
+
+    @property
+    def is_bpf(self) -> bool:
+        return self.variant.endswith("-bpf")
+
+    @property
+    def uses_pred(self) -> bool:
+        return self.variant in ("pred", "predsim", "pred-bpf", "predsim-bpf")
+
+    @property
+    def uses_sim(self) -> bool:
+        return self.variant in ("sim", "predsim", "sim-bpf", "predsim-bpf", "glob+sim")
+
+    def lr_at(self, epoch: int) -> float:
+        """Learning rate of 1-based ``epoch``: decayed once for every milestone m < epoch."""
+        passed = sum(1 for m in self.lr_decay_milestones if epoch - 1 >= m)
+        return self.lr * self.lr_decay_fact**passed
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["lr_decay_milestones"] = list(self.lr_decay_milestones)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Config:
+        return cls.from_dict(json.loads(text))
+
+
+def _coerce(key: str, value: Any, annotation: str) -> Any:
+    """Check ``value`` against a field's annotation (a string under postponed evaluation)."""
+    flag = "--" + key.replace("_", "-")
+    ann = str(annotation)
+    if value is None:
+        if "None" in ann:
+            return None
+        raise ConfigError(f"{flag} needs a value")
+    if ann.startswith("tuple"):
+        if isinstance(value, (int,)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
+            raise ConfigError(f"{flag} takes a list of integers, not {value!r}")
+        return tuple(value)
+    if ann.startswith("bool"):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{flag} is true or false, not {value!r}")
+        return value
+    if ann.startswith("int"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{flag} takes an integer, not {value!r}")
+        return value
+    if ann.startswith("float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{flag} takes a number, not {value!r}")
+        return float(value)
+    if ann.startswith("str"):
+        if not isinstance(value, str):
+            raise ConfigError(f"{flag} takes text, not {value!r}")
+        return value
+    return value
