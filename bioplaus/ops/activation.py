@@ -1,0 +1,32 @@
+"""ReLU and leaky ReLU.
+
+Forward:   h = a            where a > 0
+           h = slope * a    elsewhere   (slope 0: ReLU; the paper's leaky ReLU uses 0.01)
+Backward:  da = dh * (1 if a > 0 else slope)
+
+NOTE: at exactly a == 0 the gradient is 0 for ReLU and ``slope`` for leaky ReLU, as in PyTorch.
+"""
+
+from __future__ import annotations
+
+from bioplaus.backend import get_array_module
+
+
+def act_forward(a, slope: float = 0.0):
+    """``a`` (any shape) -> ``h`` (same shape), cache (the positive mask and the slope)."""
+    xp = get_array_module(a)
+    positive = a > 0  # (same as a), bool
+    if slope == 0.0:
+        h = xp.maximum(a, 0)
+    else:
+        h = xp.where(positive, a, a * a.dtype.type(slope))
+    return h, (positive, slope)
+
+
+def act_backward(dh, cache):
+    """``dh`` -> ``da`` (same shape)."""
+    xp = get_array_module(dh)
+    positive, slope = cache
+    if slope == 0.0:
+        return dh * positive
+    return xp.where(positive, dh, dh * dh.dtype.type(slope))

@@ -1,0 +1,116 @@
+"""2-D convolution (cross-correlation, PyTorch layout ``W (F, C, kh, kw)``, NCHW images).
+
+Forward:   a[n, f, i, j] = b[f] + sum_{c, p, q} W[f, c, p, q] * xpad[n, c, s*i + p, s*j + q]
+Backward:  dW[f, c, p, q] = sum_{n, i, j} da[n, f, i, j] * xpad[n, c, s*i + p, s*j + q]
+           db[f]          = sum_{n, i, j} da[n, f, i, j]
+           dxpad[n, c, s*i + p, s*j + q] += sum_f W[f, c, p, q] * da[n, f, i, j]
+
+Implementation: im2col into one buffer ``cols (C*kh*kw, n*Ho*Wo)`` (one strided copy per kernel
+offset, from a channel-major padded copy of x), then ONE GEMM ``W2 (F, C*kh*kw) @ cols``; the
+backward uses the same buffer for ``dW = da2 @ cols^T`` and ``dcols = W2^T @ da2`` followed by
+col2im (one strided add per kernel offset). When the buffer for the whole batch would exceed
+:data:`IM2COL_MAX_BYTES`, samples are processed in chunks; the cache then keeps only the padded
+input and the backward rebuilds each chunk's columns, so the peak memory per layer stays bounded.
+"""
+
+from __future__ import annotations
+
+from bioplaus.backend import get_array_module
+
+IM2COL_MAX_BYTES = 256 * 2**20  # largest im2col buffer built at once
+
+
+def _out_size(size: int, k: int, stride: int, pad: int) -> int:
+    return (size + 2 * pad - k) // stride + 1
+
+
+def _pad_channel_major(x, pad: int):
+    """``x (N, C, H, W)`` -> ``xt (C, N, H + 2p, W + 2p)`` contiguous, zero-padded."""
+    xp = get_array_module(x)
+    N, C, H, W = x.shape
+    xt = xp.zeros((C, N, H + 2 * pad, W + 2 * pad), dtype=x.dtype)
+    xt[:, :, pad : pad + H, pad : pad + W] = x.transpose(1, 0, 2, 3)
+    return xt
+
+
+def _im2col(xt, kh: int, kw: int, stride: int, Ho: int, Wo: int):
+    """``xt (C, n, Hp, Wp)`` -> ``cols (C*kh*kw, n*Ho*Wo)``."""
+    xp = get_array_module(xt)
+    C, n = xt.shape[0], xt.shape[1]
+    cols = xp.empty((C, kh, kw, n, Ho, Wo), dtype=xt.dtype)
+    hs, ws = stride * (Ho - 1) + 1, stride * (Wo - 1) + 1
+    for p in range(kh):
+        for q in range(kw):
+            cols[:, p, q] = xt[:, :, p : p + hs : stride, q : q + ws : stride]
+    return cols.reshape(C * kh * kw, n * Ho * Wo)
+
+
+def _col2im_add(dxt, dcols, kh: int, kw: int, stride: int, Ho: int, Wo: int) -> None:
+    """Accumulate ``dcols (C*kh*kw, n*Ho*Wo)`` into ``dxt (C, n, Hp, Wp)`` in place."""
+    C, n = dxt.shape[0], dxt.shape[1]
+    d6 = dcols.reshape(C, kh, kw, n, Ho, Wo)
+    hs, ws = stride * (Ho - 1) + 1, stride * (Wo - 1) + 1
+    for p in range(kh):
+        for q in range(kw):
+            dxt[:, :, p : p + hs : stride, q : q + ws : stride] += d6[:, p, q]
+
+
+def _chunk_size(N: int, rows: int, pixels: int, itemsize: int) -> int:
+    per_sample = rows * pixels * itemsize
+    return max(1, min(N, IM2COL_MAX_BYTES // max(per_sample, 1)))
+
+
+def conv2d_forward(x, W, b=None, stride: int = 1, pad: int = 0):
+    """``x (N, C, H, W)``, ``W (F, C, kh, kw)``, ``b (F,)`` or None -> ``a (N, F, Ho, Wo)``, cache."""
+    xp = get_array_module(x)
+    N, C, H, Wd = x.shape
+    F, C2, kh, kw = W.shape
+    if C2 != C:
+        raise ValueError(f"conv2d: input has {C} channels but the weights expect {C2}")
+    Ho, Wo = _out_size(H, kh, stride, pad), _out_size(Wd, kw, stride, pad)
+    K = C * kh * kw
+    W2 = W.reshape(F, K)  # (F, K)
+    xt = _pad_channel_major(x, pad)  # (C, N, Hp, Wp)
+    chunk = _chunk_size(N, K, Ho * Wo, x.dtype.itemsize)
+    out = xp.empty((N, F, Ho, Wo), dtype=x.dtype)
+    cols = None
+    for n0 in range(0, N, chunk):
+        n1 = min(N, n0 + chunk)
+        cols = _im2col(xt[:, n0:n1], kh, kw, stride, Ho, Wo)  # (K, n*Ho*Wo)
+        a2 = W2 @ cols  # (F, n*Ho*Wo)
+        out[n0:n1] = a2.reshape(F, n1 - n0, Ho, Wo).transpose(1, 0, 2, 3)
+    if b is not None:
+        out += b.reshape(1, F, 1, 1)
+    # one chunk: keep the columns for the backward; several: keep only xt and rebuild per chunk
+    keep = cols if chunk >= N else None
+    cache = (xt if keep is None else None, keep, W, b is not None, stride, pad, x.shape, chunk)
+    return out, cache
+
+
+def conv2d_backward(dout, cache, need_dx: bool = True):
+    """``dout (N, F, Ho, Wo)`` -> ``(dx (N, C, H, W) or None, dW (F, C, kh, kw), db (F,) or None)``."""
+    xp = get_array_module(dout)
+    xt, cols, W, has_b, stride, pad, shape, chunk = cache
+    N, C, H, Wd = shape
+    F, _, kh, kw = W.shape
+    Ho, Wo = dout.shape[2], dout.shape[3]
+    K = C * kh * kw
+    W2 = W.reshape(F, K)
+    db = dout.sum(axis=(0, 2, 3)) if has_b else None  # (F,)
+    dW2 = xp.zeros((F, K), dtype=dout.dtype)
+    dxt = xp.zeros((C, N, H + 2 * pad, Wd + 2 * pad), dtype=dout.dtype) if need_dx else None
+    for n0 in range(0, N, chunk):
+        n1 = min(N, n0 + chunk)
+        if cols is None or chunk < N:
+            c = _im2col(xt[:, n0:n1], kh, kw, stride, Ho, Wo)  # (K, n*Ho*Wo)
+        else:
+            c = cols
+        d2 = dout[n0:n1].transpose(1, 0, 2, 3).reshape(F, -1)  # (F, n*Ho*Wo), one copy
+        dW2 += d2 @ c.T  # (F, K)
+        if need_dx:
+            dcols = W2.T @ d2  # (K, n*Ho*Wo)
+            _col2im_add(dxt[:, n0:n1], dcols, kh, kw, stride, Ho, Wo)
+    dx = None
+    if need_dx:
+        dx = xp.ascontiguousarray(dxt[:, :, pad : pad + H, pad : pad + Wd].transpose(1, 0, 2, 3))
+    return dx, dW2.reshape(W.shape), db

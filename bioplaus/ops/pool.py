@@ -1,0 +1,111 @@
+"""Max pooling, average pooling and the authors' rule for sizing the pred decoder's pooling.
+
+Max pool (window = stride = k, floor):
+    out[n, c, i, j] = max_{0<=p,q<k} x[n, c, k*i + p, k*j + q]
+    backward: the whole gradient goes to ONE element per window, the first maximum in row-major
+    order (as PyTorch).
+
+Average pool (window = stride = (kh, kw), symmetric zero padding (ph, pw), padded zeros counted):
+    out[n, c, i, j] = 1/(kh*kw) * sum_{p<kh, q<kw} xpad[n, c, kh*i + p, kw*j + q]
+    out size = floor((H + 2 ph - kh) / kh) + 1   (PyTorch AvgPool2d, count_include_pad=True)
+    backward: each window's gradient is spread evenly over its kh*kw positions.
+"""
+
+from __future__ import annotations
+
+import math
+
+from bioplaus.backend import get_array_module
+
+
+def maxpool2d_forward(x, k: int = 2):
+    """``x (N, C, H, W)`` -> ``out (N, C, H//k, W//k)``, cache."""
+    xp = get_array_module(x)
+    N, C, H, W = x.shape
+    Ho, Wo = H // k, W // k
+    win = x[:, :, : Ho * k, : Wo * k].reshape(N, C, Ho, k, Wo, k)
+    win = win.transpose(0, 1, 2, 4, 3, 5).reshape(N, C, Ho, Wo, k * k)  # (N, C, Ho, Wo, k*k)
+    idx = xp.argmax(win, axis=-1)  # (N, C, Ho, Wo), first max in row-major window order
+    out = xp.take_along_axis(win, idx[..., None], axis=-1)[..., 0]  # (N, C, Ho, Wo)
+    return out, (idx.astype(xp.uint8 if k * k < 256 else xp.int64), x.shape, k)
+
+
+def maxpool2d_backward(dout, cache):
+    """``dout (N, C, Ho, Wo)`` -> ``dx (N, C, H, W)``."""
+    xp = get_array_module(dout)
+    idx, shape, k = cache
+    N, C, H, W = shape
+    Ho, Wo = dout.shape[2], dout.shape[3]
+    onehot = idx[..., None] == xp.arange(k * k, dtype=idx.dtype)  # (N, C, Ho, Wo, k*k)
+    dwin = onehot * dout[..., None]  # (N, C, Ho, Wo, k*k)
+    dwin = dwin.reshape(N, C, Ho, Wo, k, k).transpose(0, 1, 2, 4, 3, 5)  # (N, C, Ho, k, Wo, k)
+    if Ho * k == H and Wo * k == W:
+        return dwin.reshape(N, C, H, W)
+    dx = xp.zeros(shape, dtype=dout.dtype)
+    dx[:, :, : Ho * k, : Wo * k] = dwin.reshape(N, C, Ho * k, Wo * k)
+    return dx
+
+
+def _pool_out(size: int, k: int, pad: int) -> int:
+    return (size + 2 * pad - k) // k + 1
+
+
+def avgpool2d_forward(x, window=(2, 2), pad=(0, 0)):
+    """``x (N, C, H, W)`` -> ``out (N, C, Ho, Wo)``, cache; stride = window, zeros counted."""
+    xp = get_array_module(x)
+    N, C, H, W = x.shape
+    kh, kw = window
+    ph, pw = pad
+    Ho, Wo = _pool_out(H, kh, ph), _pool_out(W, kw, pw)
+    if ph or pw:
+        xpad = xp.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=x.dtype)
+        xpad[:, :, ph : ph + H, pw : pw + W] = x
+    else:
+        xpad = x
+    win = xpad[:, :, : Ho * kh, : Wo * kw].reshape(N, C, Ho, kh, Wo, kw)
+    out = win.sum(axis=(3, 5))  # (N, C, Ho, Wo)
+    out *= out.dtype.type(1.0 / (kh * kw))
+    return out, (x.shape, (kh, kw), (ph, pw))
+
+
+def avgpool2d_backward(dout, cache):
+    """``dout (N, C, Ho, Wo)`` -> ``dx (N, C, H, W)``."""
+    xp = get_array_module(dout)
+    shape, (kh, kw), (ph, pw) = cache
+    N, C, H, W = shape
+    Ho, Wo = dout.shape[2], dout.shape[3]
+    g = dout * dout.dtype.type(1.0 / (kh * kw))  # (N, C, Ho, Wo)
+    dwin = xp.broadcast_to(g[:, :, :, None, :, None], (N, C, Ho, kh, Wo, kw))
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    if (ph, pw) == (0, 0) and (Ho * kh, Wo * kw) == (H, W):
+        return xp.ascontiguousarray(dwin).reshape(N, C, H, W)
+    dxpad = xp.zeros((N, C, Hp, Wp), dtype=dout.dtype)
+    dxpad[:, :, : Ho * kh, : Wo * kw] = dwin.reshape(N, C, Ho * kh, Wo * kw)
+    return xp.ascontiguousarray(dxpad[:, :, ph : ph + H, pw : pw + W])
+
+
+def decoder_pool_shape(channels: int, size: int, dim_in_decoder: int):
+    """The authors' pooling for a pred/sim-bpf head on a (channels, size, size) feature map.
+
+    Doubles the window along height, then width, until ``channels * H' * W' <= dim_in_decoder``
+    (or the window covers the map), pads symmetrically so the output side is ceil(size/window).
+    Returns ``(window, pad, out_hw)``: ``window = (1, 1), pad = (0, 0)`` means no pooling.
+    """
+    ks_h = ks_w = 1
+    dim_h = dim_w = size
+    d = channels * size * size
+    while d > dim_in_decoder and ks_h < size:
+        ks_h *= 2
+        dim_h = math.ceil(size / ks_h)
+        d = channels * dim_h * dim_w
+        if d > dim_in_decoder:
+            ks_w *= 2
+            dim_w = math.ceil(size / ks_w)
+            d = channels * dim_h * dim_w
+    if ks_h > 1 or ks_w > 1:
+        pad_h = (ks_h * (dim_h - size // ks_h)) // 2
+        pad_w = (ks_w * (dim_w - size // ks_w)) // 2
+    else:
+        pad_h = pad_w = 0
+    out_hw = (_pool_out(size, ks_h, pad_h), _pool_out(size, ks_w, pad_w))
+    return (ks_h, ks_w), (pad_h, pad_w), out_hw
