@@ -1,0 +1,380 @@
+"""The HDF5 run log: one file per run, the product's main output (format_version 1).
+
+Schema (every dataset carries ``units`` and ``description`` attributes)::
+
+    /                          attrs: format_version (1), bioplaus_version, variant, model, dataset,
+                                      seed, status (running | completed | diverged | interrupted),
+                                      config (JSON of the resolved Config), device, created (ISO 8601),
+                                      parameters (forward-network parameter count), epochs_planned,
+                                      message (why the run stopped, empty when completed or running)
+    /epochs/<series>           (n_epochs,) one entry per completed epoch:
+                                      epoch, train_loss, train_error, test_loss, test_error, lr, seconds
+    /layers/<layer>/<series>   (n_epochs,) per block and the output layer ('out'):
+                                      train_loss_pred, train_loss_sim, train_error_pred,
+                                      test_loss_pred, test_loss_sim, test_error_pred,
+                                      weight_norm, update_norm, fa_angle, bp_angle
+                                      (NaN where a variant has no such quantity, and bp_angle on
+                                      epochs without a probe)
+    /probe/epochs              (n_snapshots,) the epochs at which the probe batch was measured
+    /probe/labels              (B,) labels of the fixed probe batch
+    /probe/target_similarity   (B, B) the label similarity matrix S(Y) of the probe batch
+    /probe/similarity/<layer>  (n_snapshots, B, B) S(h) of each block on the probe batch
+
+Crash safety: the writer never modifies the log in place. Each write copies the file to
+``<log>.tmp``, appends there, closes, fsyncs and atomically renames it over the log
+(open-append-close). A reader therefore always sees a complete file holding every completed
+epoch, whether the writer is between epochs, mid-write, or was killed.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import h5py
+import numpy as np
+
+import bioplaus
+from bioplaus.config import Config
+
+FORMAT_VERSION = 1
+STATUSES = ("running", "completed", "diverged", "interrupted")
+
+# name -> (units, description)
+EPOCH_SERIES: dict[str, tuple[str, str]] = {
+    "epoch": ("1", "1-based index of the completed epoch"),
+    "train_loss": ("nats", "mean output-layer cross-entropy over the epoch's training batches"),
+    "train_error": ("%", "output-layer classification error on the training batches (train mode)"),
+    "test_loss": ("nats", "output-layer cross-entropy on the test set (eval mode)"),
+    "test_error": ("%", "output-layer classification error on the test set (eval mode)"),
+    "lr": ("1", "learning rate used during the epoch"),
+    "seconds": ("s", "wall-clock seconds spent training the epoch"),
+}
+LAYER_SERIES: dict[str, tuple[str, str]] = {
+    "train_loss_pred": ("nats", "mean local prediction loss of the block on the training batches"),
+    "train_loss_sim": ("1", "mean local similarity-matching loss (mean squared difference) on the training batches"),
+    "train_error_pred": ("%", "error of the block's local predictor on the training batches"),
+    "test_loss_pred": ("nats", "local prediction loss of the block on the test set"),
+    "test_loss_sim": ("1", "local similarity-matching loss of the block on the test set"),
+    "test_error_pred": ("%", "error of the block's local predictor on the test set"),
+    "weight_norm": ("1", "Frobenius norm of the block's forward weights at the end of the epoch"),
+    "update_norm": ("1", "Frobenius norm of the block's last weight update of the epoch"),
+    "fa_angle": ("degrees", "angle between the pred decoder's weights and its fixed feedback matrix (bpf)"),
+    "bp_angle": ("degrees", "angle between the block's update and the true backprop gradient on the probe batch"),
+}
+# LAYER_SERIES key -> (source, key in that source's per-layer dict)
+_LAYER_SOURCES = {
+    "train_loss_pred": ("train", "loss_pred"),
+    "train_loss_sim": ("train", "loss_sim"),
+    "train_error_pred": ("train", "error_pred"),
+    "test_loss_pred": ("test", "loss_pred"),
+    "test_loss_sim": ("test", "loss_sim"),
+    "test_error_pred": ("test", "error_pred"),
+    "weight_norm": ("train", "weight_norm"),
+    "update_norm": ("train", "update_norm"),
+    "fa_angle": ("train", "fa_angle"),
+    "bp_angle": ("probe", "bp_angle"),
+}
+
+
+class LogError(RuntimeError):
+    """A run log that is missing, unreadable, or not a bioplaus run log; one sentence."""
+
+
+@dataclass
+class Run:
+    """A run log read back: plain NumPy arrays and dicts, no open file."""
+
+    path: str
+    attrs: dict[str, Any]
+    config: Config
+    epochs: dict[str, np.ndarray]
+    layers: dict[str, dict[str, np.ndarray]]
+    probe: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        return str(self.attrs.get("status", ""))
+
+    @property
+    def num_epochs(self) -> int:
+        return len(self.epochs.get("epoch", ()))
+
+
+def _host(value: Any) -> np.ndarray:
+    """A NumPy array from a NumPy or CuPy array (or a Python number)."""
+    if hasattr(value, "get") and not isinstance(value, (dict, np.ndarray)):
+        value = value.get()
+    return np.asarray(value)
+
+
+def _num(value: Any) -> float:
+    if value is None:
+        return float("nan")
+    return float(_host(value))
+
+
+def _open_read(path: str) -> h5py.File:
+    try:
+        return h5py.File(path, "r", locking=False)
+    except TypeError:  # h5py without the locking argument
+        return h5py.File(path, "r")
+
+
+def _described(ds: h5py.Dataset, units: str, description: str) -> None:
+    ds.attrs["units"] = units
+    ds.attrs["description"] = description
+
+
+def _append(group: h5py.Group, name: str, value: float, n_before: int, units: str, description: str) -> None:
+    """Append one value to a 1-D resizable series, NaN-padding a series that starts late."""
+    if name not in group:
+        ds = group.create_dataset(name, shape=(0,), maxshape=(None,), dtype="f8", chunks=(256,))
+        _described(ds, units, description)
+    ds = group[name]
+    old = ds.shape[0]
+    ds.resize((n_before + 1,))
+    if old < n_before:
+        ds[old:n_before] = np.nan
+    ds[n_before] = value
+
+
+class RunLog:
+    """Writer of one run log. Every method opens, writes, closes and atomically replaces the file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = os.fspath(path)
+
+    # ------------------------------------------------------------------ creating
+    @classmethod
+    def create(cls, path: str, cfg: Config, device: str, parameters: int) -> RunLog:
+        """A new log at ``path`` (which must not exist), status ``running``, no epochs yet."""
+        path = os.fspath(path)
+        if os.path.exists(path):
+            raise LogError(f"{path} already exists")
+        tmp = path + ".tmp"
+        with h5py.File(tmp, "w") as f:
+            a = f.attrs
+            a["format_version"] = FORMAT_VERSION
+            a["bioplaus_version"] = bioplaus.__version__
+            a["variant"] = cfg.variant
+            a["model"] = cfg.model
+            a["dataset"] = cfg.dataset
+            a["seed"] = cfg.seed
+            a["status"] = "running"
+            a["config"] = cfg.to_json()
+            a["device"] = device
+            a["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+            a["parameters"] = int(parameters)
+            a["epochs_planned"] = int(cfg.epochs)
+            a["message"] = ""
+            f.create_group("epochs")
+            f.create_group("layers")
+            f.create_group("probe")
+        _commit(tmp, path)
+        return cls(path)
+
+    @classmethod
+    def open_for_resume(cls, path: str) -> RunLog:
+        """A writer for an existing log; raises LogError if it is missing or not a run log."""
+        read_attrs(path)  # validates
+        return cls(path)
+
+    # ------------------------------------------------------------------ writing
+    def _edit(self):
+        return _Edit(self.path)
+
+    def append_epoch(self, stats: Mapping[str, Any], ev: Mapping[str, Any], probe: Mapping[str, Any] | None = None) -> int:
+        """Append one completed epoch (train stats, evaluation, optional probe); returns epochs on disk."""
+        with self._edit() as f:
+            eg = f["epochs"]
+            n = eg["epoch"].shape[0] if "epoch" in eg else 0
+            row = {
+                "epoch": stats["epoch"],
+                "train_loss": stats.get("train_loss"),
+                "train_error": stats.get("train_error"),
+                "test_loss": ev.get("test_loss"),
+                "test_error": ev.get("test_error"),
+                "lr": stats.get("lr"),
+                "seconds": stats.get("seconds"),
+            }
+            for name, (units, desc) in EPOCH_SERIES.items():
+                _append(eg, name, _num(row[name]), n, units, desc)
+
+            sources = {
+                "train": stats.get("layers") or {},
+                "test": ev.get("layers") or {},
+                "probe": (probe or {}).get("layers") or {},
+            }
+            names = list(dict.fromkeys([*sources["train"], *sources["test"], *sources["probe"], *f["layers"]]))
+            for layer in names:
+                lg = f["layers"].require_group(layer)
+                for series, (units, desc) in LAYER_SERIES.items():
+                    src, key = _LAYER_SOURCES[series]
+                    value = (sources[src].get(layer) or {}).get(key)
+                    _append(lg, series, _num(value), n, units, desc)
+
+            if probe is not None and probe.get("similarity"):
+                self._append_probe(f["probe"], int(stats["epoch"]), probe)
+            return n + 1
+
+    @staticmethod
+    def _append_probe(pg: h5py.Group, epoch: int, probe: Mapping[str, Any]) -> None:
+        if "labels" not in pg and probe.get("labels") is not None:
+            ds = pg.create_dataset("labels", data=_host(probe["labels"]).astype(np.int64))
+            _described(ds, "1", "class labels of the fixed probe batch")
+        if "target_similarity" not in pg and probe.get("target_similarity") is not None:
+            ds = pg.create_dataset("target_similarity", data=_host(probe["target_similarity"]).astype(np.float32))
+            _described(ds, "1", "label similarity matrix S(Y) of the probe batch (cosine, in [-1, 1])")
+        n = pg["epochs"].shape[0] if "epochs" in pg else 0
+        _append(pg, "epochs", epoch, n, "1", "epochs at which the probe batch was measured")
+        sg = pg.require_group("similarity")
+        for layer, S in probe["similarity"].items():
+            S = _host(S).astype(np.float32)  # (B, B)
+            if layer not in sg:
+                ds = sg.create_dataset(
+                    layer, shape=(0, *S.shape), maxshape=(None, *S.shape), dtype="f4", chunks=(1, *S.shape)
+                )
+                _described(ds, "1", f"similarity matrix S(h) of {layer} on the probe batch, one per snapshot")
+            ds = sg[layer]
+            old = ds.shape[0]
+            ds.resize((n + 1, *S.shape))
+            if old < n:
+                ds[old:n] = np.nan
+            ds[n] = S
+
+    def set_status(self, status: str, message: str = "") -> None:
+        """Mark the run running / completed / diverged / interrupted, with why it stopped."""
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {', '.join(STATUSES)}, not {status!r}")
+        with self._edit() as f:
+            f.attrs["status"] = status
+            f.attrs["message"] = message
+
+    def set_config(self, cfg: Config) -> None:
+        """Record a resumed run's configuration (only the planned epochs may have grown)."""
+        with self._edit() as f:
+            f.attrs["config"] = cfg.to_json()
+            f.attrs["epochs_planned"] = int(cfg.epochs)
+
+    def set_device(self, device: str) -> None:
+        with self._edit() as f:
+            f.attrs["device"] = device
+
+    def truncate(self, n_epochs: int) -> None:
+        """Keep only the first ``n_epochs`` epochs (and probe snapshots of those epochs)."""
+        with self._edit() as f:
+            for ds in _series(f["epochs"]):
+                if ds.shape[0] > n_epochs:
+                    ds.resize((n_epochs,))
+            for lg in f["layers"].values():
+                for ds in _series(lg):
+                    if ds.shape[0] > n_epochs:
+                        ds.resize((n_epochs,))
+            pg = f["probe"]
+            if "epochs" in pg:
+                keep = int(np.sum(pg["epochs"][()] <= n_epochs))
+                pg["epochs"].resize((keep,))
+                for ds in pg.get("similarity", {}).values():
+                    ds.resize((keep, *ds.shape[1:]))
+
+    def num_epochs(self) -> int:
+        with _open_read(self.path) as f:
+            return int(f["epochs"]["epoch"].shape[0]) if "epoch" in f["epochs"] else 0
+
+
+def _series(group: h5py.Group) -> Iterable[h5py.Dataset]:
+    return [v for v in group.values() if isinstance(v, h5py.Dataset)]
+
+
+def _commit(tmp: str, path: str) -> None:
+    """fsync ``tmp`` and rename it over ``path`` (atomic on POSIX)."""
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    try:
+        dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:  # some filesystems refuse to fsync a directory; the rename still happened
+        pass
+
+
+class _Edit:
+    """Context manager: copy the log, open the copy for writing, then commit it over the log."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.tmp = path + ".tmp"
+
+    def __enter__(self) -> h5py.File:
+        shutil.copyfile(self.path, self.tmp)
+        self.file = h5py.File(self.tmp, "r+")
+        return self.file
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.file.close()
+        if exc_type is None:
+            _commit(self.tmp, self.path)
+        else:
+            os.unlink(self.tmp)
+
+
+# ---------------------------------------------------------------------- reading
+def _attr(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def read_attrs(path: str) -> dict[str, Any]:
+    """The root attributes of a run log; raises LogError if it is missing or not a run log."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise LogError(f"no run log at {path}")
+    try:
+        with _open_read(path) as f:
+            attrs = {k: _attr(v) for k, v in f.attrs.items()}
+            groups_ok = all(g in f for g in ("epochs", "layers", "probe"))
+    except OSError as exc:
+        raise LogError(f"{path} is not a readable HDF5 file ({exc.__class__.__name__})") from exc
+    if "format_version" not in attrs or "config" not in attrs or not groups_ok:
+        raise LogError(f"{path} is not a bioplaus run log")
+    if attrs["format_version"] > FORMAT_VERSION:
+        raise LogError(f"{path} has log format {attrs['format_version']}, newer than this bioplaus reads")
+    return attrs
+
+
+def read_run(path: str) -> Run:
+    """Read a whole run log into memory (safe while a writer is between or even inside epochs)."""
+    path = os.fspath(path)
+    attrs = read_attrs(path)
+    with _open_read(path) as f:
+        epochs = {k: v[()] for k, v in f["epochs"].items()}
+        layers = {name: {k: v[()] for k, v in g.items()} for name, g in f["layers"].items()}
+        probe: dict[str, Any] = {}
+        pg = f["probe"]
+        for key in ("epochs", "labels", "target_similarity"):
+            if key in pg:
+                probe[key] = pg[key][()]
+        if "similarity" in pg:
+            probe["similarity"] = {k: v[()] for k, v in pg["similarity"].items()}
+    try:
+        config = Config.from_dict(json.loads(attrs["config"]))
+    except (ValueError, TypeError) as exc:
+        raise LogError(f"{path} holds a configuration this bioplaus cannot read ({exc})") from exc
+    return Run(path=path, attrs=attrs, config=config, epochs=epochs, layers=layers, probe=probe)
+
+
+def read_runs(paths: Iterable[str]) -> list[Run]:
+    """:func:`read_run` for each path, in order."""
+    return [read_run(p) for p in paths]
