@@ -9,7 +9,7 @@ Backward (true gradient):
     dR = dS * [-1 <= R <= 1]                 (inclusive, like torch.clamp)
     dZn = (dR + dR^T) Zn
     dZc = dZn / d - Zc * sum_row(dZn * Zc) / (d^2 ||Zc||)
-    dZ = dZc - mean_row(dZc)
+    dZ = dZc   (its row mean is already 0: Zn and Zc have zero-mean rows)
     std path: dX = dZ[..., None] * (X - mean) / (Z * (H*W - 1))
 
 NOTE: the 1e-8 is added to the norm (not under the square root), as in the authors' code, so the
@@ -60,7 +60,9 @@ def similarity_backward(dS, cache):
     safe_nrm = xp.where(nrm > 0, nrm, 1)  # a constant row has Zc = 0: its second term is 0
     proj = (dZn * Zc).sum(axis=1, keepdims=True) / (d * d * safe_nrm)  # (B, 1)
     dZc = dZn / d - Zc * proj  # (B, D)
-    dZ = dZc - dZc.mean(axis=1, keepdims=True)  # (B, D)
+    # NOTE: the row-mean subtraction Zc = Z - mean(Z) would subtract mean_row(dZc), but that mean
+    # is already 0 (every term is a combination of zero-mean rows of Zn and Zc), so dZ = dZc.
+    dZ = dZc  # (B, D)
     if std_cache is None:
         return dZ.reshape(shape)
     Xc, Z, n, _ = std_cache
