@@ -24,11 +24,7 @@ def _array_modules():
 
         params.append(pytest.param(cupy, id="cupy", marks=pytest.mark.gpu))
     else:
-        params.append(
-            pytest.param(
-                None, id="cupy", marks=[pytest.mark.gpu, pytest.mark.skip(reason="no GPU")]
-            )
-        )
+        params.append(pytest.param(None, id="cupy", marks=[pytest.mark.gpu, pytest.mark.skip(reason="no GPU")]))
     return params
 
 

@@ -78,9 +78,7 @@ def test_dense_forward_naive_and_need_dx(xp):
     rng = np.random.default_rng(1)
     x, W, b = rand(rng, 3, 4), rand(rng, 5, 4), rand(rng, 5)
     out, cache = ops.dense_forward(xp.asarray(x), xp.asarray(W), xp.asarray(b))
-    naive = np.array(
-        [[sum(W[o, i] * x[n, i] for i in range(4)) + b[o] for o in range(5)] for n in range(3)]
-    )
+    naive = np.array([[sum(W[o, i] * x[n, i] for i in range(4)) + b[o] for o in range(5)] for n in range(3)])
     assert isinstance(out, xp.ndarray)
     assert rel_error(host(out), naive) < 1e-14
     dx, dW, db = ops.dense_backward(xp.ones((3, 5)), cache, need_dx=False)
@@ -257,9 +255,7 @@ def naive_avgpool(x, window, pad):
     out = np.zeros((N, C, Ho, Wo))
     for i in range(Ho):
         for j in range(Wo):
-            out[:, :, i, j] = xpad[:, :, i * kh : i * kh + kh, j * kw : j * kw + kw].sum(
-                axis=(2, 3)
-            ) / (kh * kw)
+            out[:, :, i, j] = xpad[:, :, i * kh : i * kh + kh, j * kw : j * kw + kw].sum(axis=(2, 3)) / (kh * kw)
     return out
 
 
@@ -332,9 +328,7 @@ def naive_bn(x, gamma, beta, rm, rv, train, momentum, eps):
         new_rm, new_rv = (1 - momentum) * rm + momentum * mu, (1 - momentum) * rv + momentum * uvar
     else:
         mu, var, new_rm, new_rv = rm, rv, rm, rv
-    out = (x - mu.reshape(shp)) / np.sqrt(var.reshape(shp) + eps) * gamma.reshape(
-        shp
-    ) + beta.reshape(shp)
+    out = (x - mu.reshape(shp)) / np.sqrt(var.reshape(shp) + eps) * gamma.reshape(shp) + beta.reshape(shp)
     return out, new_rm, new_rv
 
 
@@ -368,9 +362,7 @@ def test_batchnorm_gradients(xp, shape, train):
     rm, rv = rand(rng, C), 0.5 + rng.random(C)
 
     def fwd(x, gamma, beta):
-        out, cache, _, _ = ops.batchnorm_forward(
-            x, gamma, beta, xp_or_np(x, rm), xp_or_np(x, rv), train
-        )
+        out, cache, _, _ = ops.batchnorm_forward(x, gamma, beta, xp_or_np(x, rm), xp_or_np(x, rv), train)
         return out, cache
 
     gradcheck(xp, fwd, ops.batchnorm_backward, [x, gamma, beta], [0, 1, 2])
@@ -387,9 +379,7 @@ def test_batchnorm_tiny_variance(xp):
     rm, rv = np.zeros(3), np.ones(3)
 
     def fwd(x, gamma, beta):
-        out, cache, _, _ = ops.batchnorm_forward(
-            x, gamma, beta, xp_or_np(x, rm), xp_or_np(x, rv), True
-        )
+        out, cache, _, _ = ops.batchnorm_forward(x, gamma, beta, xp_or_np(x, rm), xp_or_np(x, rv), True)
         return out, cache
 
     gradcheck(xp, fwd, ops.batchnorm_backward, [x, gamma, beta], [0, 1, 2], eps=1e-7, tol=1e-6)
@@ -405,12 +395,8 @@ def test_activation(xp, slope, shape):
     a = away_from_zero(rng, *shape)
     h, _ = ops.act_forward(xp.asarray(a), slope)
     assert isinstance(h, xp.ndarray)
-    assert np.array_equal(
-        host(h), np.array([v if v > 0 else slope * v for v in a.ravel()]).reshape(shape)
-    )
-    gradcheck(
-        xp, lambda a: ops.act_forward(a, slope), lambda d, c: (ops.act_backward(d, c),), [a], [0]
-    )
+    assert np.array_equal(host(h), np.array([v if v > 0 else slope * v for v in a.ravel()]).reshape(shape))
+    gradcheck(xp, lambda a: ops.act_forward(a, slope), lambda d, c: (ops.act_backward(d, c),), [a], [0])
 
 
 @pytest.mark.parametrize("slope", [0.0, 0.01])
@@ -518,10 +504,7 @@ def test_mse(xp):
     p, t = rand(rng, 3, 5), rand(rng, 3, 5)
     loss, dp = ops.mse(xp.asarray(p), xp.asarray(t))
     assert isinstance(loss, xp.ndarray) and loss.shape == ()
-    assert (
-        abs(float(host(loss)) - sum((a - b) ** 2 for a, b in zip(p.ravel(), t.ravel())) / 15)
-        < 1e-14
-    )
+    assert abs(float(host(loss)) - sum((a - b) ** 2 for a, b in zip(p.ravel(), t.ravel())) / 15) < 1e-14
     num = numerical_grad(lambda: ops.mse(p, t)[0], p)
     assert rel_error(host(dp), num) < TOL
 
@@ -540,9 +523,7 @@ def test_count_correct(xp):
 def naive_similarity(X):
     B = X.shape[0]
     if X.ndim == 4 and X.shape[1] > 3 and X.shape[2] > 1:
-        Z = np.array(
-            [[np.std(X[b, c].ravel(), ddof=1) for c in range(X.shape[1])] for b in range(B)]
-        )
+        Z = np.array([[np.std(X[b, c].ravel(), ddof=1) for c in range(X.shape[1])] for b in range(B)])
     else:
         Z = X.reshape(B, -1)
     rows = []
@@ -601,14 +582,10 @@ def test_similarity_clamp_blocks_gradient(xp):
     dS2 = dS.copy()
     dS2[0, 1] += 7.0
     dS2[1, 0] -= 3.0
-    assert np.array_equal(
-        host(ops.similarity_backward(dS, fake)), host(ops.similarity_backward(dS2, fake))
-    )
+    assert np.array_equal(host(ops.similarity_backward(dS, fake)), host(ops.similarity_backward(dS2, fake)))
     dS3 = dS.copy()
     dS3[2, 3] += 1.0
-    assert not np.allclose(
-        host(ops.similarity_backward(dS, fake)), host(ops.similarity_backward(dS3, fake))
-    )
+    assert not np.allclose(host(ops.similarity_backward(dS, fake)), host(ops.similarity_backward(dS3, fake)))
 
 
 def test_label_similarity(xp):

@@ -23,9 +23,7 @@ def _axes_and_shape(x):
     raise ValueError(f"batchnorm expects a (N, D) or (N, C, H, W) array, got shape {x.shape}")
 
 
-def batchnorm_forward(
-    x, gamma, beta, running_mean, running_var, train: bool, momentum=0.1, eps=1e-5
-):
+def batchnorm_forward(x, gamma, beta, running_mean, running_var, train: bool, momentum=0.1, eps=1e-5):
     """-> ``out, cache, new_running_mean, new_running_var`` (inputs are never mutated)."""
     xp = get_array_module(x)
     axes, pshape = _axes_and_shape(x)

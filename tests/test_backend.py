@@ -1,0 +1,59 @@
+"""The backend: CPU is NumPy, a missing GPU is one clear sentence, keyed random streams."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bioplaus.backend import BackendError, get_array_module, get_backend, gpu_available
+
+
+def test_cpu_is_numpy():
+    be = get_backend("cpu")
+    assert be.xp is np and be.name == "numpy" and not be.is_gpu
+    assert be.device.startswith("cpu")
+    assert get_array_module(np.zeros(2)) is np
+
+
+@pytest.mark.skipif(gpu_available(), reason="this machine has a GPU")
+def test_gpu_without_gpu_raises_a_sentence():
+    with pytest.raises(BackendError) as info:
+        get_backend("gpu")
+    msg = str(info.value)
+    assert "--device cpu" in msg and "\n" not in msg
+    assert get_backend("auto").xp is np
+
+
+def test_unknown_device():
+    with pytest.raises(BackendError, match="unknown device"):
+        get_backend("tpu")
+
+
+def test_rng_is_keyed():
+    be = get_backend("cpu")
+    a = be.rng(1, "dropout", 3).random(5)
+    b = be.rng(1, "dropout", 3).random(5)
+    c = be.rng(1, "dropout", 4).random(5)
+    d = be.rng(2, "dropout", 3).random(5)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c) and not np.array_equal(a, d)
+
+
+def test_asarray_to_host_roundtrip():
+    be = get_backend("cpu")
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    y = be.to_host(be.asarray(x))
+    assert isinstance(y, np.ndarray) and y.dtype == np.float32 and np.array_equal(x, y)
+    assert be.asarray([1, 2], dtype=np.float64).dtype == np.float64
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not gpu_available(), reason="no GPU")
+def test_gpu_backend_roundtrip():
+    be = get_backend("gpu")
+    x = np.arange(6, dtype=np.float32)
+    d = be.asarray(x)
+    assert isinstance(d, be.xp.ndarray) and get_array_module(d) is be.xp
+    assert np.array_equal(be.to_host(d), x)
+    r1, r2 = be.rng(1, "a").random(4), be.rng(1, "a").random(4)
+    assert np.array_equal(be.to_host(r1), be.to_host(r2))
