@@ -1,0 +1,152 @@
+"""Architectures: the authors' mlp and VGG-like nets as plain specifications.
+
+A network is a list of blocks (dense or 3x3/7x7 convolution -> batch norm -> φ -> dropout, an
+optional 2x2 max-pool after a conv block) followed by one dense output layer. This module only
+describes shapes; :mod:`bioplaus.blocks` holds the arrays and the math.
+
+The VGG channel lists are the authors' (``'M'`` = 2x2 max-pool); ``feat_mult`` scales every
+channel count; inputs larger than 64 px (STL-10) start with a 7x7 stride-2 convolution; after the
+conv stack come ``num_layers`` dense blocks of ``num_hidden`` units. Parameter counts (encoders,
+batch norm and output layer; no local heads) reproduce the paper's tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bioplaus.config import Config, ConfigError
+from bioplaus.ops.pool import decoder_pool_shape
+
+VGG_CFGS: dict[str, list] = {
+    "vgg6a": [128, "M", 256, "M", 512, "M", 512],
+    "vgg6b": [128, "M", 256, "M", 512, "M", 512, "M"],
+    "vgg8": [64, "M", 128, "M", 256, "M", 512, "M", 512, "M"],
+    "vgg8a": [128, 256, "M", 256, 512, "M", 512, "M", 512],
+    "vgg8b": [128, 256, "M", 256, 512, "M", 512, "M", 512, "M"],
+    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg11b": [128, 128, 128, 256, "M", 256, 512, "M", 512, 512, "M", 512, "M"],
+    "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
+              512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
+}
+MODELS = ("mlp", *VGG_CFGS)
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """Shapes of one block. Conv: ``c_in``/``c_out`` channels, ``size`` its output side."""
+
+    name: str
+    kind: str  # "conv" or "dense"
+    c_in: int  # input channels (conv) or input features (dense)
+    c_out: int
+    kernel: int = 1
+    stride: int = 1
+    pad: int = 0
+    size: int = 1  # output feature-map side (conv); 1 for dense
+    pool_after: bool = False  # 2x2 max-pool on the block's output (before the next block)
+    # local-head pooling (DESIGN §1): average-pool window/pad so that C*h*w <= dim_in_decoder
+    dec_window: tuple[int, int] = (1, 1)
+    dec_pad: tuple[int, int] = (0, 0)
+    dec_features: int = 0  # flattened size of the (pooled) h read by the pred decoder / sim-bpf
+
+    @property
+    def out_features(self) -> int:
+        """Size of this block's output after its optional pool, flattened."""
+        side = self.size // 2 if self.pool_after else self.size
+        return self.c_out * side * side
+
+    def num_parameters(self, batch_norm: bool) -> int:
+        """Encoder weights and bias, plus BN scale and shift."""
+        w = self.c_out * self.c_in * (self.kernel * self.kernel if self.kind == "conv" else 1)
+        return w + self.c_out + (2 * self.c_out if batch_norm else 0)
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    model: str
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    blocks: tuple[BlockSpec, ...]
+    out_features_in: int  # input size of the output layer
+    batch_norm: bool
+
+    @property
+    def num_parameters(self) -> int:
+        """Forward-network parameters (blocks and output layer; local heads excluded)."""
+        head = self.out_features_in * self.num_classes + self.num_classes
+        return sum(b.num_parameters(self.batch_norm) for b in self.blocks) + head
+
+
+def _decoder_fields(kind: str, channels: int, size: int, dim_in_decoder: int) -> dict:
+    if kind == "dense":
+        return {"dec_features": channels}
+    window, pad, (oh, ow) = decoder_pool_shape(channels, size, dim_in_decoder)
+    return {"dec_window": tuple(window), "dec_pad": tuple(pad), "dec_features": channels * oh * ow}
+
+
+def build_spec(cfg: Config, input_shape: tuple[int, int, int], num_classes: int) -> NetSpec:
+    """The network of ``cfg.model`` for inputs of ``input_shape`` (C, H, W) and ``num_classes``."""
+    channels, height, width = input_shape
+    if height != width:
+        raise ConfigError(f"models expect square inputs, got {height}x{width}")
+    blocks: list[BlockSpec] = []
+    if cfg.model == "mlp":
+        features = channels * height * width
+    elif cfg.model in VGG_CFGS:
+        c_in, size = channels, height
+        for item in VGG_CFGS[cfg.model]:
+            if item == "M":
+                if not blocks or blocks[-1].pool_after or blocks[-1].size < 2:
+                    raise ConfigError(f"{cfg.model} pools a {size}x{size} map; the input is too small")
+                blocks[-1] = _replace(blocks[-1], pool_after=True)
+                size //= 2
+                continue
+            c_out = int(item * cfg.feat_mult)
+            first = not blocks
+            kernel, stride, pad = (7, 2, 3) if first and height > 64 else (3, 1, 1)
+            size = (size + 2 * pad - kernel) // stride + 1
+            blocks.append(
+                BlockSpec(f"conv{len(blocks) + 1}", "conv", c_in, c_out, kernel, stride, pad, size,
+                          **_decoder_fields("conv", c_out, size, cfg.dim_in_decoder))
+            )
+            c_in = c_out
+        features = blocks[-1].out_features
+    else:
+        raise ConfigError(f"unknown model {cfg.model!r}; choose one of {', '.join(MODELS)}")
+    for i in range(cfg.num_layers):
+        blocks.append(BlockSpec(f"fc{i + 1}", "dense", features, cfg.num_hidden,
+                                **_decoder_fields("dense", cfg.num_hidden, 1, cfg.dim_in_decoder)))
+        features = cfg.num_hidden
+    return NetSpec(cfg.model, tuple(input_shape), num_classes, tuple(blocks), features, cfg.batch_norm)
+
+
+def _replace(spec: BlockSpec, **changes) -> BlockSpec:
+    from dataclasses import replace
+
+    return replace(spec, **changes)
+
+
+def describe_model(cfg: Config, input_shape: tuple[int, int, int], num_classes: int) -> str:
+    """A readable listing of the network; the last line is ``parameters: <int>``."""
+    spec = build_spec(cfg, input_shape, num_classes)
+    nonlin = "LeakyReLU(0.01)" if cfg.nonlin == "leakyrelu" else "ReLU"
+    bn = "BatchNorm -> " if spec.batch_norm else ""
+    drop = f" -> Dropout({cfg.dropout:g})" if cfg.dropout > 0 else ""
+    c, h, w = input_shape
+    lines = [f"{cfg.model} on {c}x{h}x{w} input, {num_classes} classes, variant {cfg.variant}"]
+    for b in spec.blocks:
+        if b.kind == "conv":
+            enc = f"Conv{b.kernel}x{b.kernel}(s{b.stride}, p{b.pad}) {b.c_in}->{b.c_out} @ {b.size}x{b.size}"
+            d = drop.replace("Dropout", "ChannelDropout") if drop else ""
+        else:
+            enc = f"Dense {b.c_in}->{b.c_out}"
+            d = drop
+        pool = " -> MaxPool2x2" if b.pool_after else ""
+        lines.append(f"  {b.name:6s} {enc} -> {bn}{nonlin}{d}{pool}"
+                     f"   [{b.num_parameters(spec.batch_norm):,} params]")
+    lines.append(f"  out    Dense {spec.out_features_in}->{num_classes}"
+                 f"   [{spec.out_features_in * num_classes + num_classes:,} params]")
+    lines.append(f"parameters: {spec.num_parameters}")
+    return "\n".join(lines)

@@ -1,0 +1,261 @@
+"""The learning rules, proved against float64 finite differences of the losses they claim to follow.
+
+- glob: every update is the gradient of the output loss.
+- pred / sim / predsim (and the bpf sim part): each block's update is the gradient of its own local
+  loss with its input held constant; later blocks cannot change it (locality).
+- pred-bpf: with B := dec_W the error at h is the exact gradient; with the real B it is the
+  feedback-alignment formula; no bpf path ever carries an error through a forward weight.
+- glob+sim: every update is the gradient of the output loss plus all local sim losses.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+import pytest
+
+from bioplaus import ops
+from bioplaus.backend import NUMPY
+from bioplaus.blocks import block_forward, init_network, output_layer_forward
+from bioplaus.config import Config
+from bioplaus.models import BlockSpec, NetSpec
+from bioplaus.rules import RULES, local_error, loss_weights, one_hot, train_step
+from tests.helpers import numerical_grad, rel_error
+
+LOCAL = ["pred", "sim", "predsim", "pred-bpf", "sim-bpf", "predsim-bpf"]
+K = 3  # classes
+
+
+def assert_grad(ours, numeric, what):
+    """Relative error below 1e-6, or both zero to rounding (a bias before batch norm has no gradient)."""
+    ok = rel_error(ours, numeric) < 1e-6 or np.max(np.abs(ours - numeric)) < 1e-9
+    assert ok, (what, rel_error(ours, numeric))
+
+
+def tiny_spec(kind: str) -> NetSpec:
+    if kind == "mlp":
+        blocks = (BlockSpec("fc1", "dense", 8, 7, dec_features=7), BlockSpec("fc2", "dense", 7, 6, dec_features=6))
+        return NetSpec("mlp", (2, 2, 2), K, blocks, 6, True)
+    # conv 2->4 @ 6x6 (+pool), conv 4->5 @ 3x3, dense 45->6; decoder pooling forced by dim_in_decoder 20
+    w1, p1, (h1, w1_) = ops.decoder_pool_shape(4, 6, 20)
+    w2, p2, (h2, w2_) = ops.decoder_pool_shape(5, 3, 20)
+    blocks = (
+        BlockSpec("conv1", "conv", 2, 4, 3, 1, 1, 6, True, tuple(w1), tuple(p1), 4 * h1 * w1_),
+        BlockSpec("conv2", "conv", 4, 5, 3, 1, 1, 3, False, tuple(w2), tuple(p2), 5 * h2 * w2_),
+        BlockSpec("fc1", "dense", 45, 6, dec_features=6),
+    )
+    return NetSpec("vgg-tiny", (2, 6, 6), K, blocks, 6, True)
+
+
+def make_net(variant: str, kind: str, seed: int = 0):
+    cfg = Config(variant=variant, nonlin="leakyrelu", target_proj_size=5, seed=seed).resolve()
+    net = init_network(tiny_spec(kind), cfg, NUMPY, dtype=np.float64)
+    rng = np.random.default_rng(seed + 100)
+    for p in net.params:  # zero-initialised decoders would hide errors: randomise everything
+        for k, v in p.items():
+            v[...] = rng.normal(size=v.shape) * (0.5 if k.startswith(("dec", "sim")) else 0.4)
+    for k, v in net.out.items():
+        v[...] = rng.normal(size=v.shape) * 0.4
+    x = rng.normal(size=(6, *net.spec.input_shape))
+    y = np.array([0, 1, 2, 0, 1, 1])
+    return cfg, net, x, y
+
+
+def record_step(net, cfg, x, y, variant=None):
+    grads = {}
+    train_step(net, variant or cfg.variant, cfg.beta, x, y, [None] * len(net.spec.blocks),
+               lambda i, g: grads.__setitem__(i, {k: v.copy() for k, v in g.items()}))
+    return grads
+
+
+def block_inputs(net, x):
+    """Each block's input under the current weights (train-mode BN, no dropout)."""
+    inputs, h_out = [], x
+    for i, spec in enumerate(net.spec.blocks):
+        inputs.append(h_out)
+        _, h_out, _, _ = block_forward(h_out, net.params[i], net.running[i], spec, True, None, net.slope)
+    return inputs, h_out
+
+
+def local_loss(net, cfg, i, x_i, y):
+    spec = net.spec.blocks[i]
+    h, _, _, _ = block_forward(x_i, net.params[i], net.running[i], spec, True, None, net.slope)
+    w_pred, w_sim, _ = loss_weights(cfg.variant, cfg.beta)
+    Y = one_hot(y, K, h.dtype)
+    _, _, stats = local_error(RULES[cfg.variant], h, y, Y, net.params[i], net.fixed[i], spec, w_pred, w_sim,
+                              backward=False)
+    return w_pred * stats.get("loss_pred", 0.0) + w_sim * stats.get("loss_sim", 0.0)
+
+
+def global_loss(net, x, y, with_sim=False):
+    cfg = Config(variant="glob+sim").resolve()
+    total, h_out = 0.0, x
+    for i, spec in enumerate(net.spec.blocks):
+        h, h_out, _, _ = block_forward(h_out, net.params[i], net.running[i], spec, True, None, net.slope)
+        if with_sim:
+            _, _, st = local_error(RULES[cfg.variant], h, y, one_hot(y, K, h.dtype), net.params[i],
+                                   net.fixed[i], spec, 1.0, 1.0, backward=False)
+            total += st["loss_sim"]
+    logits, _ = output_layer_forward(h_out, net.out)
+    return total + ops.softmax_cross_entropy(logits, y)[0]
+
+
+@pytest.mark.parametrize("kind", ["mlp", "conv"])
+@pytest.mark.parametrize("variant", ["glob", "glob+sim"])
+def test_global_rules_follow_the_gradient(variant, kind):
+    cfg, net, x, y = make_net(variant, kind)
+    grads = record_step(net, cfg, x, y)
+    f = lambda: global_loss(net, x, y, with_sim=variant == "glob+sim")
+    for i, p in enumerate(net.params):
+        for key, value in p.items():
+            assert_grad(grads[i][key], numerical_grad(f, value), (i, key))
+    for key, value in net.out.items():
+        assert_grad(grads[-1][key], numerical_grad(f, value), key)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "conv"])
+@pytest.mark.parametrize("variant", ["pred", "sim", "predsim", "sim-bpf"])
+def test_local_rules_follow_their_own_loss(variant, kind):
+    cfg, net, x, y = make_net(variant, kind)
+    grads = record_step(net, cfg, x, y)
+    inputs, last = block_inputs(net, x)
+    for i, p in enumerate(net.params):
+        f = partial(local_loss, net, cfg, i, inputs[i], y)
+        for key, value in p.items():
+            assert_grad(grads[i][key], numerical_grad(f, value), (i, key))
+    # the output layer learns from the (scaled) output loss on a constant input
+    w_out = loss_weights(variant, cfg.beta)[2]
+    g = lambda: w_out * ops.softmax_cross_entropy(output_layer_forward(last, net.out)[0], y)[0]
+    for key, value in net.out.items():
+        assert_grad(grads[-1][key], numerical_grad(g, value), key)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "conv"])
+@pytest.mark.parametrize("variant", ["pred-bpf", "predsim-bpf"])
+def test_feedback_alignment_with_B_equal_to_the_decoder_is_backprop(variant, kind):
+    cfg, net, x, y = make_net(variant, kind)
+    for p, f in zip(net.params, net.fixed):
+        f["B"] = p["dec_W"].copy()  # B := dec_W turns feedback alignment into the exact gradient
+    grads = record_step(net, cfg, x, y)
+    inputs, _ = block_inputs(net, x)
+    for i, p in enumerate(net.params):
+        f = partial(local_loss, net, cfg, i, inputs[i], y)
+        for key, value in p.items():
+            assert_grad(grads[i][key], numerical_grad(f, value), (i, key))
+
+
+@pytest.mark.parametrize("kind", ["mlp", "conv"])
+def test_feedback_alignment_error_is_the_fa_formula(kind):
+    _, net, x, y = make_net("pred-bpf", kind)
+    inputs, _ = block_inputs(net, x)
+    for i, spec in enumerate(net.spec.blocks):
+        p, f = net.params[i], net.fixed[i]
+        h, _, _, _ = block_forward(inputs[i], p, net.running[i], spec, True, None, net.slope)
+        dh, grads, _ = local_error(RULES["pred-bpf"], h, y, one_hot(y, K, h.dtype), p, f, spec, 1.0, 1.0)
+        # independent formula: pooled h -> logits; δ = (σ(logits) - t) / (N T); δh = pool^T(δ B)
+        pooled, pc = (ops.avgpool2d_forward(h, spec.dec_window, spec.dec_pad) if spec.kind == "conv"
+                      else (h, None))
+        logits = pooled.reshape(len(h), -1) @ p["dec_W"].T + p["dec_b"]
+        t = (one_hot(y, K, h.dtype) @ f["P"] > 0).astype(float)
+        delta = (1 / (1 + np.exp(-logits)) - t) / t.size
+        expect = (delta @ f["B"]).reshape(pooled.shape)
+        if pc is not None:
+            expect = ops.avgpool2d_backward(expect, pc)
+        assert rel_error(dh, expect) < 1e-12
+        assert rel_error(grads["dec_W"], delta.T @ pooled.reshape(len(h), -1)) < 1e-12
+        # and it is *not* the exact gradient (B is not dec_W)
+        assert rel_error(dh, ops.avgpool2d_backward((delta @ p["dec_W"]).reshape(pooled.shape), pc)
+                         if pc is not None else delta @ p["dec_W"]) > 1e-3
+
+
+@pytest.mark.parametrize("variant", LOCAL)
+def test_locality_later_blocks_cannot_change_an_earlier_update(variant):
+    cfg, net, x, y = make_net(variant, "conv")
+    before = record_step(net, cfg, x, y)
+    for key in net.params[1]:
+        net.params[1][key] += 0.3
+    net.out["W"] += 0.3
+    after = record_step(net, cfg, x, y)
+    for key in before[0]:
+        assert np.array_equal(before[0][key], after[0][key]), key
+    assert not np.array_equal(before[1]["W"], after[1]["W"])
+
+
+@pytest.mark.parametrize("variant", ["pred-bpf", "sim-bpf", "predsim-bpf"])
+def test_bpf_never_sends_an_error_through_a_forward_weight(variant, monkeypatch):
+    cfg, net, x, y = make_net(variant, "conv")
+    calls = []
+    for name in ("dense_backward", "conv2d_backward"):
+        real = getattr(ops, name)
+
+        def spy(dout, cache, need_dx=True, _real=real, _name=name):
+            calls.append((_name, need_dx))
+            return _real(dout, cache, need_dx=need_dx)
+
+        monkeypatch.setattr(ops, name, spy)
+    record_step(net, cfg, x, y)
+    assert calls, "the spy saw no backward call"
+    assert all(need_dx is False for _, need_dx in calls), calls
+
+
+@pytest.mark.parametrize("variant", ["pred", "sim", "predsim", "glob"])
+def test_non_bpf_rules_do_use_transposed_weights(variant, monkeypatch):
+    """The spy above can fail: the non-bpf rules carry errors through some forward weight."""
+    cfg, net, x, y = make_net(variant, "mlp")
+    calls = []
+    real = ops.dense_backward
+    monkeypatch.setattr(ops, "dense_backward",
+                        lambda d, c, need_dx=True: calls.append(need_dx) or real(d, c, need_dx=need_dx))
+    record_step(net, cfg, x, y)
+    assert any(calls)
+
+
+def test_fixed_matrices_are_not_parameters_and_stay_bit_identical():
+    from bioplaus.optim import make_optimizer
+
+    cfg, net, x, y = make_net("predsim-bpf", "conv")
+    assert all({"B", "P"} <= set(f) for f in net.fixed)
+    assert all(not ({"B", "P"} & set(p)) for p in net.params)
+    fixed_before = [{k: v.copy() for k, v in f.items()} for f in net.fixed]
+    opt = make_optimizer("adam")
+    states = [{k: opt.init_state(v) for k, v in p.items()} for p in net.params]
+    out_state = {k: opt.init_state(v) for k, v in net.out.items()}
+    w_before = net.params[0]["W"].copy()
+
+    def update(i, grads):
+        assert not ({"B", "P"} & set(grads))
+        for k, g in grads.items():
+            opt.step((net.out if i < 0 else net.params[i])[k], g, (out_state if i < 0 else states[i])[k], 1e-2)
+
+    for _ in range(5):
+        running, *_ = train_step(net, cfg.variant, cfg.beta, x, y, [None] * 3, update)
+        net.running = running
+    assert not np.array_equal(net.params[0]["W"], w_before)
+    for f, g in zip(net.fixed, fixed_before):
+        for k in g:
+            assert np.array_equal(f[k], g[k]) and f[k].tobytes() == g[k].tobytes()
+
+
+def test_heads_carried_by_each_variant():
+    expect = {"glob": set(), "glob+sim": {"sim_W"}, "pred": {"dec_W", "dec_b"}, "sim": {"sim_W"},
+              "predsim": {"dec_W", "dec_b", "sim_W"}, "pred-bpf": {"dec_W", "dec_b"}, "sim-bpf": set(),
+              "predsim-bpf": {"dec_W", "dec_b"}}
+    for variant, heads in expect.items():
+        _, net, _, _ = make_net(variant, "conv")
+        assert set(net.params[0]) - {"W", "b", "gamma", "beta"} == heads, variant
+
+
+def test_initialisation_as_the_authors():
+    cfg = Config(variant="predsim", seed=3).resolve()
+    net = init_network(tiny_spec("mlp"), cfg, NUMPY)
+    assert net.params[0]["W"].dtype == np.float32
+    assert np.all(net.params[0]["dec_W"] == 0) and np.all(net.out["W"] == 0)
+    assert np.all(net.params[0]["gamma"] == 1) and np.all(net.params[0]["beta"] == 0)
+    assert np.abs(net.params[0]["W"]).max() <= 1 / np.sqrt(8)
+    glob = init_network(tiny_spec("mlp"), Config(variant="glob", seed=3).resolve(), NUMPY)
+    assert np.any(glob.out["W"] != 0)
+    bpf = init_network(tiny_spec("mlp"), Config(variant="pred-bpf", seed=3).resolve(), NUMPY)
+    assert np.all(bpf.params[0]["dec_b"] == 0)
+    assert 0 < np.abs(bpf.fixed[0]["B"]).max() <= 1 / np.sqrt(7)
+    assert 0 < np.abs(bpf.fixed[0]["P"]).max() <= 1 / np.sqrt(K)
