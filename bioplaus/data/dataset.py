@@ -1,0 +1,92 @@
+"""A dataset in memory: uint8 images and int64 labels on the host, plus where they came from."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import formats
+from .fetch import SYSTEM_DATA_DIRS, locate_files
+from .registry import IDX_FILES, DataError, DatasetSpec, get_spec
+
+EMBEDDED_DIR = Path(__file__).parent / "embedded"
+EMBEDDED_SUFFIX = ".xz"  # embedded IDX files are xz-compressed: train-images-idx3-ubyte.xz ...
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    spec: DatasetSpec
+    x_train: np.ndarray  # uint8 (N, C, H, W)
+    y_train: np.ndarray  # int64 (N,)
+    x_test: np.ndarray  # uint8 (M, C, H, W)
+    y_test: np.ndarray  # int64 (M,)
+    source: str  # the folder (or archive) the arrays were read from
+
+    def split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(x, y)`` of ``"train"`` or ``"test"``."""
+        if split == "train":
+            return self.x_train, self.y_train
+        if split == "test":
+            return self.x_test, self.y_test
+        raise DataError(f"unknown split {split!r}; choose train or test")
+
+
+def embedded_files(name: str) -> dict[str, Path]:
+    """The IDX files of an embedded dataset, keyed by their official (.gz) names."""
+    folder = EMBEDDED_DIR / name
+    return {f: folder / (f[: -len(".gz")] + EMBEDDED_SUFFIX) for f in IDX_FILES}
+
+
+def read_files(spec: DatasetSpec, paths: dict[str, Path]):
+    """``(x_train, y_train, x_test, y_test)`` from the located files of ``spec``."""
+    hw = spec.input_shape[1:]
+    if spec.reader == "idx":
+        tr = formats.read_idx_pair(
+            paths["train-images-idx3-ubyte.gz"],
+            paths["train-labels-idx1-ubyte.gz"],
+            spec.num_classes,
+            hw,
+        )
+        te = formats.read_idx_pair(
+            paths["t10k-images-idx3-ubyte.gz"],
+            paths["t10k-labels-idx1-ubyte.gz"],
+            spec.num_classes,
+            hw,
+        )
+        return tr[0], tr[1], te[0], te[1]
+    if spec.reader in ("cifar10", "cifar100"):
+        return formats.read_cifar(paths[spec.files[0].filename], spec.reader)
+    if spec.reader == "svhn":
+        parts = [formats.read_svhn_mat(paths[f]) for f in ("train_32x32.mat", "extra_32x32.mat", "test_32x32.mat")]
+        x_train = np.concatenate([parts[0][0], parts[1][0]])  # train + extra, as the authors
+        y_train = np.concatenate([parts[0][1], parts[1][1]])
+        return x_train, y_train, parts[2][0], parts[2][1]
+    if spec.reader == "stl10":
+        return formats.read_stl10(paths[spec.files[0].filename])
+    raise DataError(f"{spec.name}: unknown reader {spec.reader!r}")
+
+
+def load_dataset(
+    name: str | DatasetSpec,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = True,
+    *,
+    mirror: str | None = None,
+    system_dirs=SYSTEM_DATA_DIRS,
+) -> Dataset:
+    """Find (or download) and read a dataset; see :mod:`bioplaus.data.fetch` for where it looks."""
+    spec = name if isinstance(name, DatasetSpec) else get_spec(name)
+    if spec.embedded:
+        paths, source = embedded_files(spec.name), str(EMBEDDED_DIR / spec.name)
+    else:
+        paths, source = locate_files(spec, data_dir, download, mirror=mirror, system_dirs=system_dirs)
+    x_train, y_train, x_test, y_test = read_files(spec, paths)
+    for split, x, expected in (("train", x_train, spec.num_train), ("test", x_test, spec.num_test)):
+        if tuple(x.shape[1:]) != tuple(spec.input_shape):
+            raise DataError(f"{source}: {split} images have shape {x.shape[1:]}, expected {spec.input_shape}")
+        if expected is not None and len(x) != expected:
+            raise DataError(f"{source}: {spec.name} {split} split has {len(x)} images, expected {expected}")
+    return Dataset(spec, x_train, y_train, x_test, y_test, source)

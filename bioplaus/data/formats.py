@@ -1,0 +1,255 @@
+"""Readers for the datasets' original distribution formats.
+
+Every reader returns host NumPy arrays: images ``uint8 (N, C, H, W)``, labels ``int64 (N,)``
+in ``[0, num_classes)``. Every reader checks what it reads (magic numbers, sizes, label ranges,
+image/label counts) and raises :class:`DataError` with one sentence that names the file.
+
+- IDX (MNIST family): big-endian header ``0x00 0x00 <type> <ndim>``, then ``ndim`` uint32 sizes,
+  then the data; type 0x08 = unsigned byte. Accepted raw, gzip- or xz-compressed (detected by
+  the file's first bytes, not its name).
+- CIFAR-10/100 "python version": a tar.gz of pickled dicts (``b"data"``: ``(n, 3072)`` uint8 in
+  CHW order, ``b"labels"`` / ``b"fine_labels"``). Only the needed members are read, in one
+  streaming pass, and unpickled with an unpickler that admits nothing but NumPy arrays.
+- SVHN ``*_32x32.mat`` (MATLAB 5): ``X (32, 32, 3, N)``, ``y (N, 1)`` with digit 0 stored as 10.
+- STL-10 binary (``stl10_binary.tar.gz``): ``*_X.bin`` = N images of 3x96x96 bytes, each channel
+  stored column-major (so each image is transposed to get HxW); ``*_y.bin`` labels 1..10.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import lzma
+import os
+import pickle
+import tarfile
+import zlib
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from .registry import DataError
+
+IDX_TYPES = {0x08: np.uint8}
+_GZIP_MAGIC = b"\x1f\x8b"
+_XZ_MAGIC = b"\xfd7zXZ\x00"
+
+
+def _name(path) -> str:
+    return os.path.basename(str(path))
+
+
+# --------------------------------------------------------------------------- IDX
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The file's contents, decompressed when it is gzip or xz (by magic bytes)."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        if raw.startswith(_GZIP_MAGIC):
+            return gzip.decompress(raw)
+        if raw.startswith(_XZ_MAGIC):
+            return lzma.decompress(raw)
+        return raw
+    except (EOFError, OSError, zlib.error, lzma.LZMAError) as exc:
+        raise DataError(f"{path.name}: cannot be read or decompressed ({exc})") from None
+
+
+def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
+    """Decode an IDX byte string into an array of its declared shape."""
+    if len(data) < 4:
+        raise DataError(f"{name}: too short to be an IDX file ({len(data)} bytes)")
+    if data[0] != 0 or data[1] != 0 or data[2] not in IDX_TYPES:
+        raise DataError(f"{name}: bad IDX magic number 0x{data[:4].hex()} (expected 0x000008nn)")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    if ndim < 1 or len(data) < header:
+        raise DataError(f"{name}: IDX header declares {ndim} dimensions but is truncated")
+    shape = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
+    expected = header + int(np.prod(shape, dtype=np.int64))
+    if len(data) != expected:
+        raise DataError(f"{name}: IDX file has {len(data)} bytes but its header {shape} needs {expected}")
+    return np.frombuffer(data, IDX_TYPES[data[2]], offset=header).reshape(shape)
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (raw, .gz or .xz)."""
+    return parse_idx(read_bytes(path), _name(path))
+
+
+def check_labels(labels: np.ndarray, num_classes: int, name: str) -> np.ndarray:
+    """Labels as int64 after checking they lie in [0, num_classes)."""
+    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise DataError(f"{name}: labels range over [{labels.min()}, {labels.max()}], outside [0, {num_classes - 1}]")
+    return labels
+
+
+def _check_pair(x: np.ndarray, y: np.ndarray, name: str) -> None:
+    if len(x) != len(y):
+        raise DataError(f"{name}: {len(x)} images but {len(y)} labels")
+
+
+def read_idx_pair(images_path, labels_path, num_classes: int, image_hw: tuple[int, int]):
+    """Images ``uint8 (N, 1, H, W)`` and labels ``int64 (N,)`` from two IDX files."""
+    x = read_idx(images_path)
+    if x.ndim != 3 or tuple(x.shape[1:]) != tuple(image_hw):
+        raise DataError(
+            f"{_name(images_path)}: IDX images have shape {x.shape}, expected (N, {image_hw[0]}, {image_hw[1]})"
+        )
+    y = read_idx(labels_path)
+    if y.ndim != 1:
+        raise DataError(f"{_name(labels_path)}: IDX labels have shape {y.shape}, expected (N,)")
+    y = check_labels(y, num_classes, _name(labels_path))
+    _check_pair(x, y, f"{_name(images_path)} and {_name(labels_path)}")
+    return x[:, None, :, :], y  # (N, 1, H, W), (N,)
+
+
+# --------------------------------------------------------------------------- tar members
+def read_tar_members(path: str | os.PathLike, wanted: set[str]) -> dict[str, bytes]:
+    """The bytes of the members named in ``wanted`` (matched by path or base name), one pass."""
+    found: dict[str, bytes] = {}
+    try:
+        with tarfile.open(path, "r|*") as tar:  # streaming: each member decompressed once
+            for member in tar:
+                key = member.name if member.name in wanted else os.path.basename(member.name)
+                if member.isfile() and key in wanted and key not in found:
+                    found[key] = tar.extractfile(member).read()
+                    if len(found) == len(wanted):
+                        break
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        raise DataError(f"{_name(path)}: not a readable tar archive ({exc})") from None
+    missing = sorted(wanted - set(found))
+    if missing:
+        raise DataError(f"{_name(path)}: archive lacks the member(s) {', '.join(missing)}")
+    return found
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, bytes and NumPy arrays; refuses every other global."""
+
+    ALLOWED: ClassVar[frozenset] = frozenset(
+        {
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            ("numpy.core.multiarray", "scalar"),
+            ("numpy._core.multiarray", "scalar"),
+        }
+    )
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
+
+
+_PICKLE_ERRORS = (
+    pickle.UnpicklingError,
+    EOFError,
+    ValueError,
+    TypeError,
+    AttributeError,
+    ImportError,
+    IndexError,
+    KeyError,
+    MemoryError,
+)
+
+
+def _unpickle(data: bytes, name: str) -> dict:
+    try:
+        obj = _ArrayUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except _PICKLE_ERRORS as exc:
+        raise DataError(f"{name}: not a readable CIFAR pickle ({exc})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{name}: CIFAR pickle holds a {type(obj).__name__}, expected a dict")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+CIFAR_MEMBERS = {
+    "cifar10": (
+        [f"cifar-10-batches-py/data_batch_{i}" for i in range(1, 6)],
+        ["cifar-10-batches-py/test_batch"],
+        "labels",
+        10,
+    ),
+    "cifar100": (["cifar-100-python/train"], ["cifar-100-python/test"], "fine_labels", 100),
+}
+
+
+def _cifar_batch(obj: dict, label_key: str, num_classes: int, name: str):
+    if "data" not in obj or label_key not in obj:
+        raise DataError(f"{name}: CIFAR pickle lacks the keys 'data' and {label_key!r}")
+    data = np.asarray(obj["data"])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise DataError(f"{name}: CIFAR data is {data.dtype} {data.shape}, expected uint8 (n, 3072)")
+    y = check_labels(obj[label_key], num_classes, name)
+    _check_pair(data, y, name)
+    return data.reshape(-1, 3, 32, 32), y  # (n, 3, 32, 32) CHW, as stored
+
+
+def read_cifar(path: str | os.PathLike, which: str):
+    """``(x_train, y_train, x_test, y_test)`` from cifar-10-python.tar.gz / cifar-100-python.tar.gz."""
+    train_members, test_members, label_key, num_classes = CIFAR_MEMBERS[which]
+    blobs = read_tar_members(path, set(train_members + test_members))
+    out = []
+    for members in (train_members, test_members):
+        parts = [
+            _cifar_batch(_unpickle(blobs[m], f"{_name(path)}:{m}"), label_key, num_classes, f"{_name(path)}:{m}")
+            for m in members
+        ]
+        out += [np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])]
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------- SVHN
+def read_svhn_mat(path: str | os.PathLike):
+    """Images ``uint8 (N, 3, 32, 32)`` and labels ``int64 (N,)`` (10 -> 0) from an SVHN .mat."""
+    import scipy.io
+    from scipy.io.matlab import MatReadError
+
+    name = _name(path)
+    try:
+        mat = scipy.io.loadmat(str(path), variable_names=("X", "y"))
+    except (MatReadError, ValueError, TypeError, OSError, NotImplementedError, EOFError) as exc:
+        raise DataError(f"{name}: not a readable MATLAB file ({exc})") from None
+    if "X" not in mat or "y" not in mat:
+        raise DataError(f"{name}: SVHN file lacks the variables 'X' and 'y'")
+    x, y = mat["X"], np.asarray(mat["y"]).reshape(-1)
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[:3] != (32, 32, 3):
+        raise DataError(f"{name}: SVHN 'X' is {x.dtype} {x.shape}, expected uint8 (32, 32, 3, N)")
+    if y.size and (y.min() < 1 or y.max() > 10):
+        raise DataError(f"{name}: SVHN labels range over [{y.min()}, {y.max()}], outside [1, 10]")
+    y = check_labels(np.where(y == 10, 0, y), 10, name)
+    x = np.ascontiguousarray(x.transpose(3, 2, 0, 1))  # (N, 3, 32, 32)
+    _check_pair(x, y, name)
+    return x, y
+
+
+# --------------------------------------------------------------------------- STL-10
+STL10_IMAGE_BYTES = 3 * 96 * 96
+
+
+def parse_stl10(x_bytes: bytes, y_bytes: bytes, x_name: str, y_name: str):
+    """Decode one STL-10 split: column-major 3x96x96 images and 1-based labels."""
+    if len(x_bytes) % STL10_IMAGE_BYTES:
+        raise DataError(f"{x_name}: {len(x_bytes)} bytes is not a whole number of 3x96x96 images")
+    x = np.frombuffer(x_bytes, np.uint8).reshape(-1, 3, 96, 96)  # (N, C, W, H) column-major
+    x = np.ascontiguousarray(x.transpose(0, 1, 3, 2))  # (N, 3, 96, 96) = (N, C, H, W)
+    y = np.frombuffer(y_bytes, np.uint8).astype(np.int64)
+    if y.size and (y.min() < 1 or y.max() > 10):
+        raise DataError(f"{y_name}: STL-10 labels range over [{y.min()}, {y.max()}], not [1, 10]")
+    y = y - 1
+    _check_pair(x, y, f"{x_name} and {y_name}")
+    return x, y
+
+
+def read_stl10(path: str | os.PathLike):
+    """``(x_train, y_train, x_test, y_test)`` from stl10_binary.tar.gz (labelled splits only)."""
+    names = ["train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin"]
+    blobs = read_tar_members(path, set(names))
+    tr = parse_stl10(blobs["train_X.bin"], blobs["train_y.bin"], "train_X.bin", "train_y.bin")
+    te = parse_stl10(blobs["test_X.bin"], blobs["test_y.bin"], "test_X.bin", "test_y.bin")
+    return tr[0], tr[1], te[0], te[1]
