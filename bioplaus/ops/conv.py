@@ -97,7 +97,7 @@ def conv2d_backward(dout, cache, need_dx: bool = True):
     K = C * kh * kw
     W2 = W.reshape(F, K)
     db = dout.sum(axis=(0, 2, 3)) if has_b else None  # (F,)
-    dW2 = xp.zeros((F, K), dtype=dout.dtype)
+    dW2 = None
     dxt = xp.zeros((C, N, H + 2 * pad, Wd + 2 * pad), dtype=dout.dtype) if need_dx else None
     for n0 in range(0, N, chunk):
         n1 = min(N, n0 + chunk)
@@ -106,7 +106,8 @@ def conv2d_backward(dout, cache, need_dx: bool = True):
         else:
             c = cols
         d2 = dout[n0:n1].transpose(1, 0, 2, 3).reshape(F, -1)  # (F, n*Ho*Wo), one copy
-        dW2 += d2 @ c.T  # (F, K)
+        dW2 = d2 @ c.T if dW2 is None else dW2 + d2 @ c.T  # (F, K)
+        del c  # a rebuilt chunk's columns can go before dcols is made (peak memory)
         if need_dx:
             dcols = W2.T @ d2  # (K, n*Ho*Wo)
             _col2im_add(dxt[:, n0:n1], dcols, kh, kw, stride, Ho, Wo)

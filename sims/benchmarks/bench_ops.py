@@ -1,0 +1,160 @@
+"""Benchmark the engine's heavy ops on this CPU against its own float32 matmul rate.
+
+    python sims/benchmarks/bench_ops.py [--quick] [--repeat N] [--json PATH]
+
+Prints the machine's float32 GEMM rate (2048^3 sgemm, best of --repeat), then forward+backward
+GFLOP/s of the dense and conv ops at the paper's layer sizes as a percentage of that rate, and the
+peak memory (tracemalloc) of each conv's forward+backward. FLOPs counted: forward 2*M*N*K, and the
+same again for dW and for dx (the 3-channel input conv is a first layer: no dx).
+Also times building the im2col buffer two ways (explicit per-offset copies, as the op does, vs one
+copy of a ``sliding_window_view``), the layout choice the conv op rests on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from bioplaus import ops
+from bioplaus.ops import conv as conv_module
+
+
+def best_time(fn, repeat: int) -> float:
+    fn()  # warm up (allocator, BLAS threads)
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def matmul_rate(n: int, repeat: int) -> float:
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((n, n), dtype=np.float32)
+    B = rng.standard_normal((n, n), dtype=np.float32)
+    C = np.empty((n, n), dtype=np.float32)
+    t = best_time(lambda: np.matmul(A, B, out=C), repeat)
+    return 2 * n**3 / t / 1e9
+
+
+def bench_dense(N: int, D: int, repeat: int) -> dict:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((N, D), dtype=np.float32)
+    W = rng.standard_normal((D, D), dtype=np.float32)
+    b = np.zeros(D, dtype=np.float32)
+    dout = rng.standard_normal((N, D), dtype=np.float32)
+
+    def step():
+        _, cache = ops.dense_forward(x, W, b)
+        ops.dense_backward(dout, cache)
+
+    t = best_time(step, repeat)
+    return {"name": f"dense {D}x{D} batch {N}", "gflop": 3 * 2 * N * D * D / 1e9, "seconds": t}
+
+
+def bench_conv(N: int, C: int, F: int, size: int, repeat: int, need_dx: bool = True) -> dict:
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((N, C, size, size), dtype=np.float32)
+    W = rng.standard_normal((F, C, 3, 3), dtype=np.float32) * 0.01
+    b = np.zeros(F, dtype=np.float32)
+    dout = rng.standard_normal((N, F, size, size), dtype=np.float32)
+
+    def step():
+        _, cache = ops.conv2d_forward(x, W, b, 1, 1)
+        ops.conv2d_backward(dout, cache, need_dx=need_dx)
+
+    t = best_time(step, repeat)
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    step()
+    peak = tracemalloc.get_traced_memory()[1] - base
+    tracemalloc.stop()
+    flop = 2 * N * size * size * F * C * 9
+    return {
+        "name": f"conv {C}->{F} at {size}x{size} batch {N}" + ("" if need_dx else " (no dx)"),
+        "gflop": (3 if need_dx else 2) * flop / 1e9,
+        "seconds": t,
+        "peak_mb": peak / 2**20,
+        "io_mb": (x.nbytes + dout.nbytes) / 2**20,
+    }
+
+
+def bench_im2col(N: int, C: int, size: int, repeat: int) -> dict:
+    """Seconds to build the (C*9, N*H*W) columns: per-offset copies vs one sliding-window copy."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((N, C, size, size), dtype=np.float32)
+    xt = conv_module._pad_channel_major(x, 1)
+
+    def loop():
+        conv_module._im2col(xt, 3, 3, 1, size, size)
+
+    def swv():
+        win = np.lib.stride_tricks.sliding_window_view(xt, (3, 3), axis=(2, 3))  # (C, N, H, W, 3, 3)
+        np.ascontiguousarray(win.transpose(0, 4, 5, 1, 2, 3)).reshape(C * 9, -1)
+
+    return {
+        "name": f"im2col {C} ch at {size}x{size} batch {N}",
+        "loop_s": best_time(loop, repeat),
+        "sliding_window_view_s": best_time(swv, repeat),
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="batch 32 and a 1024^3 GEMM, for a smoke run")
+    ap.add_argument("--repeat", type=int, default=3, help="timed repetitions; the best is reported")
+    ap.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    args = ap.parse_args(argv)
+    N = 32 if args.quick else 128
+    repeat = 1 if args.quick else max(1, args.repeat)
+
+    gemm = matmul_rate(1024 if args.quick else 2048, repeat)
+    rows = [
+        bench_dense(N, 1024, repeat),
+        bench_conv(N, 128, 256, 28, repeat),
+        bench_conv(N, 512, 512, 4, repeat),
+        bench_conv(N, 3, 128, 32, repeat, need_dx=False),
+        bench_conv(N, 3, 128, 32, repeat),
+    ]
+    for r in rows:
+        r["gflops"] = r["gflop"] / r["seconds"]
+        r["pct_of_matmul"] = 100 * r["gflops"] / gemm
+    im2col = bench_im2col(N, 128, 28, repeat)
+
+    env = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS")}
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, numpy {np.__version__}")
+    print(f"env: {env}")
+    print(f"float32 matmul ({'1024' if args.quick else '2048'}^3, best of {repeat}): {gemm:8.1f} GFLOP/s")
+    print(f"{'op (forward + backward)':42s} {'GFLOP':>7s} {'ms':>8s} {'GFLOP/s':>8s} {'% mm':>6s} {'peak MB':>8s}")
+    for r in rows:
+        peak = f"{r['peak_mb']:8.0f}" if "peak_mb" in r else f"{'':8s}"
+        print(
+            f"{r['name']:42s} {r['gflop']:7.2f} {1e3 * r['seconds']:8.1f} {r['gflops']:8.1f} "
+            f"{r['pct_of_matmul']:5.0f}% {peak}"
+        )
+    print(
+        f"{im2col['name']}: per-offset copies {1e3 * im2col['loop_s']:.1f} ms, "
+        f"sliding_window_view copy {1e3 * im2col['sliding_window_view_s']:.1f} ms"
+    )
+    print(f"im2col buffer limit: {conv_module.IM2COL_MAX_BYTES / 2**20:.0f} MB per chunk")
+    if args.json:
+        args.json.write_text(
+            json.dumps({"matmul_gflops": gemm, "env": env, "batch": N, "ops": rows, "im2col": im2col}, indent=2)
+        )
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
