@@ -161,8 +161,11 @@ class TrainBatches:
         classes_per_batch: int = 0,
         classes_per_batch_until_epoch: int = 0,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if batch_size < 1 or cutout_length < 0 or classes_per_batch < 0:
+            raise ValueError(
+                f"need batch_size >= 1, cutout_length >= 0, classes_per_batch >= 0; got {batch_size}, "
+                f"{cutout_length}, {classes_per_batch}"
+            )
         spec = ds.spec
         self.spec = spec
         self.backend = backend
@@ -181,6 +184,7 @@ class TrainBatches:
             p = self.pad
             x = xp.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))  # (N, C, H+2P, W+2P)
         self._x = x
+        self._y = backend.asarray(self._labels)  # (N,) int64, uploaded once
         self._a, self._b = normalization(spec, xp)
 
     def __len__(self) -> int:
@@ -219,7 +223,7 @@ class TrainBatches:
         plan = self.plan(epoch)
         up = self.backend.asarray
         order = up(plan.order)  # one host->device copy per array per epoch
-        y_all = up(self._labels)[order]  # (N,)
+        y_all = self._y[order]  # (N,)
         crop = plan.dy is not None
         if crop:
             dy, dx, flip = up(plan.dy), up(plan.dx), up(plan.flip)
