@@ -11,9 +11,10 @@ checkpoint, see :mod:`bioplaus.checkpoint`). At each epoch end the log epoch is 
 the checkpoint. Exit statuses: 0 done, 1 diverged, 2 bad input, 130 interrupted (SIGINT/SIGTERM;
 the log is marked ``interrupted`` and ``--resume`` continues from the last completed epoch).
 
-Test hook: when the environment variable ``BIOPLAUS_TEST_PAUSE_AFTER_LOG`` holds a number of
-seconds, the runner prints ``logged epoch <k>`` and sleeps that long after each log write and
-before the checkpoint write, so a test can kill it between the two.
+Test hook: when the environment variable ``BIOPLAUS_TEST_PAUSE_AFTER_LOG`` is set to ``SECONDS``
+(or ``SECONDS@EPOCH``), the runner prints ``logged epoch <k>`` after each log write and sleeps that
+long (after every epoch, or only after EPOCH) before the checkpoint write, so a test can kill it
+between the two.
 """
 
 from __future__ import annotations
@@ -262,9 +263,9 @@ def _prepare_new(ns: argparse.Namespace) -> dict[str, Any] | None:
 
     out = getattr(ns, "out", None) or _default_out(cfg)
     ckpt = out + ".ckpt.npz"
+    _check_writable(out)
     if (os.path.exists(out) or os.path.exists(ckpt)) and not getattr(ns, "overwrite", False):
         raise UsageError(f"{out} already exists; pass --overwrite to replace it or --resume {out} to continue it")
-    _check_writable(out)
     backend = _backend(cfg)
     dataset = _load_data(cfg)
     trainer = _make_trainer(cfg, backend, dataset)
@@ -415,10 +416,13 @@ def _epoch_line(cfg: Config, stats: dict, ev: dict, layer_names: Sequence[str]) 
 
 
 def _test_pause(epoch: int) -> None:
-    seconds = os.environ.get("BIOPLAUS_TEST_PAUSE_AFTER_LOG")
-    if seconds:
+    """Test hook: BIOPLAUS_TEST_PAUSE_AFTER_LOG=SECONDS[@EPOCH] (every epoch, or only EPOCH)."""
+    value = os.environ.get("BIOPLAUS_TEST_PAUSE_AFTER_LOG")
+    if value:
+        seconds, _, only = value.partition("@")
         print(f"logged epoch {epoch}", flush=True)
-        time.sleep(float(seconds))
+        if not only or int(only) == epoch:
+            time.sleep(float(seconds))
 
 
 def _train(cfg: Config, backend, trainer, out: str, resume_from, recipe, overwrite: bool, progress: bool) -> int:
