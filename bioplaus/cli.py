@@ -146,6 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"error: {_sentence(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted before training started; nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return _train(**prepared, progress=not getattr(ns, "no_progress", False))
 
 

@@ -200,3 +200,65 @@ def test_default_out_names_never_collide(work):
     assert second != first  # same second: "-2" is appended; a later second: a new stamp
     assert not os.path.exists(second)
     np.testing.assert_equal(sorted(os.listdir("runs")), [os.path.basename(first)])
+
+
+class FakeTrainer:
+    """Stands in for bioplaus.train.Trainer: fixed numbers, optional divergence at one epoch."""
+
+    layer_names = ("fc1", "out")
+    num_parameters = 42
+
+    def __init__(self, diverge_at=None):
+        self.epoch = 0
+        self.diverge_at = diverge_at
+
+    def train_epoch(self, on_batch=None):
+        from bioplaus.train import Diverged
+
+        e = self.epoch + 1
+        for done in (100, 200, 250):
+            if on_batch is not None:
+                on_batch(done, 250)
+        if e == self.diverge_at:
+            raise Diverged(e, "fc1", float("nan"))
+        self.epoch = e
+        return {"epoch": e, "lr": 5e-4, "train_loss": 1.0 / e, "train_error": 50.0 / e, "seconds": 0.25,
+                "layers": {"fc1": {"loss_pred": 1.0, "loss_sim": 0.5, "error_pred": 30.0 / e, "weight_norm": 2.0,
+                                   "update_norm": 0.1, "fa_angle": float("nan")}}}
+
+    def evaluate(self):
+        return {"test_loss": 0.9, "test_error": 40.0 / self.epoch,
+                "layers": {"fc1": {"loss_pred": 1.1, "loss_sim": 0.6, "error_pred": 35.0 / self.epoch}}}
+
+    def probe(self):
+        raise AssertionError("no probe without --probe-every")
+
+    def state_dict(self):
+        return {"fc1.W": np.full((2, 2), float(self.epoch), np.float32), "epoch": np.array(self.epoch)}
+
+
+@pytest.mark.parametrize("diverge_at", [None, 2])
+def test_training_loop_output_and_divergence(work, capsys, monkeypatch, diverge_at):
+    from bioplaus import cli
+    from bioplaus.checkpoint import load_checkpoint
+    from bioplaus.log import read_run
+
+    monkeypatch.setattr(cli, "_load_data", lambda cfg: None)
+    monkeypatch.setattr(cli, "_make_trainer", lambda cfg, backend, data: FakeTrainer(diverge_at))
+    rc = main(["--variant", "pred", "--epochs", "3", "--device", "cpu", "--out", "o/run.h5"])
+    captured = capsys.readouterr()
+    run = read_run("o/run.h5")
+    lines = captured.out.splitlines()
+    assert "epoch 1/3  train 50.00%  test 40.00%  local: fc1 35.0%  lr 5.0e-04  0.2s" in lines
+    assert "samples/s" in captured.err or "sample/s" in captured.err  # the progress bar ran
+    if diverge_at is None:
+        assert rc == 0 and run.status == "completed" and run.num_epochs == 3
+        assert any(line.startswith("done: 3 epochs; log: o/run.h5") for line in lines)
+        np.testing.assert_array_equal(run.layers["fc1"]["test_error_pred"], [35.0, 17.5, 35.0 / 3])
+        assert load_checkpoint("o/run.h5.ckpt.npz")[1]["epoch"] == 3
+    else:
+        assert rc == 1 and run.status == "diverged" and run.num_epochs == 1
+        assert run.attrs["message"] == "training diverged in epoch 2: the fc1 loss became nan"
+        assert "diverged" in captured.err and "epoch 2" in captured.err
+        assert load_checkpoint("o/run.h5.ckpt.npz")[1]["epoch"] == 1
+        assert main(["--resume", "o/run.h5"]) == 2  # a diverged run is not resumed as is
