@@ -483,7 +483,7 @@ def _train(cfg: Config, backend, trainer, out: str, resume_from, recipe, overwri
             return EXIT_DIVERGED
     finally:
         signals.restore()
-    print(f"done: {cfg.epochs} epochs; log: {out}")
+    print(f"done: {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}; log: {out}")
     print(f"read it with bioplaus.log.read_run({out!r}) or the notebooks in analysis/; browse it with h5ls -r {out}")
     return EXIT_OK
 
