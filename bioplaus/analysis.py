@@ -1,0 +1,519 @@
+"""Analysis of run logs: tables and matplotlib figures. Reads only HDF5 run logs (:mod:`bioplaus.log`).
+
+What the figures show (Nøkland & Eidnes 2019, §4-5):
+
+- **optimization vs generalization** (:func:`plot_errors`): train error (solid) and test error
+  (dashed) per epoch, one colour per run. Local losses are weaker optimizers than backprop (higher
+  train error) but can generalize as well or better (the gap between the two curves is smaller).
+- **layer dynamics** (:func:`plot_layer_dynamics`, :func:`plot_depth`): each block's local losses
+  ``L_pred`` (cross-entropy of its decoder), ``L_sim = mean((S(h') − S(Y))²)`` and the error of its
+  local predictor, over epochs and over depth at one epoch. In local learning deeper blocks should
+  reach lower local error: each block builds on the features of the one below.
+- **alignment** (:func:`plot_angles`): for feedback-alignment heads the angle between the decoder's
+  weights ``W`` and the fixed feedback matrix ``B`` that carries the error instead of ``Wᵀ``
+  (``angle = arccos(<W, B> / (|W| |B|))``; it falls below 90° as ``W`` aligns with ``B``), and for any
+  rule the angle between a block's actual update and the true backprop gradient on the probe batch.
+- **similarity** (:func:`plot_similarity`): ``S(h)`` of each block on the fixed probe batch sorted by
+  class, next to ``S(Y)``; the sim loss pulls ``S(h)`` towards the block structure of ``S(Y)``.
+- **paper comparison** (:func:`paper_comparison`, :func:`comparison_markdown`): the measured test
+  error of each run beside the paper's number for the same dataset / model / variant
+  (``bioplaus/paper_tables.json``, the project's copy of the paper's tables), with every way the
+  run's configuration differs from the paper's recipe (``bioplaus/recipes.json``).
+
+Plot functions return the matplotlib ``Figure``; they never call ``plt.show``. They accept an
+optional ``ax``/``axes`` to draw into. :func:`make_small_runs` creates small logs for notebooks
+and labs by calling the command line in-process.
+"""
+
+from __future__ import annotations
+
+import glob as _glob
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+from bioplaus.log import LAYER_SERIES, Run, read_run
+
+# Datasets whose runs compare to another dataset's paper row, and what differs.
+DATASET_ALIASES = {
+    "fashion-mnist-mini": (
+        "fashion-mnist", "the fashion-mnist-mini subset (6,000 train / 1,000 test images), not the full 60,000 / 10,000"
+    ),
+}
+# Config fields that do not change what is learned (left out of the recipe comparison).
+_IGNORED_FIELDS = ("dataset", "seed", "device", "data_dir", "probe_every")
+BPF_VARIANTS = ("pred-bpf", "sim-bpf", "predsim-bpf")
+
+RunLike = Run | str | os.PathLike
+
+
+# ---------------------------------------------------------------------- loading
+def _expand(source: str | os.PathLike) -> list[str]:
+    s = os.fspath(source)
+    if os.path.isdir(s):
+        return sorted(p for p in _glob.glob(os.path.join(s, "*.h5")))
+    if any(c in s for c in "*?["):
+        return sorted(p for p in _glob.glob(s) if p.endswith(".h5"))
+    return [s]
+
+
+def load_runs(*sources: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Run]:
+    """Read run logs given as paths, globs (``runs/*.h5``) or folders (every ``*.h5`` in it), in order.
+
+    Each argument may also be a list of these. Raises :class:`bioplaus.log.LogError` for a path
+    that is not a run log, and ValueError when nothing matched.
+    """
+    paths: list[str] = []
+    for src in sources:
+        items = [src] if isinstance(src, (str, os.PathLike)) else list(src)
+        for item in items:
+            paths.extend(_expand(item))
+    if not paths:
+        raise ValueError("no run logs matched " + ", ".join(map(str, sources)))
+    return [read_run(p) for p in dict.fromkeys(paths)]
+
+
+def _run(r: RunLike) -> Run:
+    return r if isinstance(r, Run) else read_run(os.fspath(r))
+
+
+def _runs(runs: RunLike | Sequence[RunLike]) -> list[Run]:
+    if isinstance(runs, (Run, str, os.PathLike)):
+        return [_run(runs)]
+    return [_run(r) for r in runs]
+
+
+def run_label(run: Run) -> str:
+    """A short legend label: the variant, plus the network size (``predsim mlp 2x128``)."""
+    c = run.config
+    if c.model == "mlp":
+        size = f"mlp {c.num_layers}x{c.num_hidden}"
+    else:
+        size = c.model + (f"({c.feat_mult:g}x)" if c.feat_mult != 1 else "")
+    return f"{c.variant} {size}"
+
+
+def _labels(runs: list[Run]) -> list[str]:
+    """Labels by variant; the network size or seed is added only where variants repeat."""
+    labels = [r.config.variant for r in runs]
+    if len(set(labels)) < len(labels):
+        labels = [run_label(r) for r in runs]
+    if len(set(labels)) < len(labels):
+        labels = [f"{lab} seed {r.config.seed}" for lab, r in zip(labels, runs)]
+    if len(set(labels)) < len(labels):
+        labels = [f"{lab} ({os.path.basename(r.path)})" for lab, r in zip(labels, runs)]
+    return labels
+
+
+def block_names(run: Run) -> list[str]:
+    """The hidden blocks of a run in depth order (``fc1``, ``fc2``, ... or ``conv1``, ...), no ``out``."""
+    names = [n for n in run.layers if n != "out"]
+
+    def depth(name: str) -> tuple[int, str]:
+        digits = "".join(ch for ch in name if ch.isdigit())
+        return (int(digits) if digits else 0, name)
+
+    return sorted(names, key=depth)
+
+
+def epochs_of(run: Run) -> np.ndarray:
+    """The 1-based epoch numbers of a run. (E,)"""
+    return np.asarray(run.epochs.get("epoch", np.arange(1, run.num_epochs + 1)), dtype=float)
+
+
+def layer_series(run: Run, series: str) -> np.ndarray:
+    """One per-layer series stacked in depth order: (n_blocks, n_epochs), NaN where absent."""
+    if series not in LAYER_SERIES:
+        raise ValueError(f"unknown layer series {series!r}; one of {', '.join(LAYER_SERIES)}")
+    n = run.num_epochs
+    rows = [np.asarray(run.layers[b].get(series, np.full(n, np.nan)), dtype=float) for b in block_names(run)]
+    return np.stack(rows) if rows else np.zeros((0, n))
+
+
+def stack_epochs(runs: Sequence[RunLike], series: str) -> np.ndarray:
+    """One epoch series of several runs as (n_runs, max_epochs), NaN-padded where a run is shorter."""
+    rs = _runs(runs)
+    width = max((r.num_epochs for r in rs), default=0)
+    out = np.full((len(rs), width), np.nan)
+    for i, r in enumerate(rs):
+        v = np.asarray(r.epochs.get(series, []), dtype=float)
+        out[i, : len(v)] = v
+    return out
+
+
+def summary_table(runs: Sequence[RunLike]) -> list[dict[str, Any]]:
+    """One row per run: path, variant, model, dataset, status, epochs, final and best errors."""
+    rows = []
+    for r in _runs(runs):
+        te = np.asarray(r.epochs.get("test_error", []), dtype=float)
+        tr = np.asarray(r.epochs.get("train_error", []), dtype=float)
+        rows.append({
+            "path": r.path, "variant": r.config.variant, "model": run_label(r).split(" ", 1)[1],
+            "dataset": r.config.dataset, "status": r.status, "epochs": r.num_epochs,
+            "final_train_error": float(tr[-1]) if len(tr) else math.nan,
+            "final_test_error": float(te[-1]) if len(te) else math.nan,
+            "best_test_error": float(np.nanmin(te)) if len(te) and np.isfinite(te).any() else math.nan,
+        })
+    return rows
+
+
+# ---------------------------------------------------------------------- figures
+def _axes(ax, n: int, figsize: tuple[float, float]):
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        fig, axes = plt.subplots(1, n, figsize=figsize, squeeze=False)
+        return fig, list(axes[0])
+    axes = list(np.atleast_1d(ax).ravel())
+    if len(axes) != n:
+        raise ValueError(f"expected {n} axes, got {len(axes)}")
+    return axes[0].figure, axes
+
+
+def _colors(n: int) -> list:
+    import matplotlib.pyplot as plt
+
+    cycle = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
+    return [cycle[i % len(cycle)] for i in range(n)]
+
+
+def plot_errors(runs: RunLike | Sequence[RunLike], ax=None, labels: Sequence[str] | None = None):
+    """Train (solid) and test (dashed) error vs epoch, one colour per run, legend by variant.
+
+    Draws two lines per run, in run order: train then test; each line's label is
+    ``"<label> train"`` / ``"<label> test"``. Returns the Figure.
+    """
+    rs = _runs(runs)
+    labels = list(labels) if labels is not None else _labels(rs)
+    fig, (axis,) = _axes(ax, 1, (6.4, 4.2))
+    for r, lab, col in zip(rs, labels, _colors(len(rs))):
+        x = epochs_of(r)
+        axis.plot(x, r.epochs["train_error"], "-", color=col, label=f"{lab} train")
+        axis.plot(x, r.epochs["test_error"], "--", color=col, label=f"{lab} test")
+    axis.set_xlabel("epoch")
+    axis.xaxis.get_major_locator().set_params(integer=True)
+    axis.set_ylabel("error (%)")
+    axis.set_title("optimization (train, solid) vs generalization (test, dashed)")
+    axis.legend(fontsize="small", ncol=2 if len(rs) > 3 else 1)
+    axis.grid(alpha=0.3)
+    return fig
+
+
+_DYNAMICS = (("loss_pred", "local prediction loss (nats)"),
+             ("loss_sim", "local similarity loss"),
+             ("error_pred", "local predictor error (%)"))
+
+
+def plot_layer_dynamics(run: RunLike, split: str = "test", axes=None):
+    """Each block's local pred loss, sim loss and local predictor error vs epoch (three panels).
+
+    One line per block (label = block name) in each panel where the run has that quantity; a
+    panel the variant does not have says so. ``split`` is ``"train"`` or ``"test"``. Returns the Figure.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    r = _run(run)
+    fig, axs = _axes(axes, 3, (13, 3.8))
+    x = epochs_of(r)
+    names = block_names(r)
+    for axis, (key, ylabel) in zip(axs, _DYNAMICS):
+        data = layer_series(r, f"{split}_{key}")
+        for name, row, col in zip(names, data, _colors(len(names))):
+            if np.isfinite(row).any():
+                axis.plot(x, row, "-o", ms=3, color=col, label=name)
+        if axis.lines:
+            axis.legend(fontsize="small")
+        else:
+            axis.text(0.5, 0.5, f"no {key.replace('_', ' ')} in {r.config.variant}", ha="center",
+                      va="center", transform=axis.transAxes)
+        axis.set_xlabel("epoch")
+        axis.xaxis.get_major_locator().set_params(integer=True)
+        axis.set_ylabel(ylabel)
+        axis.set_title(f"{split} {ylabel.split(' (')[0]}")
+        axis.grid(alpha=0.3)
+    fig.suptitle(f"{run_label(r)}: per-block local losses and errors")
+    fig.tight_layout()
+    return fig
+
+
+def plot_depth(runs: RunLike | Sequence[RunLike], epoch: int | None = None, split: str = "test", axes=None,
+               labels: Sequence[str] | None = None):
+    """Local pred loss, sim loss and predictor error vs block depth at one epoch (1-based; None = last).
+
+    One line per run (x = 1..n_blocks) in each panel where the run has that quantity.
+    Returns the Figure.
+    """
+    rs = _runs(runs)
+    labels = list(labels) if labels is not None else _labels(rs)
+    fig, axs = _axes(axes, 3, (13, 3.8))
+    for axis, (key, ylabel) in zip(axs, _DYNAMICS):
+        for r, lab, col in zip(rs, labels, _colors(len(rs))):
+            e = r.num_epochs if epoch is None else int(epoch)
+            if not 1 <= e <= r.num_epochs:
+                raise ValueError(f"{r.path} has epochs 1..{r.num_epochs}, not {e}")
+            col_values = layer_series(r, f"{split}_{key}")[:, e - 1]
+            if np.isfinite(col_values).any():
+                axis.plot(np.arange(1, len(col_values) + 1), col_values, "-o", color=col, label=lab)
+        if axis.lines:
+            axis.legend(fontsize="small")
+        axis.set_xlabel("block (depth)")
+        axis.set_ylabel(ylabel)
+        when = "last epoch" if epoch is None else f"epoch {epoch}"
+        axis.set_title(f"{split} {ylabel.split(' (')[0]}, {when}")
+        axis.grid(alpha=0.3)
+        axis.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    return fig
+
+
+def plot_angles(runs: RunLike | Sequence[RunLike], axes=None, labels: Sequence[str] | None = None):
+    """Left: feedback-alignment angle (decoder W vs feedback B) per block vs epoch; right: angle between
+    each block's update and the true backprop gradient (probe epochs only).
+
+    One line per (run, block) with data, labelled ``"<run> <block>"`` (just the block for one run).
+    Returns the Figure.
+    """
+    rs = _runs(runs)
+    labels = list(labels) if labels is not None else _labels(rs)
+    fig, axs = _axes(axes, 2, (11, 3.8))
+    panels = (("fa_angle", "decoder W vs feedback B (bpf heads)"),
+              ("bp_angle", "block update vs backprop gradient"))
+    for axis, (series, title) in zip(axs, panels):
+        pairs = [(r, lab, b, row) for r, lab in zip(rs, labels)
+                 for b, row in zip(block_names(r), layer_series(r, series))]
+        for (r, lab, b, row), col in zip(pairs, _colors(len(pairs))):
+            ok = np.isfinite(row)
+            if ok.any():
+                axis.plot(epochs_of(r)[ok], row[ok], "-o", ms=3, color=col, label=b if len(rs) == 1 else f"{lab} {b}")
+        if axis.lines:
+            axis.legend(fontsize="small")
+        else:
+            axis.text(0.5, 0.5, "not logged (no bpf head)" if series == "fa_angle" else "not logged (--probe-every 0)",
+                      ha="center", va="center", transform=axis.transAxes)
+        axis.axhline(90, color="0.6", lw=0.8, ls=":")
+        axis.set_xlabel("epoch")
+        axis.xaxis.get_major_locator().set_params(integer=True)
+        axis.set_ylabel("angle (degrees)")
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def similarity_snapshots(run: RunLike, layer: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(epochs (S,), S(h) (S, B, B), S(Y) (B, B)) of one block, rows/columns sorted by class."""
+    r = _run(run)
+    p = r.probe
+    if "similarity" not in p or layer not in p["similarity"]:
+        raise ValueError(f"{r.path} has no probe similarity for {layer!r} (run with --probe-every 1)")
+    order = np.argsort(p["labels"], kind="stable")
+    S = p["similarity"][layer][:, order][:, :, order]  # (S, B, B)
+    target = p["target_similarity"][order][:, order]  # (B, B)
+    return np.asarray(p["epochs"], dtype=int), S, target
+
+
+def plot_similarity(run: RunLike, epochs: Sequence[int] | None = None, layers: Sequence[str] | None = None):
+    """Image grid: one row per block, one column per chosen probe epoch, then ``S(Y)`` in the last column.
+
+    ``epochs``: probe epochs to show (default: up to four, evenly spaced, always the first and last).
+    Images use the probe batch sorted by class, colour range [-1, 1]. Returns the Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    r = _run(run)
+    layers = list(layers) if layers is not None else [b for b in block_names(r) if b in r.probe.get("similarity", {})]
+    if not layers:
+        raise ValueError(f"{r.path} has no probe similarity matrices (run with --probe-every 1)")
+    have = [int(e) for e in r.probe["epochs"]]
+    if epochs is None:
+        idx = sorted(set(np.linspace(0, len(have) - 1, min(4, len(have))).round().astype(int)))
+        epochs = [have[i] for i in idx]
+    missing = [e for e in epochs if e not in have]
+    if missing:
+        raise ValueError(f"no probe snapshot at epoch {missing[0]}; probe epochs are {have}")
+    ncol = len(epochs) + 1
+    fig, grid = plt.subplots(len(layers), ncol, figsize=(2.1 * ncol + 0.6, 2.1 * len(layers) + 0.4),
+                             squeeze=False)
+    image = None
+    for i, layer in enumerate(layers):
+        eps, S, target = similarity_snapshots(r, layer)
+        for j, e in enumerate(epochs):
+            axis = grid[i][j]
+            image = axis.imshow(S[list(eps).index(e)], vmin=-1, vmax=1, cmap="RdBu_r", interpolation="nearest")
+            axis.set_title(f"{layer}, epoch {e}", fontsize="small")
+        grid[i][-1].imshow(target, vmin=-1, vmax=1, cmap="RdBu_r", interpolation="nearest")
+        grid[i][-1].set_title("S(Y) target", fontsize="small")
+        for axis in grid[i]:
+            axis.set_xticks([])
+            axis.set_yticks([])
+    fig.suptitle(f"{run_label(r)}: S(h) on the probe batch (sorted by class) vs S(Y)")
+    fig.colorbar(image, ax=[a for row in grid for a in row], shrink=0.8)
+    return fig
+
+
+# ---------------------------------------------------------------------- paper comparison
+@lru_cache(maxsize=1)
+def paper_tables() -> dict[str, Any]:
+    """The paper's result tables (``bioplaus/paper_tables.json``): test errors in percent."""
+    return json.loads(resources.files("bioplaus").joinpath("paper_tables.json").read_text(encoding="utf-8"))
+
+
+def paper_model_key(model: str, feat_mult: float = 1.0, cutout: bool = False, num_layers: int = 3,
+                    num_hidden: int = 1024) -> str:
+    """The paper's name of a network: ``mlp-3x1024``, ``vgg8b``, ``vgg11b(3x)+cutout``."""
+    if model == "mlp":
+        key = f"mlp-{num_layers}x{num_hidden}"
+    else:
+        key = model + (f"({feat_mult:g}x)" if feat_mult != 1 else "")
+    return key + ("+cutout" if cutout else "")
+
+
+def paper_test_error(dataset: str, model_key: str, variant: str) -> float | None:
+    """The paper's test error (percent) for dataset / model key (``paper_model_key``) / variant, or None."""
+    t = paper_tables()
+    if variant in BPF_VARIANTS:
+        rows, col = [dict(r) for r in t["backprop_free"]["rows"] if r["dataset"] == dataset], variant
+    elif variant == "glob+sim":
+        rows, col = [dict(r) for r in t["glob_plus_sim"]["rows"] if r["dataset"] == dataset], variant
+    else:
+        rows, col = t["tables"].get(dataset, {}).get("rows", []), variant
+    for row in rows:
+        if row["model"] == model_key:
+            return row.get(col)
+    return None
+
+
+def _paper_setting(run: Run) -> tuple[str, str, list[str]]:
+    """(paper dataset, paper model key, notes) nearest to a run: the mlp row of the dataset for mlps."""
+    c = run.config
+    notes = []
+    dataset = c.dataset
+    if dataset in DATASET_ALIASES:
+        dataset, why = DATASET_ALIASES[dataset]
+        notes.append(why)
+    key = paper_model_key(c.model, c.feat_mult, c.cutout, c.num_layers, c.num_hidden)
+    if c.model == "mlp":
+        t = paper_tables()["tables"].get(dataset, {}).get("rows", [])
+        mlps = [r["model"] for r in t if r["model"].startswith("mlp-")]
+        if mlps and key not in mlps:
+            notes.append(f"network {key}, paper {mlps[0]}")
+            key = mlps[0]
+    return dataset, key, notes
+
+
+def _recipe_name(dataset: str, run: Run, model_key: str) -> str:
+    c = run.config
+    mult = f"-{c.feat_mult:g}x" if c.model != "mlp" and c.feat_mult != 1 else ""
+    return f"{dataset}-{c.model}{mult}-{c.variant}" + ("-cutout" if "+cutout" in model_key else "")
+
+
+def _config_differences(run: Run, recipe: dict[str, Any]) -> list[str]:
+    c = run.config
+    ours = {k: getattr(c, k) for k in c.field_names() if k not in _IGNORED_FIELDS}
+    out = []
+    for key, want in recipe.items():
+        if key in _IGNORED_FIELDS or key not in ours:
+            continue
+        have = ours[key]
+        if isinstance(want, list):
+            want = tuple(want)
+        if have != want and not (isinstance(have, float) and isinstance(want, (int, float))
+                                 and math.isclose(have, want)):
+            out.append(f"{key} {_fmt(have)} (paper {_fmt(want)})")
+    return out
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, tuple):
+        return "[" + ", ".join(map(str, v)) + "]"
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def paper_comparison(runs: RunLike | Sequence[RunLike]) -> list[dict[str, Any]]:
+    """Measured test error of each run beside the paper's, matched by dataset / model / variant.
+
+    Each row: ``run`` (path), ``variant``, ``dataset``, ``model`` (the paper's key the run was matched
+    to), ``epochs`` (completed), ``status``, ``test_error`` (last epoch, %), ``best_test_error``,
+    ``paper_test_error`` (% or None), ``recipe`` (the paper's recipe name or None), ``matches_paper``
+    (True when nothing differs) and ``differences`` (list of sentences: dataset subset, network
+    size, every configuration field that differs from the recipe, an unfinished run).
+    """
+    rows = []
+    for r in _runs(runs):
+        c = r.config
+        dataset, key, notes = _paper_setting(r)
+        paper = paper_test_error(dataset, key, c.variant)
+        recipe_name = _recipe_name(dataset, r, key)
+        try:
+            from bioplaus.recipes import get_recipe
+
+            recipe = get_recipe(recipe_name)
+        except ValueError:
+            recipe, recipe_name = None, None
+        diffs = list(notes)
+        if recipe is not None:
+            diffs += [d for d in _config_differences(r, recipe)
+                      if not (c.model == "mlp" and d.startswith(("num_layers", "num_hidden")) and
+                              any(n.startswith("network") for n in notes))]
+        elif paper is None:
+            diffs.append("the paper has no run with this dataset, model and variant")
+        if r.status != "completed":
+            diffs.append(f"run {r.status} after {r.num_epochs} epochs")
+        te = np.asarray(r.epochs.get("test_error", []), dtype=float)
+        rows.append({
+            "run": r.path, "variant": c.variant, "dataset": c.dataset, "model": key,
+            "epochs": r.num_epochs, "status": r.status,
+            "test_error": float(te[-1]) if len(te) else math.nan,
+            "best_test_error": float(np.nanmin(te)) if len(te) and np.isfinite(te).any() else math.nan,
+            "paper_test_error": paper, "recipe": recipe_name,
+            "matches_paper": not diffs, "differences": diffs,
+        })
+    return rows
+
+
+def comparison_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """A markdown table of :func:`paper_comparison` rows."""
+    lines = ["| variant | dataset | model | epochs | test error (%) | paper (%) | differs from the paper's run |",
+             "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        paper = "—" if row["paper_test_error"] is None else f"{row['paper_test_error']:.2f}"
+        diff = "; ".join(row["differences"]) or "same setting"
+        lines.append(f"| {row['variant']} | {row['dataset']} | {row['model']} | {row['epochs']} | "
+                     f"{row['test_error']:.2f} | {paper} | {diff} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- making small runs
+def make_small_runs(variants: Sequence[str], out_dir: str | os.PathLike = ".", epochs: int = 3,
+                    num_layers: int = 1, num_hidden: int = 64, probe_every: int = 1, seed: int = 1,
+                    extra: Sequence[str] = (), progress: bool = False) -> list[str]:
+    """Train one small run per variant with ``bioplaus.cli.main`` and return the log paths.
+
+    The logs go to a new folder ``small-runs-*`` under ``out_dir`` (nothing is ever overwritten).
+    ``extra`` holds further command-line flags (``["--lr", "1e-3"]``). Defaults: a 1x64 mlp on the
+    embedded fashion-mnist-mini for 3 epochs, CPU, probe every epoch. Raises RuntimeError when a run fails.
+    """
+    from bioplaus.cli import main
+
+    os.makedirs(out_dir, exist_ok=True)
+    folder = tempfile.mkdtemp(prefix="small-runs-", dir=os.fspath(out_dir))
+    paths = []
+    for variant in variants:
+        path = os.path.join(folder, f"{variant}.h5")
+        argv = ["--variant", variant, "--epochs", str(epochs), "--num-layers", str(num_layers),
+                "--num-hidden", str(num_hidden), "--probe-every", str(probe_every), "--seed", str(seed),
+                "--device", "cpu", "--out", path, *extra]
+        if not progress:
+            argv.append("--no-progress")
+        rc = main(argv)
+        if rc != 0:
+            raise RuntimeError(f"python sims/run.py {' '.join(argv)} exited with status {rc}")
+        paths.append(path)
+    return paths
