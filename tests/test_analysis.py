@@ -1,0 +1,294 @@
+"""The analysis module on run logs with made-up, known content (written with RunLog directly)."""
+
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+
+from bioplaus import analysis
+from bioplaus.config import Config
+from bioplaus.log import LogError, RunLog
+
+B = 8  # probe batch
+
+
+def make_log(path, variant="predsim", n_epochs=4, blocks=("fc1", "fc2"), seed=0, probe_every=2, status="completed",
+             **cfg_kw):
+    """A run log with random numbers; returns (path, dict of every number written)."""
+    cfg = Config(variant=variant, epochs=n_epochs, num_layers=len(blocks), num_hidden=32, probe_every=probe_every,
+                 **cfg_kw).resolve()
+    log = RunLog.create(str(path), cfg, "cpu (test)", 1000)
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(B) % 3)  # unsorted: the plot must sort them
+    written = {"epochs": {k: [] for k in ("train_error", "test_error")},
+               "layers": {b: {k: [] for k in ("test_loss_pred", "test_loss_sim", "test_error_pred", "train_loss_pred",
+                                              "fa_angle", "bp_angle")} for b in blocks},
+               "similarity": {b: [] for b in blocks}, "labels": labels, "probe_epochs": []}
+    for e in range(1, n_epochs + 1):
+        tr, te = 100 * rng.random(), 100 * rng.random()
+        written["epochs"]["train_error"].append(tr)
+        written["epochs"]["test_error"].append(te)
+        st_layers, ev_layers = {}, {}
+        for b in blocks:
+            w = {"loss_pred": rng.random(), "loss_sim": rng.random(), "error_pred": 100 * rng.random(),
+                 "fa_angle": 90 * rng.random(), "weight_norm": 1.0, "update_norm": 0.1}
+            t = {"loss_pred": rng.random(), "loss_sim": rng.random(), "error_pred": 100 * rng.random()}
+            st_layers[b], ev_layers[b] = w, t
+            written["layers"][b]["train_loss_pred"].append(w["loss_pred"])
+            written["layers"][b]["fa_angle"].append(w["fa_angle"])
+            for k in ("loss_pred", "loss_sim", "error_pred"):
+                written["layers"][b][f"test_{k}"].append(t[k])
+        probe = None
+        if probe_every and e % probe_every == 0:
+            written["probe_epochs"].append(e)
+            probe = {"layers": {}, "similarity": {}, "labels": labels,
+                     "target_similarity": (labels[:, None] == labels[None, :]).astype(np.float32)}
+            for b in blocks:
+                angle = 90 * rng.random()
+                S = rng.uniform(-1, 1, (B, B)).astype(np.float32)
+                probe["layers"][b] = {"bp_angle": angle}
+                probe["similarity"][b] = S
+                written["similarity"][b].append(S)
+            for b in blocks:
+                written["layers"][b]["bp_angle"].append(probe["layers"][b]["bp_angle"])
+        else:
+            for b in blocks:
+                written["layers"][b]["bp_angle"].append(np.nan)
+        log.append_epoch({"epoch": e, "train_loss": rng.random(), "train_error": tr, "lr": 5e-4, "seconds": 1.0,
+                          "layers": st_layers}, {"test_loss": rng.random(), "test_error": te, "layers": ev_layers},
+                         probe)
+    log.set_status(status)
+    return str(path), written
+
+
+@pytest.fixture
+def two_runs(tmp_path):
+    a = make_log(tmp_path / "a.h5", "glob", seed=1)
+    b = make_log(tmp_path / "b.h5", "predsim-bpf", seed=2)
+    return [a, b]
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def test_load_runs_paths_globs_folders(two_runs, tmp_path):
+    (pa, _), (pb, _) = two_runs
+    assert [r.path for r in analysis.load_runs(pa, pb)] == [pa, pb]
+    assert [r.path for r in analysis.load_runs([pb, pa])] == [pb, pa]
+    assert [r.path for r in analysis.load_runs(str(tmp_path))] == [pa, pb]
+    assert [r.path for r in analysis.load_runs(str(tmp_path / "*.h5"))] == [pa, pb]
+    assert len(analysis.load_runs(pa, str(tmp_path))) == 2  # duplicates read once
+    with pytest.raises(ValueError):
+        analysis.load_runs(str(tmp_path / "nothing-*.h5"))
+    (tmp_path / "junk.h5").write_text("not hdf5")
+    with pytest.raises(LogError):
+        analysis.load_runs(str(tmp_path / "junk.h5"))
+
+
+def test_many_logs_to_arrays_and_tables(tmp_path):
+    made = [make_log(tmp_path / f"r{i}.h5", "pred", n_epochs=2 + i, seed=i) for i in range(5)]
+    runs = analysis.load_runs(str(tmp_path))
+    assert len(runs) == 5
+    stacked = analysis.stack_epochs(runs, "test_error")
+    assert stacked.shape == (5, 6)
+    for i, (_, w) in enumerate(made):
+        np.testing.assert_allclose(stacked[i, : 2 + i], w["epochs"]["test_error"])
+        assert np.isnan(stacked[i, 2 + i:]).all()
+    table = analysis.summary_table(runs)
+    assert [row["epochs"] for row in table] == [2, 3, 4, 5, 6]
+    for row, (_, w) in zip(table, made):
+        assert row["final_test_error"] == pytest.approx(w["epochs"]["test_error"][-1])
+        assert row["best_test_error"] == pytest.approx(min(w["epochs"]["test_error"]))
+        assert row["variant"] == "pred" and row["model"] == "mlp 2x32"
+    series = analysis.layer_series(runs[0], "test_error_pred")
+    np.testing.assert_allclose(series, [made[0][1]["layers"][b]["test_error_pred"] for b in ("fc1", "fc2")])
+
+
+def test_block_names_in_depth_order(tmp_path):
+    path, _ = make_log(tmp_path / "deep.h5", "pred", n_epochs=1, blocks=[f"fc{i}" for i in (1, 2, 10, 3)])
+    assert analysis.block_names(analysis.load_runs(path)[0]) == ["fc1", "fc2", "fc3", "fc10"]
+
+
+def test_plot_errors_lines_are_the_logged_series(two_runs):
+    runs = analysis.load_runs([p for p, _ in two_runs])
+    fig = analysis.plot_errors(runs)
+    (ax,) = fig.axes
+    lines = ax.get_lines()
+    assert len(lines) == 4
+    assert [ln.get_label() for ln in lines] == ["glob train", "glob test", "predsim-bpf train", "predsim-bpf test"]
+    assert [ln.get_linestyle() for ln in lines] == ["-", "--", "-", "--"]
+    assert lines[0].get_color() == lines[1].get_color() != lines[2].get_color() == lines[3].get_color()
+    for k, (_, w) in enumerate(two_runs):
+        np.testing.assert_allclose(lines[2 * k].get_ydata(), w["epochs"]["train_error"])
+        np.testing.assert_allclose(lines[2 * k + 1].get_ydata(), w["epochs"]["test_error"])
+        np.testing.assert_allclose(lines[2 * k].get_xdata(), [1, 2, 3, 4])
+    assert ax.get_xlabel() == "epoch" and ax.get_ylabel() == "error (%)"
+    assert "train" in ax.get_title() and "test" in ax.get_title()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [ln.get_label() for ln in lines]
+
+
+def test_plot_errors_same_variant_labels_differ(tmp_path):
+    a, _ = make_log(tmp_path / "a.h5", "pred", seed=1)
+    b, _ = make_log(tmp_path / "b.h5", "pred", seed=2, blocks=("fc1",))
+    labels = [ln.get_label() for ln in analysis.plot_errors([a, b]).axes[0].get_lines()]
+    assert len(set(labels)) == 4 and labels[0].startswith("pred mlp 2x32") and labels[2].startswith("pred mlp 1x32")
+
+
+def test_plot_errors_into_given_axes(two_runs):
+    fig, ax = plt.subplots()
+    assert analysis.plot_errors(two_runs[0][0], ax=ax) is fig
+    assert len(ax.get_lines()) == 2
+
+
+def test_plot_layer_dynamics(two_runs):
+    path, w = two_runs[1]
+    fig = analysis.plot_layer_dynamics(path, split="test")
+    assert len(fig.axes) == 3
+    for ax, key in zip(fig.axes, ("test_loss_pred", "test_loss_sim", "test_error_pred")):
+        lines = ax.get_lines()
+        assert [ln.get_label() for ln in lines] == ["fc1", "fc2"]
+        for ln, b in zip(lines, ("fc1", "fc2")):
+            np.testing.assert_allclose(ln.get_ydata(), w["layers"][b][key])
+        assert ax.get_xlabel() == "epoch" and ax.get_title().startswith("test ")
+    train = analysis.plot_layer_dynamics(path, split="train")
+    np.testing.assert_allclose(train.axes[0].get_lines()[1].get_ydata(), w["layers"]["fc2"]["train_loss_pred"])
+    with pytest.raises(ValueError):
+        analysis.plot_layer_dynamics(path, split="valid")
+
+
+def test_plot_layer_dynamics_missing_quantity_says_so(tmp_path):
+    cfg = Config(variant="glob", epochs=2, num_layers=1, num_hidden=8).resolve()
+    log = RunLog.create(str(tmp_path / "g.h5"), cfg, "cpu", 10)
+    for e in (1, 2):
+        log.append_epoch({"epoch": e, "train_error": 50.0, "layers": {"fc1": {"weight_norm": 1.0}}},
+                         {"test_error": 40.0})
+    fig = analysis.plot_layer_dynamics(str(tmp_path / "g.h5"))
+    assert all(len(ax.get_lines()) == 0 for ax in fig.axes)
+    assert all("glob" in ax.texts[0].get_text() for ax in fig.axes)
+
+
+def test_plot_depth(two_runs):
+    fig = analysis.plot_depth([p for p, _ in two_runs], epoch=2)
+    assert len(fig.axes) == 3
+    err = fig.axes[2]
+    assert [ln.get_label() for ln in err.get_lines()] == ["glob", "predsim-bpf"]
+    for ln, (_, w) in zip(err.get_lines(), two_runs):
+        np.testing.assert_allclose(ln.get_xdata(), [1, 2])
+        np.testing.assert_allclose(ln.get_ydata(), [w["layers"][b]["test_error_pred"][1] for b in ("fc1", "fc2")])
+    assert "epoch 2" in err.get_title() and err.get_xlabel() == "block (depth)"
+    last = analysis.plot_depth(two_runs[0][0])
+    np.testing.assert_allclose(last.axes[0].get_lines()[0].get_ydata(),
+                               [two_runs[0][1]["layers"][b]["test_loss_pred"][-1] for b in ("fc1", "fc2")])
+    with pytest.raises(ValueError):
+        analysis.plot_depth(two_runs[0][0], epoch=9)
+
+
+def test_plot_angles(two_runs):
+    path, w = two_runs[1]
+    fig = analysis.plot_angles(path)
+    fa, bp = fig.axes
+    assert [ln.get_label() for ln in fa.get_lines() if not ln.get_label().startswith("_")] == ["fc1", "fc2"]
+    np.testing.assert_allclose(fa.get_lines()[1].get_ydata(), w["layers"]["fc2"]["fa_angle"])
+    bp_lines = [ln for ln in bp.get_lines() if not ln.get_label().startswith("_")]
+    assert len(bp_lines) == 2
+    # bp_angle exists on probe epochs only (2 and 4): NaN epochs are left out, not drawn as gaps
+    np.testing.assert_allclose(bp_lines[0].get_xdata(), [2, 4])
+    np.testing.assert_allclose(bp_lines[0].get_ydata(), np.asarray(w["layers"]["fc1"]["bp_angle"])[[1, 3]])
+    assert fa.get_ylabel() == "angle (degrees)" and "feedback" in fa.get_title() and "backprop" in bp.get_title()
+    both = analysis.plot_angles([p for p, _ in two_runs])
+    assert [ln.get_label() for ln in both.axes[1].get_lines() if not ln.get_label().startswith("_")] == [
+        "glob fc1", "glob fc2", "predsim-bpf fc1", "predsim-bpf fc2"]
+
+
+def test_plot_similarity_grid_sorted_by_class(two_runs):
+    path, w = two_runs[1]
+    order = np.argsort(w["labels"], kind="stable")
+    fig = analysis.plot_similarity(path)
+    images = [ax for ax in fig.axes if ax.get_images()]
+    assert len(images) == 2 * 3  # 2 blocks x (2 probe epochs + S(Y))
+    titles = [ax.get_title() for ax in images]
+    assert titles == ["fc1, epoch 2", "fc1, epoch 4", "S(Y) target", "fc2, epoch 2", "fc2, epoch 4", "S(Y) target"]
+    for ax, (b, k) in zip(images[:2] + images[3:5], [("fc1", 0), ("fc1", 1), ("fc2", 0), ("fc2", 1)]):
+        np.testing.assert_allclose(ax.get_images()[0].get_array(), w["similarity"][b][k][order][:, order])
+    target = images[2].get_images()[0].get_array()
+    sorted_labels = w["labels"][order]
+    np.testing.assert_array_equal(target, (sorted_labels[:, None] == sorted_labels[None, :]).astype(np.float32))
+    one = analysis.plot_similarity(path, epochs=[4], layers=["fc2"])
+    assert [ax.get_title() for ax in one.axes if ax.get_images()] == ["fc2, epoch 4", "S(Y) target"]
+    with pytest.raises(ValueError):
+        analysis.plot_similarity(path, epochs=[3])
+
+
+def test_paper_tables_is_the_shared_copy():
+    import pathlib
+
+    shared = pathlib.Path("/work/shared/paper/tables.json")
+    if shared.exists():
+        assert analysis.paper_tables() == json.loads(shared.read_text())
+    t = analysis.paper_tables()
+    assert t["tables"]["fashion-mnist"]["rows"][0]["model"] == "mlp-3x1024"
+
+
+@pytest.mark.parametrize("dataset,key,variant", [
+    ("fashion-mnist", "mlp-3x1024", "predsim"), ("cifar10", "vgg11b(3x)", "predsim"), ("mnist", "vgg8b", "glob"),
+    ("cifar100", "mlp-3x3000", "sim"), ("fashion-mnist", "vgg8b(2x)+cutout", "predsim"),
+])
+def test_paper_error_lookup_matches_tables(dataset, key, variant):
+    row = next(r for r in analysis.paper_tables()["tables"][dataset]["rows"] if r["model"] == key)
+    assert analysis.paper_test_error(dataset, key, variant) == row[variant]
+
+
+def test_paper_error_lookup_bpf_and_glob_sim():
+    assert analysis.paper_test_error("cifar10", "vgg8b", "predsim-bpf") == 9.02
+    assert analysis.paper_test_error("cifar10", "vgg8b", "sim-bpf") == 13.39
+    assert analysis.paper_test_error("stl10", "vgg8b", "glob+sim") == 25.6
+    assert analysis.paper_test_error("fashion-mnist", "mlp-3x1024", "pred-bpf") is None
+    assert analysis.paper_model_key("vgg11b", 3.0, True) == "vgg11b(3x)+cutout"
+    assert analysis.paper_model_key("mlp", num_layers=3, num_hidden=3000) == "mlp-3x3000"
+
+
+def test_paper_comparison_small_run_says_what_differs(tmp_path):
+    path, w = make_log(tmp_path / "p.h5", "predsim", n_epochs=3)
+    (row,) = analysis.paper_comparison([path])
+    expected = next(r for r in analysis.paper_tables()["tables"]["fashion-mnist"]["rows"]
+                    if r["model"] == "mlp-3x1024")["predsim"]
+    assert row["paper_test_error"] == expected
+    assert row["model"] == "mlp-3x1024" and row["recipe"] == "fashion-mnist-mlp-predsim"
+    assert row["test_error"] == pytest.approx(w["epochs"]["test_error"][-1])
+    text = " ".join(row["differences"])
+    assert "fashion-mnist-mini" in text and "epochs 3 (paper 200)" in text and "mlp-2x32" in text
+    assert not row["matches_paper"]
+    md = analysis.comparison_markdown([row])
+    assert md.count("\n") == 2 and f"{expected:.2f}" in md and "epochs 3 (paper 200)" in md
+
+
+def test_paper_comparison_exact_recipe_matches(tmp_path):
+    from bioplaus.recipes import get_recipe
+
+    recipe = get_recipe("fashion-mnist-mlp-glob")
+    # a run with exactly the recipe's configuration, one epoch written so far (status 'running')
+    c = Config.from_dict(recipe).resolve()
+    log = RunLog.create(str(tmp_path / "full.h5"), c, "cpu", 1)
+    log.append_epoch({"epoch": 1, "train_error": 9.0}, {"test_error": 8.0})
+    (row,) = analysis.paper_comparison([str(tmp_path / "full.h5")])
+    assert row["paper_test_error"] == 8.37
+    assert row["differences"] == ["run running after 1 epochs"]
+    log.set_status("completed")
+    (row,) = analysis.paper_comparison([str(tmp_path / "full.h5")])
+    assert row["differences"] == [] and row["matches_paper"]
+    assert "same setting" in analysis.comparison_markdown([row])
+
+
+def test_paper_comparison_without_paper_number(two_runs):
+    row = analysis.paper_comparison(two_runs[1][0])[0]
+    assert row["variant"] == "predsim-bpf" and row["paper_test_error"] is None
+    assert any("no run" in d for d in row["differences"])
+    assert "| — |" in analysis.comparison_markdown([row])
