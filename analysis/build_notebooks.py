@@ -1,0 +1,489 @@
+"""Write the analysis notebooks and the teaching labs (without outputs) from the cell texts below.
+
+    python analysis/build_notebooks.py          # rewrites analysis/*.ipynb and analysis/labs/*.ipynb
+
+The notebooks are thin over :mod:`bioplaus.analysis` and read only run logs. Each has a parameter
+cell (tagged ``parameters``) with ``LOGS = []``: when no logs are given it makes its own small runs.
+In the labs, a cell tagged ``exercise`` (metadata ``exercise: <name>``) holds a function stub that
+raises NotImplementedError; the check cell after it prints ``<name>: correct`` or
+``<name>: not yet right ...``. The solutions are in ``analysis/labs/solutions/<name>.py``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = Path(__file__).resolve().parent
+RULES_LINK = "[`bioplaus/rules.py`](../../bioplaus/rules.py)"
+
+
+def md(text: str):
+    return new_markdown_cell(text.strip())
+
+
+def code(text: str, **metadata):
+    cell = new_code_cell(text.strip())
+    cell.metadata.update(metadata)
+    return cell
+
+
+def params(text: str):
+    return code(text, tags=["parameters"])
+
+
+def exercise(name: str, text: str):
+    return code(text, tags=["exercise"], exercise=name)
+
+
+def notebook(cells) -> nbformat.NotebookNode:
+    nb = new_notebook(cells=cells)
+    for i, cell in enumerate(nb.cells):
+        cell["id"] = f"cell-{i:02d}"  # fixed ids: rebuilding gives the same files
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    return nb
+
+
+SETUP = """
+import numpy as np
+import matplotlib.pyplot as plt
+from IPython.display import Markdown, display
+
+from bioplaus import analysis
+"""
+
+CHECK = '''
+def check(name, test):
+    """Run a test of an exercise; print whether the function is right. Returns True or False."""
+    try:
+        test()
+    except NotImplementedError:
+        print(f"{name}: not yet right: the function is still a stub (it raises NotImplementedError)")
+        return False
+    except AssertionError as exc:
+        print(f"{name}: not yet right: {exc}")
+        return False
+    print(f"{name}: correct")
+    return True
+
+
+def numerical_gradient(f, x, eps=1e-6):
+    """Central differences of a scalar function f at x (float64)."""
+    g = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        old = x[idx]
+        x[idx] = old + eps
+        up = f(x)
+        x[idx] = old - eps
+        down = f(x)
+        x[idx] = old
+        g[idx] = (up - down) / (2 * eps)
+    return g
+'''
+
+# ---------------------------------------------------------------------- analysis notebooks
+OPT_VS_GEN = [
+    md("""
+# Optimization vs generalization
+
+Nøkland & Eidnes (2019) observe that local learning rules optimize the training set *less* well
+than global backprop (higher train error) yet often generalize as well or better (a smaller gap
+between train and test error). This notebook draws that view from run logs: train error (solid)
+and test error (dashed) per epoch, one colour per run.
+
+Give your own logs in `LOGS` (paths, globs or folders), or leave it empty to train small runs here
+(a 2x64 MLP on the embedded `fashion-mnist-mini`, a few seconds each).
+"""),
+    code(SETUP),
+    params("""
+LOGS = []  # run logs (paths, globs or folders); empty: make small runs below
+VARIANTS = ["glob", "predsim"]
+EPOCHS = 3
+"""),
+    code("""
+if not LOGS:
+    LOGS = analysis.make_small_runs(VARIANTS, epochs=EPOCHS, num_layers=2, num_hidden=64)
+runs = analysis.load_runs(LOGS)
+[r.path for r in runs]
+"""),
+    code("fig = analysis.plot_errors(runs)"),
+    md("The generalization gap (test − train error) at the last epoch of each run:"),
+    code("""
+rows = analysis.summary_table(runs)
+lines = ["| run | epochs | train error (%) | test error (%) | gap |", "|---|---|---|---|---|"]
+for row in rows:
+    gap = row["final_test_error"] - row["final_train_error"]
+    lines.append(f"| {row['variant']} {row['model']} | {row['epochs']} | {row['final_train_error']:.2f} | "
+                 f"{row['final_test_error']:.2f} | {gap:+.2f} |")
+display(Markdown("\\n".join(lines)))
+"""),
+    md("""
+With a few epochs on the mini dataset the curves are short and noisy; the paper's effect shows over
+hundreds of epochs (`sims/figures.py --epochs 20` or `python sims/run.py --recipe ...`).
+"""),
+]
+
+LAYER_DYNAMICS = [
+    md("""
+# Layer dynamics
+
+Per-block training dynamics from a run log: each block's local losses (prediction loss of its
+decoder, similarity-matching loss) and its local predictor's error over epochs and over depth, the
+alignment angles, and the similarity matrices `S(h)` of a fixed probe batch (sorted by class)
+beside the label similarity `S(Y)`.
+
+Logs need `--probe-every 1` for the backprop angle and the similarity matrices.
+"""),
+    code(SETUP),
+    params("""
+LOGS = []  # run logs; empty: make one small run below
+VARIANT = "predsim"
+EPOCHS = 3
+"""),
+    code("""
+if not LOGS:
+    LOGS = analysis.make_small_runs([VARIANT], epochs=EPOCHS, num_layers=2, num_hidden=64)
+runs = analysis.load_runs(LOGS)
+run = runs[0]
+analysis.block_names(run), run.num_epochs
+"""),
+    md("## Local losses and local errors per block, over epochs"),
+    code('fig = analysis.plot_layer_dynamics(run, split="train")'),
+    code('fig = analysis.plot_layer_dynamics(run, split="test")'),
+    md("## The same over depth, at the last epoch (one line per run)"),
+    code("fig = analysis.plot_depth(runs)"),
+    md("""
+## Alignment
+
+Left: for feedback-alignment heads (`pred-bpf`, `predsim-bpf`), the angle between the decoder's
+weights and the fixed feedback matrix that carries the error instead of them. Right: for any rule,
+the angle between a block's update and the true backprop gradient on the probe batch (90° means
+unrelated, 0° means the same direction).
+"""),
+    code("fig = analysis.plot_angles(runs)"),
+    md("## Similarity matrices of the probe batch"),
+    code("fig = analysis.plot_similarity(run)"),
+]
+
+PAPER_COMPARISON = [
+    md("""
+# Measured vs the paper
+
+The last-epoch test error of each run beside the number the paper reports for the same dataset,
+model and variant (from `bioplaus/paper_tables.json`), with every way the run's configuration
+differs from the paper's recipe (fewer epochs, the mini dataset, a smaller network, ...). Only a
+run that matches the recipe can be compared number to number.
+"""),
+    code(SETUP),
+    params("""
+LOGS = []  # run logs; empty: make small runs below
+VARIANTS = ["glob", "pred"]
+EPOCHS = 2
+"""),
+    code("""
+if not LOGS:
+    LOGS = analysis.make_small_runs(VARIANTS, epochs=EPOCHS, num_layers=2, num_hidden=64)
+runs = analysis.load_runs(LOGS)
+rows = analysis.paper_comparison(runs)
+display(Markdown(analysis.comparison_markdown(rows)))
+"""),
+    md("The paper's Fashion-MNIST table (test error, %):"),
+    code("""
+table = analysis.paper_tables()["tables"]["fashion-mnist"]
+cols = analysis.paper_tables()["columns"]
+lines = ["| model | params | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
+for row in table["rows"]:
+    vals = ["—" if row[c] is None else f"{row[c]:.2f}" for c in cols]
+    lines.append(f"| {row['model']} | {row['params']} | " + " | ".join(vals) + " |")
+display(Markdown("\\n".join(lines)))
+"""),
+    md("To reproduce a row exactly, run its recipe: `python sims/run.py --recipe fashion-mnist-mlp-predsim`."),
+]
+
+# ---------------------------------------------------------------------- labs
+LAB1 = [
+    md(f"""
+# Lab 1: global vs local learning
+
+**Global backprop** (`glob`) trains every layer from the error of the network's output, sent back
+through every layer above it. **Local learning** (`pred`, `predsim`) gives every block its own
+small loss, computed from the block's own output `h` and the labels; the block's input is a
+constant, so no error ever crosses a block boundary. A block can learn as soon as its own forward
+pass is done.
+
+Open {RULES_LINK}: its docstring lists, for every variant, where a block's error `δh` comes from,
+and the rest of the file is that list in code. In this lab you
+
+1. train the same small network with `glob` and with `pred` and compare their error curves,
+2. look at each block's own local error,
+3. write the local error of a `pred` head yourself.
+
+Time: under a minute on a laptop CPU.
+"""),
+    code(SETUP + "from bioplaus import ops"),
+    code(CHECK),
+    params("""
+LOGS = []  # run logs to use instead of training here
+EPOCHS = 3
+"""),
+    code("""
+if not LOGS:
+    LOGS = analysis.make_small_runs(["glob", "pred"], epochs=EPOCHS, num_layers=2, num_hidden=64)
+runs = analysis.load_runs(LOGS)
+fig = analysis.plot_errors(runs)
+"""),
+    md("""
+Solid lines are the training error, dashed the test error. **Question:** which rule fits the
+training set faster? Which has the smaller gap between train and test?
+
+A `pred` block also has its own classifier (a linear decoder on `h`). Its error tells how much a
+block has learned *by itself*:
+"""),
+    code("""
+local = [r for r in runs if r.config.variant != "glob"]
+if local:
+    fig = analysis.plot_layer_dynamics(local[0])
+"""),
+    md("""
+## Exercise 1: the local error of a `pred` head
+
+The `pred` head of a block reads its output `h (N, D)`, computes class scores
+`logits = h dec_Wᵀ + dec_b (N, K)` and the loss `L = CE(logits, y)` (mean over the batch). The
+block learns from `δh = ∂L/∂h`. Write it, using only `h`, the decoder and the labels (that is what
+makes it local). Hint: `∂L/∂logits = (softmax(logits) − onehot(y)) / N`.
+"""),
+    exercise("local_pred_error", '''
+def local_pred_error(h, dec_W, dec_b, y):
+    """δh = ∂ CE(h dec_Wᵀ + dec_b, y) / ∂h.  h (N, D), dec_W (K, D), dec_b (K,), y (N,) ints -> (N, D)."""
+    # YOUR CODE HERE
+    raise NotImplementedError
+'''),
+    code('''
+def test_local_pred_error():
+    rng = np.random.default_rng(0)
+    h, W, b = rng.standard_normal((6, 5)), rng.standard_normal((4, 5)), rng.standard_normal(4)
+    y = rng.integers(0, 4, 6)
+    got = np.asarray(local_pred_error(h.copy(), W, b, y), dtype=float)
+    assert got.shape == h.shape, f"the shape is {got.shape}, it should be {h.shape}"
+    expected = numerical_gradient(lambda hh: float(ops.softmax_cross_entropy_forward(hh @ W.T + b, y)), h.copy())
+    err = np.abs(got - expected).max()
+    assert err < 1e-6, f"largest difference to finite differences is {err:.2e}"
+
+
+check("local_pred_error", test_local_pred_error)
+'''),
+    md(f"""
+Compare your function with the `pred` branch of `_local_head` in {RULES_LINK}. **Question:** what
+would `glob` need, in addition, to compute `δh` of the first block? (Everything above it.)
+"""),
+]
+
+LAB2 = [
+    md(f"""
+# Lab 2: similarity matching
+
+The `sim` loss of a block compares two `B × B` matrices of a mini-batch of `B` examples:
+`S(h)`, the cosine similarity of every pair of examples in the block's (projected) features, and
+`S(Y)`, the same for their one-hot labels: 1 for two examples of the same class, 0 otherwise.
+The loss is `mean((S(h) − S(Y))²)`: examples of the same class should get similar features,
+examples of different classes orthogonal ones. See the `sim` rule in {RULES_LINK} and the op in
+[`bioplaus/ops/similarity.py`](../../bioplaus/ops/similarity.py).
+
+`S(X)`: subtract each row's mean, divide each row by `1e-8 + ` its L2 norm (`Xn`), and
+`S = clamp(Xn Xnᵀ, −1, 1)`.
+
+In this lab you watch `S(h)` take on the block structure of `S(Y)` over training (on a fixed probe
+batch sorted by class), then write the gradient of the sim loss yourself.
+"""),
+    code(SETUP + "from bioplaus import ops"),
+    code(CHECK),
+    params("""
+LOGS = []  # a run log made with --probe-every 1; empty: train one here
+EPOCHS = 3
+"""),
+    code("""
+if not LOGS:
+    LOGS = analysis.make_small_runs(["sim"], epochs=EPOCHS, num_layers=1, num_hidden=64)
+run = analysis.load_runs(LOGS)[0]
+fig = analysis.plot_similarity(run)
+"""),
+    md("How far is `S(h)` from `S(Y)` at each probe epoch? (the sim loss on the probe batch)"),
+    code("""
+for layer in analysis.block_names(run):
+    epochs, S, target = analysis.similarity_snapshots(run, layer)
+    for e, s in zip(epochs, S):
+        print(f"{layer} epoch {e}: mean (S(h) - S(Y))^2 = {np.mean((s - target) ** 2):.4f}")
+"""),
+    md("""
+## Exercise 2: the gradient of the sim loss
+
+Write `sim_loss_and_grad(X, Y)` for a batch of features `X (B, D)` and one-hot labels `Y (B, K)`:
+return the loss `L = mean((S(X) − S(Y))²)` (a float) and `dX = ∂L/∂X (B, D)`. Go backwards step
+by step: `dS = 2 (S − S(Y)) / B²`; the clamp passes no gradient outside [−1, 1]; `R = Xn Xnᵀ`
+gives `dXn = (dR + dRᵀ) Xn`; then the row normalisation `Xn = Xc / d` with `d = 1e-8 + |Xc|`;
+then the mean subtraction. `S(Y)` is a constant.
+"""),
+    exercise("sim_loss_and_grad", '''
+def sim_loss_and_grad(X, Y):
+    """L = mean((S(X) - S(Y))^2) and dL/dX.  X (B, D), Y (B, K) -> (float, (B, D))."""
+    # YOUR CODE HERE
+    raise NotImplementedError
+'''),
+    code('''
+def test_sim_loss_and_grad():
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((7, 5))
+    Y = np.eye(3)[rng.integers(0, 3, 7)]
+    loss, dX = sim_loss_and_grad(X.copy(), Y)
+    dX = np.asarray(dX, dtype=float)
+    S, cache = ops.similarity_forward(X)
+    ref_loss, dS = ops.mse(S, ops.label_similarity(Y))
+    assert abs(float(loss) - float(ref_loss)) < 1e-10, f"the loss is {float(loss):.6f}, it should be {float(ref_loss):.6f}"
+    assert dX.shape == X.shape, f"the shape of dX is {dX.shape}, it should be {X.shape}"
+    def f(x):
+        return float(ops.mse(ops.similarity_forward(x)[0], ops.label_similarity(Y))[0])
+    expected = numerical_gradient(f, X.copy())
+    err = np.abs(dX - expected).max()
+    assert err < 1e-6, f"largest difference of dX to finite differences is {err:.2e}"
+    err_op = np.abs(dX - ops.similarity_backward(dS, cache)).max()
+    assert err_op < 1e-9, f"largest difference of dX to bioplaus.ops.similarity_backward is {err_op:.2e}"
+
+
+check("sim_loss_and_grad", test_sim_loss_and_grad)
+'''),
+    md("""
+**Questions.** Why does the diagonal of `S(h)` hardly matter to the loss? What does the loss ask
+of two examples of *different* classes? What happens to `S(X)` on a feature map `(B, C, H, W)`
+(see the op's docstring)?
+"""),
+]
+
+LAB3 = [
+    md(f"""
+# Lab 3: learning without backprop
+
+Even local `pred` learning uses one transposed weight: the error of the decoder reaches `h`
+through `dec_W` (`δh = dlogits dec_W`), and the sim loss has a learned layer before `S`. The
+backprop-free (bpf) variants remove both (see the `feedback` and `direct` branches in
+{RULES_LINK}):
+
+- **feedback alignment**: the error goes back through a fixed random matrix `B` of the decoder's
+  shape instead of `dec_W`. The decoder still learns from its own exact gradient and, over
+  training, its weights come to *align* with `B`: the angle between them falls below 90°;
+- **random label projection**: the targets are a fixed random projection of the labels, `Y P`;
+  `pred-bpf` predicts the binary code `1[Y P > 0]` with a sigmoid cross-entropy.
+
+In this lab you watch the alignment angle during training and write both pieces yourself.
+"""),
+    code(SETUP + "from bioplaus import ops\nfrom bioplaus.rules import bpf_codes"),
+    code(CHECK),
+    params("""
+LOGS = []  # a pred-bpf or predsim-bpf run log; empty: train one here
+EPOCHS = 4
+"""),
+    code("""
+if not LOGS:
+    LOGS = analysis.make_small_runs(["pred-bpf"], epochs=EPOCHS, num_layers=2, num_hidden=64)
+runs = analysis.load_runs(LOGS)
+fig = analysis.plot_angles(runs)
+"""),
+    md("""
+Left: the angle between each block's decoder weights and its feedback matrix `B` (it starts near
+90°: two random matrices are almost orthogonal). Right: the angle between each block's update and
+the true backprop gradient of the output loss.
+"""),
+    code("fig = analysis.plot_errors(runs)"),
+    md("""
+## Exercise 3a: the binary label code
+
+`P (K, T)` is a fixed random projection of `K` classes to `T` dimensions. For one-hot labels
+`Y (N, K)`, the target of the `pred-bpf` head is `1[Y P > 0]` (N, T), as floats (0.0 or 1.0).
+"""),
+    exercise("binary_label_code", '''
+def binary_label_code(Y, P):
+    """1[Y P > 0] as floats.  Y (N, K) one-hot, P (K, T) -> (N, T)."""
+    # YOUR CODE HERE
+    raise NotImplementedError
+'''),
+    code('''
+def test_binary_label_code():
+    rng = np.random.default_rng(2)
+    K, T, N = 5, 16, 9
+    P = rng.uniform(-1, 1, (K, T)) / np.sqrt(K)
+    y = rng.integers(0, K, N)
+    got = np.asarray(binary_label_code(np.eye(K)[y], P), dtype=float)
+    assert got.shape == (N, T), f"the shape is {got.shape}, it should be {(N, T)}"
+    assert set(np.unique(got)) <= {0.0, 1.0}, "the code should hold only 0.0 and 1.0"
+    assert np.array_equal(got, bpf_codes(P)[y]), "the code differs from bioplaus.rules.bpf_codes(P)[y]"
+
+
+check("binary_label_code", test_binary_label_code)
+'''),
+    md("""
+## Exercise 3b: the feedback-alignment error
+
+The decoder maps `h (N, D)` to `logits = h dec_Wᵀ + dec_b (N, T)`. Backprop would send
+`δh = dlogits dec_W` to the block. Feedback alignment sends the error through the fixed random
+`B (T, D)` instead. Write that error.
+"""),
+    exercise("feedback_error", '''
+def feedback_error(dlogits, B):
+    """The error sent to h by feedback alignment.  dlogits (N, T), B (T, D) -> (N, D)."""
+    # YOUR CODE HERE
+    raise NotImplementedError
+'''),
+    code('''
+def test_feedback_error():
+    rng = np.random.default_rng(3)
+    h, W, B = rng.standard_normal((6, 8)), rng.standard_normal((4, 8)), rng.standard_normal((4, 8))
+    dlogits = rng.standard_normal((6, 4))
+    got = np.asarray(feedback_error(dlogits, B), dtype=float)
+    assert got.shape == h.shape, f"the shape is {got.shape}, it should be {h.shape}"
+    # with B := dec_W, feedback alignment is backprop: compare with the dense layer's true backward
+    _, cache = ops.dense_forward(h, W)
+    dh_true, _, _ = ops.dense_backward(dlogits, cache)
+    assert np.allclose(np.asarray(feedback_error(dlogits, W), dtype=float), dh_true), (
+        "with B = dec_W the error should equal backprop's dlogits @ dec_W")
+    _, cache_B = ops.dense_forward(h, B)
+    assert np.allclose(got, ops.dense_backward(dlogits, cache_B)[0]), "the error should go through B, not dec_W"
+
+
+check("feedback_error", test_feedback_error)
+'''),
+    md("""
+**Questions.** Which weight matrix is used in both directions in `pred` but in only one in
+`pred-bpf`? Why can the decoder still learn to be useful when the error it sends back ignores its
+weights? (Look at how the angle on the left changes.)
+"""),
+]
+
+NOTEBOOKS = {
+    "optimization_vs_generalization.ipynb": OPT_VS_GEN,
+    "layer_dynamics.ipynb": LAYER_DYNAMICS,
+    "paper_comparison.ipynb": PAPER_COMPARISON,
+    "labs/01_global_vs_local.ipynb": LAB1,
+    "labs/02_similarity_matching.ipynb": LAB2,
+    "labs/03_backprop_free.ipynb": LAB3,
+}
+
+
+def build(root: Path = HERE) -> list[Path]:
+    """Write every notebook under ``root``; returns the paths."""
+    written = []
+    for rel, cells in NOTEBOOKS.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nb = notebook(cells)
+        nbformat.validate(nb)
+        nbformat.write(nb, str(path))
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    for p in build(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE):
+        print(p)
