@@ -292,7 +292,9 @@ def plot_angles(runs: RunLike | Sequence[RunLike], axes=None, labels: Sequence[s
             ok = np.isfinite(row)
             if ok.any():
                 axis.plot(epochs_of(r)[ok], row[ok], "-o", ms=3, color=col, label=b if len(rs) == 1 else f"{lab} {b}")
-        if axis.lines:
+        if len(axis.lines) > 4:
+            axis.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        elif axis.lines:
             axis.legend(fontsize="small")
         else:
             axis.text(0.5, 0.5, "not logged (no bpf head)" if series == "fa_angle" else "not logged (--probe-every 0)",

@@ -292,3 +292,21 @@ def test_paper_comparison_without_paper_number(two_runs):
     assert row["variant"] == "predsim-bpf" and row["paper_test_error"] is None
     assert any("no run" in d for d in row["differences"])
     assert "| — |" in analysis.comparison_markdown([row])
+
+
+def test_figures_command_draws_from_logs(two_runs, tmp_path):
+    import importlib.util
+    import pathlib
+
+    spec = importlib.util.spec_from_file_location(
+        "figures", pathlib.Path(__file__).resolve().parents[1] / "sims" / "figures.py")
+    figures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(figures)
+    out = tmp_path / "figs"
+    assert figures.main(["--logs", str(two_runs[0][0]), str(two_runs[1][0]), "--out-dir", str(out)]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["angles.png", "depth.png", "errors.png", "layer_dynamics.png", "paper_comparison.md",
+                     "similarity.png"]
+    assert all((out / n).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for n in names if n.endswith(".png"))
+    table = (out / "paper_comparison.md").read_text()
+    assert "| glob |" in table and "| predsim-bpf |" in table
