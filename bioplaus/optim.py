@@ -49,18 +49,23 @@ class Adam:
         if self.weight_decay:
             grad = grad + param.dtype.type(self.weight_decay) * param
         m, v = state["m"], state["v"]
+        tmp = xp.empty_like(param)  # one scratch buffer: every pass below writes in place (no temporaries)
+        xp.multiply(grad, grad.dtype.type(1 - b1), out=tmp)
         m *= m.dtype.type(b1)
-        m += m.dtype.type(1 - b1) * grad
+        m += tmp
+        xp.multiply(grad, grad, out=tmp)
+        tmp *= tmp.dtype.type(1 - b2)
         v *= v.dtype.type(b2)
-        v += v.dtype.type(1 - b2) * (grad * grad)
+        v += tmp
         if self.amsgrad:
             xp.maximum(state["max_v"], v, out=state["max_v"])
             v = state["max_v"]
-        denom = xp.sqrt(v)  # (like param)
-        denom *= denom.dtype.type(1.0 / math.sqrt(1 - b2**t))
-        denom += denom.dtype.type(self.eps)
-        step_size = lr / (1 - b1**t)
-        param -= param.dtype.type(step_size) * (m / denom)
+        xp.sqrt(v, out=tmp)  # denom = sqrt(v) / sqrt(1 - b2^t) + eps
+        tmp *= tmp.dtype.type(1.0 / math.sqrt(1 - b2**t))
+        tmp += tmp.dtype.type(self.eps)
+        xp.divide(m, tmp, out=tmp)
+        tmp *= param.dtype.type(lr / (1 - b1**t))
+        param -= tmp
 
 
 class SGD:

@@ -1,0 +1,226 @@
+"""Full training steps on the CPU: bioplaus (NumPy) vs a PyTorch twin of the same network and rule.
+
+    python sims/benchmarks/bench_train.py [--quick] [--repeat N] [--json PATH]
+
+For {mlp 3x1024 on 28x28, vgg8b on 32x32x3, vgg8b on 28x28x1} x {glob, predsim, predsim-bpf}, batch
+128, float32: one step = forward, the rule's updates and Adam (bioplaus: ``rules.train_step`` with
+``optim.Adam`` and the dropout masks drawn as the trainer draws them; the twin:
+``sims/benchmarks/torch_twin.py``). Both use the same number of threads (numpy's BLAS threads, read
+with threadpoolctl, given to ``torch.set_num_threads``). After a warm-up, bioplaus, the twin and a
+float32 GEMM are timed in turn (interleaved, so a busy neighbour on a shared machine slows all
+three alike) ``--repeat`` times; the table shows medians and the ratio of samples/s.
+
+FLOPs of a step are counted from the shapes: forward 2*MACs of every dense/conv layer (encoders,
+heads, the similarity matrices' X Xᵀ), backward 2x forward for a layer whose input gets an error
+(dx and dW) and 1x for one that only needs dW (a local rule's encoder, the first layer, the
+output layer in local rules). ``% mm`` = achieved GFLOP/s / the GEMM's GFLOP/s measured next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+# torch's OpenMP threads otherwise spin after each parallel region; on a shared 2-core machine they
+# steal the cores from the other side of the A/B pair (and from torch itself), making torch look 3-8x
+# slower than it is. Passive waiting gives the twin its fair speed.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bioplaus import ops
+from bioplaus.backend import get_backend
+from bioplaus.blocks import LEAKY_SLOPE, init_network
+from bioplaus.config import Config
+from bioplaus.models import NetSpec, build_spec
+from bioplaus.optim import Adam
+from bioplaus.rules import RULES, train_step
+
+BATCH = 128
+LR = 1e-4
+CASES = [("mlp", (1, 28, 28)), ("vgg8b", (3, 32, 32)), ("vgg8b", (1, 28, 28))]
+VARIANTS = ("glob", "predsim", "predsim-bpf")
+QUICK = [("mlp", (1, 28, 28), v) for v in VARIANTS] + [("vgg8b", (1, 28, 28), "predsim")]
+
+
+def case_config(model: str, variant: str) -> Config:
+    """The paper's setting for the case: mlp 3x1024 dropout 0.1; vgg8b dropout 0.2, one dense block;
+    leaky ReLU for the sim variants, as in the recipes."""
+    nonlin = "leakyrelu" if "sim" in variant else "relu"
+    if model == "mlp":
+        return Config(variant=variant, model="mlp", num_layers=3, num_hidden=1024, dropout=0.1,
+                      nonlin=nonlin).resolve()
+    return Config(variant=variant, model=model, num_layers=1, num_hidden=1024, dropout=0.2,
+                  nonlin=nonlin, dim_in_decoder=2048).resolve()
+
+
+# ------------------------------------------------------------------------------ FLOPs
+def step_flops(spec: NetSpec, variant: str, N: int, target_proj_size: int = 128) -> float:
+    """FLOPs of one training step of ``variant`` on a batch of N, counted from the shapes."""
+    rule = RULES[variant]
+    K = spec.num_classes
+    total = 0.0
+
+    def layer(macs: float, needs_dx: bool) -> float:
+        return 2 * macs * (1 + (2 if needs_dx else 1))  # forward + backward
+
+    for i, b in enumerate(spec.blocks):
+        pixels = b.size * b.size if b.kind == "conv" else 1
+        k2 = b.kernel * b.kernel if b.kind == "conv" else 1
+        total += layer(N * pixels * b.c_out * b.c_in * k2, rule.global_error and i > 0)
+        if rule.pred is not None:
+            outs = K if rule.pred == "exact" else target_proj_size
+            total += layer(N * b.dec_features * outs, True)  # error to h via dec_W^T or B
+        if rule.sim == "learned":
+            total += layer(N * pixels * b.c_out * b.c_out * (9 if b.kind == "conv" else 1), True)
+        if rule.sim is not None:  # S reads (N, C) channel stds of a feature map, else the flattened rows
+            side_pixels = pixels if rule.sim == "learned" else b.dec_features // b.c_out
+            width = b.c_out if (b.kind == "dense" or (b.c_out > 3 and side_pixels > 1)) else b.c_out * side_pixels
+            total += 2 * 2 * N * N * width  # X Xᵀ forward, (dR + dRᵀ) X backward
+    total += layer(N * spec.out_features_in * K, rule.global_error)
+    return total
+
+
+# ------------------------------------------------------------------------------ the two steps
+def bioplaus_step(cfg: Config, spec: NetSpec, x: np.ndarray, y: np.ndarray):
+    """A closure running one bioplaus training step (masks drawn, Adam applied) per call."""
+    backend = get_backend("cpu")
+    net = init_network(spec, cfg, backend)
+    opt = Adam()
+    states = [{k: opt.init_state(v) for k, v in p.items()} for p in net.params]
+    states_out = {k: opt.init_state(v) for k, v in net.out.items()}
+    rngs = [backend.rng(cfg.seed, "dropout", i, 1) for i in range(len(spec.blocks))]
+
+    def update(i, grads):
+        params, st = (net.out, states_out) if i < 0 else (net.params[i], states[i])
+        for key, g in grads.items():
+            opt.step(params[key], g, st[key], LR)
+
+    def step():
+        masks = []
+        for b, rng in zip(spec.blocks, rngs):
+            shape = (x.shape[0], b.c_out, b.size, b.size) if b.kind == "conv" else (x.shape[0], b.c_out)
+            masks.append(ops.dropout_mask(rng, shape, cfg.dropout, x.dtype, channelwise=b.kind == "conv"))
+        net.running, loss, _, _ = train_step(net, cfg.variant, cfg.beta, x, y, masks, update)
+        return loss
+
+    return step
+
+
+def torch_step(cfg: Config, spec: NetSpec, x: np.ndarray, y: np.ndarray):
+    import torch
+    from torch_twin import TorchTwin
+
+    torch.manual_seed(cfg.seed)
+    slope = LEAKY_SLOPE if cfg.nonlin == "leakyrelu" else 0.0
+    twin = TorchTwin(spec, cfg.variant, cfg.beta, cfg.dropout, slope, cfg.target_proj_size, LR)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+    return lambda: twin.step(xt, yt)
+
+
+def gemm_seconds(n: int = 1024):
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((n, n), dtype=np.float32)
+    B = rng.standard_normal((n, n), dtype=np.float32)
+    C = np.empty((n, n), dtype=np.float32)
+    return lambda: np.matmul(A, B, out=C), 2.0 * n**3
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def blas_threads() -> int:
+    try:
+        from threadpoolctl import threadpool_info
+
+        counts = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+        if counts:
+            return counts[0]
+    except ImportError:
+        pass
+    return os.cpu_count() or 1
+
+
+def bench_case(model: str, shape, variant: str, repeat: int, warmup: int) -> dict:
+    cfg = case_config(model, variant)
+    spec = build_spec(cfg, shape, 10)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((BATCH, *shape), dtype=np.float32)
+    y = rng.integers(0, 10, BATCH)
+    ours, theirs = bioplaus_step(cfg, spec, x, y), torch_step(cfg, spec, x, y)
+    gemm, gemm_flop = gemm_seconds()
+    for _ in range(warmup):
+        ours(), theirs(), gemm()
+    t_ours, t_theirs, t_gemm = [], [], []
+    for r in range(repeat):  # interleaved A/B (order alternates), GEMM rate next to them
+        pair = [(ours, t_ours), (theirs, t_theirs)]
+        for fn, acc in (pair if r % 2 == 0 else pair[::-1]):
+            acc.append(timed(fn))
+        t_gemm.append(timed(gemm))
+    s_ours, s_theirs, s_gemm = (statistics.median(t) for t in (t_ours, t_theirs, t_gemm))
+    flop = step_flops(spec, variant, BATCH, cfg.target_proj_size)
+    gflops, mm = flop / s_ours / 1e9, gemm_flop / s_gemm / 1e9
+    return {
+        "model": model, "input": "x".join(map(str, shape)), "variant": variant, "batch": BATCH,
+        "gflop_per_step": flop / 1e9,
+        "bioplaus_ms": 1e3 * s_ours, "torch_ms": 1e3 * s_theirs,
+        "bioplaus_samples_per_s": BATCH / s_ours, "torch_samples_per_s": BATCH / s_theirs,
+        "ratio": s_theirs / s_ours,
+        "bioplaus_gflops": gflops, "matmul_gflops": mm, "pct_of_matmul": 100 * gflops / mm,
+        "repeat": repeat,
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="mlp x 3 variants and vgg8b 28x28 predsim, fewer repeats")
+    ap.add_argument("--repeat", type=int, default=None, help="timed steps per side (default 7 mlp / 3 vgg; quick 3/1)")
+    ap.add_argument("--json", type=Path, help="write the rows to this JSON file")
+    args = ap.parse_args(argv)
+    import torch
+
+    threads = blas_threads()
+    torch.set_num_threads(threads)
+    cases = QUICK if args.quick else [(m, s, v) for m, s in CASES for v in VARIANTS]
+    rows = []
+    for model, shape, variant in cases:
+        small = model == "mlp"
+        repeat = args.repeat or ((3 if small else 1) if args.quick else (7 if small else 3))
+        warmup = 2 if small else 1
+        rows.append(bench_case(model, shape, variant, repeat, warmup))
+        r = rows[-1]
+        print(f"  done {model} {r['input']} {variant}: ratio {r['ratio']:.2f}", file=sys.stderr, flush=True)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {threads} BLAS/torch threads, "
+          f"numpy {np.__version__}, torch {torch.__version__}, load (1 min) {load:.2f}; batch {BATCH}, float32; "
+          f"medians of interleaved runs")
+    head = (f"{'model':6s} {'input':8s} {'variant':12s} {'GFLOP':>6s} {'ours ms':>8s} {'torch ms':>8s} "
+            f"{'ours/s':>7s} {'torch/s':>7s} {'ratio':>6s} {'GFLOP/s':>7s} {'mm GF/s':>7s} {'% mm':>5s}")
+    print(head)
+    for r in rows:
+        print(f"{r['model']:6s} {r['input']:8s} {r['variant']:12s} {r['gflop_per_step']:6.1f} {r['bioplaus_ms']:8.1f} "
+              f"{r['torch_ms']:8.1f} {r['bioplaus_samples_per_s']:7.0f} {r['torch_samples_per_s']:7.0f} "
+              f"{r['ratio']:5.2f}x {r['bioplaus_gflops']:7.1f} {r['matmul_gflops']:7.1f} {r['pct_of_matmul']:4.0f}%")
+    print("ratio = bioplaus samples/s / torch samples/s (>1: bioplaus faster)")
+    if args.json:
+        for r in rows:
+            r["load_1min"] = load
+            r["threads"] = threads
+        args.json.write_text(json.dumps(rows, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
