@@ -49,11 +49,14 @@ def notebook(cells) -> nbformat.NotebookNode:
 
 
 SETUP = """
-import numpy as np
-import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
 from bioplaus import analysis
+"""
+LAB_SETUP = """
+import numpy as np
+
+from bioplaus import analysis, ops
 """
 
 CHECK = '''
@@ -138,7 +141,7 @@ beside the label similarity `S(Y)`.
 
 Logs need `--probe-every 1` for the backprop angle and the similarity matrices.
 """),
-    code(SETUP),
+    code("from bioplaus import analysis"),
     params("""
 LOGS = []  # run logs; empty: make one small run below
 VARIANT = "predsim"
@@ -224,7 +227,7 @@ and the rest of the file is that list in code. In this lab you
 
 Time: under a minute on a laptop CPU.
 """),
-    code(SETUP + "from bioplaus import ops"),
+    code(LAB_SETUP),
     code(CHECK),
     params("""
 LOGS = []  # run logs to use instead of training here
@@ -299,7 +302,7 @@ examples of different classes orthogonal ones. See the `sim` rule in {RULES_LINK
 In this lab you watch `S(h)` take on the block structure of `S(Y)` over training (on a fixed probe
 batch sorted by class), then write the gradient of the sim loss yourself.
 """),
-    code(SETUP + "from bioplaus import ops"),
+    code(LAB_SETUP),
     code(CHECK),
     params("""
 LOGS = []  # a run log made with --probe-every 1; empty: train one here
@@ -379,7 +382,7 @@ backprop-free (bpf) variants remove both (see the `feedback` and `direct` branch
 
 In this lab you watch the alignment angle during training and write both pieces yourself.
 """),
-    code(SETUP + "from bioplaus import ops\nfrom bioplaus.rules import bpf_codes"),
+    code(LAB_SETUP + "from bioplaus.rules import bpf_codes"),
     code(CHECK),
     params("""
 LOGS = []  # a pred-bpf or predsim-bpf run log; empty: train one here
