@@ -60,11 +60,13 @@ class Adam:
         if self.amsgrad:
             xp.maximum(state["max_v"], v, out=state["max_v"])
             v = state["max_v"]
-        xp.sqrt(v, out=tmp)  # denom = sqrt(v) / sqrt(1 - b2^t) + eps
-        tmp *= tmp.dtype.type(1.0 / math.sqrt(1 - b2**t))
-        tmp += tmp.dtype.type(self.eps)
+        # lr/(1-b1^t) * m / (sqrt(v)/c + eps) with c = sqrt(1-b2^t), rewritten as
+        # (lr c/(1-b1^t)) * m / (sqrt(v) + eps c): the same value, one pass fewer
+        c = math.sqrt(1 - b2**t)
+        xp.sqrt(v, out=tmp)
+        tmp += tmp.dtype.type(self.eps * c)
         xp.divide(m, tmp, out=tmp)
-        tmp *= param.dtype.type(lr / (1 - b1**t))
+        tmp *= param.dtype.type(lr * c / (1 - b1**t))
         param -= tmp
 
 

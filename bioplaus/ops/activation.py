@@ -18,6 +18,9 @@ def act_forward(a, slope: float = 0.0):
     positive = a > 0  # (same as a), bool
     if slope == 0.0:
         h = xp.maximum(a, 0)
+    elif 0.0 < slope < 1.0:  # then max(a, slope * a) is a where a > 0 and slope * a elsewhere
+        h = a * a.dtype.type(slope)
+        xp.maximum(a, h, out=h)
     else:
         h = xp.where(positive, a, a * a.dtype.type(slope))
     return h, (positive, slope)

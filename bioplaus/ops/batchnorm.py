@@ -30,8 +30,8 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, train: bool, mo
     M = x.size // x.shape[1]
     if train:
         mu = x.mean(axis=axes)  # (C,)
-        xc = x - mu.reshape(pshape)  # like x
-        var = (xc * xc).mean(axis=axes)  # (C,) biased
+        xc = x - mu.reshape(pshape)  # like x (ours: normalised in place below)
+        var = _sum_of_products(xc, xc) * x.dtype.type(1.0 / M)  # (C,) biased, no squared temporary
         unbiased = var * var.dtype.type(M / max(M - 1, 1))
         new_mean = (1 - momentum) * running_mean + momentum * mu.astype(running_mean.dtype)
         new_var = (1 - momentum) * running_var + momentum * unbiased.astype(running_var.dtype)
@@ -41,23 +41,36 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, train: bool, mo
         xc = x - mu.reshape(pshape)
         new_mean, new_var = running_mean, running_var
     inv_std = 1.0 / xp.sqrt(var + x.dtype.type(eps))  # (C,)
-    xhat = xc * inv_std.reshape(pshape)  # like x
-    out = xhat * gamma.reshape(pshape) + beta.reshape(pshape)
+    xc *= inv_std.reshape(pshape)
+    xhat = xc  # like x
+    out = xhat * gamma.reshape(pshape)
+    out += beta.reshape(pshape)
     cache = (xhat, gamma, inv_std, train)
     return out, cache, new_mean, new_var
 
 
 def batchnorm_backward(dout, cache):
     """``dout`` (like x) -> ``(dx, dgamma (C,), dbeta (C,))``."""
+    xp = get_array_module(dout)
     xhat, gamma, inv_std, train = cache
     axes, pshape = _axes_and_shape(dout)
     dbeta = dout.sum(axis=axes)  # (C,)
-    dgamma = (dout * xhat).sum(axis=axes)  # (C,)
+    dgamma = _sum_of_products(dout, xhat)  # (C,)
     scale = (gamma * inv_std).reshape(pshape)  # (1, C[, 1, 1])
     if not train:
         return dout * scale, dgamma, dbeta
     M = dout.size // dout.shape[1]
     inv_m = dout.dtype.type(1.0 / M)
-    dx = dout - (dbeta * inv_m).reshape(pshape) - xhat * (dgamma * inv_m).reshape(pshape)
+    dx = xhat * (dgamma * inv_m).reshape(pshape)  # one new array, then in-place passes
+    xp.subtract(dout, dx, out=dx)
+    dx -= (dbeta * inv_m).reshape(pshape)
     dx *= scale
     return dx, dgamma, dbeta
+
+
+def _sum_of_products(a, b):
+    """Per-channel sum of ``a * b`` over the batch (and space), without an ``a * b`` temporary. (C,)"""
+    xp = get_array_module(a)
+    if a.ndim == 2:
+        return xp.einsum("nc,nc->c", a, b)
+    return xp.einsum("nchw,nchw->c", a, b)

@@ -186,13 +186,23 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="mlp x 3 variants and vgg8b 28x28 predsim, fewer repeats")
     ap.add_argument("--repeat", type=int, default=None, help="timed steps per side (default 7 mlp / 3 vgg; quick 3/1)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="BLAS threads for numpy (threadpoolctl) and torch.set_num_threads (default: numpy's)")
+    ap.add_argument("--models", default=None, help="comma-separated subset of models (e.g. mlp)")
     ap.add_argument("--json", type=Path, help="write the rows to this JSON file")
     args = ap.parse_args(argv)
     import torch
 
+    limiter = None
+    if args.threads:
+        from threadpoolctl import threadpool_limits
+
+        limiter = threadpool_limits(limits=args.threads, user_api="blas")
     threads = blas_threads()
     torch.set_num_threads(threads)
     cases = QUICK if args.quick else [(m, s, v) for m, s in CASES for v in VARIANTS]
+    if args.models:
+        cases = [c for c in cases if c[0] in args.models.split(",")]
     rows = []
     for model, shape, variant in cases:
         small = model == "mlp"
@@ -200,7 +210,11 @@ def main(argv=None) -> int:
         warmup = 2 if small else 1
         rows.append(bench_case(model, shape, variant, repeat, warmup))
         r = rows[-1]
-        print(f"  done {model} {r['input']} {variant}: ratio {r['ratio']:.2f}", file=sys.stderr, flush=True)
+        print(f"  done {model} {r['input']} {variant}: ours {r['bioplaus_ms']:.0f} ms, torch {r['torch_ms']:.0f} ms, "
+              f"ratio {r['ratio']:.2f}, {r['pct_of_matmul']:.0f}% of matmul, load {os.getloadavg()[0]:.1f}",
+              file=sys.stderr, flush=True)
+    if limiter is not None:
+        limiter.restore_original_limits()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {threads} BLAS/torch threads, "
           f"numpy {np.__version__}, torch {torch.__version__}, load (1 min) {load:.2f}; batch {BATCH}, float32; "
