@@ -63,7 +63,7 @@ LAYER_SERIES: dict[str, tuple[str, str]] = {
     "test_loss_sim": ("1", "local similarity-matching loss of the block on the test set"),
     "test_error_pred": ("%", "error of the block's local predictor on the test set"),
     "weight_norm": ("1", "Frobenius norm of the block's forward weights at the end of the epoch"),
-    "update_norm": ("1", "Frobenius norm of the block's last weight update of the epoch"),
+    "update_norm": ("1", "Frobenius norm of the change of the block's forward weights over the epoch"),
     "fa_angle": ("degrees", "angle between the pred decoder's weights and its fixed feedback matrix (bpf)"),
     "bp_angle": ("degrees", "angle between the block's update and the true backprop gradient on the probe batch"),
 }
