@@ -127,6 +127,7 @@ def local_error(rule: Rule, h, y, Y, p: dict, f: dict, spec: BlockSpec, w_pred: 
             z = pooled  # no learned layer between h and S
             target = ops.label_similarity(Y @ f["P"])  # (N, N) NOT A GRADIENT: random projection of the labels
         S, s_cache = ops.similarity_forward(z)  # (N, N)
+        del z  # its cache keeps what S's backward needs (memory: z is a full feature map)
         loss, dS = ops.mse(S, target)
         stats["loss_sim"] = loss
         if backward:
@@ -176,12 +177,13 @@ def _local_step(net, rule, x, y, Y, masks, update, w_pred, w_sim, w_out):
         p, f = net.params[i], net.fixed[i]
         h, x, cache, new_running = block_forward(x, p, net.running[i], spec, True, masks[i], net.slope)
         dh, head_grads, stats = local_error(rule, h, y, Y, p, f, spec, w_pred, w_sim)
+        del h  # the block's own backward needs only its cache (memory)
         _, grads = block_backward(dh, cache, spec, need_dx=False)  # the input is a constant: no error leaves
         grads.update(head_grads)
         update(i, grads)
         running.append(new_running)
         block_stats.append(stats)
-        del cache, h, dh  # the block's activations are free once it has updated
+        del cache, dh  # the block's activations are free once it has updated
     logits, out_cache = output_layer_forward(x, net.out)  # x: last block's output, a constant here
     loss, dlogits = ops.softmax_cross_entropy(logits, y)
     _, gW, gb = ops.dense_backward(w_out * dlogits, out_cache, need_dx=False)

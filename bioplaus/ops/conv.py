@@ -9,8 +9,10 @@ Implementation: im2col into one buffer ``cols (C*kh*kw, n*Ho*Wo)`` (one strided 
 offset, from a channel-major padded copy of x), then ONE GEMM ``W2 (F, C*kh*kw) @ cols``; the
 backward uses the same buffer for ``dW = da2 @ cols^T`` and ``dcols = W2^T @ da2`` followed by
 col2im (one strided add per kernel offset). When the buffer for the whole batch would exceed
-:data:`IM2COL_MAX_BYTES`, samples are processed in chunks; the cache then keeps only the padded
-input and the backward rebuilds each chunk's columns, so the peak memory per layer stays bounded.
+:data:`IM2COL_MAX_BYTES`, samples are processed in chunks; the cache then keeps only x itself
+(which the caller usually holds anyway: no padded copy of the whole batch is kept) and the backward
+rebuilds each chunk's padded copy and columns, and writes each chunk's dx straight into its place,
+so the peak memory per layer stays about one chunk above the layer's input and output.
 """
 
 from __future__ import annotations
@@ -70,27 +72,28 @@ def conv2d_forward(x, W, b=None, stride: int = 1, pad: int = 0):
     Ho, Wo = _out_size(H, kh, stride, pad), _out_size(Wd, kw, stride, pad)
     K = C * kh * kw
     W2 = W.reshape(F, K)  # (F, K)
-    xt = _pad_channel_major(x, pad)  # (C, N, Hp, Wp)
     chunk = _chunk_size(N, K, Ho * Wo, x.dtype.itemsize)
     out = xp.empty((N, F, Ho, Wo), dtype=x.dtype)
     cols = None
     for n0 in range(0, N, chunk):
         n1 = min(N, n0 + chunk)
-        cols = _im2col(xt[:, n0:n1], kh, kw, stride, Ho, Wo)  # (K, n*Ho*Wo)
+        xt = _pad_channel_major(x[n0:n1], pad)  # (C, n, Hp, Wp)
+        cols = _im2col(xt, kh, kw, stride, Ho, Wo)  # (K, n*Ho*Wo)
+        del xt
         a2 = W2 @ cols  # (F, n*Ho*Wo)
         out[n0:n1] = a2.reshape(F, n1 - n0, Ho, Wo).transpose(1, 0, 2, 3)
     if b is not None:
         out += b.reshape(1, F, 1, 1)
-    # one chunk: keep the columns for the backward; several: keep only xt and rebuild per chunk
+    # one chunk: keep the columns for the backward; several: keep only x and rebuild per chunk
     keep = cols if chunk >= N else None
-    cache = (xt if keep is None else None, keep, W, b is not None, stride, pad, x.shape, chunk)
+    cache = (x if keep is None else None, keep, W, b is not None, stride, pad, x.shape, chunk)
     return out, cache
 
 
 def conv2d_backward(dout, cache, need_dx: bool = True):
     """``dout (N, F, Ho, Wo)`` -> ``(dx (N, C, H, W) or None, dW (F, C, kh, kw), db (F,) or None)``."""
     xp = get_array_module(dout)
-    xt, cols, W, has_b, stride, pad, shape, chunk = cache
+    x, cols, W, has_b, stride, pad, shape, chunk = cache
     N, C, H, Wd = shape
     F, _, kh, kw = W.shape
     Ho, Wo = dout.shape[2], dout.shape[3]
@@ -98,11 +101,11 @@ def conv2d_backward(dout, cache, need_dx: bool = True):
     W2 = W.reshape(F, K)
     db = dout.sum(axis=(0, 2, 3)) if has_b else None  # (F,)
     dW2 = None
-    dxt = xp.zeros((C, N, H + 2 * pad, Wd + 2 * pad), dtype=dout.dtype) if need_dx else None
+    dx = xp.empty(shape, dtype=dout.dtype) if need_dx else None  # (N, C, H, W)
     for n0 in range(0, N, chunk):
         n1 = min(N, n0 + chunk)
         if cols is None or chunk < N:
-            c = _im2col(xt[:, n0:n1], kh, kw, stride, Ho, Wo)  # (K, n*Ho*Wo)
+            c = _im2col(_pad_channel_major(x[n0:n1], pad), kh, kw, stride, Ho, Wo)  # (K, n*Ho*Wo)
         else:
             c = cols
         d2 = dout[n0:n1].transpose(1, 0, 2, 3).reshape(F, -1)  # (F, n*Ho*Wo), one copy
@@ -110,8 +113,8 @@ def conv2d_backward(dout, cache, need_dx: bool = True):
         del c  # a rebuilt chunk's columns can go before dcols is made (peak memory)
         if need_dx:
             dcols = W2.T @ d2  # (K, n*Ho*Wo)
-            _col2im_add(dxt[:, n0:n1], dcols, kh, kw, stride, Ho, Wo)
-    dx = None
-    if need_dx:
-        dx = xp.ascontiguousarray(dxt[:, :, pad : pad + H, pad : pad + Wd].transpose(1, 0, 2, 3))
+            dxt = xp.zeros((C, n1 - n0, H + 2 * pad, Wd + 2 * pad), dtype=dout.dtype)  # this chunk only
+            _col2im_add(dxt, dcols, kh, kw, stride, Ho, Wo)
+            del dcols
+            dx[n0:n1] = dxt[:, :, pad : pad + H, pad : pad + Wd].transpose(1, 0, 2, 3)
     return dx, dW2.reshape(W.shape), db

@@ -23,26 +23,27 @@ def maxpool2d_forward(x, k: int = 2):
     xp = get_array_module(x)
     N, C, H, W = x.shape
     Ho, Wo = H // k, W // k
-    win = x[:, :, : Ho * k, : Wo * k].reshape(N, C, Ho, k, Wo, k)
-    win = win.transpose(0, 1, 2, 4, 3, 5).reshape(N, C, Ho, Wo, k * k)  # (N, C, Ho, Wo, k*k)
-    idx = xp.argmax(win, axis=-1)  # (N, C, Ho, Wo), first max in row-major window order
-    out = xp.take_along_axis(win, idx[..., None], axis=-1)[..., 0]  # (N, C, Ho, Wo)
-    return out, (idx.astype(xp.uint8 if k * k < 256 else xp.int64), x.shape, k)
+    # one strided view per window offset (row-major order): no transposed copy of x is made
+    views = [x[:, :, p : Ho * k : k, q : Wo * k : k] for p in range(k) for q in range(k)]  # (N, C, Ho, Wo)
+    idx_dtype = xp.uint8 if k * k < 256 else xp.int64
+    out = views[0].copy()  # (N, C, Ho, Wo)
+    idx = xp.zeros((N, C, Ho, Wo), dtype=idx_dtype)
+    for j in range(1, k * k):
+        later = views[j] > out  # strictly greater: ties keep the first maximum, as argmax
+        xp.copyto(idx, idx_dtype(j), where=later)
+        xp.maximum(out, views[j], out=out)  # also propagates NaN, as PyTorch
+    return out, (idx, x.shape, k)
 
 
 def maxpool2d_backward(dout, cache):
     """``dout (N, C, Ho, Wo)`` -> ``dx (N, C, H, W)``."""
     xp = get_array_module(dout)
     idx, shape, k = cache
-    N, C, H, W = shape
     Ho, Wo = dout.shape[2], dout.shape[3]
-    onehot = idx[..., None] == xp.arange(k * k, dtype=idx.dtype)  # (N, C, Ho, Wo, k*k)
-    dwin = onehot * dout[..., None]  # (N, C, Ho, Wo, k*k)
-    dwin = dwin.reshape(N, C, Ho, Wo, k, k).transpose(0, 1, 2, 4, 3, 5)  # (N, C, Ho, k, Wo, k)
-    if Ho * k == H and Wo * k == W:
-        return dwin.reshape(N, C, H, W)
     dx = xp.zeros(shape, dtype=dout.dtype)
-    dx[:, :, : Ho * k, : Wo * k] = dwin.reshape(N, C, Ho * k, Wo * k)
+    for p in range(k):
+        for q in range(k):
+            xp.copyto(dx[:, :, p : Ho * k : k, q : Wo * k : k], dout, where=idx == p * k + q)
     return dx
 
 

@@ -185,7 +185,7 @@ def bench_case(model: str, shape, variant: str, repeat: int, warmup: int) -> dic
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="mlp x 3 variants and vgg8b 28x28 predsim, fewer repeats")
-    ap.add_argument("--repeat", type=int, default=None, help="timed steps per side (default 7 mlp / 3 vgg; quick 3/1)")
+    ap.add_argument("--repeat", type=int, default=None, help="timed steps per side (default 7 mlp / 2 vgg; quick 3/1)")
     ap.add_argument("--threads", type=int, default=None,
                     help="BLAS threads for numpy (threadpoolctl) and torch.set_num_threads (default: numpy's)")
     ap.add_argument("--models", default=None, help="comma-separated subset of models (e.g. mlp)")
@@ -206,8 +206,10 @@ def main(argv=None) -> int:
     rows = []
     for model, shape, variant in cases:
         small = model == "mlp"
-        repeat = args.repeat or ((3 if small else 1) if args.quick else (7 if small else 3))
-        warmup = 2 if small else 1
+        # a vgg8b step is 0.7-1.4 TFLOP (tens of seconds on 2 cores): no warm-up step (its one-off costs,
+        # first-touch page faults and oneDNN primitive creation, are small against that) and 2 timed steps
+        repeat = args.repeat or ((3 if small else 1) if args.quick else (7 if small else 2))
+        warmup = 2 if small else 0
         rows.append(bench_case(model, shape, variant, repeat, warmup))
         r = rows[-1]
         print(f"  done {model} {r['input']} {variant}: ours {r['bioplaus_ms']:.0f} ms, torch {r['torch_ms']:.0f} ms, "
