@@ -43,6 +43,26 @@ def angle_degrees(xp, a, b):
     return xp.degrees(xp.arccos(xp.clip(cos, -1.0, 1.0)))
 
 
+class _Sums:
+    """Running sums of a pass over the data, kept on the device (no host sync per batch)."""
+
+    def __init__(self, num_blocks: int):
+        self.n = 0
+        self.loss = self.correct = 0
+        self.blocks: list[dict] = [{} for _ in range(num_blocks)]
+
+    def add(self, n: int, loss, correct, block_stats: list) -> None:
+        self.n += n
+        self.loss = self.loss + loss * n
+        self.correct = self.correct + correct
+        for sums, stats in zip(self.blocks, block_stats):
+            for key, value in stats.items():  # losses are batch means: weight by n; counts add up
+                sums[key] = sums.get(key, 0) + (value if key.startswith("correct") else value * n)
+
+    def scalars(self) -> dict:
+        return {"loss": self.loss, "correct": self.correct}
+
+
 class Trainer:
     """Trains one network under one variant; see the module docstring."""
 
@@ -106,29 +126,21 @@ class Trainer:
         rngs = [self.backend.rng(cfg.seed, "dropout", i, epoch) for i in range(len(self.net.spec.blocks))]
         w_start = [p["W"].copy() for p in self.net.params]
         total = self.batches.num_samples
-        loss_sum = correct = 0
-        block_sums: list[dict] = [{} for _ in self.net.spec.blocks]
-        done = 0
+        sums = _Sums(len(self.net.spec.blocks))
         for x, y in self.batches.epoch(epoch):
-            n = x.shape[0]
             running, loss, ok, stats = train_step(self.net, cfg.variant, cfg.beta, x, y, self._masks(rngs, x),
                                                   self._update)
             self.net.running = running
-            loss_sum = loss_sum + loss * n
-            correct = correct + ok
-            for sums, st in zip(block_sums, stats):
-                for key, value in st.items():
-                    sums[key] = sums.get(key, 0) + (value if key.startswith("correct") else value * n)
-            done += n
+            sums.add(x.shape[0], loss, ok, stats)
             if on_batch is not None:
-                on_batch(done, total)
+                on_batch(sums.n, total)
         extra = {}
         for i, p in enumerate(self.net.params):
             extra[(i, "weight_norm")] = xp.linalg.norm(p["W"].ravel())
             extra[(i, "update_norm")] = xp.linalg.norm((p["W"] - w_start[i]).ravel())
             if "B" in self.net.fixed[i]:
                 extra[(i, "fa_angle")] = angle_degrees(xp, p["dec_W"], self.net.fixed[i]["B"])
-        host = self._to_host({"loss": loss_sum, "correct": correct}, block_sums, extra)
+        host = self._to_host(sums.scalars(), sums.blocks, extra)
         self.epoch = epoch
         result = {
             "epoch": epoch,
@@ -187,21 +199,11 @@ class Trainer:
         """Eval-mode BN, no dropout, the output layer's prediction; local predictors too."""
         from bioplaus.data import eval_batches
 
-        xp = self.xp
-        loss_sum = correct = 0
-        block_sums: list[dict] = [{} for _ in self.net.spec.blocks]
-        total = 0
+        sums = _Sums(len(self.net.spec.blocks))
         for x, y in eval_batches(self.dataset, self.backend, max(self.cfg.batch_size, 256), split=split):
-            n = x.shape[0]
-            loss, ok, stats = evaluate_batch(self.net, self.cfg.variant, x, y)
-            loss_sum = loss_sum + loss * n
-            correct = correct + ok
-            for sums, st in zip(block_sums, stats):
-                for key, value in st.items():
-                    sums[key] = sums.get(key, 0) + (value if key.startswith("correct") else value * n)
-            total += n
-        host = self._to_host({"loss": loss_sum, "correct": correct}, block_sums, {})
-        del xp
+            sums.add(x.shape[0], *evaluate_batch(self.net, self.cfg.variant, x, y))
+        host = self._to_host(sums.scalars(), sums.blocks, {})
+        total = sums.n
         layers = self._layer_stats(host, total)
         return {"test_loss": host["loss"] / total, "test_error": 100.0 * (1.0 - host["correct"] / total),
                 "layers": layers}
