@@ -123,6 +123,7 @@ def block_forward(x, p: dict, running: dict, spec: BlockSpec, train: bool, mask,
             a, p["gamma"], p["beta"], running["mean"], running["var"], train)
         new_running = {"mean": mean, "var": var}
     h, cache["act"] = ops.act_forward(a, slope)
+    del a  # free the pre-activation before dropout/pool allocate (peak memory)
     o = h
     if mask is not None:
         o, cache["drop"] = ops.dropout_forward(o, mask)

@@ -141,7 +141,10 @@ def local_error(rule: Rule, h, y, Y, p: dict, f: dict, spec: BlockSpec, w_pred: 
 
     if backward and d_pooled is not None:
         dh_pooled = ops.avgpool2d_backward(d_pooled, pool_cache) if pool_cache is not None else d_pooled
-        dh = dh_pooled if dh is None else dh + dh_pooled
+        if dh is None:
+            dh = dh_pooled
+        else:
+            dh += dh_pooled  # in place: dh is the sim path's own fresh array (memory)
     if dh is None and backward:
         dh = xp.zeros_like(h)
     return dh, grads, stats

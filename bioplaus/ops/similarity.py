@@ -38,7 +38,7 @@ def similarity_forward(X):
         Xf = X.reshape(B, C, -1)  # (B, C, HW)
         n = Xf.shape[2]
         Xc = Xf - Xf.mean(axis=2, keepdims=True)  # (B, C, HW)
-        Z = xp.sqrt((Xc * Xc).sum(axis=2) / X.dtype.type(n - 1))  # (B, C)
+        Z = xp.sqrt(xp.einsum("bcn,bcn->bc", Xc, Xc) / X.dtype.type(n - 1))  # (B, C), no Xc*Xc temporary
         std_cache = (Xc, Z, n, X.shape)
     else:
         Z = X.reshape(B, -1)  # (B, D)
