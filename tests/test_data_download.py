@@ -158,6 +158,7 @@ def test_offline_connection_refused_is_a_clear_error(cache):
     assert msg.startswith("fashion-mnist: files not found and train-images-idx3-ubyte.gz: download from")
     assert "refused" in msg.lower() and str(cache) in msg and "apt-get install dataset-fashion-mnist" in msg
     assert files_under(cache) == []
+    assert not cache.parent.exists()  # not even an empty cache folder is left behind
 
 
 def test_http_404_is_a_clear_error(server, cache):

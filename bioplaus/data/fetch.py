@@ -19,6 +19,7 @@ may be overridden (a mirror) with the ``mirror`` argument or ``BIOPLAUS_DATA_MIR
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
@@ -179,7 +180,19 @@ def locate_files(
         raise DataError(f"{spec.name}: files not found and downloading is off; {_where_to_put(spec, dirs)}")
     target = cache_dir() / spec.name
     mirror = mirror or os.environ.get(ENV_MIRROR) or None
+    created = [d for d in (target, *target.parents) if not d.exists()]  # to undo if nothing arrives
     paths = {}
+    try:
+        _fetch_missing(spec, target, mirror, dirs, paths, progress)
+    except DataError:
+        for d in created:  # innermost first: leave no empty folders behind a failed download
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
+    return paths, f"{target} (downloaded from {mirror or 'the official URLs'})"
+
+
+def _fetch_missing(spec, target: Path, mirror, dirs, paths: dict, progress: bool) -> None:
     for file in spec.files:
         hit = next((p for p in _candidates(target, file) if p.is_file()), None)
         if hit is None:
@@ -191,4 +204,3 @@ def locate_files(
                     f"{spec.name}: files not found and {str(exc).rstrip('.')}; {_where_to_put(spec, dirs)}"
                 ) from None
         paths[file.filename] = hit
-    return paths, f"{target} (downloaded from {mirror or 'the official URLs'})"
