@@ -63,8 +63,9 @@ def avgpool2d_forward(x, window=(2, 2), pad=(0, 0)):
         xpad[:, :, ph : ph + H, pw : pw + W] = x
     else:
         xpad = x
-    win = xpad[:, :, : Ho * kh, : Wo * kw].reshape(N, C, Ho, kh, Wo, kw)
-    out = win.sum(axis=(3, 5))  # (N, C, Ho, Wo)
+    # sum each window's columns, then its rows: two single-axis reductions beat one over axes (3, 5)
+    rows = xpad[:, :, : Ho * kh, : Wo * kw].reshape(N, C, Ho * kh, Wo, kw).sum(axis=4)  # (N, C, Ho*kh, Wo)
+    out = rows.reshape(N, C, Ho, kh, Wo).sum(axis=3)  # (N, C, Ho, Wo)
     out *= out.dtype.type(1.0 / (kh * kw))
     return out, (x.shape, (kh, kw), (ph, pw))
 
@@ -76,13 +77,13 @@ def avgpool2d_backward(dout, cache):
     N, C, H, W = shape
     Ho, Wo = dout.shape[2], dout.shape[3]
     g = dout * dout.dtype.type(1.0 / (kh * kw))  # (N, C, Ho, Wo)
-    dwin = xp.broadcast_to(g[:, :, :, None, :, None], (N, C, Ho, kh, Wo, kw))
-    Hp, Wp = H + 2 * ph, W + 2 * pw
+    up = xp.repeat(xp.repeat(g, kh, axis=2), kw, axis=3)  # (N, C, Ho*kh, Wo*kw): the padded input's grid
     if (ph, pw) == (0, 0) and (Ho * kh, Wo * kw) == (H, W):
-        return xp.ascontiguousarray(dwin).reshape(N, C, H, W)
-    dxpad = xp.zeros((N, C, Hp, Wp), dtype=dout.dtype)
-    dxpad[:, :, : Ho * kh, : Wo * kw] = dwin.reshape(N, C, Ho * kh, Wo * kw)
-    return xp.ascontiguousarray(dxpad[:, :, ph : ph + H, pw : pw + W])
+        return up
+    dx = xp.zeros((N, C, H, W), dtype=dout.dtype)
+    hh, ww = min(H, Ho * kh - ph), min(W, Wo * kw - pw)  # input rows/columns some window covers
+    dx[:, :, :hh, :ww] = up[:, :, ph : ph + hh, pw : pw + ww]
+    return dx
 
 
 def decoder_pool_shape(channels: int, size: int, dim_in_decoder: int):

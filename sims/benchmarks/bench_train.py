@@ -189,6 +189,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None,
                     help="BLAS threads for numpy (threadpoolctl) and torch.set_num_threads (default: numpy's)")
     ap.add_argument("--models", default=None, help="comma-separated subset of models (e.g. mlp)")
+    ap.add_argument("--inputs", default=None, help="comma-separated subset of input shapes (e.g. 1x28x28)")
     ap.add_argument("--json", type=Path, help="write the rows to this JSON file")
     args = ap.parse_args(argv)
     import torch
@@ -203,6 +204,8 @@ def main(argv=None) -> int:
     cases = QUICK if args.quick else [(m, s, v) for m, s in CASES for v in VARIANTS]
     if args.models:
         cases = [c for c in cases if c[0] in args.models.split(",")]
+    if args.inputs:
+        cases = [c for c in cases if "x".join(map(str, c[1])) in args.inputs.split(",")]
     rows = []
     for model, shape, variant in cases:
         small = model == "mlp"
