@@ -37,7 +37,7 @@ def _load_cupy():
                 raise RuntimeError("no CUDA device is visible")
             cupy.zeros(1).sum()  # touch the device: fails fast on a broken driver
             _cupy = cupy
-        except Exception as exc:  # ImportError, CUDARuntimeError, ...
+        except Exception as exc:  # noqa: BLE001 -- ImportError, CUDARuntimeError, a broken driver: all mean "no GPU"
             _cupy_error = f"{type(exc).__name__}: {exc}".strip()
     return _cupy
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 VARIANTS = ("glob", "pred", "sim", "predsim", "pred-bpf", "sim-bpf", "predsim-bpf", "glob+sim")
@@ -42,7 +42,7 @@ class Config:
     dropout: float = 0.0
     nonlin: str = "relu"
     beta: float | None = None  # None: the variant's default (DEFAULT_BETA), 0.99 otherwise
-    num_layers: int = 3
+    num_layers: int | None = None  # None: 3 for the mlp (the paper's 3x1024), 1 after a vgg's convs
     num_hidden: int = 1024
     feat_mult: float = 1.0
     dim_in_decoder: int = 4096
@@ -82,6 +82,8 @@ class Config:
         cfg = self
         if cfg.beta is None:
             cfg = dataclasses.replace(cfg, beta=DEFAULT_BETA.get(cfg.variant, 0.99))
+        if cfg.num_layers is None:
+            cfg = dataclasses.replace(cfg, num_layers=cfg.dense_layers)
         cfg.validate()
         return cfg
 
@@ -98,7 +100,7 @@ class Config:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.num_layers < 0 or (self.model == "mlp" and self.num_layers < 1):
+        if self.dense_layers < 0 or (self.model == "mlp" and self.dense_layers < 1):
             raise ConfigError("--num-layers must be at least 1 for an mlp (0 or more for a vgg)")
         if not self.lr > 0:
             raise ConfigError("--lr must be positive")
@@ -120,6 +122,13 @@ class Config:
             raise ConfigError("--probe-every must not be negative")
 
     # ------------------------------------------------------------------ views
+    @property
+    def dense_layers(self) -> int:
+        """Dense blocks: ``num_layers``, or by default 3 for the mlp and 1 after a vgg's convs."""
+        if self.num_layers is not None:
+            return self.num_layers
+        return 3 if self.model == "mlp" else 1
+
     @property
     def is_local(self) -> bool:
         """True when hidden blocks learn from local losses only (no error crosses a block)."""

@@ -115,7 +115,7 @@ def build_spec(cfg: Config, input_shape: tuple[int, int, int], num_classes: int)
         features = blocks[-1].out_features
     else:
         raise ConfigError(f"unknown model {cfg.model!r}; choose one of {', '.join(MODELS)}")
-    for i in range(cfg.num_layers):
+    for i in range(cfg.dense_layers):
         blocks.append(BlockSpec(f"fc{i + 1}", "dense", features, cfg.num_hidden,
                                 **_decoder_fields("dense", cfg.num_hidden, 1, cfg.dim_in_decoder)))
         features = cfg.num_hidden

@@ -71,3 +71,12 @@ def test_describe_ends_with_the_count():
     spec = build_spec(Config(model="vgg8b"), CIFAR, 10)
     assert text.splitlines()[-1] == f"parameters: {spec.num_parameters}"
     assert "conv6" in text and "MaxPool" in text
+
+
+def test_dense_layers_default_to_the_authors_choice():
+    """3 dense blocks for the mlp (the paper's 3x1024), 1 after a vgg's convolutions; a flag wins."""
+    assert Config(model="mlp").resolve().num_layers == 3
+    assert Config(model="vgg8b").resolve().num_layers == 1
+    assert Config(model="vgg8b", num_layers=2).resolve().num_layers == 2
+    dense = [b for b in build_spec(Config(model="vgg8b"), CIFAR, 10).blocks if b.kind == "dense"]
+    assert len(dense) == 1
