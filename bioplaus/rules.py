@@ -151,13 +151,14 @@ def local_error(rule: Rule, h, y, Y, p: dict, f: dict, spec: BlockSpec, w_pred: 
 
 
 def _count_code_correct(logits, y, P):
-    """Local predictor of a pred-bpf head: the class whose label code is most likely under σ(logits)."""
-    xp = get_array_module(logits)
+    """Local predictor of a pred-bpf head: the class whose label code is most likely under σ(logits).
+
+    log p(code_c) = Σ_t [c_t log σ(l_t) + (1 − c_t) log(1 − σ(l_t))] = l·c + Σ_t log(1 − σ(l_t)),
+    since log σ(l) − log(1 − σ(l)) = l; the last sum is the same for every class, so the argmax
+    over classes is that of ``logits @ codesᵀ``.
+    """
     codes = bpf_codes(P)  # (K, T)
-    log_p = -xp.logaddexp(0, -logits)  # log σ(l)      (N, T)
-    log_q = -xp.logaddexp(0, logits)  # log(1 − σ(l))  (N, T)
-    scores = log_p @ codes.T + log_q @ (1 - codes).T  # (N, K)
-    return ops.count_correct(scores, y)
+    return ops.count_correct(logits @ codes.T, y)  # (N, K) scores up to a per-row constant
 
 
 # ------------------------------------------------------------------------------ training steps
