@@ -1,14 +1,21 @@
 """Full training steps on the CPU: bioplaus (NumPy) vs a PyTorch twin of the same network and rule.
 
-    python sims/benchmarks/bench_train.py [--quick] [--repeat N] [--json PATH]
+    python sims/benchmarks/bench_train.py [--quick] [--repeat N] [--threads N] [--models mlp]
+                                          [--inputs 1x28x28] [--json PATH]
 
 For {mlp 3x1024 on 28x28, vgg8b on 32x32x3, vgg8b on 28x28x1} x {glob, predsim, predsim-bpf}, batch
 128, float32: one step = forward, the rule's updates and Adam (bioplaus: ``rules.train_step`` with
 ``optim.Adam`` and the dropout masks drawn as the trainer draws them; the twin:
 ``sims/benchmarks/torch_twin.py``). Both use the same number of threads (numpy's BLAS threads, read
-with threadpoolctl, given to ``torch.set_num_threads``). After a warm-up, bioplaus, the twin and a
-float32 GEMM are timed in turn (interleaved, so a busy neighbour on a shared machine slows all
-three alike) ``--repeat`` times; the table shows medians and the ratio of samples/s.
+with threadpoolctl, given to ``torch.set_num_threads``; ``--threads N`` sets both). After a warm-up
+(mlp; a vgg8b step is long enough without), bioplaus, the twin and a 1024^3 float32 GEMM are timed in
+turn (interleaved, A/B order alternating, so a busy neighbour on a shared machine slows all three
+alike) ``--repeat`` times; the table shows medians and the ratio of samples/s.
+
+NOTE (shared machines): torch's OpenMP threads spin-wait by default, which on an oversubscribed
+2-core machine makes the twin 3-8x slower than it is, so this script sets ``OMP_WAIT_POLICY=PASSIVE``.
+OpenBLAS's own threads suffer the same way when the load is above the core count; run with
+``--threads 1`` then (both sides get one thread).
 
 FLOPs of a step are counted from the shapes: forward 2*MACs of every dense/conv layer (encoders,
 heads, the similarity matrices' X Xᵀ), backward 2x forward for a layer whose input gets an error
