@@ -148,7 +148,8 @@ def block_backward(dh, cache, spec: BlockSpec, need_dx: bool):
     grads = {}
     da = ops.act_backward(dh, cache["act"])
     if "bn" in cache:
-        da, grads["gamma"], grads["beta"] = ops.batchnorm_backward(da, cache["bn"])
+        # da is act_backward's fresh array, needed by nothing else: BN may reuse its buffer (memory)
+        da, grads["gamma"], grads["beta"] = ops.batchnorm_backward(da, cache["bn"], overwrite_dout=True)
     if spec.kind == "dense":
         dx, grads["W"], grads["b"] = ops.dense_backward(da, cache["enc"], need_dx=need_dx)
     else:

@@ -49,8 +49,12 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, train: bool, mo
     return out, cache, new_mean, new_var
 
 
-def batchnorm_backward(dout, cache):
-    """``dout`` (like x) -> ``(dx, dgamma (C,), dbeta (C,))``."""
+def batchnorm_backward(dout, cache, overwrite_dout: bool = False):
+    """``dout`` (like x) -> ``(dx, dgamma (C,), dbeta (C,))``.
+
+    ``overwrite_dout=True`` lets the caller hand over a ``dout`` it no longer needs: ``dx`` is then
+    computed in its buffer (train mode), so no second array of x's size is made (peak memory).
+    """
     xp = get_array_module(dout)
     xhat, gamma, inv_std, train = cache
     axes, pshape = _axes_and_shape(dout)
@@ -61,8 +65,15 @@ def batchnorm_backward(dout, cache):
         return dout * scale, dgamma, dbeta
     M = dout.size // dout.shape[1]
     inv_m = dout.dtype.type(1.0 / M)
-    dx = xhat * (dgamma * inv_m).reshape(pshape)  # one new array, then in-place passes
-    xp.subtract(dout, dx, out=dx)
+    k = (dgamma * inv_m).reshape(pshape)
+    if overwrite_dout:
+        dx = dout
+        step = max(1, dx.shape[0] // 8)  # xhat * k one slice of the batch at a time
+        for n0 in range(0, dx.shape[0], step):
+            dx[n0 : n0 + step] -= xhat[n0 : n0 + step] * k
+    else:
+        dx = xhat * k  # one new array, then in-place passes
+        xp.subtract(dout, dx, out=dx)
     dx -= (dbeta * inv_m).reshape(pshape)
     dx *= scale
     return dx, dgamma, dbeta
