@@ -201,7 +201,7 @@ def _global_step(net, rule, x, y, Y, masks, update, w_pred, w_sim):
         h, x, cache, new_running = block_forward(x, net.params[i], net.running[i], spec, True, masks[i],
                                                  net.slope)
         caches.append(cache)
-        hs.append(h)
+        hs.append(h if rule.sim is not None else None)  # plain backprop needs only the caches
         running.append(new_running)
     logits, out_cache = output_layer_forward(x, net.out)
     loss, dlogits = ops.softmax_cross_entropy(logits, y)
