@@ -484,7 +484,8 @@ def _train(cfg: Config, backend, trainer, out: str, resume_from, recipe, overwri
     finally:
         signals.restore()
     print(f"done: {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}; log: {out}")
-    print(f"read it with bioplaus.log.read_run({out!r}) or the notebooks in analysis/; browse it with h5ls -r {out}")
+    print(f"plot it: python sims/figures.py --logs {out} --out-dir figures  (or bioplaus.analysis.load_runs({out!r}) "
+          f"and the notebooks in analysis/); browse it: h5ls -r {out}")
     return EXIT_OK
 
 
