@@ -119,10 +119,11 @@ def block_forward(x, p: dict, running: dict, spec: BlockSpec, train: bool, mask,
         a, cache["enc"] = ops.conv2d_forward(x, p["W"], p["b"], spec.stride, spec.pad)  # (N, C, H, W)
     new_running = running
     if "gamma" in p:
+        # a is the encoder's fresh output: BN normalises it in place, φ works in BN's fresh output (memory)
         a, cache["bn"], mean, var = ops.batchnorm_forward(
-            a, p["gamma"], p["beta"], running["mean"], running["var"], train)
+            a, p["gamma"], p["beta"], running["mean"], running["var"], train, overwrite=True)
         new_running = {"mean": mean, "var": var}
-    h, cache["act"] = ops.act_forward(a, slope)
+    h, cache["act"] = ops.act_forward(a, slope, overwrite=True)  # a is BN's (or the encoder's) fresh output
     del a  # free the pre-activation before dropout/pool allocate (peak memory)
     o = h
     if mask is not None:
@@ -143,12 +144,17 @@ def output_backward(do, cache):
     return do
 
 
-def block_backward(dh, cache, spec: BlockSpec, need_dx: bool):
-    """δh -> (δx or None, grads {W, b, gamma, beta}). The same for every rule."""
+def block_backward(dh, cache, spec: BlockSpec, need_dx: bool, overwrite_dh: bool = False):
+    """δh -> (δx or None, grads {W, b, gamma, beta}). The same for every rule.
+
+    ``overwrite_dh=True``: the caller hands over δh (needed by nothing else), so φ's backward may
+    reuse its buffer (peak memory).
+    """
     grads = {}
-    da = ops.act_backward(dh, cache["act"])
+    da = ops.act_backward(dh, cache["act"], overwrite_dh=overwrite_dh)
+    del dh
     if "bn" in cache:
-        # da is act_backward's fresh array, needed by nothing else: BN may reuse its buffer (memory)
+        # da is act_backward's fresh array (or the handed-over dh), needed by nothing else: BN may reuse it
         da, grads["gamma"], grads["beta"] = ops.batchnorm_backward(da, cache["bn"], overwrite_dout=True)
     if spec.kind == "dense":
         dx, grads["W"], grads["b"] = ops.dense_backward(da, cache["enc"], need_dx=need_dx)

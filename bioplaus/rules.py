@@ -126,25 +126,28 @@ def local_error(rule: Rule, h, y, Y, p: dict, f: dict, spec: BlockSpec, w_pred: 
         else:
             z = pooled  # no learned layer between h and S
             target = ops.label_similarity(Y @ f["P"])  # (N, N) NOT A GRADIENT: random projection of the labels
-        S, s_cache = ops.similarity_forward(z)  # (N, N)
+        # memory: the learned z is this head's own array, so S's cache may centre it in place
+        S, s_cache = ops.similarity_forward(z, overwrite=rule.sim == "learned")  # (N, N)
         del z  # its cache keeps what S's backward needs (memory: z is a full feature map)
         loss, dS = ops.mse(S, target)
         stats["loss_sim"] = loss
         if backward:
-            dz = ops.similarity_backward(w_sim * dS, s_cache)
+            dz = ops.similarity_backward(w_sim * dS, s_cache, overwrite=True)  # s_cache is used up here
+            del s_cache
             if rule.sim == "learned":
-                backward_op = ops.conv2d_backward if spec.kind == "conv" else ops.dense_backward
-                dh_sim, grads["sim_W"], _ = backward_op(dz, proj_cache)  # through sim_W^T (one-step backprop)
-                dh = dh_sim
+                if spec.kind == "conv":  # dz is ours: the conv may write dh into its buffer (memory)
+                    dh, grads["sim_W"], _ = ops.conv2d_backward(dz, proj_cache, overwrite_dout=True)
+                else:
+                    dh, grads["sim_W"], _ = ops.dense_backward(dz, proj_cache)  # through sim_W^T (one-step backprop)
             else:
                 d_pooled = dz if d_pooled is None else d_pooled + dz
+            del dz
 
     if backward and d_pooled is not None:
-        dh_pooled = ops.avgpool2d_backward(d_pooled, pool_cache) if pool_cache is not None else d_pooled
-        if dh is None:
-            dh = dh_pooled
-        else:
-            dh += dh_pooled  # in place: dh is the sim path's own fresh array (memory)
+        if pool_cache is None:
+            dh = d_pooled if dh is None else dh + d_pooled
+        else:  # in place into dh when there is one: dh is the sim path's own fresh array (memory)
+            dh = ops.avgpool2d_backward(d_pooled, pool_cache, add_to=dh)
     if dh is None and backward:
         dh = xp.zeros_like(h)
     return dh, grads, stats
@@ -182,7 +185,8 @@ def _local_step(net, rule, x, y, Y, masks, update, w_pred, w_sim, w_out):
         h, x, cache, new_running = block_forward(x, p, net.running[i], spec, True, masks[i], net.slope)
         dh, head_grads, stats = local_error(rule, h, y, Y, p, f, spec, w_pred, w_sim)
         del h  # the block's own backward needs only its cache (memory)
-        _, grads = block_backward(dh, cache, spec, need_dx=False)  # the input is a constant: no error leaves
+        # the input is a constant: no error leaves; dh is ours, its buffer may be reused (memory)
+        _, grads = block_backward(dh, cache, spec, need_dx=False, overwrite_dh=True)
         grads.update(head_grads)
         update(i, grads)
         running.append(new_running)

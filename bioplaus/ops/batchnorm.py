@@ -23,14 +23,23 @@ def _axes_and_shape(x):
     raise ValueError(f"batchnorm expects a (N, D) or (N, C, H, W) array, got shape {x.shape}")
 
 
-def batchnorm_forward(x, gamma, beta, running_mean, running_var, train: bool, momentum=0.1, eps=1e-5):
-    """-> ``out, cache, new_running_mean, new_running_var`` (inputs are never mutated)."""
+def batchnorm_forward(x, gamma, beta, running_mean, running_var, train: bool, momentum=0.1, eps=1e-5,
+                      overwrite: bool = False):
+    """-> ``out, cache, new_running_mean, new_running_var``.
+
+    Inputs are never mutated, except that ``overwrite=True`` hands ``x`` over (the caller needs it no
+    more): the cached ``xhat`` is then normalised in x's own buffer (one array of x's size less).
+    """
     xp = get_array_module(x)
     axes, pshape = _axes_and_shape(x)
     M = x.size // x.shape[1]
     if train:
         mu = x.mean(axis=axes)  # (C,)
-        xc = x - mu.reshape(pshape)  # like x (ours: normalised in place below)
+        if overwrite:
+            xc = x
+            xc -= mu.reshape(pshape)  # like x, in the handed-over buffer
+        else:
+            xc = x - mu.reshape(pshape)  # like x (ours: normalised in place below)
         var = _sum_of_products(xc, xc) * x.dtype.type(1.0 / M)  # (C,) biased, no squared temporary
         unbiased = var * var.dtype.type(M / max(M - 1, 1))
         new_mean = (1 - momentum) * running_mean + momentum * mu.astype(running_mean.dtype)
@@ -38,7 +47,11 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, train: bool, mo
     else:
         mu = running_mean.astype(x.dtype, copy=False)
         var = running_var.astype(x.dtype, copy=False)
-        xc = x - mu.reshape(pshape)
+        if overwrite:
+            xc = x
+            xc -= mu.reshape(pshape)
+        else:
+            xc = x - mu.reshape(pshape)
         new_mean, new_var = running_mean, running_var
     inv_std = 1.0 / xp.sqrt(var + x.dtype.type(eps))  # (C,)
     xc *= inv_std.reshape(pshape)

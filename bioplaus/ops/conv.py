@@ -77,11 +77,13 @@ def conv2d_forward(x, W, b=None, stride: int = 1, pad: int = 0):
     cols = None
     for n0 in range(0, N, chunk):
         n1 = min(N, n0 + chunk)
+        cols = a2 = None  # the last chunk's buffers go before this chunk's are made (peak memory)
         xt = _pad_channel_major(x[n0:n1], pad)  # (C, n, Hp, Wp)
         cols = _im2col(xt, kh, kw, stride, Ho, Wo)  # (K, n*Ho*Wo)
         del xt
         a2 = W2 @ cols  # (F, n*Ho*Wo)
         out[n0:n1] = a2.reshape(F, n1 - n0, Ho, Wo).transpose(1, 0, 2, 3)
+    del a2
     if b is not None:
         out += b.reshape(1, F, 1, 1)
     # one chunk: keep the columns for the backward; several: keep only x and rebuild per chunk
@@ -90,8 +92,13 @@ def conv2d_forward(x, W, b=None, stride: int = 1, pad: int = 0):
     return out, cache
 
 
-def conv2d_backward(dout, cache, need_dx: bool = True):
-    """``dout (N, F, Ho, Wo)`` -> ``(dx (N, C, H, W) or None, dW (F, C, kh, kw), db (F,) or None)``."""
+def conv2d_backward(dout, cache, need_dx: bool = True, overwrite_dout: bool = False):
+    """``dout (N, F, Ho, Wo)`` -> ``(dx (N, C, H, W) or None, dW (F, C, kh, kw), db (F,) or None)``.
+
+    ``overwrite_dout=True``: the caller hands over ``dout`` (needed by nothing else); when dx has its
+    shape (a same-size convolution), each chunk's dx is written over that chunk of ``dout`` once the
+    chunk's own error has been copied out, so no new array of x's size is made (peak memory).
+    """
     xp = get_array_module(dout)
     x, cols, W, has_b, stride, pad, shape, chunk = cache
     N, C, H, Wd = shape
@@ -101,7 +108,10 @@ def conv2d_backward(dout, cache, need_dx: bool = True):
     W2 = W.reshape(F, K)
     db = dout.sum(axis=(0, 2, 3)) if has_b else None  # (F,)
     dW2 = None
-    dx = xp.empty(shape, dtype=dout.dtype) if need_dx else None  # (N, C, H, W)
+    dx = None
+    if need_dx:
+        reuse = overwrite_dout and dout.shape == tuple(shape) and dout.flags.c_contiguous
+        dx = dout if reuse else xp.empty(shape, dtype=dout.dtype)  # (N, C, H, W)
     for n0 in range(0, N, chunk):
         n1 = min(N, n0 + chunk)
         if cols is None or chunk < N:

@@ -70,13 +70,24 @@ def avgpool2d_forward(x, window=(2, 2), pad=(0, 0)):
     return out, (x.shape, (kh, kw), (ph, pw))
 
 
-def avgpool2d_backward(dout, cache):
-    """``dout (N, C, Ho, Wo)`` -> ``dx (N, C, H, W)``."""
+def avgpool2d_backward(dout, cache, add_to=None):
+    """``dout (N, C, Ho, Wo)`` -> ``dx (N, C, H, W)``.
+
+    ``add_to``: an array of x's shape to accumulate ``dx`` into, in place (then returned); without
+    padding this makes no array of x's size (peak memory).
+    """
     xp = get_array_module(dout)
     shape, (kh, kw), (ph, pw) = cache
     N, C, H, W = shape
     Ho, Wo = dout.shape[2], dout.shape[3]
     g = dout * dout.dtype.type(1.0 / (kh * kw))  # (N, C, Ho, Wo)
+    if add_to is not None:
+        if (ph, pw) == (0, 0) and (Ho * kh, Wo * kw) == (H, W) and add_to.flags.c_contiguous:
+            t6 = add_to.reshape(N, C, Ho, kh, Wo, kw)  # a view: each window's kh x kw block
+            t6 += g[:, :, :, None, :, None]
+        else:
+            add_to += avgpool2d_backward(dout, cache)
+        return add_to
     up = xp.repeat(xp.repeat(g, kh, axis=2), kw, axis=3)  # (N, C, Ho*kh, Wo*kw): the padded input's grid
     if (ph, pw) == (0, 0) and (Ho * kh, Wo * kw) == (H, W):
         return up

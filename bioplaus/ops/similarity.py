@@ -28,8 +28,12 @@ def _uses_std(X) -> bool:
     return X.ndim == 4 and X.shape[1] > 3 and X.shape[2] > 1
 
 
-def similarity_forward(X):
-    """``X (B, ...)`` -> ``S (B, B)``, cache."""
+def similarity_forward(X, overwrite: bool = False):
+    """``X (B, ...)`` -> ``S (B, B)``, cache.
+
+    ``overwrite=True``: the caller hands over ``X`` (contiguous, needed by nothing else); on the std
+    path its buffer then holds the centred ``X - mean`` of the cache (no second feature map).
+    """
     xp = get_array_module(X)
     B = X.shape[0]
     std_cache = None
@@ -37,7 +41,11 @@ def similarity_forward(X):
         C = X.shape[1]
         Xf = X.reshape(B, C, -1)  # (B, C, HW)
         n = Xf.shape[2]
-        Xc = Xf - Xf.mean(axis=2, keepdims=True)  # (B, C, HW)
+        if overwrite and X.flags.c_contiguous:
+            Xc = Xf  # a view of X: centred in place
+            Xc -= Xf.mean(axis=2, keepdims=True)  # (B, C, HW)
+        else:
+            Xc = Xf - Xf.mean(axis=2, keepdims=True)  # (B, C, HW)
         Z = xp.sqrt(xp.einsum("bcn,bcn->bc", Xc, Xc) / X.dtype.type(n - 1))  # (B, C), no Xc*Xc temporary
         std_cache = (Xc, Z, n, X.shape)
     else:
@@ -51,8 +59,12 @@ def similarity_forward(X):
     return S, (R, Zc, nrm, d, Zn, std_cache, X.shape)
 
 
-def similarity_backward(dS, cache):
-    """``dS (B, B)`` -> ``dX`` of the input's shape."""
+def similarity_backward(dS, cache, overwrite: bool = False):
+    """``dS (B, B)`` -> ``dX`` of the input's shape.
+
+    ``overwrite=True``: the cache is used up; on the std path ``dX`` is computed in the buffer of the
+    cached centred input (no new feature map). The cache must not be used again.
+    """
     xp = get_array_module(dS)
     R, Zc, nrm, d, Zn, std_cache, shape = cache
     dR = dS * ((R >= -1) & (R <= 1))  # (B, B)
@@ -69,6 +81,9 @@ def similarity_backward(dS, cache):
     safe_Z = xp.where(Z > 0, Z, 1)
     coef = dZ / (safe_Z * Z.dtype.type(n - 1))  # (B, C)
     # the mean subtraction's gradient vanishes here: sum over HW of Xc is 0
+    if overwrite:
+        Xc *= coef[..., None]
+        return Xc.reshape(shape)
     return (Xc * coef[..., None]).reshape(shape)
 
 
