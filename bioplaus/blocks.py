@@ -6,7 +6,8 @@ Forward, for a block with input ``x``::
     z = BN(a)             batch statistics in train mode, running averages in eval mode
     h = φ(z)              ReLU, or leaky ReLU with slope 0.01     <- local heads read h
     o = pool(dropout(h))  what the next block receives (element dropout for dense blocks,
-                          whole-channel dropout for conv blocks; max-pool where the VGG list has 'M')
+                          whole-channel dropout for conv blocks; max-pool where the VGG list has 'M';
+                          computed as dropout(pool(h)), the same for a per-channel mask, to save memory)
 
 ``block_backward`` carries an error ``δh`` back to ``W, b, γ, β`` (and, only when asked, to
 ``x``); it is the same for every learning rule. ``output_backward`` carries an error at ``o``
@@ -126,10 +127,16 @@ def block_forward(x, p: dict, running: dict, spec: BlockSpec, train: bool, mask,
     h, cache["act"] = ops.act_forward(a, slope, overwrite=True)  # a is BN's (or the encoder's) fresh output
     del a  # free the pre-activation before dropout/pool allocate (peak memory)
     o = h
+    # NOTE (memory): a whole-channel mask is a constant >= 0 per (sample, channel), so
+    # pool(dropout(h)) = dropout(pool(h)); pooling first never makes a dropped copy of the full h
+    pool_first = spec.pool_after and mask is not None and mask.ndim == 4 and mask.shape[2:] == (1, 1)
+    if pool_first:
+        o, cache["pool"] = ops.maxpool2d_forward(o, 2)
     if mask is not None:
         o, cache["drop"] = ops.dropout_forward(o, mask)
-    if spec.pool_after:
+    if spec.pool_after and not pool_first:
         o, cache["pool"] = ops.maxpool2d_forward(o, 2)
+    cache["pool_first"] = pool_first
     cache["o_shape"] = o.shape
     return h, o, cache, new_running
 
@@ -137,6 +144,9 @@ def block_forward(x, p: dict, running: dict, spec: BlockSpec, train: bool, mask,
 def output_backward(do, cache):
     """Error at the block's output o -> error at h (through pool and dropout). Global backprop only."""
     do = do.reshape(cache["o_shape"])  # the layer above may have flattened o
+    if cache["pool_first"]:  # o = dropout(pool(h))
+        do = ops.dropout_backward(do, cache["drop"])
+        return ops.maxpool2d_backward(do, cache["pool"])
     if "pool" in cache:
         do = ops.maxpool2d_backward(do, cache["pool"])
     if "drop" in cache:
@@ -148,14 +158,17 @@ def block_backward(dh, cache, spec: BlockSpec, need_dx: bool, overwrite_dh: bool
     """δh -> (δx or None, grads {W, b, gamma, beta}). The same for every rule.
 
     ``overwrite_dh=True``: the caller hands over δh (needed by nothing else), so φ's backward may
-    reuse its buffer (peak memory).
+    reuse its buffer; the caller's ``cache`` is then used up too: BN's normalised copy is dropped
+    from it before the encoder's backward (peak memory).
     """
     grads = {}
     da = ops.act_backward(dh, cache["act"], overwrite_dh=overwrite_dh)
     del dh
     if "bn" in cache:
+        bn_cache = cache.pop("bn") if overwrite_dh else cache["bn"]
         # da is act_backward's fresh array (or the handed-over dh), needed by nothing else: BN may reuse it
-        da, grads["gamma"], grads["beta"] = ops.batchnorm_backward(da, cache["bn"], overwrite_dout=True)
+        da, grads["gamma"], grads["beta"] = ops.batchnorm_backward(da, bn_cache, overwrite_dout=True)
+        del bn_cache
     if spec.kind == "dense":
         dx, grads["W"], grads["b"] = ops.dense_backward(da, cache["enc"], need_dx=need_dx)
     else:

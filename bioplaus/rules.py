@@ -80,11 +80,13 @@ def bpf_codes(P):
 
 # ------------------------------------------------------------------------------ local heads
 def local_error(rule: Rule, h, y, Y, p: dict, f: dict, spec: BlockSpec, w_pred: float, w_sim: float,
-                backward: bool = True):
+                backward: bool = True, overwrite_h: bool = False):
     """The block's local losses and, when ``backward``, its error δh and its head gradients.
 
     h: the block's output before dropout, (N, D) or (N, C, H, W); y: labels (N,); Y: one-hot (N, K).
     Returns (δh or None, head_grads, stats) with stats holding 0-d device arrays.
+    ``overwrite_h=True``: the caller needs h no more; once the heads have read it, δh may be written
+    in its buffer (peak memory).
     """
     xp = get_array_module(h)
     dh = None
@@ -146,8 +148,10 @@ def local_error(rule: Rule, h, y, Y, p: dict, f: dict, spec: BlockSpec, w_pred: 
     if backward and d_pooled is not None:
         if pool_cache is None:
             dh = d_pooled if dh is None else dh + d_pooled
-        else:  # in place into dh when there is one: dh is the sim path's own fresh array (memory)
+        elif dh is not None:  # in place: dh is the sim path's own fresh array (memory)
             dh = ops.avgpool2d_backward(d_pooled, pool_cache, add_to=dh)
+        else:  # h was read only through the pooled copy: its buffer may take δh (memory)
+            dh = ops.avgpool2d_backward(d_pooled, pool_cache, out=h if overwrite_h else None)
     if dh is None and backward:
         dh = xp.zeros_like(h)
     return dh, grads, stats
@@ -183,7 +187,8 @@ def _local_step(net, rule, x, y, Y, masks, update, w_pred, w_sim, w_out):
     for i, spec in enumerate(net.spec.blocks):
         p, f = net.params[i], net.fixed[i]
         h, x, cache, new_running = block_forward(x, p, net.running[i], spec, True, masks[i], net.slope)
-        dh, head_grads, stats = local_error(rule, h, y, Y, p, f, spec, w_pred, w_sim)
+        # h's buffer may take δh unless it is also the block's output (no dropout, no pool: x is h)
+        dh, head_grads, stats = local_error(rule, h, y, Y, p, f, spec, w_pred, w_sim, overwrite_h=x is not h)
         del h  # the block's own backward needs only its cache (memory)
         # the input is a constant: no error leaves; dh is ours, its buffer may be reused (memory)
         _, grads = block_backward(dh, cache, spec, need_dx=False, overwrite_dh=True)

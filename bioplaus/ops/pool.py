@@ -70,17 +70,25 @@ def avgpool2d_forward(x, window=(2, 2), pad=(0, 0)):
     return out, (x.shape, (kh, kw), (ph, pw))
 
 
-def avgpool2d_backward(dout, cache, add_to=None):
+def avgpool2d_backward(dout, cache, add_to=None, out=None):
     """``dout (N, C, Ho, Wo)`` -> ``dx (N, C, H, W)``.
 
-    ``add_to``: an array of x's shape to accumulate ``dx`` into, in place (then returned); without
-    padding this makes no array of x's size (peak memory).
+    ``add_to``: an array of x's shape to accumulate ``dx`` into, in place (then returned); ``out``: an
+    array of x's shape the caller no longer needs, overwritten with ``dx`` (then returned). Without
+    padding neither makes an array of x's size (peak memory).
     """
     xp = get_array_module(dout)
     shape, (kh, kw), (ph, pw) = cache
     N, C, H, W = shape
     Ho, Wo = dout.shape[2], dout.shape[3]
     g = dout * dout.dtype.type(1.0 / (kh * kw))  # (N, C, Ho, Wo)
+    if out is not None:
+        if (ph, pw) == (0, 0) and (Ho * kh, Wo * kw) == (H, W) and out.flags.c_contiguous:
+            out.reshape(N, C, Ho, kh, Wo, kw)[...] = g[:, :, :, None, :, None]
+        else:
+            out[...] = 0
+            avgpool2d_backward(dout, cache, add_to=out)
+        return out
     if add_to is not None:
         if (ph, pw) == (0, 0) and (Ho * kh, Wo * kw) == (H, W) and add_to.flags.c_contiguous:
             t6 = add_to.reshape(N, C, Ho, kh, Wo, kw)  # a view: each window's kh x kw block
@@ -88,7 +96,8 @@ def avgpool2d_backward(dout, cache, add_to=None):
         else:
             add_to += avgpool2d_backward(dout, cache)
         return add_to
-    up = xp.repeat(xp.repeat(g, kh, axis=2), kw, axis=3)  # (N, C, Ho*kh, Wo*kw): the padded input's grid
+    up = xp.empty((N, C, Ho * kh, Wo * kw), dtype=dout.dtype)  # the padded input's grid
+    up.reshape(N, C, Ho, kh, Wo, kw)[...] = g[:, :, :, None, :, None]  # one broadcast write, no repeats
     if (ph, pw) == (0, 0) and (Ho * kh, Wo * kw) == (H, W):
         return up
     dx = xp.zeros((N, C, H, W), dtype=dout.dtype)
