@@ -259,3 +259,42 @@ def test_initialisation_as_the_authors():
     assert np.all(bpf.params[0]["dec_b"] == 0)
     assert 0 < np.abs(bpf.fixed[0]["B"]).max() <= 1 / np.sqrt(7)
     assert 0 < np.abs(bpf.fixed[0]["P"]).max() <= 1 / np.sqrt(K)
+
+
+def make_masks(net, n, p=0.3, seed=7):
+    rng = np.random.default_rng(seed)
+    masks = []
+    for spec in net.spec.blocks:
+        shape = (n, spec.c_out, spec.size, spec.size) if spec.kind == "conv" else (n, spec.c_out)
+        masks.append(ops.dropout_mask(rng, shape, p, np.float64, channelwise=spec.kind == "conv"))
+    return masks
+
+
+def test_glob_with_fixed_dropout_masks_follows_the_gradient():
+    """Dropout on (whole channels in conv blocks, pooled after): backprop is still the exact gradient."""
+    cfg, net, x, y = make_net("glob", "conv")
+    masks = make_masks(net, len(x))
+    grads = {}
+    train_step(net, "glob", cfg.beta, x, y, masks, lambda i, g: grads.__setitem__(i, {k: v.copy() for k, v in g.items()}))
+
+    def loss():
+        h_out = x
+        for i, spec in enumerate(net.spec.blocks):
+            _, h_out, _, _ = block_forward(h_out, net.params[i], net.running[i], spec, True, masks[i], net.slope)
+        return ops.softmax_cross_entropy(output_layer_forward(h_out, net.out)[0], y)[0]
+
+    for i, p in enumerate(net.params):
+        for key, value in p.items():
+            assert_grad(grads[i][key], numerical_grad(loss, value), (i, key))
+
+
+def test_block_output_is_pool_of_dropout():
+    """o = maxpool(dropout(h)) whatever order the block computes it in (DESIGN §1)."""
+    _, net, x, _ = make_net("glob", "conv")
+    spec = net.spec.blocks[0]
+    assert spec.pool_after
+    mask = make_masks(net, len(x), p=0.5)[0]
+    h, o, _, _ = block_forward(x, net.params[0], net.running[0], spec, True, mask, net.slope)
+    dropped, _ = ops.dropout_forward(h, mask)
+    expect, _ = ops.maxpool2d_forward(dropped, 2)
+    assert np.array_equal(o, expect)
