@@ -24,43 +24,15 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parents[1]))
 
-from bench_train import LR, case_config
+from bench_train import LR, bioplaus_step, case_config
 
-from bioplaus import ops
 from bioplaus.backend import get_backend
-from bioplaus.blocks import LEAKY_SLOPE, init_network
+from bioplaus.blocks import LEAKY_SLOPE
 from bioplaus.models import build_spec
-from bioplaus.optim import Adam
-from bioplaus.rules import train_step
 
 BATCH = 128
 CIFAR10_STEPS_PER_EPOCH = math.ceil(50_000 / BATCH)
 RECIPE_EPOCHS = 400
-
-
-def ours(backend, cfg, spec, x, y):
-    net = init_network(spec, cfg, backend)
-    opt = Adam()
-    states = [{k: opt.init_state(v) for k, v in p.items()} for p in net.params]
-    states_out = {k: opt.init_state(v) for k, v in net.out.items()}
-    rngs = [backend.rng(cfg.seed, "dropout", i, 1) for i in range(len(spec.blocks))]
-    xd, yd = backend.asarray(x), backend.asarray(y)
-
-    def update(i, grads):
-        params, st = (net.out, states_out) if i < 0 else (net.params[i], states[i])
-        for key, g in grads.items():
-            opt.step(params[key], g, st[key], LR)
-
-    def step():
-        masks = []
-        for b, rng in zip(spec.blocks, rngs):
-            shape = (BATCH, b.c_out, b.size, b.size) if b.kind == "conv" else (BATCH, b.c_out)
-            masks.append(ops.dropout_mask(rng, shape, cfg.dropout, xd.dtype, channelwise=b.kind == "conv"))
-        net.running, loss, _, _ = train_step(net, cfg.variant, cfg.beta, xd, yd, masks, update)
-        backend.synchronize()
-        return loss
-
-    return step
 
 
 def theirs(device, cfg, spec, x, y):
@@ -99,7 +71,7 @@ def bench(device, model, variant, repeat, warmup, small) -> dict:
     rng = np.random.default_rng(0)
     x = rng.standard_normal((BATCH, 3, 32, 32), dtype=np.float32)
     y = rng.integers(0, 10, BATCH)
-    a, b = ours(get_backend(device), cfg, spec, x, y), theirs(device, cfg, spec, x, y)
+    a, b = bioplaus_step(cfg, spec, x, y, get_backend(device)), theirs(device, cfg, spec, x, y)
     for _ in range(warmup):
         a(), b()
     ta, tb = [], []

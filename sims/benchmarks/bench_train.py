@@ -97,10 +97,12 @@ def step_flops(spec: NetSpec, variant: str, N: int, target_proj_size: int = 128)
 
 
 # ------------------------------------------------------------------------------ the two steps
-def bioplaus_step(cfg: Config, spec: NetSpec, x: np.ndarray, y: np.ndarray):
-    """A closure running one bioplaus training step (masks drawn, Adam applied) per call."""
-    backend = get_backend("cpu")
+def bioplaus_step(cfg: Config, spec: NetSpec, x: np.ndarray, y: np.ndarray, backend=None):
+    """A closure running one bioplaus training step (masks drawn, Adam applied) per call; on the
+    CPU unless ``backend`` says otherwise (the step then waits for the device before it returns)."""
+    backend = backend or get_backend("cpu")
     net = init_network(spec, cfg, backend)
+    x, y = backend.asarray(x), backend.asarray(y)
     opt = Adam()
     states = [{k: opt.init_state(v) for k, v in p.items()} for p in net.params]
     states_out = {k: opt.init_state(v) for k, v in net.out.items()}
@@ -117,6 +119,7 @@ def bioplaus_step(cfg: Config, spec: NetSpec, x: np.ndarray, y: np.ndarray):
             shape = (x.shape[0], b.c_out, b.size, b.size) if b.kind == "conv" else (x.shape[0], b.c_out)
             masks.append(ops.dropout_mask(rng, shape, cfg.dropout, x.dtype, channelwise=b.kind == "conv"))
         net.running, loss, _, _ = train_step(net, cfg.variant, cfg.beta, x, y, masks, update)
+        backend.synchronize()
         return loss
 
     return step
