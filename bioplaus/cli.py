@@ -33,6 +33,11 @@ from typing import Any
 import bioplaus
 from bioplaus.config import Config, ConfigError
 
+try:  # POSIX: a lock beside the log keeps a second process from writing it
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no lock
+    fcntl = None
+
 EXIT_OK, EXIT_DIVERGED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 # Flags that may differ from the log's configuration on --resume.
@@ -269,6 +274,7 @@ def _prepare_new(ns: argparse.Namespace) -> dict[str, Any] | None:
     _check_writable(out)
     if (os.path.exists(out) or os.path.exists(ckpt)) and not getattr(ns, "overwrite", False):
         raise UsageError(f"{out} already exists; pass --overwrite to replace it or --resume {out} to continue it")
+    _check_not_running(out)
     backend = _backend(cfg)
     dataset = _load_data(cfg)
     trainer = _make_trainer(cfg, backend, dataset)
@@ -324,6 +330,7 @@ def _prepare_resume(ns: argparse.Namespace) -> dict[str, Any]:
     _check_writable(path)
     if not os.access(path, os.W_OK):
         raise UsageError(f"cannot resume: {path} is not writable")
+    _check_not_running(path)
     spec = _check_model_and_data_spec(cfg)
     del spec
     backend = _backend(cfg)
@@ -338,6 +345,38 @@ def _prepare_resume(ns: argparse.Namespace) -> dict[str, Any]:
             raise UsageError(f"cannot resume: the checkpoint {ckpt} restored epoch {trainer.epoch}, not {ckpt_epoch}")
     return {"cfg": cfg, "backend": backend, "trainer": trainer, "out": path, "resume_from": (done, ckpt_epoch),
             "recipe": None, "overwrite": False}
+
+
+def _check_not_running(out: str) -> None:
+    """Refuse a log that a live process is still writing (its lock is held; a killed run's is not)."""
+    lock = out + ".lock"
+    if fcntl is None or not os.path.exists(lock):
+        return
+    with open(lock, "rb") as fh:  # opened read-only: checking writes nothing
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise UsageError(f"{out} is being written by another running process; wait for it or stop it") from None
+
+
+def _hold_lock(out: str):
+    """Lock ``<out>.lock`` for this process's lifetime; the kernel drops it however the process ends."""
+    if fcntl is None:
+        return None
+    fh = open(out + ".lock", "ab")  # noqa: SIM115 -- held open on purpose until the run ends
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise UsageError(f"{out} is being written by another running process; wait for it or stop it") from None
+    return fh
+
+
+def _release_lock(out: str, fh) -> None:
+    if fh is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(out + ".lock")
+        fh.close()
 
 
 # ---------------------------------------------------------------------- training (writes)
@@ -429,19 +468,32 @@ def _test_pause(epoch: int) -> None:
 
 
 def _train(cfg: Config, backend, trainer, out: str, resume_from, recipe, overwrite: bool, progress: bool) -> int:
-    from bioplaus.checkpoint import checkpoint_path, save_checkpoint
+    from bioplaus.checkpoint import checkpoint_path
+
+    ckpt = checkpoint_path(out)
+    if os.path.dirname(out):
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+    try:
+        lock = _hold_lock(out)  # before any write: two processes never write one log
+    except UsageError as exc:
+        print(f"error: {_sentence(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return _train_locked(cfg, backend, trainer, out, ckpt, resume_from, recipe, overwrite, progress)
+    finally:
+        _release_lock(out, lock)
+
+
+def _train_locked(cfg, backend, trainer, out, ckpt, resume_from, recipe, overwrite, progress) -> int:
+    from bioplaus.checkpoint import save_checkpoint
     from bioplaus.log import RunLog
     from bioplaus.train import Diverged
 
-    ckpt = checkpoint_path(out)
     if resume_from is None:
         if overwrite:
             for stale in (out, ckpt):
                 if os.path.exists(stale):
                     os.unlink(stale)
-        parent = os.path.dirname(out)
-        if parent:
-            os.makedirs(parent, exist_ok=True)
         log = RunLog.create(out, cfg, backend.device, trainer.num_parameters)
     else:
         done, ckpt_epoch = resume_from

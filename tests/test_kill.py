@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from test_resume import assert_same_run
@@ -102,3 +103,27 @@ def test_interrupt_marks_log_and_resumes(tmp_path, reference, sig):
     assert done.returncode == 0, done.stderr
     assert read_run(out).status == "completed"
     assert_same_run(reference, out)
+
+
+def test_a_log_being_written_cannot_be_resumed_or_overwritten(tmp_path):
+    """A second process is refused (exit 2, one sentence, the log untouched) while the first runs;
+    once the first is killed, its lock dies with it and --resume works."""
+    out = str(tmp_path / "run.h5")
+    proc = start(out, pause="60@1")
+    try:
+        wait_for(proc, "logged epoch 1")
+        before = Path(out).read_bytes()
+        for argv in (["--resume", out, "--no-progress"], [*TINY, "--out", out, "--overwrite"]):
+            second = subprocess.run([sys.executable, RUN, *argv], capture_output=True, text=True, cwd=ROOT,
+                                    timeout=300, check=False)
+            assert second.returncode == 2, second.stderr
+            lines = second.stderr.strip().splitlines()
+            assert len(lines) == 1 and "being written by another running process" in lines[0], second.stderr
+            assert Path(out).read_bytes() == before
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    done = resume(out)
+    assert done.returncode == 0, done.stderr
+    assert read_run(out).status == "completed"
+    assert not os.path.exists(out + ".lock")  # a run that ends removes its lock file
