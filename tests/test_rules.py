@@ -101,6 +101,18 @@ def global_loss(net, x, y, with_sim=False):
     return total + ops.softmax_cross_entropy(logits, y)[0]
 
 
+def assert_blocks_follow_local_loss(net, cfg, x, y):
+    """Every block's recorded update = FD gradient of its own local loss, its input held constant.
+    Returns the recorded gradients and the last block's output."""
+    grads = record_step(net, cfg, x, y)
+    inputs, last = block_inputs(net, x)
+    for i, p in enumerate(net.params):
+        f = partial(local_loss, net, cfg, i, inputs[i], y)
+        for key, value in p.items():
+            assert_grad(grads[i][key], numerical_grad(f, value), (i, key))
+    return grads, last
+
+
 @pytest.mark.parametrize("kind", ["mlp", "conv"])
 @pytest.mark.parametrize("variant", ["glob", "glob+sim"])
 def test_global_rules_follow_the_gradient(variant, kind):
@@ -118,12 +130,7 @@ def test_global_rules_follow_the_gradient(variant, kind):
 @pytest.mark.parametrize("variant", ["pred", "sim", "predsim", "sim-bpf"])
 def test_local_rules_follow_their_own_loss(variant, kind):
     cfg, net, x, y = make_net(variant, kind)
-    grads = record_step(net, cfg, x, y)
-    inputs, last = block_inputs(net, x)
-    for i, p in enumerate(net.params):
-        f = partial(local_loss, net, cfg, i, inputs[i], y)
-        for key, value in p.items():
-            assert_grad(grads[i][key], numerical_grad(f, value), (i, key))
+    grads, last = assert_blocks_follow_local_loss(net, cfg, x, y)
     # the output layer learns from the (scaled) output loss on a constant input
     w_out = loss_weights(variant, cfg.beta)[2]
     g = lambda: w_out * ops.softmax_cross_entropy(output_layer_forward(last, net.out)[0], y)[0]
@@ -137,12 +144,7 @@ def test_feedback_alignment_with_B_equal_to_the_decoder_is_backprop(variant, kin
     cfg, net, x, y = make_net(variant, kind)
     for p, f in zip(net.params, net.fixed):
         f["B"] = p["dec_W"].copy()  # B := dec_W turns feedback alignment into the exact gradient
-    grads = record_step(net, cfg, x, y)
-    inputs, _ = block_inputs(net, x)
-    for i, p in enumerate(net.params):
-        f = partial(local_loss, net, cfg, i, inputs[i], y)
-        for key, value in p.items():
-            assert_grad(grads[i][key], numerical_grad(f, value), (i, key))
+    assert_blocks_follow_local_loss(net, cfg, x, y)
 
 
 @pytest.mark.parametrize("kind", ["mlp", "conv"])
