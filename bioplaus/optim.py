@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from bioplaus.backend import get_array_module
+from bioplaus.backend import blocked, get_array_module
 
 
 class Adam:
@@ -43,31 +43,45 @@ class Adam:
 
     def step(self, param, grad, state: dict, lr: float) -> None:
         xp = get_array_module(param)
+        if not param.flags.c_contiguous:
+            raise ValueError("Adam updates parameters in place and needs them contiguous")
         b1, b2 = self.beta1, self.beta2
         state["step"] += 1
         t = state["step"]
-        if self.weight_decay:
-            grad = grad + param.dtype.type(self.weight_decay) * param
-        m, v = state["m"], state["v"]
-        tmp = xp.empty_like(param)  # one scratch buffer: every pass below writes in place (no temporaries)
-        xp.multiply(grad, grad.dtype.type(1 - b1), out=tmp)
-        m *= m.dtype.type(b1)
-        m += tmp
-        xp.multiply(grad, grad, out=tmp)
-        tmp *= tmp.dtype.type(1 - b2)
-        v *= v.dtype.type(b2)
-        v += tmp
-        if self.amsgrad:
-            xp.maximum(state["max_v"], v, out=state["max_v"])
-            v = state["max_v"]
+        f = param.dtype.type
         # lr/(1-b1^t) * m / (sqrt(v)/c + eps) with c = sqrt(1-b2^t), rewritten as
         # (lr c/(1-b1^t)) * m / (sqrt(v) + eps c): the same value, one pass fewer
         c = math.sqrt(1 - b2**t)
-        xp.sqrt(v, out=tmp)
-        tmp += tmp.dtype.type(self.eps * c)
-        xp.divide(m, tmp, out=tmp)
-        tmp *= param.dtype.type(lr * c / (1 - b1**t))
-        param -= tmp
+        step_size, eps_c = f(lr * c / (1 - b1**t)), f(self.eps * c)
+        wd = f(self.weight_decay)
+        p, g = param.reshape(-1), grad.reshape(-1)
+        m, v = state["m"].reshape(-1), state["v"].reshape(-1)
+        v_max = state["max_v"].reshape(-1) if self.amsgrad else None
+
+        def passes(lo: int, hi: int) -> None:  # all of Adam on p[lo:hi]; every pass writes in place
+            pb, mb, vb = p[lo:hi], m[lo:hi], v[lo:hi]
+            gb = g[lo:hi]
+            tmp = xp.empty_like(pb)  # one scratch block
+            if wd:
+                gb = pb * wd
+                gb += g[lo:hi]
+            xp.multiply(gb, f(1 - b1), out=tmp)
+            mb *= f(b1)
+            mb += tmp
+            xp.multiply(gb, gb, out=tmp)
+            tmp *= f(1 - b2)
+            vb *= f(b2)
+            vb += tmp
+            if v_max is not None:
+                xp.maximum(v_max[lo:hi], vb, out=v_max[lo:hi])
+                vb = v_max[lo:hi]
+            xp.sqrt(vb, out=tmp)
+            tmp += eps_c
+            xp.divide(mb, tmp, out=tmp)
+            tmp *= step_size
+            pb -= tmp
+
+        blocked(xp, p.size, passes)
 
 
 class SGD:

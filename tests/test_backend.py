@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bioplaus.backend import BackendError, get_array_module, get_backend, gpu_available
+from bioplaus.backend import BackendError, blocked, get_array_module, get_backend, gpu_available
 
 
 def test_cpu_is_numpy():
@@ -57,3 +57,27 @@ def test_gpu_backend_roundtrip():
     assert np.array_equal(be.to_host(d), x)
     r1, r2 = be.rng(1, "a").random(4), be.rng(1, "a").random(4)
     assert np.array_equal(be.to_host(r1), be.to_host(r2))
+
+
+@pytest.mark.parametrize("n,block", [(0, 4), (1, 4), (7, 4), (64, 4), (1000, 7), (5, 100)])
+def test_blocked_covers_each_item_once(n, block):
+    """Every item in [0, n) is handed to exactly one call, in blocks of at most ``block``."""
+    seen = np.zeros(n, dtype=np.int64)
+    sizes = []
+
+    def body(lo, hi):
+        seen[lo:hi] += 1
+        sizes.append(hi - lo)
+
+    blocked(np, n, body, block=block)
+    assert (seen == 1).all()
+    assert all(0 < s <= block for s in sizes)
+
+
+def test_blocked_reraises_a_workers_error():
+    def body(lo, hi):
+        if lo >= 32:  # a block handed to the second worker
+            raise ValueError("bad block")
+
+    with pytest.raises(ValueError, match="bad block"):
+        blocked(np, 64, body, block=4)
