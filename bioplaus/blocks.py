@@ -119,12 +119,12 @@ def block_forward(x, p: dict, running: dict, spec: BlockSpec, train: bool, mask,
     else:
         a, cache["enc"] = ops.conv2d_forward(x, p["W"], p["b"], spec.stride, spec.pad)  # (N, C, H, W)
     new_running = running
-    if "gamma" in p:
-        # a is the encoder's fresh output: BN normalises it in place, φ works in BN's fresh output (memory)
-        a, cache["bn"], mean, var = ops.batchnorm_forward(
-            a, p["gamma"], p["beta"], running["mean"], running["var"], train, overwrite=True)
+    if "gamma" in p:  # BN and φ fused; a is the encoder's fresh output: BN normalises it in place (memory)
+        h, cache["bn_act"], mean, var = ops.bn_act_forward(
+            a, p["gamma"], p["beta"], running["mean"], running["var"], train, slope, overwrite=True)
         new_running = {"mean": mean, "var": var}
-    h, cache["act"] = ops.act_forward(a, slope, overwrite=True)  # a is BN's (or the encoder's) fresh output
+    else:
+        h, cache["act"] = ops.act_forward(a, slope, overwrite=True)  # a is the encoder's fresh output
     del a  # free the pre-activation before dropout/pool allocate (peak memory)
     o = h
     # NOTE (memory): a whole-channel mask is a constant >= 0 per (sample, channel), so
@@ -132,8 +132,8 @@ def block_forward(x, p: dict, running: dict, spec: BlockSpec, train: bool, mask,
     pool_first = spec.pool_after and mask is not None and mask.ndim == 4 and mask.shape[2:] == (1, 1)
     if pool_first:
         o, cache["pool"] = ops.maxpool2d_forward(o, 2)
-    if mask is not None:
-        o, cache["drop"] = ops.dropout_forward(o, mask)
+    if mask is not None:  # after a pool, o is the pool's fresh output: dropped in place (memory)
+        o, cache["drop"] = ops.dropout_forward(o, mask, overwrite=pool_first)
     if spec.pool_after and not pool_first:
         o, cache["pool"] = ops.maxpool2d_forward(o, 2)
     cache["pool_first"] = pool_first
@@ -162,17 +162,18 @@ def block_backward(dh, cache, spec: BlockSpec, need_dx: bool, overwrite_dh: bool
     from it before the encoder's backward (peak memory).
     """
     grads = {}
-    da = ops.act_backward(dh, cache["act"], overwrite_dh=overwrite_dh)
+    if "bn_act" in cache:
+        bn_cache = cache.pop("bn_act") if overwrite_dh else cache["bn_act"]
+        da, grads["gamma"], grads["beta"] = ops.bn_act_backward(dh, bn_cache, overwrite_dh=overwrite_dh)
+        del bn_cache  # with overwrite_dh, xhat is freed before the encoder's backward (peak memory)
+    else:
+        da = ops.act_backward(dh, cache["act"], overwrite_dh=overwrite_dh)
     del dh
-    if "bn" in cache:
-        bn_cache = cache.pop("bn") if overwrite_dh else cache["bn"]
-        # da is act_backward's fresh array (or the handed-over dh), needed by nothing else: BN may reuse it
-        da, grads["gamma"], grads["beta"] = ops.batchnorm_backward(da, bn_cache, overwrite_dout=True)
-        del bn_cache
     if spec.kind == "dense":
         dx, grads["W"], grads["b"] = ops.dense_backward(da, cache["enc"], need_dx=need_dx)
     else:
-        dx, grads["W"], grads["b"] = ops.conv2d_backward(da, cache["enc"], need_dx=need_dx)
+        # da is ours (a fresh array, or the handed-over δh): a same-size conv may write δx into it
+        dx, grads["W"], grads["b"] = ops.conv2d_backward(da, cache["enc"], need_dx=need_dx, overwrite_dout=True)
     if dx is not None:
         dx = dx.reshape(cache["x_shape"])
     return dx, grads

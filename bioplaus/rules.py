@@ -225,7 +225,8 @@ def _global_step(net, rule, x, y, Y, masks, update, w_pred, w_sim):
             dh_local, head_grads, stats = local_error(rule, hs[i], y, Y, net.params[i], net.fixed[i], spec,
                                                       w_pred, w_sim)
             dh = dh + dh_local
-        do, grads = block_backward(dh, caches[i], spec, need_dx=i > 0)
+        # dh is a fresh array (or the fresh δx from the block above): handed over, as the cache is
+        do, grads = block_backward(dh, caches[i], spec, need_dx=i > 0, overwrite_dh=True)
         grads.update(head_grads)
         update(i, grads)
         block_stats[i] = stats

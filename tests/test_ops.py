@@ -208,11 +208,16 @@ def naive_maxpool(x, k):
     return out, arg
 
 
-@pytest.mark.parametrize("shape,k", [((2, 3, 4, 6), 2), ((1, 2, 5, 7), 2), ((2, 1, 7, 6), 3)])
-def test_maxpool_forward_backward_naive(xp, shape, k):
+@pytest.mark.parametrize("shape,k", [((2, 3, 4, 6), 2), ((1, 2, 5, 7), 2), ((2, 1, 7, 6), 3), ((9, 2, 4, 4), 2)])
+def test_maxpool_forward_backward_naive(xp, shape, k, monkeypatch):
+    from bioplaus.ops import pool
+
+    monkeypatch.setattr(pool, "BLOCK", 2 * int(np.prod(shape[1:])))  # 2 samples a block: several blocks, threads
     rng = np.random.default_rng(5)
     x = rand(rng, *shape)
     x[0, 0, 0, 0] = x[0, 0, 0, 1] = x[0, 0, 1, 0] = 5.0  # a three-way tie in the first window
+    x[-1, -1, 0, 1] = x[-1, -1, 1, 0] = 6.0  # a tie of (0, 1) and (1, 0) above (0, 0): row-major picks (0, 1)
+    x[-1, -1, 0, 0] = 1.0
     out, cache = ops.maxpool2d_forward(xp.asarray(x), k)
     ref, arg = naive_maxpool(x, k)
     assert isinstance(out, xp.ndarray)
@@ -286,6 +291,26 @@ def test_avgpool_gradients(xp, shape, window, pad):
         [x],
         [0],
     )
+
+
+@pytest.mark.parametrize("shape,window,pad", AVG_CASES)
+def test_avgpool_backward_in_place(xp, shape, window, pad, monkeypatch):
+    """``out=`` and ``add_to=`` give the plain backward's values, written where asked."""
+    from bioplaus.ops import pool
+
+    monkeypatch.setattr(pool, "_ROWS_BYTES", 8 * shape[-1] * 3)  # several blocks in add_to's loop
+    rng = np.random.default_rng(10)
+    x = xp.asarray(rand(rng, *shape))
+    out, cache = ops.avgpool2d_forward(x, window, pad)
+    dout = xp.asarray(rand(rng, *out.shape))
+    expect = host(ops.avgpool2d_backward(dout, cache))
+    buf = xp.asarray(rand(rng, *shape))
+    assert ops.avgpool2d_backward(dout, cache, out=buf) is buf
+    assert rel_error(host(buf), expect) < 1e-14
+    base = rand(rng, *shape)
+    acc = xp.asarray(base.copy())
+    assert ops.avgpool2d_backward(dout, cache, add_to=acc) is acc
+    assert rel_error(host(acc), base + expect) < 1e-14
 
 
 @pytest.mark.parametrize(
@@ -383,6 +408,77 @@ def test_batchnorm_tiny_variance(xp):
         return out, cache
 
     gradcheck(xp, fwd, ops.batchnorm_backward, [x, gamma, beta], [0, 1, 2], eps=1e-7, tol=1e-6)
+
+
+# ----------------------------------------------------------------------------- batch norm + φ, fused
+
+BN_ACT_SHAPES = BN_SHAPES + [(9, 3, 4, 4)]  # the last one runs in several blocks (see the BLOCK patch below)
+
+
+def naive_bn_act(x, gamma, beta, rm, rv, train, slope):
+    z, new_rm, new_rv = naive_bn(x, gamma, beta, rm, rv, train, 0.1, 1e-5)
+    return np.where(z > 0, z, slope * z), new_rm, new_rv
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """2 samples of a (9, 3, 4, 4) map per block: the fused op's block loop and threads run."""
+    from bioplaus.ops import bn_act
+
+    monkeypatch.setattr(bn_act, "BLOCK", 2 * 3 * 4 * 4)
+
+
+@pytest.mark.parametrize("shape", BN_ACT_SHAPES)
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("slope", [0.0, 0.01])
+def test_bn_act_forward_naive(xp, shape, train, slope, small_blocks):
+    rng = np.random.default_rng(13)
+    C = shape[1]
+    x = rand(rng, *shape) * 2 + 0.5
+    gamma, beta = rand(rng, C), rand(rng, C)
+    rm, rv = rand(rng, C), 0.5 + rng.random(C)
+    x0 = x.copy()
+    args = [xp.asarray(a) for a in (x, gamma, beta, rm, rv)]
+    h, _, nrm, nrv = ops.bn_act_forward(*args, train, slope)
+    ref, ref_rm, ref_rv = naive_bn_act(x, gamma, beta, rm, rv, train, slope)
+    assert isinstance(h, xp.ndarray)
+    assert rel_error(host(h), ref) < 1e-12
+    assert rel_error(host(nrm), ref_rm) < 1e-13 and rel_error(host(nrv), ref_rv) < 1e-13
+    assert np.array_equal(host(args[0]), x0)  # a is not touched without overwrite
+
+
+@pytest.mark.parametrize("shape", BN_ACT_SHAPES)
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("slope", [0.0, 0.01])
+def test_bn_act_gradients(xp, shape, train, slope, small_blocks):
+    rng = np.random.default_rng(14)
+    C = shape[1]
+    x, gamma, beta = rand(rng, *shape), rand(rng, C), rand(rng, C)
+    rm, rv = rand(rng, C), 0.5 + rng.random(C)
+
+    def fwd(x, gamma, beta):
+        h, cache, _, _ = ops.bn_act_forward(x, gamma, beta, xp_or_np(x, rm), xp_or_np(x, rv), train, slope)
+        return h, cache
+
+    gradcheck(xp, fwd, ops.bn_act_backward, [x, gamma, beta], [0, 1, 2])
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.01])
+def test_bn_act_equals_batchnorm_then_act(slope, small_blocks):
+    """The fused op gives the two ops' values, and its in-place forms give the same values."""
+    rng = np.random.default_rng(15)
+    x, gamma, beta = rand(rng, 9, 3, 4, 4), rand(rng, 3), rand(rng, 3)
+    rm, rv = np.zeros(3), np.ones(3)
+    dh = rand(rng, 9, 3, 4, 4)
+    z, bn_cache, _, _ = ops.batchnorm_forward(x, gamma, beta, rm, rv, True)
+    h_ref, act_cache = ops.act_forward(z, slope)
+    dx_ref, dg_ref, db_ref = ops.batchnorm_backward(ops.act_backward(dh, act_cache), bn_cache)
+    h, cache, _, _ = ops.bn_act_forward(x.copy(), gamma, beta, rm, rv, True, slope, overwrite=True)
+    dx, dg, db = ops.bn_act_backward(dh.copy(), cache, overwrite_dh=True)
+    for got, ref in ((h, h_ref), (dx, dx_ref), (dg, dg_ref), (db, db_ref)):
+        assert rel_error(got, ref) < 1e-12
+    with pytest.raises(ValueError, match="slope"):
+        ops.bn_act_forward(x, gamma, beta, rm, rv, True, 1.5)
 
 
 # ----------------------------------------------------------------------------- activations

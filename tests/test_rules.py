@@ -191,9 +191,9 @@ def test_bpf_never_sends_an_error_through_a_forward_weight(variant, monkeypatch)
     for name in ("dense_backward", "conv2d_backward"):
         real = getattr(ops, name)
 
-        def spy(dout, cache, need_dx=True, _real=real, _name=name):
+        def spy(dout, cache, need_dx=True, _real=real, _name=name, **kwargs):
             calls.append((_name, need_dx))
-            return _real(dout, cache, need_dx=need_dx)
+            return _real(dout, cache, need_dx=need_dx, **kwargs)
 
         monkeypatch.setattr(ops, name, spy)
     record_step(net, cfg, x, y)

@@ -6,6 +6,7 @@ are returned to the caller and never stored; every backward returns the true gra
 
 from bioplaus.ops.activation import act_backward, act_forward
 from bioplaus.ops.batchnorm import batchnorm_backward, batchnorm_forward
+from bioplaus.ops.bn_act import bn_act_backward, bn_act_forward
 from bioplaus.ops.conv import IM2COL_MAX_BYTES, conv2d_backward, conv2d_forward
 from bioplaus.ops.dense import dense_backward, dense_forward
 from bioplaus.ops.dropout import dropout_backward, dropout_forward, dropout_mask
@@ -34,6 +35,8 @@ __all__ = [
     "avgpool2d_forward",
     "batchnorm_backward",
     "batchnorm_forward",
+    "bn_act_backward",
+    "bn_act_forward",
     "conv2d_backward",
     "conv2d_forward",
     "count_correct",

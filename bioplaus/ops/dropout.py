@@ -31,10 +31,16 @@ def dropout_mask(rng, shape, p: float, dtype, channelwise: bool = False):
     return mask
 
 
-def dropout_forward(x, mask):
-    """``x`` and a broadcastable scaled ``mask`` (or None: no dropout) -> out, cache."""
+def dropout_forward(x, mask, overwrite: bool = False):
+    """``x`` and a broadcastable scaled ``mask`` (or None: no dropout) -> out, cache.
+
+    ``overwrite=True`` hands ``x`` over (the caller needs it no more): it is masked in place.
+    """
     if mask is None:
         return x, None
+    if overwrite:
+        x *= mask
+        return x, mask
     return x * mask, mask
 
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import math
 
-from bioplaus.backend import get_array_module
+import numpy as np
+
+from bioplaus.backend import BLOCK, blocked, get_array_module
 
 
 def maxpool2d_forward(x, k: int = 2):
@@ -23,6 +25,15 @@ def maxpool2d_forward(x, k: int = 2):
     xp = get_array_module(x)
     N, C, H, W = x.shape
     Ho, Wo = H // k, W // k
+    if k == 2:
+        out = xp.empty((N, C, Ho, Wo), dtype=x.dtype)
+        idx = xp.empty((N, C, Ho, Wo), dtype=xp.uint8)
+
+        def pool_samples(lo: int, hi: int) -> None:
+            _maxpool2x2(xp, x[lo:hi, :, : 2 * Ho, : 2 * Wo], out[lo:hi], idx[lo:hi])
+
+        blocked(xp, N, pool_samples, block=BLOCK // (C * H * W) or 1)  # bounded temporaries, both cores
+        return out, (idx, x.shape, k)
     # one strided view per window offset (row-major order): no transposed copy of x is made
     views = [x[:, :, p : Ho * k : k, q : Wo * k : k] for p in range(k) for q in range(k)]  # (N, C, Ho, Wo)
     idx_dtype = xp.uint8 if k * k < 256 else xp.int64
@@ -35,15 +46,34 @@ def maxpool2d_forward(x, k: int = 2):
     return out, (idx, x.shape, k)
 
 
+def _maxpool2x2(xp, x, out, idx) -> None:
+    """Fills ``out, idx``: the 2x2 case in two pairwise steps (the model's only pool), the larger of
+    each pair of columns, then of each pair of rows. Strict comparisons keep the first maximum of a
+    row, then the first row holding the maximum: the first in row-major order, as the general case."""
+    right = x[:, :, :, 1::2] > x[:, :, :, 0::2]  # (N, C, H, W/2)
+    rows = xp.maximum(x[:, :, :, 0::2], x[:, :, :, 1::2])  # (N, C, H, W/2), propagates NaN
+    lower = rows[:, :, 1::2] > rows[:, :, 0::2]  # (N, C, H/2, W/2)
+    xp.maximum(rows[:, :, 0::2], rows[:, :, 1::2], out=out)  # (N, C, H/2, W/2)
+    idx[...] = xp.where(lower, right[:, :, 1::2], right[:, :, 0::2])  # column in the window
+    idx += lower.astype(xp.uint8) * xp.uint8(2)  # row-major offset p*2 + q
+
+
 def maxpool2d_backward(dout, cache):
     """``dout (N, C, Ho, Wo)`` -> ``dx (N, C, H, W)``."""
     xp = get_array_module(dout)
     idx, shape, k = cache
+    N, C, H, W = shape
     Ho, Wo = dout.shape[2], dout.shape[3]
-    dx = xp.zeros(shape, dtype=dout.dtype)
-    for p in range(k):
-        for q in range(k):
-            xp.copyto(dx[:, :, p : Ho * k : k, q : Wo * k : k], dout, where=idx == p * k + q)
+    covered = (H, W) == (Ho * k, Wo * k)
+    dx = xp.empty(shape, dtype=dout.dtype) if covered else xp.zeros(shape, dtype=dout.dtype)
+
+    def scatter(lo: int, hi: int) -> None:  # every covered position written once: no zeroing pass
+        d, i = dout[lo:hi], idx[lo:hi]
+        for p in range(k):
+            for q in range(k):
+                xp.multiply(d, i == p * k + q, out=dx[lo:hi, :, p : Ho * k : k, q : Wo * k : k])
+
+    blocked(xp, N, scatter, block=BLOCK // (C * H * W) or 1)
     return dx
 
 
@@ -51,59 +81,70 @@ def _pool_out(size: int, k: int, pad: int) -> int:
     return (size + 2 * pad - k) // k + 1
 
 
+def _window_matrix(xp, size: int, k: int, pad: int, dtype, transpose: bool = False):
+    """``(size, out)`` 0/1 matrix: input position i lies in window ``(i + pad) // k`` (if that window
+    exists); padded positions are zeros and add nothing, so they need no row. ``transpose``: ``(out, size)``."""
+    out = _pool_out(size, k, pad)
+    i = np.arange(size)
+    j = (i + pad) // k
+    inside = j < out
+    M = np.zeros((size, out))
+    M[i[inside], j[inside]] = 1.0
+    return xp.asarray(M.T if transpose else M, dtype=dtype)
+
+
+_ROWS_BYTES = 8 * 2**20  # avgpool's backward builds its result this many bytes at a time when adding
+
+
 def avgpool2d_forward(x, window=(2, 2), pad=(0, 0)):
-    """``x (N, C, H, W)`` -> ``out (N, C, Ho, Wo)``, cache; stride = window, zeros counted."""
+    """``x (N, C, H, W)`` -> ``out (N, C, Ho, Wo)``, cache; stride = window, zeros counted.
+
+    Computed as two matrix products with 0/1 window matrices, ``out = Ph^T x Pw / (kh kw)``: the
+    columns of each window are summed by one GEMM over all rows, then the rows by a batched one
+    (far faster than summing short inner axes; the padding needs no padded copy).
+    """
     xp = get_array_module(x)
     N, C, H, W = x.shape
     kh, kw = window
     ph, pw = pad
     Ho, Wo = _pool_out(H, kh, ph), _pool_out(W, kw, pw)
-    if ph or pw:
-        xpad = xp.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=x.dtype)
-        xpad[:, :, ph : ph + H, pw : pw + W] = x
+    if (kw, pw) == (1, 0):
+        cols = x.reshape(N * C, H, W)  # nothing to sum along the width
     else:
-        xpad = x
-    # sum each window's columns, then its rows: two single-axis reductions beat one over axes (3, 5)
-    rows = xpad[:, :, : Ho * kh, : Wo * kw].reshape(N, C, Ho * kh, Wo, kw).sum(axis=4)  # (N, C, Ho*kh, Wo)
-    out = rows.reshape(N, C, Ho, kh, Wo).sum(axis=3)  # (N, C, Ho, Wo)
+        cols = (x.reshape(N * C * H, W) @ _window_matrix(xp, W, kw, pw, x.dtype)).reshape(N * C, H, Wo)
+    out = xp.matmul(_window_matrix(xp, H, kh, ph, x.dtype, transpose=True), cols)  # (N*C, Ho, Wo)
     out *= out.dtype.type(1.0 / (kh * kw))
-    return out, (x.shape, (kh, kw), (ph, pw))
+    return out.reshape(N, C, Ho, Wo), (x.shape, (kh, kw), (ph, pw))
 
 
 def avgpool2d_backward(dout, cache, add_to=None, out=None):
-    """``dout (N, C, Ho, Wo)`` -> ``dx (N, C, H, W)``.
+    """``dout (N, C, Ho, Wo)`` -> ``dx (N, C, H, W)``: ``dx = Ph dout Pw^T / (kh kw)``.
 
-    ``add_to``: an array of x's shape to accumulate ``dx`` into, in place (then returned); ``out``: an
-    array of x's shape the caller no longer needs, overwritten with ``dx`` (then returned). Without
-    padding neither makes an array of x's size (peak memory).
+    ``add_to``: a contiguous array of x's shape to accumulate ``dx`` into, in place (then returned);
+    ``out``: a contiguous array of x's shape the caller no longer needs, overwritten with ``dx``
+    (then returned). Neither makes an array of x's size (peak memory).
     """
     xp = get_array_module(dout)
     shape, (kh, kw), (ph, pw) = cache
     N, C, H, W = shape
     Ho, Wo = dout.shape[2], dout.shape[3]
-    g = dout * dout.dtype.type(1.0 / (kh * kw))  # (N, C, Ho, Wo)
-    if out is not None:
-        if (ph, pw) == (0, 0) and (Ho * kh, Wo * kw) == (H, W) and out.flags.c_contiguous:
-            out.reshape(N, C, Ho, kh, Wo, kw)[...] = g[:, :, :, None, :, None]
-        else:
-            out[...] = 0
-            avgpool2d_backward(dout, cache, add_to=out)
-        return out
-    if add_to is not None:
-        if (ph, pw) == (0, 0) and (Ho * kh, Wo * kw) == (H, W) and add_to.flags.c_contiguous:
-            t6 = add_to.reshape(N, C, Ho, kh, Wo, kw)  # a view: each window's kh x kw block
-            t6 += g[:, :, :, None, :, None]
-        else:
-            add_to += avgpool2d_backward(dout, cache)
-        return add_to
-    up = xp.empty((N, C, Ho * kh, Wo * kw), dtype=dout.dtype)  # the padded input's grid
-    up.reshape(N, C, Ho, kh, Wo, kw)[...] = g[:, :, :, None, :, None]  # one broadcast write, no repeats
-    if (ph, pw) == (0, 0) and (Ho * kh, Wo * kw) == (H, W):
-        return up
-    dx = xp.zeros((N, C, H, W), dtype=dout.dtype)
-    hh, ww = min(H, Ho * kh - ph), min(W, Wo * kw - pw)  # input rows/columns some window covers
-    dx[:, :, :hh, :ww] = up[:, :, ph : ph + hh, pw : pw + ww]
-    return dx
+    g = dout.reshape(N * C, Ho, Wo) * dout.dtype.type(1.0 / (kh * kw))
+    rows = xp.matmul(_window_matrix(xp, H, kh, ph, dout.dtype), g)  # (N*C, H, Wo): each row's window sums
+    rows = rows.reshape(N * C * H, Wo)
+    PwT = _window_matrix(xp, W, kw, pw, dout.dtype, transpose=True)  # (Wo, W)
+    target = add_to if add_to is not None else out
+    if target is None:
+        return (rows @ PwT).reshape(shape)
+    if not target.flags.c_contiguous:
+        raise ValueError("avgpool2d_backward: add_to/out must be contiguous")
+    flat = target.reshape(N * C * H, W)  # a view
+    if add_to is None:
+        xp.matmul(rows, PwT, out=flat)
+        return target
+    step = max(1, _ROWS_BYTES // (W * dout.dtype.itemsize))
+    for r0 in range(0, rows.shape[0], step):  # bounded temporaries: add block by block
+        flat[r0 : r0 + step] += rows[r0 : r0 + step] @ PwT
+    return target
 
 
 def decoder_pool_shape(channels: int, size: int, dim_in_decoder: int):
