@@ -123,6 +123,7 @@ def bn_act_backward(dh, cache, overwrite_dh: bool = False):
     gamma_b, beta_b = gamma.reshape(pshape), beta.reshape(pshape)
     scale = (gamma * inv_std).reshape(pshape)  # (1, C[, 1, 1])
     dz = dh if overwrite_dh else dh.copy()
+    exact = t(1) - t(slope) + t(slope) == t(1)  # host scalars: then 1 - slope + slope is exactly 1
     nb = _num_blocks(dh)
     dbeta_parts: list = [None] * nb
     dgamma_parts: list = [None] * nb
@@ -133,6 +134,10 @@ def bn_act_backward(dh, cache, overwrite_dh: bool = False):
         _z_into(z, xb, gamma_b, beta_b)  # the forward's z, bit for bit
         if slope == 0.0:
             xp.multiply(d, z > 0, out=d)
+        elif exact:  # arithmetic on the mask vectorises far better than a masked copy
+            xp.multiply(z > 0, t(1) - t(slope), out=z)
+            z += t(slope)  # φ': exactly 1 where z > 0, slope elsewhere
+            d *= z
         else:
             xp.copyto(d, d * t(slope), where=z <= 0)
         dbeta_parts[i] = _channel_sum(d)

@@ -13,6 +13,7 @@ Average pool (window = stride = (kh, kw), symmetric zero padding (ph, pw), padde
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -83,7 +84,13 @@ def _pool_out(size: int, k: int, pad: int) -> int:
 
 def _window_matrix(xp, size: int, k: int, pad: int, dtype, transpose: bool = False):
     """``(size, out)`` 0/1 matrix: input position i lies in window ``(i + pad) // k`` (if that window
-    exists); padded positions are zeros and add nothing, so they need no row. ``transpose``: ``(out, size)``."""
+    exists); padded positions are zeros and add nothing, so they need no row. ``transpose``: ``(out, size)``.
+    Built once per shape and device (a training step then moves nothing to the device)."""
+    return _cached_window_matrix(xp, size, k, pad, np.dtype(dtype), transpose)
+
+
+@functools.lru_cache(maxsize=128)
+def _cached_window_matrix(xp, size: int, k: int, pad: int, dtype, transpose: bool):
     out = _pool_out(size, k, pad)
     i = np.arange(size)
     j = (i + pad) // k
