@@ -57,7 +57,7 @@ def make_net(variant: str, kind: str, seed: int = 0):
             v[...] = rng.normal(size=v.shape) * (0.5 if k.startswith(("dec", "sim")) else 0.4)
     for k, v in net.out.items():
         v[...] = rng.normal(size=v.shape) * 0.4
-    x = rng.normal(size=(6, *net.spec.input_shape))
+    x = rng.normal(size=(6, *net.spec.input_shape)).astype(np.float32)
     y = np.array([0, 1, 2, 0, 1, 1])
     return cfg, net, x, y
 
@@ -300,3 +300,53 @@ def test_block_output_is_pool_of_dropout():
     dropped, _ = ops.dropout_forward(h, mask)
     expect, _ = ops.maxpool2d_forward(dropped, 2)
     assert np.array_equal(o, expect)
+
+
+@pytest.mark.parametrize("variant", sorted(RULES))
+@pytest.mark.parametrize("kind", ["mlp", "conv"])
+def test_a_float32_step_stays_float32(variant, kind, monkeypatch):
+    """No accidental float64: every op's output array, every gradient and every loss of a float32
+    step is float32 (with dropout, as in training)."""
+    from bioplaus.backend import NUMPY as backend
+
+    cfg = Config(variant=variant, nonlin="leakyrelu", target_proj_size=5, dropout=0.3).resolve()
+    net = init_network(tiny_spec(kind), cfg, backend, dtype=np.float32)
+    seen = []
+
+    def arrays(value):
+        if isinstance(value, np.ndarray):
+            yield value
+        elif isinstance(value, (tuple, list)):
+            for v in value:
+                yield from arrays(v)
+        elif isinstance(value, dict):
+            for v in value.values():
+                yield from arrays(v)
+
+    for name in ops.__all__:
+        real = getattr(ops, name)
+        if not callable(real):
+            continue
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            out = _real(*args, **kwargs)
+            for a in arrays(out):  # outputs and caches
+                if a.dtype.kind == "f":
+                    seen.append((_name, a.dtype))
+            return out
+
+        monkeypatch.setattr(ops, name, spy)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, *net.spec.input_shape)).astype(np.float32)
+    y = np.array([0, 1, 2, 0, 1, 1])
+    masks = []
+    for i, b in enumerate(net.spec.blocks):
+        shape = (6, b.c_out, b.size, b.size) if b.kind == "conv" else (6, b.c_out)
+        masks.append(ops.dropout_mask(backend.rng(0, "dropout", i), shape, 0.3, np.float32, channelwise=b.kind == "conv"))
+    grads = []
+    _, loss, _, block_stats = train_step(net, variant, cfg.beta, x, y, masks, lambda i, g: grads.append(g))
+    assert seen, "the spy saw no op"
+    assert all(dtype == np.float32 for _, dtype in seen), sorted({n for n, d in seen if d != np.float32})
+    assert grads and all(g.dtype == np.float32 for gs in grads for g in gs.values())
+    assert loss.dtype == np.float32
+    assert all(v.dtype == np.float32 for stats in block_stats for k, v in stats.items() if k.startswith("loss"))
