@@ -122,9 +122,18 @@ BLOCK = 1 << 18  # elements per block of a multi-pass element-wise loop on the C
 _pool: ThreadPoolExecutor | None = None
 
 
+THREAD_LIMITS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 def cpu_threads() -> int:
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """Threads for the element-wise passes: the cores this process may run on, or fewer when the
+    environment limits the BLAS threads (``OMP_NUM_THREADS=1`` and the like keep them to one too)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    for name in THREAD_LIMITS:
+        value = os.environ.get(name, "")
+        if value.isdigit() and int(value) > 0:
+            cores = min(cores, int(value))
+    return cores
 
 
 def blocked(xp, n: int, body: Callable[[int, int], None], block: int = BLOCK) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bioplaus.backend import BackendError, blocked, get_array_module, get_backend, gpu_available
+from bioplaus.backend import BackendError, blocked, cpu_threads, get_array_module, get_backend, gpu_available
 
 
 def test_cpu_is_numpy():
@@ -81,3 +81,14 @@ def test_blocked_reraises_a_workers_error():
 
     with pytest.raises(ValueError, match="bad block"):
         blocked(np, 64, body, block=4)
+
+
+def test_thread_limits_are_honoured(monkeypatch):
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    cores = cpu_threads()
+    assert cores >= 1
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    assert cpu_threads() == 1
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "junk")  # not a number: ignored
+    assert cpu_threads() == cores

@@ -8,6 +8,9 @@ peak memory (tracemalloc) of each conv's forward+backward. On a shared machine t
 re-measured next to every op (interleaved, best of --repeat each), and the percentage uses that
 neighbouring rate, so a busy neighbour slows both sides alike. FLOPs counted: forward 2*M*N*K, and the
 same again for dW and for dx (the 3-channel input conv is a first layer: no dx).
+The memory-bound ops (the heads' average pooling, the 2x2 max pool, batch norm + φ, Adam) are
+timed forward + backward on one feature map and reported in ms and as multiples of one copy of that
+map (``np.copyto``, the machine's memory speed, timed next to them).
 Also times building the im2col buffer two ways (explicit per-offset copies, as the op does, vs one
 copy of a ``sliding_window_view``), the layout choice the conv op rests on.
 """
@@ -104,6 +107,53 @@ def bench_conv(N: int, C: int, F: int, size: int, repeat: int, need_dx: bool = T
     }
 
 
+def bench_memory_bound(N: int, repeat: int) -> list[dict]:
+    """Forward + backward of the memory-bound ops on one (N, 256, 28, 28) map, against one copy of it."""
+    from bioplaus.optim import Adam
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((N, 256, 28, 28), dtype=np.float32)
+    dx = rng.standard_normal(x.shape, dtype=np.float32)
+    scratch = np.empty_like(x)
+    gamma, beta = np.ones(256, np.float32), np.zeros(256, np.float32)
+    mean, var = np.zeros(256, np.float32), np.ones(256, np.float32)
+    pooled, avg_cache = ops.avgpool2d_forward(x, (8, 8), (4, 4))
+    _, max_cache = ops.maxpool2d_forward(x, 2)
+    W = rng.standard_normal((1024, 1024), dtype=np.float32)
+    g = rng.standard_normal(W.shape, dtype=np.float32)
+    opt = Adam()
+    state = opt.init_state(W)
+
+    def bn_act():  # as a block runs it (the inputs copied first, as both ways overwrite them)
+        np.copyto(scratch, x)
+        _, cache, _, _ = ops.bn_act_forward(scratch, gamma, beta, mean, var, True, 0.01, overwrite=True)
+        ops.bn_act_backward(dx.copy(), cache, overwrite_dh=True)
+
+    def bn_then_act():  # the same math as two ops, each in place where it can be
+        np.copyto(scratch, x)
+        z, bn_cache, _, _ = ops.batchnorm_forward(scratch, gamma, beta, mean, var, True, overwrite=True)
+        _, act_cache = ops.act_forward(z, 0.01, overwrite=True)
+        dz = ops.act_backward(dx.copy(), act_cache, overwrite_dh=True)
+        ops.batchnorm_backward(dz, bn_cache, overwrite_dout=True)
+
+    cases = [
+        (f"avgpool 8x8 pad 4, 256 ch 28x28 batch {N}",
+         lambda: (ops.avgpool2d_forward(x, (8, 8), (4, 4)), ops.avgpool2d_backward(pooled, avg_cache))),
+        (f"maxpool 2x2, 256 ch 28x28 batch {N}",
+         lambda: (ops.maxpool2d_forward(x, 2), ops.maxpool2d_backward(dx[:, :, :14, :14], max_cache))),
+        (f"bn + leaky ReLU fused, 256 ch 28x28 batch {N}", bn_act),
+        ("bn then leaky ReLU (two ops), same map", bn_then_act),
+        ("adam step, 1M parameters", lambda: opt.step(W, g, state, 1e-4)),
+    ]
+    copy_s = best_time(lambda: np.copyto(scratch, x), repeat)
+    rows = []
+    for name, fn in cases:
+        t = best_time(fn, repeat)
+        rows.append({"name": name, "seconds": t, "copies": t / copy_s})
+    rows.append({"name": f"(one copy of the {x.nbytes / 2**20:.0f} MB map)", "seconds": copy_s, "copies": 1.0})
+    return rows
+
+
 def bench_im2col(N: int, C: int, size: int, repeat: int) -> dict:
     """Seconds to build the (C*9, N*H*W) columns: per-offset copies vs one sliding-window copy."""
     rng = np.random.default_rng(3)
@@ -147,6 +197,7 @@ def main(argv=None) -> int:
         r["gflops"] = r["gflop"] / r["seconds"]
         r["pct_of_matmul"] = 100 * r["gflops"] / r["matmul_gflops"]
     im2col = bench_im2col(N, 128, 28, repeat)
+    memory_bound = bench_memory_bound(N, repeat)
 
     env = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS")}
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, numpy {np.__version__}")
@@ -167,9 +218,13 @@ def main(argv=None) -> int:
         f"sliding_window_view copy {1e3 * im2col['sliding_window_view_s']:.1f} ms"
     )
     print(f"im2col buffer limit: {conv_module.IM2COL_MAX_BYTES / 2**20:.0f} MB per chunk")
+    print(f"{'memory-bound op (forward + backward)':42s} {'ms':>8s} {'x copy':>7s}")
+    for r in memory_bound:
+        print(f"{r['name']:42s} {1e3 * r['seconds']:8.1f} {r['copies']:7.1f}")
     if args.json:
         args.json.write_text(
-            json.dumps({"matmul_gflops": gemm, "env": env, "batch": N, "ops": rows, "im2col": im2col}, indent=2)
+            json.dumps({"matmul_gflops": gemm, "env": env, "batch": N, "ops": rows, "im2col": im2col,
+                        "memory_bound": memory_bound}, indent=2)
         )
         print(f"wrote {args.json}")
     return 0
