@@ -21,6 +21,8 @@ FLOPs of a step are counted from the shapes: forward 2*MACs of every dense/conv 
 heads, the similarity matrices' X Xᵀ), backward 2x forward for a layer whose input gets an error
 (dx and dW) and 1x for one that only needs dW (a local rule's encoder, the first layer, the
 output layer in local rules). ``% mm`` = achieved GFLOP/s / the GEMM's GFLOP/s measured next to it.
+``Adam ms``: the part of our step spent in the optimizer (memory-bound: every parameter, its
+gradient and both moments pass through memory once per step), a mean over the timed steps.
 """
 
 from __future__ import annotations
@@ -110,8 +112,10 @@ def bioplaus_step(cfg: Config, spec: NetSpec, x: np.ndarray, y: np.ndarray, back
 
     def update(i, grads):
         params, st = (net.out, states_out) if i < 0 else (net.params[i], states[i])
+        t0 = time.perf_counter()
         for key, g in grads.items():
             opt.step(params[key], g, st[key], LR)
+        step.adam_seconds += time.perf_counter() - t0  # CPU: Adam's passes are synchronous
 
     def step():
         masks = []
@@ -122,6 +126,7 @@ def bioplaus_step(cfg: Config, spec: NetSpec, x: np.ndarray, y: np.ndarray, back
         backend.synchronize()
         return loss
 
+    step.adam_seconds = 0.0  # time inside Adam's steps, summed over calls
     return step
 
 
@@ -173,6 +178,7 @@ def bench_case(model: str, shape, variant: str, repeat: int, warmup: int) -> dic
     for _ in range(warmup):
         ours(), theirs(), gemm()
     t_ours, t_theirs, t_gemm = [], [], []
+    ours.adam_seconds = 0.0
     for r in range(repeat):  # interleaved A/B (order alternates), GEMM rate next to them
         pair = [(ours, t_ours), (theirs, t_theirs)]
         for fn, acc in (pair if r % 2 == 0 else pair[::-1]):
@@ -184,7 +190,7 @@ def bench_case(model: str, shape, variant: str, repeat: int, warmup: int) -> dic
     return {
         "model": model, "input": "x".join(map(str, shape)), "variant": variant, "batch": BATCH,
         "gflop_per_step": flop / 1e9,
-        "bioplaus_ms": 1e3 * s_ours, "torch_ms": 1e3 * s_theirs,
+        "bioplaus_ms": 1e3 * s_ours, "torch_ms": 1e3 * s_theirs, "bioplaus_adam_ms": 1e3 * ours.adam_seconds / repeat,
         "bioplaus_samples_per_s": BATCH / s_ours, "torch_samples_per_s": BATCH / s_theirs,
         "ratio": s_theirs / s_ours,
         "bioplaus_gflops": gflops, "matmul_gflops": mm, "pct_of_matmul": 100 * gflops / mm,
@@ -235,11 +241,11 @@ def main(argv=None) -> int:
           f"numpy {np.__version__}, torch {torch.__version__}, load (1 min) {load:.2f}; batch {BATCH}, float32; "
           f"medians of interleaved runs")
     head = (f"{'model':6s} {'input':8s} {'variant':12s} {'GFLOP':>6s} {'ours ms':>8s} {'torch ms':>8s} "
-            f"{'ours/s':>7s} {'torch/s':>7s} {'ratio':>6s} {'GFLOP/s':>7s} {'mm GF/s':>7s} {'% mm':>5s}")
+            f"{'Adam ms':>7s} {'ours/s':>7s} {'torch/s':>7s} {'ratio':>6s} {'GFLOP/s':>7s} {'mm GF/s':>7s} {'% mm':>5s}")
     print(head)
     for r in rows:
         print(f"{r['model']:6s} {r['input']:8s} {r['variant']:12s} {r['gflop_per_step']:6.1f} {r['bioplaus_ms']:8.1f} "
-              f"{r['torch_ms']:8.1f} {r['bioplaus_samples_per_s']:7.0f} {r['torch_samples_per_s']:7.0f} "
+              f"{r['torch_ms']:8.1f} {r['bioplaus_adam_ms']:7.1f} {r['bioplaus_samples_per_s']:7.0f} {r['torch_samples_per_s']:7.0f} "
               f"{r['ratio']:5.2f}x {r['bioplaus_gflops']:7.1f} {r['matmul_gflops']:7.1f} {r['pct_of_matmul']:4.0f}%")
     print("ratio = bioplaus samples/s / torch samples/s (>1: bioplaus faster)")
     if args.json:
