@@ -57,7 +57,7 @@ def make_net(variant: str, kind: str, seed: int = 0):
             v[...] = rng.normal(size=v.shape) * (0.5 if k.startswith(("dec", "sim")) else 0.4)
     for k, v in net.out.items():
         v[...] = rng.normal(size=v.shape) * 0.4
-    x = rng.normal(size=(6, *net.spec.input_shape)).astype(np.float32)
+    x = rng.normal(size=(6, *net.spec.input_shape))
     y = np.array([0, 1, 2, 0, 1, 1])
     return cfg, net, x, y
 
