@@ -463,6 +463,20 @@ def test_bn_act_gradients(xp, shape, train, slope, small_blocks):
     gradcheck(xp, fwd, ops.bn_act_backward, [x, gamma, beta], [0, 1, 2])
 
 
+def test_bn_act_is_deterministic_across_threads(small_blocks):
+    """Per-channel sums are added in block order, whichever thread ran a block: bit-identical reruns."""
+    rng = np.random.default_rng(16)
+    x, dh = rand(rng, 9, 3, 4, 4).astype(np.float32), rand(rng, 9, 3, 4, 4).astype(np.float32)
+    gamma, beta = np.ones(3, np.float32), np.zeros(3, np.float32)
+    rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
+    runs = []
+    for _ in range(20):
+        h, cache, m, v = ops.bn_act_forward(x, gamma, beta, rm, rv, True, 0.01)
+        runs.append((h, m, v) + ops.bn_act_backward(dh, cache))
+    for run in runs[1:]:
+        assert all(np.array_equal(a, b) for a, b in zip(run, runs[0]))
+
+
 @pytest.mark.parametrize("slope", [0.0, 0.01])
 def test_bn_act_equals_batchnorm_then_act(slope, small_blocks):
     """The fused op gives the two ops' values, and its in-place forms give the same values."""
