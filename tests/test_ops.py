@@ -420,6 +420,14 @@ def naive_bn_act(x, gamma, beta, rm, rv, train, slope):
     return np.where(z > 0, z, slope * z), new_rm, new_rv
 
 
+def every_bn_act_case(test):
+    """Every shape above, train and eval mode, ReLU and leaky ReLU."""
+    for mark in (pytest.mark.parametrize("slope", [0.0, 0.01]), pytest.mark.parametrize("train", [True, False]),
+                 pytest.mark.parametrize("shape", BN_ACT_SHAPES)):
+        test = mark(test)
+    return test
+
+
 @pytest.fixture
 def small_blocks(monkeypatch):
     """2 samples of a (9, 3, 4, 4) map per block: the fused op's block loop and threads run."""
@@ -428,9 +436,7 @@ def small_blocks(monkeypatch):
     monkeypatch.setattr(bn_act, "BLOCK", 2 * 3 * 4 * 4)
 
 
-@pytest.mark.parametrize("shape", BN_ACT_SHAPES)
-@pytest.mark.parametrize("train", [True, False])
-@pytest.mark.parametrize("slope", [0.0, 0.01])
+@every_bn_act_case
 def test_bn_act_forward_naive(xp, shape, train, slope, small_blocks):
     rng = np.random.default_rng(13)
     C = shape[1]
@@ -447,9 +453,7 @@ def test_bn_act_forward_naive(xp, shape, train, slope, small_blocks):
     assert np.array_equal(host(args[0]), x0)  # a is not touched without overwrite
 
 
-@pytest.mark.parametrize("shape", BN_ACT_SHAPES)
-@pytest.mark.parametrize("train", [True, False])
-@pytest.mark.parametrize("slope", [0.0, 0.01])
+@every_bn_act_case
 def test_bn_act_gradients(xp, shape, train, slope, small_blocks):
     rng = np.random.default_rng(14)
     C = shape[1]
