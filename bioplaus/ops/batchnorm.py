@@ -23,23 +23,18 @@ def _axes_and_shape(x):
     raise ValueError(f"batchnorm expects a (N, D) or (N, C, H, W) array, got shape {x.shape}")
 
 
-def batchnorm_forward(x, gamma, beta, running_mean, running_var, train: bool, momentum=0.1, eps=1e-5,
-                      overwrite: bool = False):
-    """-> ``out, cache, new_running_mean, new_running_var``.
+def batchnorm_forward(x, gamma, beta, running_mean, running_var, train: bool, momentum=0.1, eps=1e-5):
+    """-> ``out, cache, new_running_mean, new_running_var``. Inputs are never mutated.
 
-    Inputs are never mutated, except that ``overwrite=True`` hands ``x`` over (the caller needs it no
-    more): the cached ``xhat`` is then normalised in x's own buffer (one array of x's size less).
+    Blocks run BN fused with φ (:mod:`bioplaus.ops.bn_act`); this plain op is the reference the
+    fused one is checked against.
     """
     xp = get_array_module(x)
     axes, pshape = _axes_and_shape(x)
     M = x.size // x.shape[1]
     if train:
         mu = x.mean(axis=axes)  # (C,)
-        if overwrite:
-            xc = x
-            xc -= mu.reshape(pshape)  # like x, in the handed-over buffer
-        else:
-            xc = x - mu.reshape(pshape)  # like x (ours: normalised in place below)
+        xc = x - mu.reshape(pshape)  # like x (ours: normalised in place below)
         var = _sum_of_products(xc, xc) * x.dtype.type(1.0 / M)  # (C,) biased, no squared temporary
         unbiased = var * var.dtype.type(M / max(M - 1, 1))
         new_mean = (1 - momentum) * running_mean + momentum * mu.astype(running_mean.dtype)
@@ -47,11 +42,7 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, train: bool, mo
     else:
         mu = running_mean.astype(x.dtype, copy=False)
         var = running_var.astype(x.dtype, copy=False)
-        if overwrite:
-            xc = x
-            xc -= mu.reshape(pshape)
-        else:
-            xc = x - mu.reshape(pshape)
+        xc = x - mu.reshape(pshape)
         new_mean, new_var = running_mean, running_var
     inv_std = 1.0 / xp.sqrt(var + x.dtype.type(eps))  # (C,)
     xc *= inv_std.reshape(pshape)
@@ -62,12 +53,8 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, train: bool, mo
     return out, cache, new_mean, new_var
 
 
-def batchnorm_backward(dout, cache, overwrite_dout: bool = False):
-    """``dout`` (like x) -> ``(dx, dgamma (C,), dbeta (C,))``.
-
-    ``overwrite_dout=True`` lets the caller hand over a ``dout`` it no longer needs: ``dx`` is then
-    computed in its buffer (train mode), so no second array of x's size is made (peak memory).
-    """
+def batchnorm_backward(dout, cache):
+    """``dout`` (like x) -> ``(dx, dgamma (C,), dbeta (C,))``."""
     xp = get_array_module(dout)
     xhat, gamma, inv_std, train = cache
     axes, pshape = _axes_and_shape(dout)
@@ -78,15 +65,8 @@ def batchnorm_backward(dout, cache, overwrite_dout: bool = False):
         return dout * scale, dgamma, dbeta
     M = dout.size // dout.shape[1]
     inv_m = dout.dtype.type(1.0 / M)
-    k = (dgamma * inv_m).reshape(pshape)
-    if overwrite_dout:
-        dx = dout
-        step = max(1, dx.shape[0] // 8)  # xhat * k one slice of the batch at a time
-        for n0 in range(0, dx.shape[0], step):
-            dx[n0 : n0 + step] -= xhat[n0 : n0 + step] * k
-    else:
-        dx = xhat * k  # one new array, then in-place passes
-        xp.subtract(dout, dx, out=dx)
+    dx = xhat * (dgamma * inv_m).reshape(pshape)  # one new array, then in-place passes
+    xp.subtract(dout, dx, out=dx)
     dx -= (dbeta * inv_m).reshape(pshape)
     dx *= scale
     return dx, dgamma, dbeta

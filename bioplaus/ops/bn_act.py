@@ -32,17 +32,19 @@ def _channel_sum(x):
     return x.sum(axis=0) if x.ndim == 2 else xp.einsum("nchw->c", x)
 
 
-def _over_samples(xp, x, body) -> None:
-    """``body(i, lo, hi)`` for block ``i`` of samples ``[lo, hi)``; about BLOCK elements a block."""
-    per_sample = x.size // max(x.shape[0], 1)
-    block = max(1, BLOCK // max(per_sample, 1))
-    blocked(xp, x.shape[0], lambda lo, hi: body(lo // block, lo, hi), block=block)
+def _samples_per_block(x) -> int:
+    """About BLOCK elements a block, whole samples."""
+    return max(1, BLOCK // max(x.size // max(x.shape[0], 1), 1))
 
 
 def _num_blocks(x) -> int:
-    per_sample = x.size // max(x.shape[0], 1)
-    block = max(1, BLOCK // max(per_sample, 1))
-    return -(-x.shape[0] // block)
+    return -(-x.shape[0] // _samples_per_block(x))
+
+
+def _over_samples(xp, x, body) -> None:
+    """``body(i, lo, hi)`` for block ``i`` of samples ``[lo, hi)``."""
+    block = _samples_per_block(x)
+    blocked(xp, x.shape[0], lambda lo, hi: body(lo // block, lo, hi), block=block)
 
 
 def _z_into(out, xhat, gamma, beta) -> None:
