@@ -14,6 +14,7 @@ import hashlib
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +39,10 @@ def _load_cupy():
 
             if cupy.cuda.runtime.getDeviceCount() < 1:
                 raise RuntimeError("no CUDA device is visible")
-            cupy.zeros(1).sum()  # touch the device: fails fast on a broken driver
+            # compile and run a kernel of our own: a broken driver or NVRTC fails here, not mid-run
+            probe = cupy.ElementwiseKernel("float32 x", "float32 y", "y = 2 * x + 1", "bioplaus_probe")
+            if float(probe(cupy.arange(4, dtype=cupy.float32)).sum()) != 16.0:
+                raise RuntimeError("a test kernel gave a wrong result")
             _cupy = cupy
         except Exception as exc:  # noqa: BLE001 -- ImportError, CUDARuntimeError, a broken driver: all mean "no GPU"
             _cupy_error = f"{type(exc).__name__}: {exc}".strip()
@@ -110,12 +114,56 @@ class Backend:
         return np.random.Generator(np.random.PCG64(np.random.SeedSequence(words)))
 
     def synchronize(self) -> None:
-        """Wait for queued device work (for timing only; never inside a training step)."""
+        """Wait for queued device work (for timing only; never inside a training step).
+
+        The whole device, so it holds under per-thread default streams too."""
         if self.is_gpu:
-            self.xp.cuda.Stream.null.synchronize()
+            self.xp.cuda.Device().synchronize()
 
 
 NUMPY = Backend("numpy", np)
+
+# -------------------------------------------------------------------- device-shaped code paths
+_device_paths_on_cpu = False
+
+
+def on_device(xp) -> bool:
+    """True where ``xp`` is a GPU's array module: the code paths shaped for a device (one kernel
+    over the whole array, large buffers, fused kernels where a kernel exists) are taken there.
+
+    Tests take the same paths on the CPU under :func:`device_paths_on_cpu`, so a branch chosen by
+    array module is exercised on every machine, not only where a GPU happens to be.
+    """
+    return xp is not np or _device_paths_on_cpu
+
+
+@contextmanager
+def device_paths_on_cpu():
+    """Within the block, NumPy takes the GPU's code paths (for tests)."""
+    global _device_paths_on_cpu
+    saved, _device_paths_on_cpu = _device_paths_on_cpu, True
+    try:
+        yield
+    finally:
+        _device_paths_on_cpu = saved
+
+
+def device_memory_bytes(xp) -> int:
+    """Total memory of the device that ``xp`` computes on (the host's RAM for NumPy)."""
+    if xp is np:
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return 8 * 2**30
+    return int(xp.cuda.Device().mem_info[1])
+
+
+def device_key(xp) -> tuple:
+    """Identifies the device that ``xp``'s new arrays land on: a cache of device arrays must be
+    keyed by it (a process may use several GPUs, each array lives on one)."""
+    if xp is np:
+        return ("numpy",)
+    return (xp.__name__, xp.cuda.Device().id)
 
 # ------------------------------------------------------------------------- element-wise passes
 BLOCK = 1 << 18  # elements per block of a multi-pass element-wise loop on the CPU (1 MB of float32; measured)
@@ -146,8 +194,9 @@ def blocked(xp, n: int, body: Callable[[int, int], None], block: int = BLOCK) ->
     only items in ``[lo, hi)``.
     """
     global _pool
-    if xp is not np:
-        body(0, n)
+    if on_device(xp):
+        if n > 0:
+            body(0, n)
         return
     block = max(1, block)
     workers = min(cpu_threads(), max(1, n // (2 * block)))

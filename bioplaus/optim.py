@@ -17,6 +17,7 @@ import math
 from collections.abc import Sequence
 
 from bioplaus.backend import blocked, get_array_module
+from bioplaus.ops import kernels
 
 
 class Adam:
@@ -54,6 +55,11 @@ class Adam:
         c = math.sqrt(1 - b2**t)
         step_size, eps_c = f(lr * c / (1 - b1**t)), f(self.eps * c)
         wd = f(self.weight_decay)
+        if kernels.available(xp):  # a GPU: all of it in one kernel, in place
+            outs = (param, state["m"], state["v"]) + ((state["max_v"],) if self.amsgrad else ())
+            kernels.get(xp, "amsgrad" if self.amsgrad else "adam")(
+                grad, wd, f(b1), f(1 - b1), f(b2), f(1 - b2), step_size, eps_c, *outs)
+            return
         p, g = param.reshape(-1), grad.reshape(-1)
         m, v = state["m"].reshape(-1), state["v"].reshape(-1)
         v_max = state["max_v"].reshape(-1) if self.amsgrad else None

@@ -1,8 +1,12 @@
-"""The CuPy backend on a real GPU (skipped without one; run by sims/benchmarks/gpu_check.sh).
+"""The CuPy backend on a real GPU (skipped without one; ``BIOPLAUS_REQUIRE_GPU=1`` turns the skip into
+a failure; run by sims/benchmarks/gpu_check.sh).
 
-- One training step per variant from identical weights: CuPy gradients agree with NumPy's to
-  float32 rounding, come back as CuPy arrays, and stay float32.
-- No device->host transfer inside a training step; one per epoch for the statistics.
+- One training step per variant from identical weights, with the same host-drawn dropout masks:
+  CuPy gradients agree with NumPy's to float32 rounding (each compared with the largest gradient
+  of its layer, since BN makes a bias gradient exactly zero up to rounding), come back as CuPy
+  arrays, and stay float32. The same for evaluation (eval-mode BN, every local statistic).
+- No device->host transfer inside a training step (mlp and a vgg-style net); one per epoch.
+- A short ``Trainer`` epoch, evaluation and checkpoint round trip on the GPU.
 """
 
 from __future__ import annotations
@@ -10,52 +14,111 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bioplaus import ops
 from bioplaus.backend import NUMPY, get_backend, gpu_available
 from bioplaus.blocks import init_network
 from bioplaus.config import VARIANTS, Config
 from bioplaus.models import build_spec
-from bioplaus.rules import train_step
+from bioplaus.rules import evaluate_batch, train_step
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA device")]
 
+N = 32
 
-def _step(backend, variant, kind):
+
+def _config(variant, kind, dropout=0.0):
     model = {"model": "mlp", "num_layers": 2, "num_hidden": 64} if kind == "mlp" else \
         {"model": "vgg6b", "feat_mult": 0.125, "num_layers": 1, "num_hidden": 64, "dim_in_decoder": 512}
-    cfg = Config(variant=variant, nonlin="leakyrelu", **model).resolve()
-    net = init_network(build_spec(cfg, (1, 28, 28), 10), cfg, backend)  # drawn on the host: identical
+    return Config(variant=variant, nonlin="leakyrelu", dropout=dropout, **model).resolve()
+
+
+def _host_masks(cfg, spec):
+    """Dropout masks drawn once on the host, handed to both backends."""
+    rng = np.random.default_rng(7)
+    masks = []
+    for b in spec.blocks:
+        shape = (N, b.c_out, b.size, b.size) if b.kind == "conv" else (N, b.c_out)
+        masks.append(ops.dropout_mask(rng, shape, cfg.dropout, np.float32, channelwise=b.kind == "conv"))
+    return masks
+
+
+def _batch():
     rng = np.random.default_rng(0)
-    x = backend.asarray(rng.normal(size=(32, 1, 28, 28)).astype(np.float32))
-    y = backend.asarray(rng.integers(0, 10, 32))
+    return rng.normal(size=(N, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, N)
+
+
+def _step(backend, variant, kind):
+    cfg = _config(variant, kind, dropout=0.2)
+    spec = build_spec(cfg, (1, 28, 28), 10)
+    net = init_network(spec, cfg, backend)  # drawn on the host: identical
+    x, y = _batch()
+    masks = [None if m is None else backend.asarray(m) for m in _host_masks(cfg, spec)]
     grads = {}
-    train_step(net, variant, cfg.beta, x, y, [None] * len(net.spec.blocks),
-               lambda i, g: grads.__setitem__(i, dict(g)))
-    return grads
+    _running, loss, correct, stats = train_step(net, variant, cfg.beta, backend.asarray(x), backend.asarray(y),
+                                                masks, lambda i, g: grads.__setitem__(i, dict(g)))
+    return grads, loss, correct, stats
+
+
+def _assert_layer_close(ours: dict, ref: dict, xp, tol: float, what) -> None:
+    assert ours.keys() == ref.keys(), what
+    scale = max([1e-12] + [float(np.abs(g).max()) for g in ref.values()])  # the layer's largest gradient
+    for key, g in ref.items():
+        got = ours[key]
+        assert isinstance(got, xp.ndarray) and got.dtype == np.float32, (what, key)
+        err = float(np.abs(get_backend("gpu").to_host(got) - g).max()) / scale
+        assert err < tol, (what, key, err)
 
 
 @pytest.mark.parametrize("kind", ["mlp", "conv"])
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_one_step_agrees_with_numpy(variant, kind):
     gpu = get_backend("gpu")
-    ours, ref = _step(gpu, variant, kind), _step(NUMPY, variant, kind)
+    ours, loss, correct, stats = _step(gpu, variant, kind)
+    ref, ref_loss, ref_correct, ref_stats = _step(NUMPY, variant, kind)
     assert ours.keys() == ref.keys()
     for i in ref:
-        for key, g in ref[i].items():
-            got = ours[i][key]
-            assert isinstance(got, gpu.xp.ndarray) and got.dtype == np.float32, (i, key)
-            host = gpu.to_host(got)
-            scale = max(1e-12, float(np.abs(g).max()))
-            assert float(np.abs(host - g).max()) / scale < 2e-3, (variant, kind, i, key)
+        _assert_layer_close(ours[i], ref[i], gpu.xp, 2e-3, (variant, kind, i))
+    assert abs(float(loss) - float(ref_loss)) < 1e-4 * max(1.0, abs(float(ref_loss)))
+    assert int(correct) == int(ref_correct)
+    for s, r in zip(stats, ref_stats):
+        assert s.keys() == r.keys()
+        for key in r:
+            assert abs(float(s[key]) - float(r[key])) <= 1e-3 * max(1.0, abs(float(r[key]))), key
 
 
-def test_no_host_transfer_inside_a_training_step(monkeypatch):
+@pytest.mark.parametrize("kind", ["mlp", "conv"])
+@pytest.mark.parametrize("variant", ["glob", "predsim", "predsim-bpf"])
+def test_evaluation_agrees_with_numpy(variant, kind):
+    """Eval mode: running BN statistics (moved away from 0/1 by a few train steps), no dropout."""
+    results = []
+    for backend in (get_backend("gpu"), NUMPY):
+        cfg = _config(variant, kind)
+        net = init_network(build_spec(cfg, (1, 28, 28), 10), cfg, backend)
+        x, y = (backend.asarray(a) for a in _batch())
+        for _ in range(2):
+            net.running, *_ = train_step(net, variant, cfg.beta, x, y, [None] * len(net.spec.blocks), lambda i, g: None)
+        loss, correct, stats = evaluate_batch(net, variant, x * 0.5, y)
+        results.append((float(loss), int(correct), [{k: float(v) for k, v in s.items()} for s in stats]))
+    (gl, gc, gs), (cl, cc, cs) = results
+    assert abs(gl - cl) < 1e-4 * max(1.0, abs(cl)) and gc == cc
+    for s, r in zip(gs, cs):
+        assert s.keys() == r.keys()
+        for key in r:
+            assert abs(s[key] - r[key]) <= 1e-3 * max(1.0, abs(r[key])), key
+
+
+@pytest.mark.parametrize("kind", ["mlp", "conv"])
+def test_no_host_transfer_inside_a_training_step(monkeypatch, kind):
     import cupy
 
     gpu = get_backend("gpu")
-    cfg = Config(variant="predsim-bpf", model="mlp", num_layers=2, num_hidden=64, dropout=0.1).resolve()
-    net = init_network(build_spec(cfg, (1, 28, 28), 10), cfg, gpu)
-    x = cupy.random.standard_normal((32, 1, 28, 28), dtype=cupy.float32)
-    y = cupy.random.randint(0, 10, 32)
+    cfg = _config("predsim-bpf", kind, dropout=0.1)
+    spec = build_spec(cfg, (1, 28, 28), 10)
+    net = init_network(spec, cfg, gpu)
+    x = cupy.random.standard_normal((N, 1, 28, 28), dtype=cupy.float32)
+    y = cupy.random.randint(0, 10, N)
+    masks = [gpu.asarray(m) for m in _host_masks(cfg, spec)]
+    train_step(net, cfg.variant, cfg.beta, x, y, masks, lambda i, g: None)  # kernels compiled, caches filled
     transfers = []
 
     def spy(name, real):
@@ -67,11 +130,49 @@ def test_no_host_transfer_inside_a_training_step(monkeypatch):
     monkeypatch.setattr(cupy, "asnumpy", spy("asnumpy", cupy.asnumpy))
     for name in ("get", "item", "tolist", "__float__", "__int__", "__bool__"):
         monkeypatch.setattr(cupy.ndarray, name, spy(name, getattr(cupy.ndarray, name)))
-    from bioplaus import ops
-
-    rng = gpu.rng(1, "dropout", 0, 1)
-    masks = [ops.dropout_mask(rng, (32, 64), 0.1, cupy.float32) for _ in net.spec.blocks]
     for _ in range(3):
         _running, loss, _correct, _stats = train_step(net, cfg.variant, cfg.beta, x, y, masks, lambda i, g: None)
     assert transfers == [], transfers
     assert isinstance(loss, cupy.ndarray)
+
+
+def _small_dataset():
+    from bioplaus.data import load_dataset
+    from bioplaus.data.dataset import Dataset
+
+    ds = load_dataset("fashion-mnist-mini")
+    return Dataset(ds.spec, ds.x_train[:1024], ds.y_train[:1024], ds.x_test[:512], ds.y_test[:512], ds.source)
+
+
+def test_trainer_epoch_evaluate_and_checkpoint_round_trip(tmp_path):
+    from bioplaus.checkpoint import load_checkpoint, save_checkpoint
+    from bioplaus.train import Trainer
+
+    gpu = get_backend("gpu")
+    ds = _small_dataset()
+    cfg = Config(variant="predsim", model="vgg6b", feat_mult=0.125, num_layers=1, num_hidden=64, dim_in_decoder=512,
+                 epochs=2, probe_every=1).resolve()
+    runs = {}
+    for name, backend in (("gpu", gpu), ("cpu", NUMPY)):
+        trainer = Trainer(cfg, backend, ds)
+        stats = trainer.train_epoch()
+        ev = trainer.evaluate()
+        probe = trainer.probe()
+        runs[name] = (trainer, stats, ev, probe)
+    (tg, sg, eg, pg), (_tc, sc, ec, pc) = runs["gpu"], runs["cpu"]
+    # one epoch of 8 steps from the same start: the same run to float32 rounding
+    assert abs(sg["train_loss"] - sc["train_loss"]) < 1e-3 * max(1.0, sc["train_loss"])
+    assert abs(eg["test_error"] - ec["test_error"]) <= 1.0  # percent: a few of 512 images may flip
+    for name in pg["layers"]:
+        assert abs(pg["layers"][name]["bp_angle"] - pc["layers"][name]["bp_angle"]) < 1.0
+    # checkpoint: to the host and back into a fresh GPU trainer, identical; then both train on alike
+    path = str(tmp_path / "ckpt.npz")
+    save_checkpoint(path, tg.state_dict(), {"epoch": tg.epoch})
+    state, meta = load_checkpoint(path)
+    again = Trainer(cfg, gpu, ds)
+    again.load_state_dict(state)
+    assert again.epoch == tg.epoch == meta["epoch"] == 1
+    for key, value in again.state_dict().items():
+        np.testing.assert_array_equal(value, state[key], err_msg=key)
+    a, b = tg.train_epoch(), again.train_epoch()
+    assert a["train_loss"] == b["train_loss"] and a["layers"] == b["layers"]  # deterministic on the device

@@ -155,6 +155,7 @@ def test_conv_chunked_equals_unchunked(xp, monkeypatch):
     R = xp.asarray(rand(rng, *out1.shape))
     g1 = ops.conv2d_backward(R, c1)
     monkeypatch.setattr(conv_module, "IM2COL_MAX_BYTES", 1)
+    monkeypatch.setattr(conv_module, "DEVICE_IM2COL_MAX_BYTES", 1)
     out2, c2 = ops.conv2d_forward(*args, 1, 1)
     assert c2[-1] == 1  # really chunked, one sample at a time
     g2 = ops.conv2d_backward(R, c2)

@@ -18,11 +18,15 @@ samples small enough to stay in the cache and shared among the CPU's cores
 the backward, with the same two roundings as the forward, so φ' needs no stored mask (a quarter of
 the map in float32 saved per block). Per-channel sums are taken block by block and added in block
 order, so the result does not depend on which thread ran which block.
+
+On a GPU the passes are fused kernels (:mod:`bioplaus.ops.kernels`): two reductions and one
+element-wise kernel forward, two reductions and one element-wise kernel backward.
 """
 
 from __future__ import annotations
 
 from bioplaus.backend import BLOCK, blocked, get_array_module
+from bioplaus.ops import kernels
 from bioplaus.ops.batchnorm import _axes_and_shape, _sum_of_products
 
 
@@ -39,6 +43,13 @@ def _samples_per_block(x) -> int:
 
 def _num_blocks(x) -> int:
     return -(-x.shape[0] // _samples_per_block(x))
+
+
+def _in_order(parts: list):
+    """The sum of the blocks' partial sums, in block order (deterministic). A single pass over the
+    whole batch (the GPU's) fills only the first entry."""
+    filled = [p for p in parts if p is not None]
+    return sum(filled[1:], filled[0])
 
 
 def _over_samples(xp, x, body) -> None:
@@ -65,6 +76,8 @@ def bn_act_forward(a, gamma, beta, running_mean, running_var, train: bool, slope
         raise ValueError(f"bn_act_forward: slope must be in [0, 1), got {slope}")
     xp = get_array_module(a)
     _, pshape = _axes_and_shape(a)
+    if kernels.available(xp):
+        return _forward_fused(xp, a, gamma, beta, running_mean, running_var, train, slope, momentum, eps, overwrite)
     t = a.dtype.type
     M = a.size // a.shape[1]
     xhat = a if overwrite else a.copy()  # (like a): centred, then scaled, in place
@@ -74,7 +87,7 @@ def bn_act_forward(a, gamma, beta, running_mean, running_var, train: bool, slope
             parts[i] = _channel_sum(xhat[lo:hi])
 
         _over_samples(xp, xhat, block_sums)
-        mu = sum(parts[1:], parts[0]) * t(1.0 / M)  # (C,)
+        mu = _in_order(parts) * t(1.0 / M)  # (C,)
         mu_b = mu.reshape(pshape)
 
         def centre(i, lo, hi):
@@ -83,7 +96,7 @@ def bn_act_forward(a, gamma, beta, running_mean, running_var, train: bool, slope
             parts[i] = _sum_of_products(blk, blk)
 
         _over_samples(xp, xhat, centre)
-        var = sum(parts[1:], parts[0]) * t(1.0 / M)  # (C,) biased
+        var = _in_order(parts) * t(1.0 / M)  # (C,) biased
         unbiased = var * t(M / max(M - 1, 1))
         new_mean = (1 - momentum) * running_mean + momentum * mu.astype(running_mean.dtype)
         new_var = (1 - momentum) * running_var + momentum * unbiased.astype(running_var.dtype)
@@ -120,6 +133,8 @@ def bn_act_backward(dh, cache, overwrite_dh: bool = False):
     xp = get_array_module(dh)
     xhat, gamma, beta, inv_std, slope, train = cache
     _, pshape = _axes_and_shape(dh)
+    if kernels.available(xp):
+        return _backward_fused(xp, dh, cache, overwrite_dh)
     t = dh.dtype.type
     M = dh.size // dh.shape[1]
     gamma_b, beta_b = gamma.reshape(pshape), beta.reshape(pshape)
@@ -146,8 +161,8 @@ def bn_act_backward(dh, cache, overwrite_dh: bool = False):
         dgamma_parts[i] = _sum_of_products(d, xb)
 
     _over_samples(xp, dz, act_backward_and_sums)
-    dbeta = sum(dbeta_parts[1:], dbeta_parts[0])  # (C,)
-    dgamma = sum(dgamma_parts[1:], dgamma_parts[0])  # (C,)
+    dbeta = _in_order(dbeta_parts)  # (C,)
+    dgamma = _in_order(dgamma_parts)  # (C,)
     if train:
         inv_m = t(1.0 / M)
         k = (dgamma * inv_m).reshape(pshape)
@@ -164,3 +179,53 @@ def bn_act_backward(dh, cache, overwrite_dh: bool = False):
 
     _over_samples(xp, dz, finish)
     return dz, dgamma, dbeta
+
+
+# ------------------------------------------------------------------------------ fused (GPU)
+def _channels(v, C: int):
+    """(C,) -> (1, C, 1): broadcasts against a map seen as (N, C, H*W) (H*W = 1 for a dense block)."""
+    return v.reshape(1, C, 1)
+
+
+def _forward_fused(xp, a, gamma, beta, running_mean, running_var, train, slope, momentum, eps, overwrite):
+    """The same function in two reductions and one element-wise kernel (``kernels``)."""
+    N, C = a.shape[0], a.shape[1]
+    t = a.dtype.type
+    M = a.size // C
+    a3 = a.reshape(N, C, -1)  # (N, C, HW)
+    if train:
+        mu = a3.sum(axis=(0, 2)) * t(1.0 / M)  # (C,)
+        var = kernels.get(xp, "sum_sq_dev")(a3, _channels(mu, C), axis=(0, 2)) * t(1.0 / M)  # (C,) biased
+        unbiased = var * t(M / max(M - 1, 1))
+        new_mean = (1 - momentum) * running_mean + momentum * mu.astype(running_mean.dtype)
+        new_var = (1 - momentum) * running_var + momentum * unbiased.astype(running_var.dtype)
+    else:
+        mu = running_mean.astype(a.dtype, copy=False)
+        var = running_var.astype(a.dtype, copy=False)
+        new_mean, new_var = running_mean, running_var
+    inv_std = 1.0 / xp.sqrt(var + t(eps))  # (C,)
+    xhat = a if overwrite and a.flags.c_contiguous else xp.empty(a.shape, a.dtype)  # the kernel may write over a
+    h = xp.empty(a.shape, a.dtype)
+    kernels.get(xp, "bn_act_forward")(a3, _channels(mu, C), _channels(inv_std, C), _channels(gamma, C),
+                                      _channels(beta, C), t(slope), xhat.reshape(N, C, -1), h.reshape(N, C, -1))
+    return h, (xhat, gamma, beta, inv_std, slope, train), new_mean, new_var
+
+
+def _backward_fused(xp, dh, cache, overwrite_dh: bool):
+    xhat, gamma, beta, inv_std, slope, train = cache
+    N, C = dh.shape[0], dh.shape[1]
+    t = dh.dtype.type
+    M = dh.size // C
+    dh3, xh3 = dh.reshape(N, C, -1), xhat.reshape(N, C, -1)
+    g, b, s = _channels(gamma, C), _channels(beta, C), t(slope)
+    dbeta = kernels.get(xp, "bn_act_dbeta")(dh3, xh3, g, b, s, axis=(0, 2))  # (C,)
+    dgamma = kernels.get(xp, "bn_act_dgamma")(dh3, xh3, g, b, s, axis=(0, 2))  # (C,)
+    da = dh if overwrite_dh and dh.flags.c_contiguous else xp.empty(dh.shape, dh.dtype)
+    scale = _channels(gamma * inv_std, C)
+    if train:
+        inv_m = t(1.0 / M)
+        kernels.get(xp, "bn_act_backward_train")(dh3, xh3, g, b, s, _channels(dgamma * inv_m, C),
+                                                 _channels(dbeta * inv_m, C), scale, da.reshape(N, C, -1))
+    else:
+        kernels.get(xp, "bn_act_backward_eval")(dh3, xh3, g, b, s, scale, da.reshape(N, C, -1))
+    return da, dgamma, dbeta

@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from bioplaus.backend import BLOCK, blocked, get_array_module
+from bioplaus.backend import BLOCK, blocked, device_key, get_array_module
 
 
 def maxpool2d_forward(x, k: int = 2):
@@ -86,11 +86,12 @@ def _window_matrix(xp, size: int, k: int, pad: int, dtype, transpose: bool = Fal
     """``(size, out)`` 0/1 matrix: input position i lies in window ``(i + pad) // k`` (if that window
     exists); padded positions are zeros and add nothing, so they need no row. ``transpose``: ``(out, size)``.
     Built once per shape and device (a training step then moves nothing to the device)."""
-    return _cached_window_matrix(xp, size, k, pad, np.dtype(dtype), transpose)
+    return _cached_window_matrix(xp, device_key(xp), size, k, pad, np.dtype(dtype), transpose)
 
 
 @functools.lru_cache(maxsize=128)
-def _cached_window_matrix(xp, size: int, k: int, pad: int, dtype, transpose: bool):
+def _cached_window_matrix(xp, device, size: int, k: int, pad: int, dtype, transpose: bool):
+    """``device`` is part of the key only: each GPU of a process gets its own copy."""
     out = _pool_out(size, k, pad)
     i = np.arange(size)
     j = (i + pad) // k

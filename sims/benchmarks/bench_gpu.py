@@ -1,22 +1,36 @@
-"""Training-step time on a GPU: bioplaus (CuPy) against the PyTorch twin (CUDA, cuDNN on).
+"""Training-step time and memory on a GPU: bioplaus (CuPy) against the PyTorch twin (CUDA, cuDNN).
 
-vgg8b and vgg11b at 32x32x3, batch 128, {glob, predsim, predsim-bpf}, float32; A/B interleaved,
-warm-up, medians, one ratio per pair; plus the projected wall time of the paper's CIFAR-10 vgg8b
-recipe (400 epochs of 50,000 images) from the measured step time. Prints one table.
+{mlp 3x1024, vgg8b, vgg11b} on 3x32x32, batch 128, {glob, predsim, predsim-bpf}, float32; A/B
+interleaved after a warm-up, medians, one ratio per pair; each side's GPU memory peak during a step
+(ours: the high-water mark of CuPy's pool in use, tracked by an allocator hook; the twin's:
+``torch.cuda.max_memory_allocated``); the projected wall time of the paper's CIFAR-10 vgg8b recipe
+(400 epochs of 50,000 images) from the measured step time. Prints one table.
 
-    python sims/benchmarks/bench_gpu.py --json gpu.json          # on the GPU machine
-    python sims/benchmarks/bench_gpu.py --device cpu --small     # a dry run of the script on a CPU
+Like with like: PyTorch runs cuDNN convolutions and matmuls in TF32 by default and CuPy does not, so
+both sides run true float32 here (``torch.backends.*.allow_tf32 = False``); ``--tf32`` lets both use
+TF32 instead (``CUPY_TF32=1`` must then be set before CuPy is imported: this script does it).
+
+``--profile``: where our step's time goes, per op (each op timed between two device syncs, so the
+sum is a little above the free-running step), for the listed cases.
+
+    python3 sims/benchmarks/bench_gpu.py --json gpu.json --profile vgg8b:predsim   # on the GPU machine
+    python3 sims/benchmarks/bench_gpu.py --device cpu --small                      # a dry run on a CPU
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import math
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
+
+if "--tf32" in sys.argv:
+    os.environ["CUPY_TF32"] = "1"  # read by CuPy at import
 
 import numpy as np
 
@@ -24,28 +38,34 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parents[1]))
 
-from bench_train import LR, bioplaus_step, case_config
+from bench_train import LR, bioplaus_step, case_config, step_flops
 
 from bioplaus.backend import get_backend
 from bioplaus.blocks import LEAKY_SLOPE
 from bioplaus.models import build_spec
 
 BATCH = 128
+SHAPE = (3, 32, 32)
 CIFAR10_STEPS_PER_EPOCH = math.ceil(50_000 / BATCH)
 RECIPE_EPOCHS = 400
 
 
-def theirs(device, cfg, spec, x, y):
+def theirs(device, cfg, spec, x, y, tf32: bool):
     import torch
     from torch_twin import TorchTwin
 
     torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.manual_seed(cfg.seed)
     slope = LEAKY_SLOPE if cfg.nonlin == "leakyrelu" else 0.0
     twin = TorchTwin(spec, cfg.variant, cfg.beta, cfg.dropout, slope, cfg.target_proj_size, LR)
     dev = torch.device("cuda" if device == "gpu" else "cpu")
     twin.blocks.to(dev)
     twin.out.to(dev)
+    for opts in [twin.opts] + ([[twin.opt_out]] if hasattr(twin, "opt_out") else []):
+        for opt in opts:  # the optimizers were made before the move: their params are the moved ones
+            assert all(p.device.type == dev.type for g in opt.param_groups for p in g["params"])
     xt, yt = torch.from_numpy(x).to(dev), torch.from_numpy(y.astype(np.int64)).to(dev)
 
     def step():
@@ -54,7 +74,38 @@ def theirs(device, cfg, spec, x, y):
             torch.cuda.synchronize()
         return loss
 
+    def peak_bytes() -> int | None:
+        if dev.type != "cuda":
+            return None
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        return int(torch.cuda.max_memory_allocated())
+
+    step.peak_bytes = peak_bytes
     return step
+
+
+def our_peak_bytes(backend, step) -> int | None:
+    """Bytes of CuPy's pool in use at the highest point of one step (parameters and states included)."""
+    if not backend.is_gpu:
+        return None
+    cupy = backend.xp
+    pool = cupy.get_default_memory_pool()
+    peak = [pool.used_bytes()]
+
+    def malloc(size):
+        mem = pool.malloc(size)
+        peak[0] = max(peak[0], pool.used_bytes())
+        return mem
+
+    backend.synchronize()
+    cupy.cuda.set_allocator(malloc)
+    try:
+        step()
+    finally:
+        cupy.cuda.set_allocator(pool.malloc)
+    return peak[0]
 
 
 def timed(fn) -> float:
@@ -63,15 +114,21 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def bench(device, model, variant, repeat, warmup, small) -> dict:
+def _config(model, variant, small):
     cfg = case_config(model, variant)
     if small:
-        cfg = cfg.replace(feat_mult=0.125, num_hidden=128)
-    spec = build_spec(cfg, (3, 32, 32), 10)
+        cfg = cfg.replace(num_hidden=128) if model == "mlp" else cfg.replace(feat_mult=0.125, num_hidden=128)
+    return cfg
+
+
+def bench(device, model, variant, repeat, warmup, small, tf32) -> dict:
+    cfg = _config(model, variant, small)
+    spec = build_spec(cfg, SHAPE, 10)
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((BATCH, 3, 32, 32), dtype=np.float32)
+    x = rng.standard_normal((BATCH, *SHAPE), dtype=np.float32)
     y = rng.integers(0, 10, BATCH)
-    a, b = bioplaus_step(cfg, spec, x, y, get_backend(device)), theirs(device, cfg, spec, x, y)
+    backend = get_backend(device)
+    a, b = bioplaus_step(cfg, spec, x, y, backend), theirs(device, cfg, spec, x, y, tf32)
     for _ in range(warmup):
         a(), b()
     ta, tb = [], []
@@ -80,37 +137,128 @@ def bench(device, model, variant, repeat, warmup, small) -> dict:
         for fn, acc in pair if r % 2 == 0 else pair[::-1]:
             acc.append(timed(fn))
     sa, sb = statistics.median(ta), statistics.median(tb)
-    return {"model": model, "variant": variant, "device": device, "bioplaus_ms": 1e3 * sa, "torch_ms": 1e3 * sb,
+    flop = step_flops(spec, variant, BATCH, cfg.target_proj_size)
+    return {"model": model, "input": "x".join(map(str, SHAPE)), "variant": variant, "device": device,
+            "batch": BATCH, "tf32": tf32, "repeat": repeat, "gflop_per_step": flop / 1e9,
+            "bioplaus_ms": 1e3 * sa, "torch_ms": 1e3 * sb,
             "bioplaus_samples_per_s": BATCH / sa, "torch_samples_per_s": BATCH / sb, "ratio": sb / sa,
+            "bioplaus_tflops": flop / sa / 1e12, "torch_tflops": flop / sb / 1e12,
+            "bioplaus_peak_mb": _mb(our_peak_bytes(backend, a)), "torch_peak_mb": _mb(b.peak_bytes()),
             "recipe_hours_projected": (RECIPE_EPOCHS * CIFAR10_STEPS_PER_EPOCH * sa / 3600
                                        if model == "vgg8b" else None)}
+
+
+def _mb(n):
+    return None if n is None else n / 2**20
+
+
+def profile(device, model, variant, small, steps: int = 3) -> list[tuple[str, float, int]]:
+    """(op, ms per step, calls per step), largest first, plus 'step (synced per op)' and 'other'."""
+    from bioplaus import ops as ops_module
+    from bioplaus.optim import Adam
+
+    cfg = _config(model, variant, small)
+    spec = build_spec(cfg, SHAPE, 10)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((BATCH, *SHAPE), dtype=np.float32)
+    y = rng.integers(0, 10, BATCH)
+    backend = get_backend(device)
+    step = bioplaus_step(cfg, spec, x, y, backend)
+    step()
+    totals: dict = collections.defaultdict(float)
+    calls: dict = collections.defaultdict(int)
+    patched = []
+
+    def wrap(owner, name, label):
+        fn = getattr(owner, name)
+
+        def timed_op(*args, **kwargs):
+            backend.synchronize()
+            t0 = time.perf_counter()
+            out = fn(*args, **kwargs)
+            backend.synchronize()
+            totals[label] += time.perf_counter() - t0
+            calls[label] += 1
+            return out
+
+        setattr(owner, name, timed_op)
+        patched.append((owner, name, fn))
+
+    extra = ("softmax_cross_entropy", "mse", "sigmoid_bce_with_logits", "label_similarity", "count_correct",
+             "dropout_mask")
+    for name in dir(ops_module):
+        if (name.endswith(("_forward", "_backward")) or name in extra) and callable(getattr(ops_module, name)):
+            wrap(ops_module, name, name)
+    wrap(Adam, "step", "adam")
+    try:
+        t = [timed(step) for _ in range(steps)]
+    finally:
+        for owner, name, fn in patched:
+            setattr(owner, name, fn)
+    total = statistics.median(t)
+    rows = sorted(((k, 1e3 * v / steps, calls[k] // steps) for k, v in totals.items()), key=lambda r: -r[1])
+    other = 1e3 * total - sum(r[1] for r in rows)
+    return [("step (synced per op)", 1e3 * total, 0), *rows, ("other (between ops)", other, 0)]
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="gpu", choices=("gpu", "cpu"))
-    p.add_argument("--models", default="vgg8b,vgg11b")
+    p.add_argument("--models", default="mlp,vgg8b,vgg11b")
     p.add_argument("--variants", default="glob,predsim,predsim-bpf")
     p.add_argument("--repeat", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--tf32", action="store_true", help="both sides may use TF32 (default: true float32 on both)")
     p.add_argument("--small", action="store_true", help="channels / 8: a quick dry run of the script")
+    p.add_argument("--profile", default="", help="comma-separated model:variant cases to profile per op")
     p.add_argument("--json", help="write the rows to this file")
     args = p.parse_args(argv)
-    rows = [bench(args.device, m, v, args.repeat, args.warmup, args.small)
-            for m in args.models.split(",") for v in args.variants.split(",")]
-    head = f"{'model':8s} {'variant':12s} {'bioplaus ms':>11s} {'torch ms':>9s} {'ratio':>6s} {'vgg8b recipe':>13s}"
-    print(f"device: {get_backend(args.device).device}, batch {BATCH}, 3x32x32, float32"
-          + (" (--small: channels / 8)" if args.small else ""))
-    print(head)
+    backend = get_backend(args.device)
+    import torch
+
+    head = f"device: {backend.device}, batch {BATCH}, {'x'.join(map(str, SHAPE))}, float32" + \
+        (", TF32 allowed on both sides" if args.tf32 else ", TF32 off on both sides") + \
+        (" (--small: channels / 8)" if args.small else "")
+    if backend.is_gpu:
+        head += f"; CuPy {backend.xp.__version__}, CUDA runtime {backend.xp.cuda.runtime.runtimeGetVersion()}"
+    head += f"; torch {torch.__version__}"
+    print(head, flush=True)
+    rows = []
+    for m in args.models.split(","):
+        for v in args.variants.split(","):
+            try:
+                rows.append(bench(args.device, m, v, args.repeat, args.warmup, args.small, args.tf32))
+            except Exception as exc:  # noqa: BLE001 -- one broken case must not hide the others' numbers
+                print(f"{m} {v}: FAILED: {type(exc).__name__}: {exc}", flush=True)
+                rows.append({"model": m, "variant": v, "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            r = rows[-1]
+            print(f"  done {m} {v}: ours {r['bioplaus_ms']:.1f} ms, torch {r['torch_ms']:.1f} ms", flush=True)
+    print(f"{'model':7s} {'variant':12s} {'GFLOP':>6s} {'ours ms':>8s} {'torch ms':>8s} {'ours/s':>7s} {'torch/s':>7s} "
+          f"{'ratio':>6s} {'TFLOP/s':>7s} {'ours MB':>8s} {'torch MB':>8s} {'vgg8b recipe':>12s}")
     for r in rows:
+        if "error" in r:
+            print(f"{r['model']:7s} {r['variant']:12s} FAILED: {r['error'][:80]}")
+            continue
         hours = f"{r['recipe_hours_projected']:.1f} h" if r["recipe_hours_projected"] is not None else "-"
-        print(f"{r['model']:8s} {r['variant']:12s} {r['bioplaus_ms']:11.1f} {r['torch_ms']:9.1f} "
-              f"{r['ratio']:5.2f}x {hours:>13s}")
-    print("ratio = bioplaus samples/s / torch samples/s (>1: bioplaus faster); recipe = 400 epochs x "
-          f"{CIFAR10_STEPS_PER_EPOCH} steps at the measured step time")
+        mb = lambda v: f"{v:8.0f}" if v is not None else f"{'-':>8s}"
+        print(f"{r['model']:7s} {r['variant']:12s} {r['gflop_per_step']:6.1f} {r['bioplaus_ms']:8.2f} "
+              f"{r['torch_ms']:8.2f} {r['bioplaus_samples_per_s']:7.0f} {r['torch_samples_per_s']:7.0f} "
+              f"{r['ratio']:5.2f}x {r['bioplaus_tflops']:7.2f} {mb(r['bioplaus_peak_mb'])} {mb(r['torch_peak_mb'])} "
+              f"{hours:>12s}")
+    print("ratio = bioplaus samples/s / torch samples/s (>1: bioplaus faster); MB = GPU memory peak during a step; "
+          f"recipe = 400 epochs x {CIFAR10_STEPS_PER_EPOCH} steps at our step time", flush=True)
+    for case in filter(None, args.profile.split(",")):
+        m, v = case.split(":")
+        print(f"\nprofile of our {m} {v} step (ms per step, calls per step):")
+        try:
+            for name, ms, n in profile(args.device, m, v, args.small):
+                print(f"  {name:28s} {ms:8.2f} {n:5d}")
+        except Exception as exc:  # noqa: BLE001
+            print(f"  FAILED: {type(exc).__name__}: {exc}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
-    return 0
+    return 1 if any("error" in r for r in rows) else 0
 
 
 if __name__ == "__main__":

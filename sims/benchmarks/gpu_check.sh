@@ -1,58 +1,81 @@
 #!/usr/bin/env bash
-# The GPU checks, as one prepared script for a machine with an NVIDIA GPU, CuPy, PyTorch (CUDA) and
-# cuDNN already installed (no network needed). Run from the repository root:
+# The GPU checks, as one prepared script for a machine with an NVIDIA GPU, CuPy, PyTorch (CUDA),
+# h5py, scipy, matplotlib, tqdm and pytest already installed (no network needed). From the repository root:
 #
-#     bash sims/benchmarks/gpu_check.sh [OUT_DIR]        # on the GPU machine
-#     DRY_RUN=1 bash sims/benchmarks/gpu_check.sh /tmp/x  # the same steps, small, on a CPU
+#     bash sims/benchmarks/gpu_check.sh [OUT_DIR]         # on the GPU machine (about 5 minutes)
+#     DRY_RUN=1 bash sims/benchmarks/gpu_check.sh /tmp/x   # the same steps, small, on a CPU
 #
-# 1. the GPU-marked tests (NumPy/CuPy parity of every op and of one step per variant; no host
-#    transfer inside a step), 2. the step-time benchmark against the PyTorch twin, 3. a short real
-#    run of vgg8b on the embedded data on the GPU and the same run on the CPU. A short table last.
+# 0. the device (CuPy compiles and runs a kernel), 1. the GPU tests with BIOPLAUS_REQUIRE_GPU=1 (a
+# broken GPU fails instead of skipping; the full pytest log is kept), 2. step time and memory against
+# the PyTorch twin, with a per-op profile, 3. a short real run of vgg8b on the embedded data with
+# --device auto (it must pick the GPU). Exits non-zero if any step failed. The interpreter is
+# $PYTHON, else python3.
 set -uo pipefail
 OUT=${1:-${OUT:-gpu-check}}
 mkdir -p "$OUT"
+PY=${PYTHON:-python3}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-if [ "${DRY_RUN:-0}" = 1 ]; then DEV=cpu; SMALL="--small --repeat 2 --warmup 1"; EPOCHS_ARGS="--feat-mult 0.125";
-else DEV=gpu; SMALL=""; EPOCHS_ARGS=""; fi
-status=0
-
-python - <<'PY' || status=1
-from bioplaus.backend import get_backend, gpu_available
-print("gpu_available:", gpu_available())
-try:
-    print("device:", get_backend("gpu").device)
-except Exception as e:
-    print("no gpu:", e)
-PY
-
-echo "== 1. GPU tests"
-if [ "$DEV" = gpu ]; then
-    python -m pytest -q -m gpu tests/ 2>&1 | tail -n 15 | tee "$OUT/gpu_tests.txt" || status=1
-    grep -q "failed" "$OUT/gpu_tests.txt" && status=1
+export PYTHONUNBUFFERED=1
+if [ "${DRY_RUN:-0}" = 1 ]; then
+    DEV=cpu; BENCH="--device cpu --small --repeat 2 --warmup 1 --models mlp,vgg8b --variants predsim"
+    RUN_ARGS="--device cpu --feat-mult 0.125"; TESTS_ENV=""
 else
-    python -m pytest -q tests/test_gpu.py tests/test_ops.py -x 2>&1 | tail -n 3 | tee "$OUT/gpu_tests.txt"
+    DEV=gpu; BENCH="--repeat ${BENCH_REPEAT:-10} --warmup 2 --profile vgg8b:predsim,mlp:predsim-bpf"
+    RUN_ARGS="--device auto"; TESTS_ENV="BIOPLAUS_REQUIRE_GPU=1"
 fi
+status=0
+fail() { echo "FAILED: $*"; status=1; }
+SECONDS=0
 
-echo "== 2. step time against the PyTorch twin"
-# shellcheck disable=SC2086
-python sims/benchmarks/bench_gpu.py --device "$DEV" $SMALL --json "$OUT/bench_gpu.json" | tee "$OUT/bench_gpu.txt" || status=1
-
-echo "== 3. a short real run: vgg8b on fashion-mnist-mini, GPU and CPU"
-for d in "$DEV" cpu; do
-    # shellcheck disable=SC2086
-    python sims/run.py --variant predsim --model vgg8b --device "$d" --epochs 1 $EPOCHS_ARGS --no-progress \
-        --out "$OUT/vgg8b-predsim-$d.h5" --overwrite > "$OUT/run-$d.txt" 2>&1 || status=1
-    [ "$d" = cpu ] && [ "$DEV" = cpu ] && break
-done
-
-echo "== summary"
-cat "$OUT/bench_gpu.txt"
-python - "$OUT" <<'PY'
-import glob, sys
-from bioplaus.log import read_run
-for path in sorted(glob.glob(sys.argv[1] + "/vgg8b-predsim-*.h5")):
-    r = read_run(path)
-    print(f"{path}: {r.attrs['device']} status {r.status} train {r.epochs['train_error'][-1]:.2f}% "
-          f"test {r.epochs['test_error'][-1]:.2f}% in {r.epochs['seconds'][-1]:.1f}s")
+echo "== 0. the device ($PY)"
+"$PY" - <<'PY' 2>&1 | tee "$OUT/device.txt" || fail "device probe"
+import sys
+import numpy
+from bioplaus import backend
+print("python", sys.version.split()[0], "numpy", numpy.__version__)
+ok = backend.gpu_available()
+print("gpu_available:", ok, "" if ok else backend._cupy_error)
+if ok:
+    b = backend.get_backend("gpu")
+    print("device:", b.device, "CuPy", b.xp.__version__, "CUDA runtime", b.xp.cuda.runtime.runtimeGetVersion(),
+          "memory GiB", round(backend.device_memory_bytes(b.xp) / 2**30, 1))
+    print("auto picks:", backend.get_backend("auto").device)
 PY
+command -v nvidia-smi >/dev/null && nvidia-smi -L
+
+echo "== 1. GPU tests (full log: $OUT/gpu_tests.txt)"
+GPU_TESTS="tests/test_gpu.py tests/test_ops.py tests/test_optim.py tests/test_backend.py tests/test_data_batches.py"
+if [ "$DEV" = gpu ]; then
+    # shellcheck disable=SC2086
+    env $TESTS_ENV "$PY" -m pytest -q -p no:cacheprovider -m gpu -rfEs $GPU_TESTS tests/test_ops_torch.py \
+        > "$OUT/gpu_tests.txt" 2>&1 || fail "GPU tests (pytest exit $?)"
+else
+    # shellcheck disable=SC2086
+    "$PY" -m pytest -q -p no:cacheprovider $GPU_TESTS > "$OUT/gpu_tests.txt" 2>&1 || fail "tests (pytest exit $?)"
+fi
+tail -n 25 "$OUT/gpu_tests.txt"
+grep -q " passed" "$OUT/gpu_tests.txt" || fail "no test passed"
+echo "   ($SECONDS s so far)"
+
+echo "== 2. step time and memory against the PyTorch twin"
+# shellcheck disable=SC2086
+"$PY" sims/benchmarks/bench_gpu.py $BENCH --json "$OUT/bench_gpu.json" 2>&1 | tee "$OUT/bench_gpu.txt" \
+    || fail "benchmark"
+echo "   ($SECONDS s so far)"
+
+echo "== 3. a short real run: vgg8b predsim on fashion-mnist-mini ($RUN_ARGS)"
+# shellcheck disable=SC2086
+"$PY" sims/run.py --variant predsim --model vgg8b --epochs 1 $RUN_ARGS --no-progress \
+    --out "$OUT/vgg8b-predsim.h5" --overwrite > "$OUT/run.txt" 2>&1 || fail "real run"
+tail -n 4 "$OUT/run.txt"
+"$PY" - "$OUT/vgg8b-predsim.h5" "$DEV" <<'PY' || fail "the run's log"
+import sys
+from bioplaus.log import read_run
+r = read_run(sys.argv[1])
+print(f"{sys.argv[1]}: {r.attrs['device']} status {r.status} train {r.epochs['train_error'][-1]:.2f}% "
+      f"test {r.epochs['test_error'][-1]:.2f}% in {r.epochs['seconds'][-1]:.1f}s")
+assert r.status == "completed", r.status
+assert r.attrs["device"].startswith(sys.argv[2]), "--device auto did not pick the " + sys.argv[2]
+PY
+echo "== done in $SECONDS s: $([ $status = 0 ] && echo all passed || echo SOME STEPS FAILED)"
 exit $status
