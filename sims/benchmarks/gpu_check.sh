@@ -9,7 +9,7 @@
 # broken GPU fails instead of skipping; the full pytest log is kept), 2. step time and memory against
 # the PyTorch twin, with a per-op profile, 3. a short real run of vgg8b on the embedded data with
 # --device auto (it must pick the GPU). Exits non-zero if any step failed. The interpreter is
-# $PYTHON, else python3.
+# $PYTHON, else python3; TEST_TIMEOUT and BENCH_TIMEOUT (seconds, default 300) bound steps 1 and 2.
 set -uo pipefail
 OUT=${1:-${OUT:-gpu-check}}
 mkdir -p "$OUT"
@@ -47,7 +47,7 @@ echo "== 1. GPU tests (full log: $OUT/gpu_tests.txt)"
 GPU_TESTS="tests/test_gpu.py tests/test_ops.py tests/test_optim.py tests/test_backend.py tests/test_data_batches.py"
 if [ "$DEV" = gpu ]; then
     # shellcheck disable=SC2086
-    env $TESTS_ENV "$PY" -m pytest -q -p no:cacheprovider -m gpu -rfEs $GPU_TESTS tests/test_ops_torch.py \
+    env $TESTS_ENV timeout "${TEST_TIMEOUT:-300}" "$PY" -m pytest -q -p no:cacheprovider -m gpu -rfEs $GPU_TESTS tests/test_ops_torch.py \
         > "$OUT/gpu_tests.txt" 2>&1 || fail "GPU tests (pytest exit $?)"
 else
     # shellcheck disable=SC2086
@@ -59,7 +59,7 @@ echo "   ($SECONDS s so far)"
 
 echo "== 2. step time and memory against the PyTorch twin"
 # shellcheck disable=SC2086
-"$PY" sims/benchmarks/bench_gpu.py $BENCH --json "$OUT/bench_gpu.json" 2>&1 | tee "$OUT/bench_gpu.txt" \
+timeout "${BENCH_TIMEOUT:-300}" "$PY" sims/benchmarks/bench_gpu.py $BENCH --json "$OUT/bench_gpu.json" 2>&1 | tee "$OUT/bench_gpu.txt" \
     || fail "benchmark"
 echo "   ($SECONDS s so far)"
 
