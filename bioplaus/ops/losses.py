@@ -11,6 +11,7 @@ Mean squared error (mean over all E entries):
 from __future__ import annotations
 
 from bioplaus.backend import get_array_module
+from bioplaus.ops import kernels
 
 
 def _log_softmax(logits):
@@ -30,6 +31,8 @@ def softmax_cross_entropy_forward(logits, y):
 def softmax_cross_entropy(logits, y):
     """``logits (N, K)``, int labels ``y (N,)`` -> ``(loss 0-d, dlogits (N, K))``."""
     xp = get_array_module(logits)
+    if kernels.available(xp) and logits.dtype.kind == "f" and logits.size:  # a GPU: one kernel
+        return kernels.softmax_cross_entropy(xp, logits, y)
     N = logits.shape[0]
     logp = _log_softmax(logits)  # (N, K)
     rows = xp.arange(N)
@@ -51,6 +54,9 @@ def sigmoid_bce_with_logits(logits, targets):
     xp = get_array_module(logits)
     t = targets.astype(logits.dtype, copy=False)
     E = logits.size
+    if kernels.available(xp):  # a GPU: one kernel and the mean
+        terms, dlogits = kernels.get(xp, "sigmoid_bce")(logits, t, logits.dtype.type(1.0 / E))
+        return xp.asarray(terms.mean()), dlogits
     terms = xp.maximum(logits, 0) - logits * t + xp.log1p(xp.exp(-xp.abs(logits)))
     loss = xp.asarray(terms.mean())
     dlogits = (_sigmoid(logits) - t) * logits.dtype.type(1.0 / E)
@@ -60,6 +66,9 @@ def sigmoid_bce_with_logits(logits, targets):
 def mse(pred, target):
     """``pred``, ``target`` (same shape) -> ``(loss 0-d, dpred)``; mean over all entries."""
     xp = get_array_module(pred)
+    if kernels.available(xp):  # a GPU: one kernel and the mean
+        sq, dpred = kernels.get(xp, "mse")(pred, target, pred.dtype.type(2.0 / pred.size))
+        return xp.asarray(sq.mean()), dpred
     diff = pred - target
     loss = xp.asarray((diff * diff).mean())
     return loss, diff * diff.dtype.type(2.0 / pred.size)

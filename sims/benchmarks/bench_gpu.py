@@ -201,6 +201,73 @@ def profile(device, model, variant, small, steps: int = 3) -> list[tuple[str, fl
     return [("step (synced per op)", 1e3 * total, 0), *rows, ("other (between ops)", other, 0)]
 
 
+def profile_conv(device, N=128, C=128, F=256, size=32, repeat=10) -> list[tuple[str, float]]:
+    """The parts of one 3x3 pad-1 convolution (vgg8b's conv2 shape by default), forward and the
+    backward of a local rule's encoder (dW only) and of a sim head (dW and dx), against cuDNN's."""
+    from bioplaus.ops import conv
+
+    backend = get_backend(device)
+    xp = backend.xp
+    rng = np.random.default_rng(0)
+    x = backend.asarray(rng.standard_normal((N, C, size, size), dtype=np.float32))
+    W = backend.asarray(rng.standard_normal((F, C, 3, 3), dtype=np.float32) * 0.05)
+    W2 = W.reshape(F, -1)
+    dout = backend.asarray(rng.standard_normal((N, F, size, size), dtype=np.float32))
+
+    def clock(fn):
+        fn()
+        backend.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(repeat):
+            fn()
+        backend.synchronize()
+        return 1e3 * (time.perf_counter() - t0) / repeat
+
+    xt = conv._pad_channel_major(x, 1)
+    cols = conv._im2col(xt, 3, 3, 1, size, size)
+    a2 = W2 @ cols
+    d2 = dout.transpose(1, 0, 2, 3).reshape(F, -1)
+    dxt = xp.zeros_like(xt)
+    cache = conv.conv2d_forward(x, W, None, 1, 1)[1]
+    rows = [
+        ("pad + channel-major copy", clock(lambda: conv._pad_channel_major(x, 1))),
+        ("im2col", clock(lambda: conv._im2col(xt, 3, 3, 1, size, size))),
+        ("forward GEMM W2 @ cols", clock(lambda: W2 @ cols)),
+        ("output transpose", clock(lambda: xp.ascontiguousarray(a2.reshape(F, N, size, size).transpose(1, 0, 2, 3)))),
+        ("dout transpose", clock(lambda: xp.ascontiguousarray(dout.transpose(1, 0, 2, 3)))),
+        ("dW GEMM d2 @ cols.T", clock(lambda: d2 @ cols.T)),
+        ("dcols GEMM W2.T @ d2", clock(lambda: W2.T @ d2)),
+        ("col2im", clock(lambda: conv._col2im_add(dxt, cols, 3, 3, 1, size, size))),
+        ("conv2d_forward", clock(lambda: conv.conv2d_forward(x, W, None, 1, 1))),
+        ("conv2d_backward, dW only", clock(lambda: conv.conv2d_backward(dout, cache, need_dx=False))),
+        ("conv2d_backward, dW and dx", clock(lambda: conv.conv2d_backward(dout, cache, need_dx=True))),
+    ]
+    if device == "gpu":
+        import torch
+
+        tx = torch.from_numpy(backend.to_host(x)).cuda().requires_grad_(False)
+        tW = torch.from_numpy(backend.to_host(W)).cuda().requires_grad_(True)
+        td = torch.from_numpy(backend.to_host(dout)).cuda()
+
+        def tclock(fn):
+            fn()
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(repeat):
+                fn()
+            torch.cuda.synchronize()
+            return 1e3 * (time.perf_counter() - t0) / repeat
+
+        import torch.nn.functional as F_
+
+        rows.append(("cuDNN forward", tclock(lambda: F_.conv2d(tx, tW, None, 1, 1))))
+        rows.append(("cuDNN dW only", tclock(
+            lambda: torch.nn.grad.conv2d_weight(tx, tW.shape, td, 1, 1))))
+        rows.append(("cuDNN dx only", tclock(
+            lambda: torch.nn.grad.conv2d_input(tx.shape, tW.detach(), td, 1, 1))))
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="gpu", choices=("gpu", "cpu"))
@@ -211,6 +278,7 @@ def main(argv=None) -> int:
     p.add_argument("--tf32", action="store_true", help="both sides may use TF32 (default: true float32 on both)")
     p.add_argument("--small", action="store_true", help="channels / 8: a quick dry run of the script")
     p.add_argument("--profile", default="", help="comma-separated model:variant cases to profile per op")
+    p.add_argument("--profile-conv", action="store_true", help="time the parts of one vgg8b conv against cuDNN")
     p.add_argument("--json", help="write the rows to this file")
     args = p.parse_args(argv)
     backend = get_backend(args.device)
@@ -254,6 +322,13 @@ def main(argv=None) -> int:
         try:
             for name, ms, n in profile(args.device, m, v, args.small):
                 print(f"  {name:28s} {ms:8.2f} {n:5d}")
+        except Exception as exc:  # noqa: BLE001
+            print(f"  FAILED: {type(exc).__name__}: {exc}")
+    if args.profile_conv:
+        print("\nparts of one 3x3 convolution, 128x128x32x32 -> 256 channels, float32 (ms):")
+        try:
+            for name, ms in profile_conv(args.device):
+                print(f"  {name:28s} {ms:8.2f}")
         except Exception as exc:  # noqa: BLE001
             print(f"  FAILED: {type(exc).__name__}: {exc}")
     if args.json:

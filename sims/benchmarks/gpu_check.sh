@@ -20,7 +20,7 @@ if [ "${DRY_RUN:-0}" = 1 ]; then
     DEV=cpu; BENCH="--device cpu --small --repeat 2 --warmup 1 --models mlp,vgg8b --variants predsim"
     RUN_ARGS="--device cpu --feat-mult 0.125"; TESTS_ENV=""
 else
-    DEV=gpu; BENCH="--repeat ${BENCH_REPEAT:-10} --warmup 2 --profile vgg8b:predsim,mlp:predsim-bpf"
+    DEV=gpu; BENCH="--repeat ${BENCH_REPEAT:-10} --warmup 2 --profile vgg8b:predsim,mlp:predsim-bpf ${BENCH_EXTRA:-}"
     RUN_ARGS="--device auto"; TESTS_ENV="BIOPLAUS_REQUIRE_GPU=1"
 fi
 status=0
