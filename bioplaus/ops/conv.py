@@ -18,6 +18,7 @@ so the peak memory per layer stays about one chunk above the layer's input and o
 from __future__ import annotations
 
 from bioplaus.backend import device_memory_bytes, get_array_module, on_device
+from bioplaus.ops import kernels
 
 IM2COL_MAX_BYTES = 32 * 2**20  # largest im2col buffer built at once (32 MB measured faster than 64 MB on 2 cores)
 # On a GPU each chunk costs a dozen launches and small GEMMs fill the device poorly: chunks there are
@@ -66,6 +67,36 @@ def _col2im_add(dxt, dcols, kh: int, kw: int, stride: int, Ho: int, Wo: int) -> 
             dxt[:, :, p : p + hs : stride, q : q + ws : stride] += d6[:, p, q]
 
 
+def _columns(x, kh: int, kw: int, stride: int, pad: int, Ho: int, Wo: int):
+    """``x (n, C, H, W)`` -> ``cols (C*kh*kw, n*Ho*Wo)``: on a GPU one kernel reads x itself (zeros
+    outside it: no padded copy); elsewhere a padded channel-major copy, then its columns."""
+    xp = get_array_module(x)
+    if kernels.available(xp):
+        return kernels.im2col(xp, x, kh, kw, stride, pad, Ho, Wo)
+    return _im2col(_pad_channel_major(x, pad), kh, kw, stride, Ho, Wo)
+
+
+def _columns_to_image(dcols, dx, kh: int, kw: int, stride: int, pad: int, Ho: int, Wo: int) -> None:
+    """Writes ``dx (n, C, H, W)`` (a contiguous array or slice) from ``dcols (C*kh*kw, n*Ho*Wo)``:
+    each input position receives the sum of the columns that read it."""
+    xp = get_array_module(dcols)
+    if kernels.available(xp):  # one kernel: each position gathers its kh*kw terms (no zeroing, no copy)
+        kernels.col2im(xp, dcols, dx, kh, kw, stride, pad, Ho, Wo)
+        return
+    n, C, H, Wd = dx.shape
+    dxt = xp.zeros((C, n, H + 2 * pad, Wd + 2 * pad), dtype=dcols.dtype)  # this chunk only
+    _col2im_add(dxt, dcols, kh, kw, stride, Ho, Wo)
+    dx[...] = dxt[:, :, pad : pad + H, pad : pad + Wd].transpose(1, 0, 2, 3)
+
+
+def _bias_grad(dout):
+    """``db = sum of dout over n, i, j`` (F,). On a device: along each map's contiguous positions
+    first, then over the batch (one reduction over axes (0, 2, 3) strides through memory)."""
+    if on_device(get_array_module(dout)):
+        return dout.reshape(dout.shape[0], dout.shape[1], -1).sum(axis=2).sum(axis=0)
+    return dout.sum(axis=(0, 2, 3))
+
+
 def _chunk_size(xp, N: int, rows: int, pixels: int, itemsize: int) -> int:
     per_sample = rows * pixels * itemsize
     limit = IM2COL_MAX_BYTES
@@ -90,9 +121,7 @@ def conv2d_forward(x, W, b=None, stride: int = 1, pad: int = 0):
     for n0 in range(0, N, chunk):
         n1 = min(N, n0 + chunk)
         cols = a2 = None  # the last chunk's buffers go before this chunk's are made (peak memory)
-        xt = _pad_channel_major(x[n0:n1], pad)  # (C, n, Hp, Wp)
-        cols = _im2col(xt, kh, kw, stride, Ho, Wo)  # (K, n*Ho*Wo)
-        del xt
+        cols = _columns(x[n0:n1], kh, kw, stride, pad, Ho, Wo)  # (K, n*Ho*Wo)
         a2 = W2 @ cols  # (F, n*Ho*Wo)
         out[n0:n1] = a2.reshape(F, n1 - n0, Ho, Wo).transpose(1, 0, 2, 3)
     del a2
@@ -113,12 +142,12 @@ def conv2d_backward(dout, cache, need_dx: bool = True, overwrite_dout: bool = Fa
     """
     xp = get_array_module(dout)
     x, cols, W, has_b, stride, pad, shape, chunk = cache
-    N, C, H, Wd = shape
+    N, C = shape[0], shape[1]
     F, _, kh, kw = W.shape
     Ho, Wo = dout.shape[2], dout.shape[3]
     K = C * kh * kw
     W2 = W.reshape(F, K)
-    db = dout.sum(axis=(0, 2, 3)) if has_b else None  # (F,)
+    db = _bias_grad(dout) if has_b else None  # (F,)
     dW2 = None
     dx = None
     if need_dx:
@@ -127,7 +156,7 @@ def conv2d_backward(dout, cache, need_dx: bool = True, overwrite_dout: bool = Fa
     for n0 in range(0, N, chunk):
         n1 = min(N, n0 + chunk)
         if cols is None or chunk < N:
-            c = _im2col(_pad_channel_major(x[n0:n1], pad), kh, kw, stride, Ho, Wo)  # (K, n*Ho*Wo)
+            c = _columns(x[n0:n1], kh, kw, stride, pad, Ho, Wo)  # (K, n*Ho*Wo)
         else:
             c = cols
         d2 = dout[n0:n1].transpose(1, 0, 2, 3).reshape(F, -1)  # (F, n*Ho*Wo), one copy
@@ -135,8 +164,6 @@ def conv2d_backward(dout, cache, need_dx: bool = True, overwrite_dout: bool = Fa
         del c  # a rebuilt chunk's columns can go before dcols is made (peak memory)
         if need_dx:
             dcols = W2.T @ d2  # (K, n*Ho*Wo)
-            dxt = xp.zeros((C, n1 - n0, H + 2 * pad, Wd + 2 * pad), dtype=dout.dtype)  # this chunk only
-            _col2im_add(dxt, dcols, kh, kw, stride, Ho, Wo)
+            _columns_to_image(dcols, dx[n0:n1], kh, kw, stride, pad, Ho, Wo)
             del dcols
-            dx[n0:n1] = dxt[:, :, pad : pad + H, pad : pad + Wd].transpose(1, 0, 2, 3)
     return dx, dW2.reshape(W.shape), db
