@@ -1,0 +1,98 @@
+"""Golden runs: every number a run logs, and every checkpoint array, equal bit for bit to what the
+engine logged when these goldens were recorded (bioplaus 247cccd, before heads and stages).
+
+A refactor must not change a logged number. For each variant, a small mlp (2 epochs) and a small
+conv net (1 epoch), with dropout and the probe on, run through the command line on the embedded
+data; the digest of the log (every series as exact floats, hashes of the probe's matrices) and of
+the checkpoint (a hash per array) is compared with ``golden/runs_v1.json``.
+
+A change that is meant to change numbers re-records them (and says which and why in its note)::
+
+    python tests/test_golden.py --write
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+GOLDEN = Path(__file__).resolve().parent / "golden" / "runs_v1.json"
+VARIANTS = ("glob", "pred", "sim", "predsim", "pred-bpf", "sim-bpf", "predsim-bpf", "glob+sim")
+COMMON = ["--device", "cpu", "--no-progress", "--dropout", "0.1", "--probe-every", "1", "--seed", "5"]
+NETS = {
+    "mlp": ["--model", "mlp", "--num-layers", "2", "--num-hidden", "32", "--epochs", "2"],
+    "conv": ["--model", "vgg6b", "--feat-mult", "0.0625", "--num-hidden", "32", "--epochs", "1",
+             "--nonlin", "leakyrelu", "--dim-in-decoder", "256"],
+}
+
+
+def _exact(values) -> list[str]:
+    """Floats as exact hexadecimal strings (NaN as 'nan')."""
+    return ["nan" if math.isnan(v) else float(v).hex() for v in np.asarray(values, dtype=np.float64).ravel()]
+
+
+def _sha(a) -> str:
+    a = np.ascontiguousarray(a)
+    return hashlib.sha256(str(a.dtype).encode() + str(a.shape).encode() + a.tobytes()).hexdigest()[:24]
+
+
+def digest(log_path: str) -> dict:
+    """Everything a run logged and checkpointed, timings excepted, in comparable form."""
+    from bioplaus.checkpoint import checkpoint_path, load_checkpoint
+    from bioplaus.log import read_run
+
+    run = read_run(log_path)
+    d = {"epochs": {k: _exact(v) for k, v in sorted(run.epochs.items()) if k != "seconds"},
+         "layers": {name: {k: _exact(v) for k, v in sorted(series.items())}
+                    for name, series in sorted(run.layers.items())},
+         "probe": {k: (_sha(v) if not isinstance(v, dict) else {n: _sha(s) for n, s in sorted(v.items())})
+                   for k, v in sorted(run.probe.items())},
+         "status": run.status}
+    state, _ = load_checkpoint(checkpoint_path(log_path))
+    d["checkpoint"] = sorted(_sha(v) for v in state.values())  # by content: the keys' format may change
+    return d
+
+
+def run_one(variant: str, net: str, out: str) -> dict:
+    from bioplaus.cli import main
+
+    assert main(["--variant", variant, *NETS[net], *COMMON, "--out", out]) == 0
+    return digest(out)
+
+
+@pytest.mark.parametrize("net", sorted(NETS))
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_logged_numbers_are_unchanged(variant, net, tmp_path):
+    golden = json.loads(GOLDEN.read_text())[f"{variant}/{net}"]
+    got = run_one(variant, net, str(tmp_path / "run.h5"))
+    assert got["status"] == golden["status"] == "completed"
+    assert got["epochs"] == golden["epochs"]
+    assert got["layers"] == golden["layers"]
+    assert got["probe"] == golden["probe"]
+    assert got["checkpoint"] == golden["checkpoint"]
+
+
+def write_golden() -> None:
+    import tempfile
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for net in sorted(NETS):
+            for variant in VARIANTS:
+                out[f"{variant}/{net}"] = run_one(variant, net, f"{tmp}/{variant}-{net}.h5")
+                print(f"recorded {variant}/{net}", file=sys.stderr)
+    GOLDEN.parent.mkdir(exist_ok=True)
+    GOLDEN.write_text(json.dumps(out, indent=0, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--write"]:
+        write_golden()
+    else:
+        sys.exit("usage: python tests/test_golden.py --write")
