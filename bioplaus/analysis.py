@@ -495,27 +495,269 @@ def comparison_markdown(rows: Sequence[dict[str, Any]]) -> str:
 # ---------------------------------------------------------------------- making small runs
 def make_small_runs(variants: Sequence[str], out_dir: str | os.PathLike = ".", epochs: int = 3,
                     num_layers: int = 1, num_hidden: int = 64, probe_every: int = 1, seed: int = 1,
-                    extra: Sequence[str] = (), progress: bool = False) -> list[str]:
-    """Train one small run per variant with ``bioplaus.cli.main`` and return the log paths.
+                    extra: dict[str, Any] | None = None, progress: bool = False) -> list[str]:
+    """Train one small run per variant with :func:`bioplaus.runner.run` and return the log paths.
 
     The logs go to a new folder ``small-runs-*`` under ``out_dir`` (nothing is ever overwritten).
-    ``extra`` holds further command-line flags (``["--lr", "1e-3"]``). Defaults: a 1x64 mlp on the
+    ``extra`` holds further configuration fields (``{"lr": 1e-3}``). Defaults: a 1x64 mlp on the
     embedded fashion-mnist-mini for 3 epochs, CPU, probe every epoch. Raises RuntimeError when a run fails.
     """
-    from bioplaus.cli import main
+    from bioplaus.runner import run
 
     os.makedirs(out_dir, exist_ok=True)
     folder = tempfile.mkdtemp(prefix="small-runs-", dir=os.fspath(out_dir))
     paths = []
     for variant in variants:
         path = os.path.join(folder, f"{variant}.h5")
-        argv = ["--variant", variant, "--epochs", str(epochs), "--num-layers", str(num_layers),
-                "--num-hidden", str(num_hidden), "--probe-every", str(probe_every), "--seed", str(seed),
-                "--device", "cpu", "--out", path, *extra]
-        if not progress:
-            argv.append("--no-progress")
-        rc = main(argv)
-        if rc != 0:
-            raise RuntimeError(f"python sims/run.py {' '.join(argv)} exited with status {rc}")
+        values = {"variant": variant, "epochs": epochs, "num_layers": num_layers, "num_hidden": num_hidden,
+                  "probe_every": probe_every, "seed": seed, "device": "cpu", **(extra or {})}
+        result = run(values, out=path, progress=progress)
+        if result.status != "completed":
+            raise RuntimeError(f"the {variant} run ended {result.status}: {result.message}")
         paths.append(path)
     return paths
+
+
+# ---------------------------------------------------------------------- results tables (sweeps)
+# Fields that do not make runs different settings: a group of runs is one setting over seeds.
+_NOT_SETTING = ("seed", "device", "data_dir")
+RESULTS_CSV_COLUMNS = (
+    "label", "recipe", "dataset", "paper_dataset", "model", "variant", "seeds", "runs", "seed_list", "test_errors",
+    "test_error_mean", "test_error_std", "test_error_min", "paper_test_error", "difference", "epochs",
+    "seconds_per_run", "device", "matches_recipe", "differences", "notes", "paths",
+)
+
+
+def _collect(runs: RunLike | Sequence[RunLike]) -> list[Run]:
+    """Runs from Run objects, log paths, folders (every ``*.h5`` in it) or globs."""
+    items = [runs] if isinstance(runs, (Run, str, os.PathLike)) else list(runs)
+    out: list[Run] = []
+    for item in items:
+        if isinstance(item, Run):
+            out.append(item)
+        else:
+            out.extend(read_run(p) for p in _expand(item))
+    return out
+
+
+def _setting_key(run: Run) -> str:
+    d = run.config.to_dict()
+    return json.dumps({k: v for k, v in d.items() if k not in _NOT_SETTING}, sort_keys=True)
+
+
+def results_table(runs: RunLike | Sequence[RunLike]) -> list[dict[str, Any]]:
+    """One row per setting (a recipe, or a recipe with other flags), over the seeds: the sweep's results table.
+
+    ``runs``: logs as paths, folders, globs or :class:`Run` objects. Runs whose configurations are equal
+    except ``seed``, ``device`` and ``data_dir`` form one row. Only completed runs enter the statistics of
+    the final test error (the last epoch's); the others are counted in ``notes``. Each row:
+
+    - ``label``: the recipe name (``<dataset>-<model>-<variant>`` where no recipe fits), plus the fields
+      that differ between rows of the same recipe (``fashion-mnist-mlp-pred (lr=0.001)``);
+    - ``recipe`` (or None), ``dataset`` (the run's), ``paper_dataset`` and ``model`` (the paper's dataset
+      and network the row is compared with, see :func:`paper_comparison`), ``variant``;
+    - ``seeds`` (completed runs, one per seed: a setting and seed logged twice under two names counts
+      once), ``runs`` (all logs), ``seed_list``, ``test_errors`` (%, by seed);
+    - ``test_error_mean``, ``test_error_std`` (sample standard deviation, NaN for one seed),
+      ``test_error_min``; NaN without a completed run;
+    - ``paper_test_error`` (% or None) and ``difference`` (mean − paper, percentage points, or NaN);
+    - ``epochs`` (planned), ``seconds_per_run`` (mean over completed runs of the summed epoch times in the
+      log: training time, without start-up and evaluation), ``device``;
+    - ``matches_recipe`` and ``differences`` (every way the setting differs from the paper's recipe, as in
+      :func:`paper_comparison`), ``notes`` (runs not completed), ``paths``.
+
+    Rows come in the order of the paper's recipes (``bioplaus.recipes.list_recipes``), then by label.
+    """
+    from bioplaus.recipes import list_recipes
+
+    groups: dict[str, list[Run]] = {}
+    for r in _collect(runs):
+        groups.setdefault(_setting_key(r), []).append(r)
+    rows = []
+    for members in groups.values():
+        members = sorted(members, key=lambda r: (r.config.seed, r.path))
+        first = members[0]
+        comp = paper_comparison(first)[0]
+        paper_dataset, _, _ = _paper_setting(first)
+        unfinished = f"run {first.status} after {first.num_epochs} epochs"
+        differences = [d for d in comp["differences"] if d != unfinished]
+        done, notes = [], []
+        for r in members:
+            if r.status == "completed" and r.num_epochs:
+                twin = next((d for d in done if d.config.seed == r.config.seed), None)
+                if twin is None:
+                    done.append(r)
+                else:  # the same setting and seed twice (under two names): one result, counted once
+                    notes.append(f"{os.path.basename(r.path)} repeats seed {r.config.seed} "
+                                 f"({os.path.basename(twin.path)}); counted once")
+        errors = [float(np.asarray(r.epochs["test_error"], dtype=float)[-1]) for r in done]
+        for r in members:
+            if r.status != "completed" or not r.num_epochs:
+                notes.append(f"seed {r.config.seed} {r.status} after {r.num_epochs} of {r.config.epochs} epochs"
+                             + (f" ({r.attrs.get('message')})" if r.status == "diverged" and r.attrs.get("message")
+                                else ""))
+        mean = float(np.mean(errors)) if errors else math.nan
+        paper = comp["paper_test_error"]
+        seconds = [float(np.nansum(np.asarray(r.epochs.get("seconds", []), dtype=float))) for r in done]
+        devices = sorted({str(r.attrs.get("device", "")) for r in members})
+        rows.append({
+            "label": comp["recipe"] or _recipe_name(paper_dataset, first, comp["model"]),
+            "recipe": comp["recipe"], "dataset": first.config.dataset, "paper_dataset": paper_dataset,
+            "model": comp["model"], "variant": first.config.variant,
+            "seeds": len(done), "runs": len(members), "seed_list": [r.config.seed for r in done],
+            "test_errors": errors, "test_error_mean": mean,
+            "test_error_std": float(np.std(errors, ddof=1)) if len(errors) > 1 else math.nan,
+            "test_error_min": float(np.min(errors)) if errors else math.nan,
+            "paper_test_error": paper, "difference": mean - paper if paper is not None and errors else math.nan,
+            "epochs": first.config.epochs,
+            "seconds_per_run": float(np.mean(seconds)) if seconds else math.nan,
+            "device": ", ".join(devices), "matches_recipe": not differences, "differences": differences,
+            "notes": notes, "paths": [r.path for r in members], "_config": json.loads(_setting_key(first)),
+        })
+    # Rows of the same recipe: name the fields in which they differ from each other.
+    by_label: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_label.setdefault(row["label"], []).append(row)
+    for same in by_label.values():
+        if len(same) < 2:
+            continue
+        keys = [k for k in same[0]["_config"] if len({json.dumps(r["_config"].get(k)) for r in same}) > 1]
+        for row in same:
+            row["label"] += " (" + ", ".join(f"{k}={_fmt_value(row['_config'][k])}" for k in keys) + ")"
+    order = {name: i for i, name in enumerate(list_recipes())}
+    for row in rows:
+        del row["_config"]
+    return sorted(rows, key=lambda row: (order.get(row["recipe"], len(order)), row["label"]))
+
+
+def _fmt_value(v: Any) -> str:
+    if isinstance(v, list):
+        return "[" + " ".join(map(str, v)) + "]"
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _pct(v: Any, signed: bool = False) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:+.2f}" if signed else f"{v:.2f}"
+
+
+def _mean_std(row: dict[str, Any]) -> str:
+    if not row["seeds"]:
+        return "-"
+    return f"{_pct(row['test_error_mean'])} ± {_pct(row['test_error_std'])}"
+
+
+def _time(seconds: float) -> str:
+    if math.isnan(seconds):
+        return "-"
+    s = round(seconds)
+    if s < 60:
+        return f"{seconds:.1f} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def results_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """A Markdown table of :func:`results_table` rows, one per setting; ``*`` marks a setting that differs
+    from the paper's recipe (the last column says how)."""
+    lines = [("| run | seeds | test error (%) mean ± std | min | paper (%) | Δ (pp) | epochs | time/run | "
+             "differs from the paper's recipe |"),
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        mark = "" if row["matches_recipe"] else " *"
+        notes = "; ".join(row["differences"]) or "same as the paper"
+        if row["notes"]:
+            notes += "; not in the statistics: " + "; ".join(row["notes"])
+        lines.append(f"| {row['label']}{mark} | {row['seeds']} | {_mean_std(row)} | {_pct(row['test_error_min'])} | "
+                     f"{_pct(row['paper_test_error'])} | {_pct(row['difference'], signed=True)} | {row['epochs']} | "
+                     f"{_time(row['seconds_per_run'])} | {notes} |")
+    lines += ["", ("Test error: the last epoch's, over the completed seeds (sample standard deviation; '-' for one "
+              "seed). Δ: measured mean − paper. time/run: the summed epoch training times in the log "
+              "(start-up and evaluation not counted). * the run's setting differs from the paper's recipe.")]
+    return "\n".join(lines)
+
+
+def results_paper_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """:func:`results_table` rows laid out like the paper's tables: per dataset, networks × variants, each
+    cell ``mean ± std (paper)``; ``*`` marks a setting that differs from the paper's recipe."""
+    from bioplaus.config import VARIANTS
+
+    t = paper_tables()
+    out = []
+    datasets = list(dict.fromkeys(row["paper_dataset"] for row in rows))
+    for dataset in datasets:
+        mine = [row for row in rows if row["paper_dataset"] == dataset]
+        variants = [v for v in VARIANTS if any(row["variant"] == v for row in mine)]
+        paper_order = [r["model"] for r in t["tables"].get(dataset, {}).get("rows", [])]
+        models = sorted(dict.fromkeys(row["model"] for row in mine),
+                        key=lambda m: (paper_order.index(m) if m in paper_order else len(paper_order), m))
+        out += [f"### {dataset}", "", "| network | " + " | ".join(variants) + " |",
+                "|---|" + "---|" * len(variants)]
+        for model in models:
+            cells = []
+            for v in variants:
+                here = [row for row in mine if row["model"] == model and row["variant"] == v]
+                cells.append("<br>".join(
+                    f"{_mean_std(row)} ({_pct(row['paper_test_error'])})" + ("" if row["matches_recipe"] else " *")
+                    + (f" {row['label'].split(' (', 1)[1][:-1]}" if " (" in row["label"] else "")
+                    for row in here))
+            out.append(f"| {model} | " + " | ".join(cells) + " |")
+        out.append("")
+    out.append("Each cell: measured test error (%) mean ± std over the completed seeds (the paper's number). "
+               "* the setting differs from the paper's recipe (see the recipes layout for how).")
+    return "\n".join(out)
+
+
+def results_csv(rows: Sequence[dict[str, Any]]) -> str:
+    """:func:`results_table` rows as CSV (columns ``RESULTS_CSV_COLUMNS``). Numbers are written exactly
+    (``repr``); a missing number (no paper value, one seed's std) is an empty field; lists are joined with
+    spaces (``differences``, ``notes``: with ``; ``)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(RESULTS_CSV_COLUMNS)
+    for row in rows:
+        values = []
+        for col in RESULTS_CSV_COLUMNS:
+            v = row[col]
+            if isinstance(v, list):
+                v = ("; " if col in ("differences", "notes") else " ").join(map(str, v))
+            elif v is None or (isinstance(v, float) and math.isnan(v)):
+                v = ""
+            values.append(v)
+        w.writerow(values)
+    return buf.getvalue()
+
+
+def plot_results(rows: Sequence[dict[str, Any]], ax=None):
+    """Measured vs the paper: one line per :func:`results_table` row, the final test error of each seed (small
+    dots), their mean ± std (error bar) and the paper's number (red cross). Returns the Figure."""
+    fig, (axis,) = _axes(ax, 1, (8.5, 1.6 + 0.38 * max(1, len(rows))))
+    y = np.arange(len(rows))[::-1]
+    for yi, row in zip(y, rows):
+        errs = row["test_errors"]
+        if errs:
+            axis.plot(errs, [yi] * len(errs), "o", ms=3, color="0.6", zorder=2)
+            std = row["test_error_std"] if not math.isnan(row["test_error_std"]) else 0.0
+            axis.errorbar([row["test_error_mean"]], [yi], xerr=[std], fmt="o", color="C0", capsize=3, zorder=3)
+        if row["paper_test_error"] is not None:
+            axis.plot([row["paper_test_error"]], [yi], "x", color="C3", ms=8, mew=2, zorder=4)
+    axis.set_yticks(y)
+    axis.set_yticklabels([row["label"] + ("" if row["matches_recipe"] else " *") for row in rows], fontsize="small")
+    axis.set_xlabel("test error (%)")
+    axis.set_title("measured (mean ± std over seeds, seeds in grey) vs paper (x); * differs from the recipe",
+                   fontsize="small")
+    from matplotlib.lines import Line2D
+
+    axis.legend(handles=[Line2D([], [], marker="o", color="C0", ls="", label="measured mean ± std"),
+                         Line2D([], [], marker="o", color="0.6", ms=3, ls="", label="one seed"),
+                         Line2D([], [], marker="x", color="C3", mew=2, ls="", label="paper")],
+                fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    axis.grid(alpha=0.3, axis="x")
+    axis.set_ylim(-0.7, len(rows) - 0.3)
+    fig.tight_layout()
+    return fig

@@ -14,10 +14,9 @@ Forward, for a block with input ``x``::
 back to ``h``; only global backprop uses it. Where ``δh`` comes from is the rule's business
 (:mod:`bioplaus.rules`).
 
-Arrays live in a :class:`Network`: trainable ``params`` per block (forward weights and the
-block's local-head weights, which share the block's optimizer as in the authors' code),
-``fixed`` matrices per block (feedback ``B``, label projection ``P``: never trained, never
-seen by the optimizer), batch-norm ``running`` statistics, and the output layer ``out``.
+Arrays live in :class:`Blocks` (a contiguous run of blocks, the whole network or a pipeline
+stage's share). This module knows nothing of learning rules: which heads a block carries and
+where δh comes from is :mod:`bioplaus.rules`'s business (it imports this module, never the reverse).
 """
 
 from __future__ import annotations
@@ -28,85 +27,77 @@ from dataclasses import dataclass
 import numpy as np
 
 from bioplaus import ops
-from bioplaus.backend import Backend
-from bioplaus.config import Config
-from bioplaus.models import BlockSpec, NetSpec
+from bioplaus.models import BlockSpec
 
 LEAKY_SLOPE = 0.01
 
 
+INIT_STREAM = 0x1417  # initial weights of block i come from the stream (seed, INIT_STREAM, i)
+OUTPUT_STREAM_INDEX = 10_000  # ... and the output layer's from (seed, INIT_STREAM, OUTPUT_STREAM_INDEX)
+
+
+def init_stream(seed: int, index: int) -> np.random.Generator:
+    """The host random stream that block ``index``'s initial arrays (and its heads') are drawn from."""
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, INIT_STREAM, index])))
+
+
 @dataclass
-class Network:
-    spec: NetSpec
-    params: list[dict]  # per block: W, b, [gamma, beta], [dec_W, dec_b], [sim_W]
-    fixed: list[dict]  # per block: [B], [P]   (fixed random matrices, not parameters)
-    running: list[dict]  # per block: mean, var (batch-norm running statistics)
-    out: dict  # output layer: W (K, D), b (K,)
+class Blocks:
+    """A contiguous run of a network's blocks and their arrays, and the output layer when the run
+    ends the network. The whole network is one ``Blocks``; a stage of a pipeline holds a slice.
+
+    ``params`` per block: W, b, [gamma, beta] and the block's head weights (trained with the block's
+    optimizer, as in the authors' code); ``fixed`` per block: B, P (fixed random matrices, never
+    trained, never seen by the optimizer); ``running``: batch-norm running statistics.
+    """
+
+    specs: tuple[BlockSpec, ...]
+    first: int  # index of specs[0] in the network
+    params: list[dict]
+    fixed: list[dict]
+    running: list[dict]
+    out: dict | None  # output layer: W (K, D), b (K,); None unless this run ends the network
     slope: float  # φ's negative slope: 0.0 (ReLU) or 0.01 (leaky ReLU)
+    num_classes: int
 
     @property
     def dtype(self):
-        return self.out["W"].dtype
+        return self.params[0]["W"].dtype if self.params else self.out["W"].dtype
+
+    @property
+    def names(self) -> list[str]:
+        return [b.name for b in self.specs]
 
 
 def _uniform(rng: np.random.Generator, shape, bound: float) -> np.ndarray:
     return rng.uniform(-bound, bound, size=shape)
 
 
-def init_network(spec: NetSpec, cfg: Config, backend: Backend, dtype=np.float32) -> Network:
-    """PyTorch-style initialisation, drawn on the host from keyed streams, then moved to the device.
+def init_block(spec: BlockSpec, batch_norm: bool, rng: np.random.Generator) -> tuple[dict, dict]:
+    """PyTorch-style initialisation of a block's encoder and batch norm, on the host:
+    ``(params {W, b, [gamma, beta]}, running {mean, var})``. W and b uniform in ±1/√fan_in."""
+    if spec.kind == "conv":
+        fan_in = spec.c_in * spec.kernel * spec.kernel
+        w_shape = (spec.c_out, spec.c_in, spec.kernel, spec.kernel)
+    else:
+        fan_in = spec.c_in
+        w_shape = (spec.c_out, spec.c_in)
+    bound = 1.0 / math.sqrt(fan_in)
+    p = {"W": _uniform(rng, w_shape, bound), "b": _uniform(rng, (spec.c_out,), bound)}
+    if batch_norm:
+        p["gamma"] = np.ones(spec.c_out)
+        p["beta"] = np.zeros(spec.c_out)
+    return p, {"mean": np.zeros(spec.c_out), "var": np.ones(spec.c_out)}
 
-    Drawing on the host makes a CPU and a GPU run of the same seed start from identical arrays.
-    """
-    from bioplaus.rules import RULES  # the rule decides which heads a block carries
 
-    rule = RULES[cfg.variant]
-    K = spec.num_classes
-    params, fixed, running = [], [], []
-    for i, b in enumerate(spec.blocks):
-        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([cfg.seed, 0x1417, i])))
-        if b.kind == "conv":
-            fan_in = b.c_in * b.kernel * b.kernel
-            w_shape = (b.c_out, b.c_in, b.kernel, b.kernel)
-        else:
-            fan_in = b.c_in
-            w_shape = (b.c_out, b.c_in)
-        bound = 1.0 / math.sqrt(fan_in)
-        p = {"W": _uniform(rng, w_shape, bound), "b": _uniform(rng, (b.c_out,), bound)}
-        if spec.batch_norm:
-            p["gamma"] = np.ones(b.c_out)
-            p["beta"] = np.zeros(b.c_out)
-        f = {}
-        D = b.dec_features
-        if rule.pred == "exact":  # decoder to class scores, weights start at zero
-            p["dec_W"] = np.zeros((K, D))
-            p["dec_b"] = _uniform(rng, (K,), 1.0 / math.sqrt(D))
-        elif rule.pred == "feedback":  # decoder to the label code; feedback matrix B of its shape
-            T = cfg.target_proj_size
-            p["dec_W"] = np.zeros((T, D))
-            p["dec_b"] = np.zeros(T)
-            f["B"] = _uniform(rng, (T, D), 1.0 / math.sqrt(D))
-        if rule.sim == "learned":  # 3x3 conv (conv blocks) or dense (dense blocks), no bias
-            if b.kind == "conv":
-                p["sim_W"] = _uniform(rng, (b.c_out, b.c_out, 3, 3), 1.0 / math.sqrt(9 * b.c_out))
-            else:
-                p["sim_W"] = _uniform(rng, (b.c_out, b.c_out), 1.0 / math.sqrt(b.c_out))
-        if rule.pred == "feedback" or rule.sim == "direct":  # fixed random label projection
-            f["P"] = _uniform(rng, (K, cfg.target_proj_size), 1.0 / math.sqrt(K))
-        params.append({k: backend.asarray(v, dtype=dtype) for k, v in p.items()})
-        fixed.append({k: backend.asarray(v, dtype=dtype) for k, v in f.items()})
-        running.append({"mean": backend.asarray(np.zeros(b.c_out), dtype=dtype),
-                        "var": backend.asarray(np.ones(b.c_out), dtype=dtype)})
-    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([cfg.seed, 0x1417, 10_000])))
-    D = spec.out_features_in
-    bound = 1.0 / math.sqrt(D)
-    W_out = _uniform(rng, (K, D), bound)
-    if cfg.variant != "glob":  # the authors zero the output layer whenever local losses are on
-        W_out[:] = 0.0
-    out = {"W": backend.asarray(W_out, dtype=dtype),
-           "b": backend.asarray(_uniform(rng, (K,), bound), dtype=dtype)}
-    slope = LEAKY_SLOPE if cfg.nonlin == "leakyrelu" else 0.0
-    return Network(spec, params, fixed, running, out, slope)
+def init_output(num_features: int, num_classes: int, seed: int, zero_weights: bool) -> dict:
+    """The output layer on the host: W, b uniform in ±1/√D; W zeroed when ``zero_weights``."""
+    rng = init_stream(seed, OUTPUT_STREAM_INDEX)
+    bound = 1.0 / math.sqrt(num_features)
+    W = _uniform(rng, (num_classes, num_features), bound)
+    if zero_weights:
+        W[:] = 0.0
+    return {"W": W, "b": _uniform(rng, (num_classes,), bound)}
 
 
 # ---------------------------------------------------------------------------------- block math

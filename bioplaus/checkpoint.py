@@ -1,10 +1,21 @@
 """Checkpoints: the trainer's whole state at an epoch boundary, beside the run log.
 
-A checkpoint is one ``.npz`` file (``<log>.ckpt.npz``) holding every array of
-``Trainer.state_dict()`` (parameters, fixed matrices B and P, optimizer states, BN running
-statistics, the epoch) plus a JSON ``meta`` record (epoch, configuration, format). It is written
-atomically: to ``<path>.tmp`` first, fsynced, then renamed over the old one, so a kill leaves
-either the previous checkpoint or the new one, never half of one.
+A checkpoint is one ``.npz`` file (``<log>.ckpt.npz``) holding every array of the trainer's state
+dict plus a JSON ``meta`` record (epoch, configuration, format). Format 2 keys every array by the
+block that owns it, so a checkpoint loads into any split of the network into stages::
+
+    epoch                               completed epochs
+    blocks/<block>/params/<name>        W, b, gamma, beta and the block's head weights
+    blocks/<block>/fixed/<name>         fixed random matrices (B, P): never trained
+    blocks/<block>/running/<name>       batch-norm running mean and var
+    blocks/<block>/opt/<param>/<slot>   optimizer state (step, m, v, ...)
+    out/params/<name>, out/opt/<param>/<slot>   the output layer
+
+Format 1 (before stages) numbered the blocks (``params/0/W``, ``opt/out/W/m``, ...); it is read
+and renamed (:func:`upgrade`), the arrays unchanged.
+
+It is written atomically (:func:`bioplaus.files.atomic_write`): a kill leaves either the previous
+checkpoint or the new one, never half of one, and never a temporary file in the way of the next.
 
 Order at the end of each epoch: the log epoch is written first, then the checkpoint. A kill
 between the two leaves the log one epoch ahead; resuming truncates the log to the checkpoint's
@@ -16,22 +27,19 @@ from __future__ import annotations
 import json
 import os
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-CHECKPOINT_FORMAT = 1
+from bioplaus.files import atomic_write, checkpoint_path  # noqa: F401 -- re-exported: where a checkpoint lives
+
+CHECKPOINT_FORMAT = 2
 _META_KEY = "__bioplaus_meta__"
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that is missing or unreadable; one sentence."""
-
-
-def checkpoint_path(log_path: str) -> str:
-    """Where the checkpoint of the run logged at ``log_path`` lives."""
-    return os.fspath(log_path) + ".ckpt.npz"
+    """A checkpoint that is missing, unreadable, or not ours; one sentence."""
 
 
 def _host(value: Any) -> np.ndarray:
@@ -48,25 +56,101 @@ def save_checkpoint(path: str, state_dict: Mapping[str, Any], meta: Mapping[str,
     arrays = {name: _host(v) for name, v in state_dict.items()}
     record = dict(meta, checkpoint_format=CHECKPOINT_FORMAT)
     arrays[_META_KEY] = np.array(json.dumps(record, sort_keys=True))
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    needed = sum(a.nbytes for a in arrays.values()) + 512 * len(arrays)
+    atomic_write(path, lambda fh: np.savez(fh, **arrays), needed=needed)
 
 
 def load_checkpoint(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """``(state_dict, meta)`` from a checkpoint; raises CheckpointError if missing or damaged."""
+    """``(state_dict, meta)`` from a checkpoint; raises CheckpointError if missing, damaged or not ours.
+
+    ``meta`` holds at least ``epoch`` (an int >= 0) and ``checkpoint_format``.
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"no checkpoint at {path}")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {name: z[name] for name in z.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError, RuntimeError) as exc:
         raise CheckpointError(f"the checkpoint {path} is damaged ({exc.__class__.__name__})") from exc
+    except AttributeError as exc:  # np.load of a non-archive: a plain array
+        raise CheckpointError(f"{path} is not a bioplaus checkpoint") from exc
     if _META_KEY not in arrays:
         raise CheckpointError(f"{path} is not a bioplaus checkpoint")
-    meta = json.loads(str(arrays.pop(_META_KEY)))
+    try:
+        meta = json.loads(str(arrays.pop(_META_KEY)))
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"the checkpoint {path} is damaged (its metadata is not JSON)") from exc
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"the checkpoint {path} is damaged (its metadata is not a record)")
+    epoch, fmt = meta.get("epoch"), meta.get("checkpoint_format", 1)
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        raise CheckpointError(f"the checkpoint {path} is damaged (its epoch is {epoch!r})")
+    if not isinstance(fmt, int) or fmt < 1:
+        raise CheckpointError(f"the checkpoint {path} is damaged (its format is {fmt!r})")
+    if fmt > CHECKPOINT_FORMAT:
+        raise CheckpointError(f"the checkpoint {path} has format {fmt}, newer than this bioplaus reads "
+                              f"({CHECKPOINT_FORMAT})")
+    meta["checkpoint_format"] = fmt
+    for name, a in arrays.items():
+        if a.dtype.kind not in "fiub":
+            raise CheckpointError(f"the checkpoint {path} is damaged ({name} holds {a.dtype} values)")
     return arrays, meta
+
+
+def is_checkpoint(path: str) -> bool:
+    """True when ``path`` is a regular file that reads as a bioplaus checkpoint."""
+    try:
+        load_checkpoint(path)
+    except CheckpointError:
+        return False
+    return True
+
+
+def upgrade(state: dict[str, np.ndarray], fmt: int, block_names: Sequence[str]) -> dict[str, np.ndarray]:
+    """A state dict of checkpoint format ``fmt`` with the keys of the current format (same arrays).
+
+    Format 1 numbered the blocks; their names come from the network (``block_names``, in order).
+    Keys that do not fit either format are kept as they are (the caller's key check names them).
+    """
+    if fmt == CHECKPOINT_FORMAT:
+        return state
+    out = {}
+    for key, value in state.items():
+        parts = key.split("/")
+        new = key
+        if parts[0] in ("params", "fixed", "running") and len(parts) == 3 and parts[1].isdigit():
+            i = int(parts[1])
+            if i < len(block_names):
+                new = f"blocks/{block_names[i]}/{parts[0]}/{parts[2]}"
+        elif parts[0] == "opt" and len(parts) == 4 and parts[1] == "out":
+            new = f"out/opt/{parts[2]}/{parts[3]}"
+        elif parts[0] == "opt" and len(parts) == 4 and parts[1].isdigit():
+            i = int(parts[1])
+            if i < len(block_names):
+                new = f"blocks/{block_names[i]}/opt/{parts[2]}/{parts[3]}"
+        elif parts[0] == "out" and len(parts) == 2:
+            new = f"out/params/{parts[1]}"
+        out[new] = value
+    return out
+
+
+def describe_mismatch(state: Mapping[str, np.ndarray], expected: Mapping[str, tuple[tuple, str]]) -> str | None:
+    """None when ``state`` has exactly the keys of ``expected`` (name -> (shape, dtype name)) with those
+    shapes and dtypes; else one phrase naming the first difference."""
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing:
+        return f"it has no {missing[0]}" + (f" (and {len(missing) - 1} more arrays are missing)" if len(missing) > 1
+                                           else "")
+    if extra:
+        return f"it has {extra[0]}, which this network does not" + (f" (and {len(extra) - 1} more)"
+                                                                        if len(extra) > 1 else "")
+    for name in sorted(expected):
+        shape, dtype = expected[name]
+        got = state[name]
+        if tuple(got.shape) != tuple(shape):
+            return f"its {name} has shape {tuple(got.shape)}, this network's has {tuple(shape)}"
+        if str(got.dtype) != str(dtype):
+            return f"its {name} is {got.dtype}, this network's is {dtype}"
+    return None

@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
-VARIANTS = ("glob", "pred", "sim", "predsim", "pred-bpf", "sim-bpf", "predsim-bpf", "glob+sim")
+from bioplaus.errors import ConfigError
+from bioplaus.models import MODELS
+from bioplaus.rules import RULES, VARIANTS
+
 NONLINS = ("relu", "leakyrelu")
 OPTIMS = ("adam", "amsgrad", "sgd")
 DEVICES = ("auto", "cpu", "gpu")
-
-# β as the authors ran each variant: predsim is mostly sim, predsim-bpf mostly pred-bpf.
-DEFAULT_BETA = {"predsim": 0.99, "predsim-bpf": 0.01}
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run; the message is one sentence for the user."""
+INT_MAX = 2**31 - 1  # every integer setting fits a 32-bit int (HDF5 attributes, array shapes)
+SEED_MAX = 2**32 - 1  # seeds key 32-bit random streams
+__all__ = ["DEVICES", "NONLINS", "OPTIMS", "VARIANTS", "Config", "ConfigError"]
 
 
 @dataclass(frozen=True)
@@ -80,30 +80,50 @@ class Config:
     def resolve(self) -> Config:
         """Fill variant defaults and check every combination; returns a new Config."""
         cfg = self
-        if cfg.beta is None:
-            cfg = dataclasses.replace(cfg, beta=DEFAULT_BETA.get(cfg.variant, 0.99))
+        if cfg.variant not in RULES:
+            raise ConfigError(f"unknown variant {cfg.variant!r}; choose one of {', '.join(VARIANTS)}")
+        if cfg.beta is None:  # as the authors ran each variant: predsim mostly sim, predsim-bpf mostly pred-bpf
+            cfg = dataclasses.replace(cfg, beta=RULES[cfg.variant].default_beta)
         if cfg.num_layers is None:
             cfg = dataclasses.replace(cfg, num_layers=cfg.dense_layers)
         cfg.validate()
         return cfg
 
     def validate(self) -> None:
-        if self.variant not in VARIANTS:
+        """Every value in range, every combination possible; ConfigError (one sentence) otherwise."""
+        if self.variant not in RULES:
             raise ConfigError(f"unknown variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
+        if self.model not in MODELS:
+            raise ConfigError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
         if self.nonlin not in NONLINS:
             raise ConfigError(f"unknown nonlinearity {self.nonlin!r}; choose relu or leakyrelu")
         if self.optim not in OPTIMS:
             raise ConfigError(f"unknown optimizer {self.optim!r}; choose adam, amsgrad or sgd")
         if self.device not in DEVICES:
             raise ConfigError(f"unknown device {self.device!r}; choose auto, cpu or gpu")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{_flag(f.name)} must be a finite number, not {value}")
+            if isinstance(value, int) and not isinstance(value, bool) and f.name != "seed" and abs(value) > INT_MAX:
+                raise ConfigError(f"{_flag(f.name)} {value} is too large (at most {INT_MAX})")
         positive = ("epochs", "batch_size", "num_hidden", "dim_in_decoder", "target_proj_size")
         for name in positive:
             if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+                raise ConfigError(f"{_flag(name)} must be at least 1")
+        if not 0 <= self.seed <= SEED_MAX:
+            raise ConfigError(f"--seed must be between 0 and {SEED_MAX}, not {self.seed}")
         if self.dense_layers < 0 or (self.model == "mlp" and self.dense_layers < 1):
             raise ConfigError("--num-layers must be at least 1 for an mlp (0 or more for a vgg)")
         if not self.lr > 0:
             raise ConfigError("--lr must be positive")
+        if not 0.0 < self.lr_decay_fact <= 1.0:
+            raise ConfigError(f"--lr-decay-fact must be in (0, 1] (the factor the rate is multiplied by), "
+                              f"not {self.lr_decay_fact:g}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"--momentum must be in [0, 1), not {self.momentum:g}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"--weight-decay must not be negative, not {self.weight_decay:g}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError("--dropout must be in [0, 1)")
         if self.beta is not None and not 0.0 <= self.beta <= 1.0:
@@ -112,14 +132,30 @@ class Config:
             raise ConfigError("--feat-mult must be positive")
         if self.model == "mlp" and self.feat_mult != 1.0:
             raise ConfigError("--feat-mult scales convolution channels and has no meaning for the mlp")
+        if any(m < 1 for m in self.lr_decay_milestones):
+            raise ConfigError("--lr-decay-milestones are epochs after which the rate decays: each at least 1")
         if list(self.lr_decay_milestones) != sorted(self.lr_decay_milestones):
             raise ConfigError("--lr-decay-milestones must be in increasing order")
         if self.classes_per_batch < 0 or self.classes_per_batch_until_epoch < 0:
             raise ConfigError("--classes-per-batch and its end epoch must not be negative")
+        if self.classes_per_batch == 1:
+            raise ConfigError("--classes-per-batch 1 would fill every batch with one class; use 0 (off) or 2 or more")
         if self.cutout and self.cutout_length < 1:
             raise ConfigError("--cutout-length must be at least 1 when cutout is on")
+        if self.cutout_length < 0:
+            raise ConfigError("--cutout-length must not be negative")
         if self.probe_every < 0:
             raise ConfigError("--probe-every must not be negative")
+        if self.data_dir is not None and not self.data_dir.strip():
+            raise ConfigError("--data-dir needs a folder name")
+
+    def check_dataset(self, num_classes: int, input_shape: tuple[int, ...], num_train: int | None = None) -> None:
+        """Combinations that depend on the dataset (its class count, image size)."""
+        if self.classes_per_batch > num_classes:
+            raise ConfigError(f"--classes-per-batch {self.classes_per_batch} is more than the {num_classes} classes "
+                              f"of {self.dataset}")
+        if self.classes_per_batch and self.batch_size < self.classes_per_batch:
+            raise ConfigError(f"--batch-size {self.batch_size} cannot hold {self.classes_per_batch} classes per batch")
 
     # ------------------------------------------------------------------ views
     @property
@@ -128,23 +164,6 @@ class Config:
         if self.num_layers is not None:
             return self.num_layers
         return 3 if self.model == "mlp" else 1
-
-    @property
-    def is_local(self) -> bool:
-        """True when hidden blocks learn from local losses only (no error crosses a block)."""
-        return self.variant not in ("glob", "glob+sim")
-
-    @property
-    def is_bpf(self) -> bool:
-        return self.variant.endswith("-bpf")
-
-    @property
-    def uses_pred(self) -> bool:
-        return self.variant in ("pred", "predsim", "pred-bpf", "predsim-bpf")
-
-    @property
-    def uses_sim(self) -> bool:
-        return self.variant in ("sim", "predsim", "sim-bpf", "predsim-bpf", "glob+sim")
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate of 1-based ``epoch``: decayed once for every milestone m < epoch."""
@@ -162,6 +181,10 @@ class Config:
     @classmethod
     def from_json(cls, text: str) -> Config:
         return cls.from_dict(json.loads(text))
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def _coerce(key: str, value: Any, annotation: str) -> Any:

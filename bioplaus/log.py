@@ -20,18 +20,21 @@ Schema (every dataset carries ``units`` and ``description`` attributes)::
     /probe/target_similarity   (B, B) the label similarity matrix S(Y) of the probe batch
     /probe/similarity/<layer>  (n_snapshots, B, B) S(h) of each block on the probe batch
 
-Crash safety: the writer never modifies the log in place. Each write copies the file to
-``<log>.tmp``, appends there, closes, fsyncs and atomically renames it over the log
-(open-append-close). A reader therefore always sees a complete file holding every completed
-epoch, whether the writer is between epochs, mid-write, or was killed.
+Crash safety: the writer never modifies the log in place. Each write reads the log into memory,
+edits the in-memory copy with h5py, and writes it out as a new temporary file beside the log,
+fsynced and atomically renamed over it (:func:`bioplaus.files.atomic_write`). A reader therefore
+always sees a complete file holding every completed epoch, whether the writer is between epochs,
+mid-write, or was killed; and since HDF5 itself never writes to the disk, a full disk is a clean
+``OSError`` from a plain file write (HDF5 has been seen to crash on one), with the old log intact.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import json
+import math
 import os
-import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,7 +43,8 @@ import h5py
 import numpy as np
 
 import bioplaus
-from bioplaus.config import Config
+from bioplaus.config import Config, ConfigError
+from bioplaus.files import atomic_write
 
 FORMAT_VERSION = 1
 STATUSES = ("running", "completed", "diverged", "interrupted")
@@ -152,13 +156,14 @@ class RunLog:
 
     # ------------------------------------------------------------------ creating
     @classmethod
-    def create(cls, path: str, cfg: Config, device: str, parameters: int) -> RunLog:
-        """A new log at ``path`` (which must not exist), status ``running``, no epochs yet."""
+    def create(cls, path: str, cfg: Config, device: str, parameters: int, replace: bool = False) -> RunLog:
+        """A new log at ``path``, status ``running``, no epochs yet. ``path`` must not exist unless
+        ``replace`` (the caller checked that it is a run log that may go)."""
         path = os.fspath(path)
-        if os.path.exists(path):
+        if os.path.lexists(path) and not replace:
             raise LogError(f"{path} already exists")
-        tmp = path + ".tmp"
-        with h5py.File(tmp, "w") as f:
+        buf = io.BytesIO()
+        with h5py.File(buf, "w") as f:
             a = f.attrs
             a["format_version"] = FORMAT_VERSION
             a["bioplaus_version"] = bioplaus.__version__
@@ -176,7 +181,7 @@ class RunLog:
             f.create_group("epochs")
             f.create_group("layers")
             f.create_group("probe")
-        _commit(tmp, path)
+        _write_image(path, buf)
         return cls(path)
 
     @classmethod
@@ -292,39 +297,29 @@ def _series(group: h5py.Group) -> Iterable[h5py.Dataset]:
     return [v for v in group.values() if isinstance(v, h5py.Dataset)]
 
 
-def _commit(tmp: str, path: str) -> None:
-    """fsync ``tmp`` and rename it over ``path`` (atomic on POSIX)."""
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    try:
-        dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:  # some filesystems refuse to fsync a directory; the rename still happened
-        pass
+def _write_image(path: str, buf: io.BytesIO) -> None:
+    """Write an in-memory HDF5 file over ``path`` atomically (checking the free space first)."""
+    data = buf.getbuffer()
+    atomic_write(path, lambda fh: fh.write(data), needed=len(data))
 
 
 class _Edit:
-    """Context manager: copy the log, open the copy for writing, then commit it over the log."""
+    """Context manager: the log read into memory and opened there for writing; on a clean exit the
+    edited image is written over the log atomically; on an error the log is left as it was."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.tmp = path + ".tmp"
 
     def __enter__(self) -> h5py.File:
-        shutil.copyfile(self.path, self.tmp)
-        self.file = h5py.File(self.tmp, "r+")
+        with open(self.path, "rb") as fh:
+            self.buf = io.BytesIO(fh.read())
+        self.file = h5py.File(self.buf, "r+")
         return self.file
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.file.close()
         if exc_type is None:
-            _commit(self.tmp, self.path)
-        else:
-            os.unlink(self.tmp)
+            _write_image(self.path, self.buf)
 
 
 # ---------------------------------------------------------------------- reading
@@ -345,34 +340,83 @@ def read_attrs(path: str) -> dict[str, Any]:
         with _open_read(path) as f:
             attrs = {k: _attr(v) for k, v in f.attrs.items()}
             groups_ok = all(g in f for g in ("epochs", "layers", "probe"))
-    except OSError as exc:
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
         raise LogError(f"{path} is not a readable HDF5 file ({exc.__class__.__name__})") from exc
     if "format_version" not in attrs or "config" not in attrs or not groups_ok:
         raise LogError(f"{path} is not a bioplaus run log")
+    if not isinstance(attrs["format_version"], int) or not isinstance(attrs["config"], str):
+        raise LogError(f"{path} is damaged: its format_version or config attribute has the wrong type")
     if attrs["format_version"] > FORMAT_VERSION:
         raise LogError(f"{path} has log format {attrs['format_version']}, newer than this bioplaus reads")
     return attrs
 
 
 def read_run(path: str) -> Run:
-    """Read a whole run log into memory (safe while a writer is between or even inside epochs)."""
+    """Read a whole run log into memory (safe while a writer is between or even inside epochs).
+
+    A log that is truncated, altered or not ours raises :class:`LogError` with one sentence.
+    """
     path = os.fspath(path)
     attrs = read_attrs(path)
-    with _open_read(path) as f:
-        epochs = {k: v[()] for k, v in f["epochs"].items()}
-        layers = {name: {k: v[()] for k, v in g.items()} for name, g in f["layers"].items()}
-        probe: dict[str, Any] = {}
-        pg = f["probe"]
-        for key in ("epochs", "labels", "target_similarity"):
-            if key in pg:
-                probe[key] = pg[key][()]
-        if "similarity" in pg:
-            probe["similarity"] = {k: v[()] for k, v in pg["similarity"].items()}
+    try:
+        with _open_read(path) as f:
+            epochs = {k: _series_of(v) for k, v in f["epochs"].items()}
+            layers = {name: {k: _series_of(v) for k, v in g.items()} for name, g in _groups(f["layers"])}
+            probe: dict[str, Any] = {}
+            pg = f["probe"]
+            for key in ("epochs", "labels", "target_similarity"):
+                if key in pg:
+                    probe[key] = np.asarray(pg[key][()])
+            if "similarity" in pg:
+                probe["similarity"] = {k: np.asarray(v[()]) for k, v in pg["similarity"].items()}
+    except LogError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError) as exc:
+        raise LogError(f"{path} is damaged ({exc.__class__.__name__} while reading it)") from exc
     try:
         config = Config.from_dict(json.loads(attrs["config"]))
-    except (ValueError, TypeError) as exc:
-        raise LogError(f"{path} holds a configuration this bioplaus cannot read ({exc})") from exc
-    return Run(path=path, attrs=attrs, config=config, epochs=epochs, layers=layers, probe=probe)
+        config.validate()
+    except (ValueError, TypeError, ConfigError) as exc:
+        raise LogError(f"{path} holds a configuration this bioplaus cannot read ({_first_line(exc)})") from exc
+    run = Run(path=path, attrs=attrs, config=config, epochs=epochs, layers=layers, probe=probe)
+    _check_consistent(run)
+    return run
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [exc.__class__.__name__])[0].rstrip(".")
+
+
+def _series_of(ds) -> np.ndarray:
+    if not isinstance(ds, h5py.Dataset):
+        raise LogError(f"{ds.name} should be a series of numbers, but it is a group")
+    value = np.asarray(ds[()])
+    if value.ndim != 1 or value.dtype.kind not in "fiu":
+        raise LogError(f"{ds.name} should be a 1-D series of numbers")
+    return value
+
+
+def _groups(group: h5py.Group):
+    for name, item in group.items():
+        if not isinstance(item, h5py.Group):
+            raise LogError(f"{item.name} should be a group of series")
+        yield name, item
+
+
+def _check_consistent(run: Run) -> None:
+    """Series of equal length n, epochs numbered 1..n, a known status: else the log was altered."""
+    where = run.path
+    if run.status not in STATUSES:
+        raise LogError(f"{where} has an unknown status {run.status!r}")
+    n = run.num_epochs
+    lengths = {len(v) for v in run.epochs.values()} | {len(v) for s in run.layers.values() for v in s.values()}
+    if lengths - {n}:
+        raise LogError(f"{where} is damaged: its series do not all hold {n} epochs")
+    if n and not np.array_equal(run.epochs["epoch"], np.arange(1, n + 1)):
+        raise LogError(f"{where} is damaged: its epochs are not numbered 1 to {n}")
+    planned = run.attrs.get("epochs_planned")
+    if not isinstance(planned, int) or planned < 1 or not math.isfinite(planned):
+        raise LogError(f"{where} is damaged: epochs_planned is {planned!r}")
 
 
 def read_runs(paths: Iterable[str]) -> list[Run]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bioplaus.config import Config, ConfigError
+from bioplaus.errors import ConfigError
 from bioplaus.ops.pool import decoder_pool_shape
 
 VGG_CFGS: dict[str, list] = {
@@ -86,7 +86,7 @@ def _decoder_fields(kind: str, channels: int, size: int, dim_in_decoder: int) ->
     return {"dec_window": tuple(window), "dec_pad": tuple(pad), "dec_features": channels * oh * ow}
 
 
-def build_spec(cfg: Config, input_shape: tuple[int, int, int], num_classes: int) -> NetSpec:
+def build_spec(cfg, input_shape: tuple[int, int, int], num_classes: int) -> NetSpec:
     """The network of ``cfg.model`` for inputs of ``input_shape`` (C, H, W) and ``num_classes``."""
     channels, height, width = input_shape
     if height != width:
@@ -104,6 +104,9 @@ def build_spec(cfg: Config, input_shape: tuple[int, int, int], num_classes: int)
                 size //= 2
                 continue
             c_out = int(item * cfg.feat_mult)
+            if c_out < 1:
+                raise ConfigError(f"--feat-mult {cfg.feat_mult:g} leaves conv{len(blocks) + 1} of {cfg.model} with no "
+                                  f"channels ({item} x {cfg.feat_mult:g} < 1); use at least {1 / item:g}")
             first = not blocks
             kernel, stride, pad = (7, 2, 3) if first and height > 64 else (3, 1, 1)
             size = (size + 2 * pad - kernel) // stride + 1
@@ -128,7 +131,7 @@ def _replace(spec: BlockSpec, **changes) -> BlockSpec:
     return replace(spec, **changes)
 
 
-def describe_model(cfg: Config, input_shape: tuple[int, int, int], num_classes: int) -> str:
+def describe_model(cfg, input_shape: tuple[int, int, int], num_classes: int) -> str:
     """A readable listing of the network; the last line is ``parameters: <int>``."""
     spec = build_spec(cfg, input_shape, num_classes)
     nonlin = "LeakyReLU(0.01)" if cfg.nonlin == "leakyrelu" else "ReLU"

@@ -1,29 +1,33 @@
-"""The epoch loop: train steps, evaluation, the probe, and the training state.
+"""The sequential trainer: a network's stages in one process, the epoch loop, evaluation, the probe.
 
-The trainer owns the order of work and the optimizer; the rules (:mod:`bioplaus.rules`) say
-where errors come from; the log (:mod:`bioplaus.log`) is fed by whoever calls the trainer.
-Statistics stay on the device during an epoch and reach the host once, at its end.
+The trainer owns the order of work: each mini-batch flows through the stages (:mod:`bioplaus.stage`)
+in turn, each stage updating its own blocks; the rules (:mod:`bioplaus.rules`) say where errors come
+from; the run loop (:mod:`bioplaus.runner`) feeds the log and the checkpoints. Statistics stay on the
+device during an epoch and reach the host once, at its end.
 
 Randomness is keyed by (seed, epoch): epoch e's batch order, augmentation and every block's
 dropout masks depend only on the seed and e, so a run resumed from an epoch boundary redraws
-exactly what an uninterrupted run would have drawn.
+exactly what an uninterrupted run would have drawn, and a split into stages draws what one
+stage would.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from bioplaus import ops
 from bioplaus.backend import TRAIN_DTYPE, Backend
-from bioplaus.blocks import Network, block_forward, init_network
+from bioplaus.blocks import Blocks, block_forward
+from bioplaus.checkpoint import describe_mismatch
 from bioplaus.config import Config
+from bioplaus.heads import angle_degrees
 from bioplaus.models import build_spec, describe_model
-from bioplaus.optim import make_optimizer
-from bioplaus.rules import RULES, evaluate_batch, one_hot, train_step
+from bioplaus.rules import REFERENCE_RULE, get_rule, one_hot, train_step
+from bioplaus.stage import Stage
 
 PROBE_SIZE = 128
 
@@ -36,177 +40,115 @@ class Diverged(RuntimeError):
         super().__init__(f"training diverged in epoch {epoch}: the {layer} loss became {value}")
 
 
-def angle_degrees(xp, a, b):
-    """Angle between two arrays seen as vectors, in degrees (a 0-d device array; NaN if either is 0)."""
-    a, b = a.ravel(), b.ravel()
-    cos = xp.dot(a, b) / (xp.linalg.norm(a) * xp.linalg.norm(b))
-    return xp.degrees(xp.arccos(xp.clip(cos, -1.0, 1.0)))
+def split_bounds(num_blocks: int, sizes: Sequence[int] | None) -> list[tuple[int, int]]:
+    """``[(first, stop), ...]`` for stages of ``sizes`` blocks each (one stage of every block by default)."""
+    if not sizes:
+        return [(0, num_blocks)]
+    if sum(sizes) != num_blocks or min(sizes) < 1:
+        raise ValueError(f"stages of {list(sizes)} blocks do not split a network of {num_blocks} blocks")
+    bounds, first = [], 0
+    for n in sizes:
+        bounds.append((first, first + n))
+        first += n
+    return bounds
 
 
-class _Sums:
-    """Running sums of a pass over the data, kept on the device (no host sync per batch)."""
-
-    def __init__(self, num_blocks: int):
-        self.n = 0
-        self.loss = self.correct = 0
-        self.blocks: list[dict] = [{} for _ in range(num_blocks)]
-
-    def add(self, n: int, loss, correct, block_stats: list) -> None:
-        self.n += n
-        self.loss = self.loss + loss * n
-        self.correct = self.correct + correct
-        for sums, stats in zip(self.blocks, block_stats):
-            for key, value in stats.items():  # losses are batch means: weight by n; counts add up
-                sums[key] = sums.get(key, 0) + (value if key.startswith("correct") else value * n)
-
-    def scalars(self) -> dict:
-        return {"loss": self.loss, "correct": self.correct}
+def whole_network(stages: Sequence[Stage]) -> Blocks:
+    """One view of the whole network over consecutive stages' arrays (shared, not copied)."""
+    nets = [s.net for s in stages]
+    return Blocks(tuple(b for n in nets for b in n.specs), 0, [p for n in nets for p in n.params],
+                  [f for n in nets for f in n.fixed], [r for n in nets for r in n.running], nets[-1].out,
+                  nets[0].slope, nets[0].num_classes)
 
 
 class Trainer:
-    """Trains one network under one variant; see the module docstring."""
+    """Trains one network under one variant, its stages one after another in this process.
 
-    def __init__(self, cfg: Config, backend: Backend, dataset, dtype=TRAIN_DTYPE):
+    ``stages``: block counts per stage (one stage of the whole network by default); any split of a
+    local rule gives the same numbers bit for bit.
+    """
+
+    def __init__(self, cfg: Config, backend: Backend, dataset, dtype=TRAIN_DTYPE, stages: Sequence[int] | None = None):
         from bioplaus.data import TrainBatches
 
         self.cfg = cfg
         self.backend = backend
         self.xp = backend.xp
         self.dataset = dataset
-        self.rule = RULES[cfg.variant]
-        spec = build_spec(cfg, dataset.spec.input_shape, dataset.spec.num_classes)
-        self.net: Network = init_network(spec, cfg, backend, dtype)
-        self.optimizer = make_optimizer(cfg.optim, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        self.opt_state = [{k: self.optimizer.init_state(v) for k, v in p.items()} for p in self.net.params]
-        self.opt_state_out = {k: self.optimizer.init_state(v) for k, v in self.net.out.items()}
+        self.rule = get_rule(cfg.variant)
+        self.spec = build_spec(cfg, dataset.spec.input_shape, dataset.spec.num_classes)
+        self.stages = [Stage(cfg, self.spec, backend, a, b, dtype) for a, b in split_bounds(len(self.spec.blocks), stages)]
         self.batches = TrainBatches(
             dataset, backend, cfg.batch_size, cfg.seed, augment=True,
             cutout_length=cfg.cutout_length if cfg.cutout else 0,
             classes_per_batch=cfg.classes_per_batch,
             classes_per_batch_until_epoch=cfg.classes_per_batch_until_epoch)
         self.epoch = 0
-        self._lr = cfg.lr
         self._probe_batch = None
+
+    @property
+    def net(self) -> Blocks:
+        """The whole network (a view over the stages' arrays)."""
+        return self.stages[0].net if len(self.stages) == 1 else whole_network(self.stages)
 
     # ------------------------------------------------------------------ description
     @property
     def layer_names(self) -> list[str]:
-        return [b.name for b in self.net.spec.blocks] + ["out"]
+        return [b.name for b in self.spec.blocks] + ["out"]
 
     @property
     def num_parameters(self) -> int:
-        return self.net.spec.num_parameters
+        return self.spec.num_parameters
 
     def describe(self) -> str:
         return describe_model(self.cfg, self.dataset.spec.input_shape, self.dataset.spec.num_classes)
 
     # ------------------------------------------------------------------ training
-    def _update(self, i: int, grads: dict) -> None:
-        params = self.net.out if i < 0 else self.net.params[i]
-        states = self.opt_state_out if i < 0 else self.opt_state[i]
-        for key, grad in grads.items():
-            self.optimizer.step(params[key], grad, states[key], self._lr)
-
-    def _masks(self, rngs, x) -> list:
-        """Dropout masks for every block, drawn from each block's own stream (None when p = 0)."""
-        if self.cfg.dropout <= 0:
-            return [None] * len(rngs)
-        masks, n = [], x.shape[0]
-        for spec, rng in zip(self.net.spec.blocks, rngs):
-            shape = (n, spec.c_out, spec.size, spec.size) if spec.kind == "conv" else (n, spec.c_out)
-            masks.append(ops.dropout_mask(rng, shape, self.cfg.dropout, x.dtype, channelwise=spec.kind == "conv"))
-        return masks
-
     def train_epoch(self, on_batch: Callable[[int, int], None] | None = None) -> dict:
         """Train epoch ``self.epoch + 1``; returns its statistics as host floats."""
-        xp, cfg = self.xp, self.cfg
         epoch = self.epoch + 1
-        self._lr = cfg.lr_at(epoch)
         start = time.perf_counter()
-        rngs = [self.backend.rng(cfg.seed, "dropout", i, epoch) for i in range(len(self.net.spec.blocks))]
-        w_start = [p["W"].copy() for p in self.net.params]
+        for stage in self.stages:
+            stage.begin_epoch(epoch)
         total = self.batches.num_samples
-        sums = _Sums(len(self.net.spec.blocks))
+        done = 0
         for x, y in self.batches.epoch(epoch):
-            running, loss, ok, stats = train_step(self.net, cfg.variant, cfg.beta, x, y, self._masks(rngs, x),
-                                                  self._update)
-            self.net.running = running
-            sums.add(x.shape[0], loss, ok, stats)
+            o = x
+            for stage in self.stages:
+                o = stage.train_step(o, y)
+            done += x.shape[0]
             if on_batch is not None:
-                on_batch(sums.n, total)
-        extra = {}
-        for i, p in enumerate(self.net.params):
-            extra[(i, "weight_norm")] = xp.linalg.norm(p["W"].ravel())
-            extra[(i, "update_norm")] = xp.linalg.norm((p["W"] - w_start[i]).ravel())
-            if "B" in self.net.fixed[i]:
-                extra[(i, "fa_angle")] = angle_degrees(xp, p["dec_W"], self.net.fixed[i]["B"])
-        host = self._to_host(sums.scalars(), sums.blocks, extra)
+                on_batch(done, total)
+        values = {}
+        for stage in self.stages:
+            values.update(stage.epoch_values(train=True))
         self.epoch = epoch
-        result = {
-            "epoch": epoch,
-            "lr": self._lr,
-            "train_loss": host["loss"] / total,
-            "train_error": 100.0 * (1.0 - host["correct"] / total),
-            "seconds": time.perf_counter() - start,
-            "layers": self._layer_stats(host, total),
-        }
-        self._check_finite(result)
+        result = epoch_result(epoch, self.stages[0].lr, self.to_host(values), total, time.perf_counter() - start,
+                              [b.name for b in self.spec.blocks])
+        check_finite(result)
         return result
 
-    def _to_host(self, scalars: dict, block_sums: list, extra: dict) -> dict:
-        """One device->host transfer for the whole epoch's statistics."""
-        xp = self.xp
-        keys, values = [], []
-        for key, v in scalars.items():
-            keys.append(key)
-            values.append(v)
-        for i, sums in enumerate(block_sums):
-            for key, v in sums.items():
-                keys.append((i, key))
-                values.append(v)
-        for key, v in extra.items():
-            keys.append(key)
-            values.append(v)
-        arr = self.backend.to_host(xp.stack([xp.asarray(v, dtype=xp.float64) for v in values]))
-        return dict(zip(keys, arr.tolist()))
-
-    def _layer_stats(self, host: dict, total: int) -> dict:
-        layers: dict = {}
-        for i, spec in enumerate(self.net.spec.blocks):
-            s = {}
-            for key in ("loss_pred", "loss_sim"):
-                if (i, key) in host:
-                    s[key] = host[(i, key)] / total
-            if (i, "correct_pred") in host:
-                s["error_pred"] = 100.0 * (1.0 - host[(i, "correct_pred")] / total)
-            for key in ("weight_norm", "update_norm", "fa_angle"):
-                if (i, key) in host:
-                    s[key] = host[(i, key)]
-            layers[spec.name] = s
-        layers["out"] = {}
-        return layers
-
-    def _check_finite(self, result: dict) -> None:
-        for name, s in result["layers"].items():
-            for key in ("loss_pred", "loss_sim"):
-                if key in s and not math.isfinite(s[key]):
-                    raise Diverged(result["epoch"], f"{name} local {key[5:]}", s[key])
-        if not math.isfinite(result["train_loss"]):
-            raise Diverged(result["epoch"], "output", result["train_loss"])
+    def to_host(self, values: dict) -> dict:
+        """One device->host transfer for a whole pass's statistics."""
+        return values_to_host(self.backend, values)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, split: str = "test") -> dict:
         """Eval-mode BN, no dropout, the output layer's prediction; local predictors too."""
         from bioplaus.data import eval_batches
 
-        sums = _Sums(len(self.net.spec.blocks))
+        for stage in self.stages:
+            stage.begin_eval()
+        total = 0
         for x, y in eval_batches(self.dataset, self.backend, max(self.cfg.batch_size, 256), split=split):
-            sums.add(x.shape[0], *evaluate_batch(self.net, self.cfg.variant, x, y))
-        host = self._to_host(sums.scalars(), sums.blocks, {})
-        total = sums.n
-        layers = self._layer_stats(host, total)
-        return {"test_loss": host["loss"] / total, "test_error": 100.0 * (1.0 - host["correct"] / total),
-                "layers": layers}
+            o = x
+            for stage in self.stages:
+                o = stage.eval_step(o, y)
+            total += x.shape[0]
+        values = {}
+        for stage in self.stages:
+            values.update(stage.epoch_values(train=False))
+        return eval_result(self.to_host(values), total, [b.name for b in self.spec.blocks])
 
     # ------------------------------------------------------------------ probe
     def probe_batch(self):
@@ -220,79 +162,117 @@ class Trainer:
             self._probe_batch = (x[idx], y[idx])
         return self._probe_batch
 
-    def rule_gradients(self, variant: str, x, y) -> list[dict]:
-        """Each layer's gradients under ``variant`` on (x, y): no dropout, nothing updated."""
-        grads: dict = {}
-
-        def record(i, g):
-            grads[i] = {k: v.copy() for k, v in g.items()}
-
-        train_step(self.net, variant, self.cfg.beta, x, y, [None] * len(self.net.spec.blocks), record)
-        return [grads[i] for i in range(len(self.net.spec.blocks))] + [grads[-1]]
-
     def probe(self) -> dict:
-        """How backprop-like is the rule? The angle between each block's weight gradient under the
-        rule and the true backprop gradient of the output loss, on the probe batch; plus S(h)."""
-        xp = self.xp
+        """The angle of each block's update to backprop's, and S(h), on the probe batch (:func:`probe`)."""
         x, y = self.probe_batch()
-        ours = self.rule_gradients(self.cfg.variant, x, y)
-        true = self.rule_gradients("glob", x, y)
-        values = {}
-        for i, spec in enumerate(self.net.spec.blocks):
-            values[spec.name] = angle_degrees(xp, ours[i]["W"], true[i]["W"])
-        sims = {}
-        h = x
-        for i, spec in enumerate(self.net.spec.blocks):
-            hi, h, _, _ = block_forward(h, self.net.params[i], self.net.running[i], spec, False, None,
-                                        self.net.slope)
-            sims[spec.name], _ = ops.similarity_forward(hi)
-        names = list(values)
-        angles = self.backend.to_host(xp.stack([xp.asarray(values[n], dtype=xp.float64) for n in names]))
-        Y = one_hot(y, self.net.spec.num_classes, x.dtype)
-        target, _ = ops.similarity_forward(Y)
-        return {
-            "layers": {n: {"bp_angle": float(a)} for n, a in zip(names, angles)},
-            "similarity": {n: self.backend.to_host(s) for n, s in sims.items()},
-            "target_similarity": self.backend.to_host(target),
-            "labels": self.backend.to_host(y),
-        }
+        return probe(self.net, self.cfg, self.backend, x, y)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Everything needed to continue: parameters, fixed matrices, BN statistics, optimizer
-        states, and the number of completed epochs (random streams are keyed by epoch)."""
-        to_host = self.backend.to_host
+        """Everything needed to continue: every stage's arrays keyed by block name (parameters, fixed
+        matrices, BN statistics, optimizer states) and the number of completed epochs (random streams
+        are keyed by epoch)."""
         out: dict[str, np.ndarray] = {"epoch": np.asarray(self.epoch)}
-        for i in range(len(self.net.params)):
-            for group, d in (("params", self.net.params[i]), ("fixed", self.net.fixed[i]),
-                             ("running", self.net.running[i])):
-                for k, v in d.items():
-                    out[f"{group}/{i}/{k}"] = to_host(v)
-            for k, st in self.opt_state[i].items():
-                for sk, sv in st.items():
-                    out[f"opt/{i}/{k}/{sk}"] = np.asarray(sv) if np.isscalar(sv) else to_host(sv)
-        for k, v in self.net.out.items():
-            out[f"out/{k}"] = to_host(v)
-        for k, st in self.opt_state_out.items():
-            for sk, sv in st.items():
-                out[f"opt/out/{k}/{sk}"] = np.asarray(sv) if np.isscalar(sv) else to_host(sv)
+        for stage in self.stages:
+            out.update(stage.state_dict())
         return out
 
+    def expected_state(self) -> dict[str, tuple[tuple, str]]:
+        """Name -> (shape, dtype) of every array of the state dict."""
+        return {k: (v.shape, str(v.dtype)) for k, v in self.state_dict().items()}
+
     def load_state_dict(self, state: dict) -> None:
-        dev = self.backend.asarray
-        expected = set(self.state_dict())
-        if set(state) != expected:
-            missing = sorted(expected - set(state))[:3]
-            raise ValueError(f"the checkpoint does not match this network (e.g. {missing} missing)")
-        for key, value in state.items():
-            parts = key.split("/")
-            if parts[0] == "epoch":
-                self.epoch = int(value)
-            elif parts[0] in ("params", "fixed", "running"):
-                group = {"params": self.net.params, "fixed": self.net.fixed, "running": self.net.running}[parts[0]]
-                group[int(parts[1])][parts[2]] = dev(value)
-            elif parts[0] == "out":
-                self.net.out[parts[1]] = dev(value)
-            elif parts[0] == "opt":
-                st = (self.opt_state_out if parts[1] == "out" else self.opt_state[int(parts[1])])[parts[2]]
-                st[parts[3]] = value.item() if value.ndim == 0 else dev(value)
+        """Continue from ``state`` (a checkpoint of this network, any split); ValueError names a mismatch."""
+        problem = describe_mismatch(state, self.expected_state())
+        if problem:
+            raise ValueError(f"the checkpoint does not fit this network: {problem}")
+        for stage in self.stages:
+            stage.load_state_dict(state)
+        self.epoch = int(state["epoch"])
+
+
+# ---------------------------------------------------------------------- shared with the pipeline
+def values_to_host(backend: Backend, values: dict) -> dict:
+    """Device values (0-d arrays or numbers) -> host floats, in one transfer."""
+    xp = backend.xp
+    keys = list(values)
+    if not keys:
+        return {}
+    arr = backend.to_host(xp.stack([xp.asarray(values[k], dtype=xp.float64) for k in keys]))
+    return dict(zip(keys, arr.tolist()))
+
+
+def _layer_stats(host: dict, total: int, names: Sequence[str]) -> dict:
+    layers: dict = {}
+    for name in names:
+        s = {}
+        for key in ("loss_pred", "loss_sim"):
+            if (name, key) in host:
+                s[key] = host[(name, key)] / total
+        if (name, "correct_pred") in host:
+            s["error_pred"] = 100.0 * (1.0 - host[(name, "correct_pred")] / total)
+        for key in ("weight_norm", "update_norm", "fa_angle"):
+            if (name, key) in host:
+                s[key] = host[(name, key)]
+        layers[name] = s
+    layers["out"] = {}
+    return layers
+
+
+def epoch_result(epoch: int, lr: float, host: dict, total: int, seconds: float, names: Sequence[str]) -> dict:
+    """A training epoch's record, as the log takes it."""
+    return {"epoch": epoch, "lr": lr, "train_loss": host["loss"] / total,
+            "train_error": 100.0 * (1.0 - host["correct"] / total), "seconds": seconds,
+            "layers": _layer_stats(host, total, names)}
+
+
+def eval_result(host: dict, total: int, names: Sequence[str]) -> dict:
+    return {"test_loss": host["loss"] / total, "test_error": 100.0 * (1.0 - host["correct"] / total),
+            "layers": _layer_stats(host, total, names)}
+
+
+def check_finite(result: dict) -> None:
+    """Raise :class:`Diverged` when an epoch's output or local loss is NaN or infinite."""
+    for name, s in result["layers"].items():
+        for key in ("loss_pred", "loss_sim"):
+            if key in s and not math.isfinite(s[key]):
+                raise Diverged(result["epoch"], f"{name} local {key[5:]}", s[key])
+    if not math.isfinite(result["train_loss"]):
+        raise Diverged(result["epoch"], "output", result["train_loss"])
+
+
+def rule_gradients(net: Blocks, variant: str, beta: float, x, y) -> list[dict]:
+    """Each layer's gradients under ``variant`` on (x, y): no dropout, nothing updated."""
+    grads: dict = {}
+
+    def record(i, g):
+        grads[i] = {k: v.copy() for k, v in g.items()}
+
+    train_step(net, variant, beta, x, y, [None] * len(net.specs), record)
+    return [grads[i] for i in range(len(net.specs))] + [grads[-1]]
+
+
+def probe(net: Blocks, cfg, backend: Backend, x, y) -> dict:
+    """How backprop-like is the rule? The angle between each block's weight gradient under the rule
+    and the true backprop gradient of the output loss, on the probe batch; plus S(h) of each block."""
+    xp = backend.xp
+    ours = rule_gradients(net, cfg.variant, cfg.beta, x, y)
+    true = rule_gradients(net, REFERENCE_RULE, cfg.beta, x, y)
+    values = {}
+    for i, spec in enumerate(net.specs):
+        values[spec.name] = angle_degrees(xp, ours[i]["W"], true[i]["W"])
+    sims = {}
+    h = x
+    for i, spec in enumerate(net.specs):
+        hi, h, _, _ = block_forward(h, net.params[i], net.running[i], spec, False, None, net.slope)
+        sims[spec.name], _ = ops.similarity_forward(hi)
+    names = list(values)
+    angles = backend.to_host(xp.stack([xp.asarray(values[n], dtype=xp.float64) for n in names]))
+    Y = one_hot(y, net.num_classes, x.dtype)
+    target, _ = ops.similarity_forward(Y)
+    return {
+        "layers": {n: {"bp_angle": float(a)} for n, a in zip(names, angles)},
+        "similarity": {n: backend.to_host(s) for n, s in sims.items()},
+        "target_similarity": backend.to_host(target),
+        "labels": backend.to_host(y),
+    }

@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import stat
 import subprocess
 import sys
 
@@ -18,15 +19,20 @@ TINY = ["--num-layers", "1", "--num-hidden", "32", "--epochs", "2", "--device", 
 
 
 def listing(root) -> dict[str, str]:
-    """Every file and directory under root, with a hash of each file's bytes."""
+    """Every file and folder under root, with a hash of each regular file's bytes (and the kind of anything else)."""
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for d in dirnames:
             out[os.path.relpath(os.path.join(dirpath, d), root) + "/"] = ""
         for f in filenames:
             p = os.path.join(dirpath, f)
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, root)] = hashlib.sha256(fh.read()).hexdigest()
+            st = os.lstat(p)
+            if stat.S_ISREG(st.st_mode):
+                with open(p, "rb") as fh:
+                    out[os.path.relpath(p, root)] = hashlib.sha256(fh.read()).hexdigest()
+            else:  # a FIFO, a device, a link: its kind and target (never opened: a FIFO would block)
+                target = os.readlink(p) if stat.S_ISLNK(st.st_mode) else ""
+                out[os.path.relpath(p, root)] = f"{stat.S_IFMT(st.st_mode)}:{st.st_rdev}:{target}"
     return out
 
 
@@ -102,8 +108,8 @@ def test_unwritable_out_is_refused_before_training(work, capsys):
     blocker = work / "cwd" / "afile"
     blocker.write_text("x")
     assert_refused(["--variant", "pred", *TINY, "--out", str(blocker / "sub" / "run.h5")], work, capsys,
-                   "not a directory")
-    assert_refused(["--variant", "pred", *TINY, "--out", str(work / "cwd")], work, capsys, "is a directory")
+                   "not a folder")
+    assert_refused(["--variant", "pred", *TINY, "--out", str(work / "cwd")], work, capsys, "is a folder")
 
 
 def test_missing_data_is_one_sentence(work, capsys, monkeypatch):
@@ -189,14 +195,14 @@ def test_help_and_list_recipes(capsys):
 
 
 def test_default_out_names_never_collide(work):
-    from bioplaus.cli import _default_out
+    from bioplaus.runner import default_out
 
     cfg = Config(variant="predsim-bpf").resolve()
-    first = _default_out(cfg)
+    first = default_out(cfg)
     assert first.startswith(os.path.join("runs", "predsim-bpf-mlp-fashion-mnist-mini-")) and first.endswith(".h5")
     os.makedirs("runs")
     open(first, "wb").close()
-    second = _default_out(cfg)
+    second = default_out(cfg)
     assert second != first  # same second: "-2" is appended; a later second: a new stamp
     assert not os.path.exists(second)
     np.testing.assert_equal(sorted(os.listdir("runs")), [os.path.basename(first)])
@@ -239,12 +245,12 @@ class FakeTrainer:
 
 @pytest.mark.parametrize("diverge_at", [None, 2])
 def test_training_loop_output_and_divergence(work, capsys, monkeypatch, diverge_at):
-    from bioplaus import cli
+    from bioplaus import runner
     from bioplaus.checkpoint import load_checkpoint
     from bioplaus.log import read_run
 
-    monkeypatch.setattr(cli, "_load_data", lambda cfg: None)
-    monkeypatch.setattr(cli, "_make_trainer", lambda cfg, backend, data: FakeTrainer(diverge_at))
+    monkeypatch.setattr(runner, "load_data", lambda cfg: None)
+    monkeypatch.setattr(runner, "make_trainer", lambda cfg, backend, data, stages=None: FakeTrainer(diverge_at))
     rc = main(["--variant", "pred", "--epochs", "3", "--device", "cpu", "--out", "o/run.h5"])
     captured = capsys.readouterr()
     run = read_run("o/run.h5")

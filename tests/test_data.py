@@ -293,10 +293,11 @@ def test_search_order_data_dir_env_cache_system(clean_env, monkeypatch):
 
 def test_missing_files_without_download_say_where_to_put_them(clean_env):
     spec = tiny_spec("fashion-mnist", name="fashion-mnist")
+    (clean_env / "empty").mkdir()
     with pytest.raises(DataError) as err:
-        locate_files(spec, data_dir=clean_env / "nowhere", download=False, system_dirs=())
+        locate_files(spec, data_dir=clean_env / "empty", download=False, system_dirs=())
     msg = str(err.value)
-    assert str(clean_env / "nowhere") in msg and str(clean_env / "cache" / "bioplaus") in msg
+    assert str(clean_env / "empty") in msg and str(clean_env / "cache" / "bioplaus") in msg
     assert "apt-get install dataset-fashion-mnist" in msg and "train-images-idx3-ubyte.gz" in msg
     assert "\n" not in msg
 

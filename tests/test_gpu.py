@@ -16,10 +16,9 @@ import pytest
 
 from bioplaus import ops
 from bioplaus.backend import NUMPY, get_backend, gpu_available
-from bioplaus.blocks import init_network
 from bioplaus.config import VARIANTS, Config
 from bioplaus.models import build_spec
-from bioplaus.rules import evaluate_batch, train_step
+from bioplaus.rules import evaluate_batch, init_network, train_step
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA device")]
 
@@ -54,7 +53,7 @@ def _step(backend, variant, kind):
     x, y = _batch()
     masks = [None if m is None else backend.asarray(m) for m in _host_masks(cfg, spec)]
     grads = {}
-    _running, loss, correct, stats = train_step(net, variant, cfg.beta, backend.asarray(x), backend.asarray(y),
+    _out, _running, loss, correct, stats = train_step(net, variant, cfg.beta, backend.asarray(x), backend.asarray(y),
                                                 masks, lambda i, g: grads.__setitem__(i, dict(g)))
     return grads, loss, correct, stats
 
@@ -96,8 +95,8 @@ def test_evaluation_agrees_with_numpy(variant, kind):
         net = init_network(build_spec(cfg, (1, 28, 28), 10), cfg, backend)
         x, y = (backend.asarray(a) for a in _batch())
         for _ in range(2):
-            net.running, *_ = train_step(net, variant, cfg.beta, x, y, [None] * len(net.spec.blocks), lambda i, g: None)
-        loss, correct, stats = evaluate_batch(net, variant, x * 0.5, y)
+            net.running = train_step(net, variant, cfg.beta, x, y, [None] * len(net.specs), lambda i, g: None).running
+        _out, _running, loss, correct, stats = evaluate_batch(net, variant, x * 0.5, y)
         results.append((float(loss), int(correct), [{k: float(v) for k, v in s.items()} for s in stats]))
     (gl, gc, gs), (cl, cc, cs) = results
     assert abs(gl - cl) < 1e-4 * max(1.0, abs(cl)) and gc == cc
@@ -131,7 +130,7 @@ def test_no_host_transfer_inside_a_training_step(monkeypatch, kind):
     for name in ("get", "item", "tolist", "__float__", "__int__", "__bool__"):
         monkeypatch.setattr(cupy.ndarray, name, spy(name, getattr(cupy.ndarray, name)))
     for _ in range(3):
-        _running, loss, _correct, _stats = train_step(net, cfg.variant, cfg.beta, x, y, masks, lambda i, g: None)
+        loss = train_step(net, cfg.variant, cfg.beta, x, y, masks, lambda i, g: None).loss
     assert transfers == [], transfers
     assert isinstance(loss, cupy.ndarray)
 

@@ -126,4 +126,5 @@ def test_a_log_being_written_cannot_be_resumed_or_overwritten(tmp_path):
     done = resume(out)
     assert done.returncode == 0, done.stderr
     assert read_run(out).status == "completed"
-    assert not os.path.exists(out + ".lock")  # a run that ends removes its lock file
+    # the lock file stays (never unlinked: two writers would otherwise be possible), holding our mark only
+    assert Path(out + ".lock").read_bytes() == b"bioplaus run lock\n"

@@ -64,7 +64,8 @@ def test_first_loss_is_about_ln_classes(small_data):
     cfg = Config(variant="predsim", **SETUPS["mlp"]).resolve()
     trainer = Trainer(cfg, NUMPY, small_data)
     x, y = next(iter(TrainBatches(small_data, NUMPY, 128, 1).epoch(1)))
-    _, loss, _, stats = train_step(trainer.net, cfg.variant, cfg.beta, x, y, [None, None], lambda i, g: None)
+    step = train_step(trainer.net, cfg.variant, cfg.beta, x, y, [None, None], lambda i, g: None)
+    loss, stats = step.loss, step.block_stats
     assert abs(float(loss) - math.log(10)) < 0.05
     assert abs(float(stats[0]["loss_pred"]) - math.log(10)) < 0.2  # zero decoder weights, small random bias
 

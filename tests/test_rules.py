@@ -17,10 +17,10 @@ import pytest
 
 from bioplaus import ops
 from bioplaus.backend import NUMPY
-from bioplaus.blocks import block_forward, init_network, output_layer_forward
+from bioplaus.blocks import block_forward, output_layer_forward
 from bioplaus.config import Config
 from bioplaus.models import BlockSpec, NetSpec
-from bioplaus.rules import RULES, local_error, loss_weights, one_hot, train_step
+from bioplaus.rules import RULES, init_network, local_error, loss_weights, one_hot, train_step
 from tests.helpers import numerical_grad, rel_error
 
 LOCAL = ["pred", "sim", "predsim", "pred-bpf", "sim-bpf", "predsim-bpf"]
@@ -57,14 +57,14 @@ def make_net(variant: str, kind: str, seed: int = 0):
             v[...] = rng.normal(size=v.shape) * (0.5 if k.startswith(("dec", "sim")) else 0.4)
     for k, v in net.out.items():
         v[...] = rng.normal(size=v.shape) * 0.4
-    x = rng.normal(size=(6, *net.spec.input_shape))
+    x = rng.normal(size=(6, *tiny_spec(kind).input_shape))
     y = np.array([0, 1, 2, 0, 1, 1])
     return cfg, net, x, y
 
 
 def record_step(net, cfg, x, y, variant=None):
     grads = {}
-    train_step(net, variant or cfg.variant, cfg.beta, x, y, [None] * len(net.spec.blocks),
+    train_step(net, variant or cfg.variant, cfg.beta, x, y, [None] * len(net.specs),
                lambda i, g: grads.__setitem__(i, {k: v.copy() for k, v in g.items()}))
     return grads
 
@@ -72,30 +72,30 @@ def record_step(net, cfg, x, y, variant=None):
 def block_inputs(net, x):
     """Each block's input under the current weights (train-mode BN, no dropout)."""
     inputs, h_out = [], x
-    for i, spec in enumerate(net.spec.blocks):
+    for i, spec in enumerate(net.specs):
         inputs.append(h_out)
         _, h_out, _, _ = block_forward(h_out, net.params[i], net.running[i], spec, True, None, net.slope)
     return inputs, h_out
 
 
 def local_loss(net, cfg, i, x_i, y):
-    spec = net.spec.blocks[i]
+    spec = net.specs[i]
     h, _, _, _ = block_forward(x_i, net.params[i], net.running[i], spec, True, None, net.slope)
     w_pred, w_sim, _ = loss_weights(cfg.variant, cfg.beta)
     Y = one_hot(y, K, h.dtype)
-    _, _, stats = local_error(RULES[cfg.variant], h, y, Y, net.params[i], net.fixed[i], spec, w_pred, w_sim,
-                              backward=False)
+    _, _, stats = local_error(RULES[cfg.variant], h, y, Y, net.params[i], net.fixed[i], spec,
+                              {"pred": w_pred, "sim": w_sim}, backward=False)
     return w_pred * stats.get("loss_pred", 0.0) + w_sim * stats.get("loss_sim", 0.0)
 
 
 def global_loss(net, x, y, with_sim=False):
     cfg = Config(variant="glob+sim").resolve()
     total, h_out = 0.0, x
-    for i, spec in enumerate(net.spec.blocks):
+    for i, spec in enumerate(net.specs):
         h, h_out, _, _ = block_forward(h_out, net.params[i], net.running[i], spec, True, None, net.slope)
         if with_sim:
             _, _, st = local_error(RULES[cfg.variant], h, y, one_hot(y, K, h.dtype), net.params[i],
-                                   net.fixed[i], spec, 1.0, 1.0, backward=False)
+                                   net.fixed[i], spec, {"sim": 1.0}, backward=False)
             total += st["loss_sim"]
     logits, _ = output_layer_forward(h_out, net.out)
     return total + ops.softmax_cross_entropy(logits, y)[0]
@@ -151,10 +151,10 @@ def test_feedback_alignment_with_B_equal_to_the_decoder_is_backprop(variant, kin
 def test_feedback_alignment_error_is_the_fa_formula(kind):
     _, net, x, y = make_net("pred-bpf", kind)
     inputs, _ = block_inputs(net, x)
-    for i, spec in enumerate(net.spec.blocks):
+    for i, spec in enumerate(net.specs):
         p, f = net.params[i], net.fixed[i]
         h, _, _, _ = block_forward(inputs[i], p, net.running[i], spec, True, None, net.slope)
-        dh, grads, _ = local_error(RULES["pred-bpf"], h, y, one_hot(y, K, h.dtype), p, f, spec, 1.0, 1.0)
+        dh, grads, _ = local_error(RULES["pred-bpf"], h, y, one_hot(y, K, h.dtype), p, f, spec, {"pred": 1.0})
         # independent formula: pooled h -> logits; δ = (σ(logits) - t) / (N T); δh = pool^T(δ B)
         pooled, pc = (ops.avgpool2d_forward(h, spec.dec_window, spec.dec_pad) if spec.kind == "conv"
                       else (h, None))
@@ -231,8 +231,7 @@ def test_fixed_matrices_are_not_parameters_and_stay_bit_identical():
             opt.step((net.out if i < 0 else net.params[i])[k], g, (out_state if i < 0 else states[i])[k], 1e-2)
 
     for _ in range(5):
-        running, *_ = train_step(net, cfg.variant, cfg.beta, x, y, [None] * 3, update)
-        net.running = running
+        net.running = train_step(net, cfg.variant, cfg.beta, x, y, [None] * 3, update).running
     assert not np.array_equal(net.params[0]["W"], w_before)
     for f, g in zip(net.fixed, fixed_before):
         for k in g:
@@ -266,7 +265,7 @@ def test_initialisation_as_the_authors():
 def make_masks(net, n, p=0.3, seed=7):
     rng = np.random.default_rng(seed)
     masks = []
-    for spec in net.spec.blocks:
+    for spec in net.specs:
         shape = (n, spec.c_out, spec.size, spec.size) if spec.kind == "conv" else (n, spec.c_out)
         masks.append(ops.dropout_mask(rng, shape, p, np.float64, channelwise=spec.kind == "conv"))
     return masks
@@ -281,7 +280,7 @@ def test_glob_with_fixed_dropout_masks_follows_the_gradient():
 
     def loss():
         h_out = x
-        for i, spec in enumerate(net.spec.blocks):
+        for i, spec in enumerate(net.specs):
             _, h_out, _, _ = block_forward(h_out, net.params[i], net.running[i], spec, True, masks[i], net.slope)
         return ops.softmax_cross_entropy(output_layer_forward(h_out, net.out)[0], y)[0]
 
@@ -293,7 +292,7 @@ def test_glob_with_fixed_dropout_masks_follows_the_gradient():
 def test_block_output_is_pool_of_dropout():
     """o = maxpool(dropout(h)) whatever order the block computes it in (DESIGN §1)."""
     _, net, x, _ = make_net("glob", "conv")
-    spec = net.spec.blocks[0]
+    spec = net.specs[0]
     assert spec.pool_after
     mask = make_masks(net, len(x), p=0.5)[0]
     h, o, _, _ = block_forward(x, net.params[0], net.running[0], spec, True, mask, net.slope)
@@ -337,14 +336,15 @@ def test_a_float32_step_stays_float32(variant, kind, monkeypatch):
 
         monkeypatch.setattr(ops, name, spy)
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(6, *net.spec.input_shape)).astype(np.float32)
+    x = rng.normal(size=(6, *tiny_spec(kind).input_shape)).astype(np.float32)
     y = np.array([0, 1, 2, 0, 1, 1])
     masks = []
-    for i, b in enumerate(net.spec.blocks):
+    for i, b in enumerate(net.specs):
         shape = (6, b.c_out, b.size, b.size) if b.kind == "conv" else (6, b.c_out)
         masks.append(ops.dropout_mask(backend.rng(0, "dropout", i), shape, 0.3, np.float32, channelwise=b.kind == "conv"))
     grads = []
-    _, loss, _, block_stats = train_step(net, variant, cfg.beta, x, y, masks, lambda i, g: grads.append(g))
+    step = train_step(net, variant, cfg.beta, x, y, masks, lambda i, g: grads.append(g))
+    loss, block_stats = step.loss, step.block_stats
     assert seen, "the spy saw no op"
     assert all(dtype == np.float32 for _, dtype in seen), sorted({n for n, d in seen if d != np.float32})
     assert grads and all(g.dtype == np.float32 for gs in grads for g in gs.values())

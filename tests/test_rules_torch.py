@@ -113,7 +113,7 @@ def torch_step(variant, beta, net, params, fixed, out, x, y):
     """The authors' step: fills every leaf's .grad, returns the output loss."""
     o, y = torch.tensor(x), torch.tensor(y)
     total = 0.0
-    for p, f, spec in zip(params, fixed, net.spec.blocks):
+    for p, f, spec in zip(params, fixed, net.specs):
         if variant in ("glob", "glob+sim"):
             h, o = block(o, p, spec, net.slope)
             if variant == "glob+sim":
@@ -130,7 +130,7 @@ def torch_step(variant, beta, net, params, fixed, out, x, y):
 
 # ----------------------------------------------------------------------------------------- tests
 def bioplaus_step(net, variant, beta, x, y, on_grads):
-    return train_step(net, variant, beta, x, y, [None] * len(net.spec.blocks), on_grads)[1]
+    return train_step(net, variant, beta, x, y, [None] * len(net.specs), on_grads).loss
 
 
 def assert_close(ours, theirs, what, tol=1e-10):

@@ -37,12 +37,26 @@ from dataclasses import dataclass
 import numpy as np
 
 from .dataset import Dataset
+from .registry import DataError
 
 EPOCH_STREAM = 0xDA7A
 
 
+def _whole(value, what: str, least: int) -> int:
+    """``value`` as an int >= ``least`` (a float must be whole, e.g. 3.0; bools are refused)."""
+    try:
+        whole = int(value)
+        ok = whole == value and whole >= least and not isinstance(value, (bool, np.bool_))
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise DataError(f"{what} must be a whole number >= {least}, not {value!r}")
+    return whole
+
+
 def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
     """The host generator that fixes epoch ``epoch``'s order and augmentation draws."""
+    seed, epoch = _whole(seed, "the seed", 0), _whole(epoch, "the epoch", 0)
     return np.random.default_rng(np.random.SeedSequence([int(seed), EPOCH_STREAM, int(epoch)]))
 
 
@@ -161,21 +175,16 @@ class TrainBatches:
         classes_per_batch: int = 0,
         classes_per_batch_until_epoch: int = 0,
     ) -> None:
-        if batch_size < 1 or cutout_length < 0 or classes_per_batch < 0:
-            raise ValueError(
-                f"need batch_size >= 1, cutout_length >= 0, classes_per_batch >= 0; got {batch_size}, "
-                f"{cutout_length}, {classes_per_batch}"
-            )
         spec = ds.spec
         self.spec = spec
         self.backend = backend
-        self.batch_size = int(batch_size)
-        self.seed = int(seed)
+        self.batch_size = _whole(batch_size, "batch_size", 1)
+        self.seed = _whole(seed, "the seed", 0)
         self.pad = int(spec.crop_padding) if augment else 0
         self.hflip = bool(spec.hflip) and augment
-        self.cutout_length = int(cutout_length)
-        self.classes_per_batch = int(classes_per_batch)
-        self.classes_per_batch_until_epoch = int(classes_per_batch_until_epoch)
+        self.cutout_length = _whole(cutout_length, "cutout_length", 0)
+        self.classes_per_batch = _whole(classes_per_batch, "classes_per_batch", 0)
+        self.classes_per_batch_until_epoch = _whole(classes_per_batch_until_epoch, "classes_per_batch_until_epoch", 0)
         self.num_samples = len(ds.y_train)
         self._labels = np.asarray(ds.y_train, np.int64)
         xp = backend.xp
@@ -245,6 +254,7 @@ class TrainBatches:
 
 def eval_batches(ds: Dataset, backend, batch_size: int, split: str = "test") -> Iterator[tuple]:
     """``(x, y)`` batches of a split in file order, normalised, without augmentation."""
+    batch_size = _whole(batch_size, "batch_size", 1)
     x_host, y_host = ds.split(split)
     xp = backend.xp
     x_all = backend.asarray(x_host)  # (N, C, H, W) uint8, uploaded once per call

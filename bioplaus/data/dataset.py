@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from . import formats
-from .fetch import SYSTEM_DATA_DIRS, locate_files
+from .fetch import DATA_DIR_ARG, SYSTEM_DATA_DIRS, check_folder, folder_name, locate_files, show
 from .registry import IDX_FILES, DataError, DatasetSpec, get_spec
 
 EMBEDDED_DIR = Path(__file__).parent / "embedded"
@@ -80,11 +80,24 @@ def load_dataset(
     """Find (or download) and read a dataset; see :mod:`bioplaus.data.fetch` for where it looks."""
     spec = name if isinstance(name, DatasetSpec) else get_spec(name)
     if spec.embedded:
+        # The embedded set always comes from the package, whatever data_dir says. A data_dir given
+        # with it is still checked, and refused when it is not a readable folder: the user typed it
+        # for this run, and a typo or a missing mount (`--data-dir /mnt/dat`) must not pass silently
+        # only because the default dataset happens not to need it; it would surface later, with
+        # another dataset, or never. BIOPLAUS_DATA, XDG_CACHE_HOME and the mirror, ambient settings
+        # made for the datasets that live on disk, are not consulted at all for this one.
+        if data_dir is not None:
+            check_folder(folder_name(data_dir, DATA_DIR_ARG), DATA_DIR_ARG)
         paths, source = embedded_files(spec.name), str(EMBEDDED_DIR / spec.name)
+        for path in paths.values():
+            if not path.is_file():
+                raise DataError(f"{spec.name}: the packaged file {show(path)} is missing; reinstall bioplaus")
     else:
         paths, source = locate_files(spec, data_dir, download, mirror=mirror, system_dirs=system_dirs)
     x_train, y_train, x_test, y_test = read_files(spec, paths)
     for split, x, expected in (("train", x_train, spec.num_train), ("test", x_test, spec.num_test)):
+        if len(x) == 0:
+            raise DataError(f"{source}: the {spec.name} {split} split holds no images")
         if tuple(x.shape[1:]) != tuple(spec.input_shape):
             raise DataError(f"{source}: {split} images have shape {x.shape[1:]}, expected {spec.input_shape}")
         if expected is not None and len(x) != expected:

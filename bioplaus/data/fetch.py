@@ -11,20 +11,34 @@ Folders are searched in this order; the first that holds every file of the datas
 
 A ``.gz`` file may also be present uncompressed (its name without ``.gz``).
 
+Bad settings are refused, never skipped: each one is checked when the search reaches it, and a
+problem is a :class:`DataError` with one sentence, raised before anything is written. A folder
+named by ``data_dir`` or ``BIOPLAUS_DATA`` must exist and be readable, and must not hold only
+part of a dataset (that is almost always a mistake, and skipping it would silently read another
+copy, e.g. the system one); ``XDG_CACHE_HOME`` must be an absolute path; ``HOME`` must be known
+when the cache is needed; the mirror must be an http(s)/ftp/file URL; a searched path where a
+data file is expected must be a regular file (a folder, a device or a pipe there is an error).
+
 Downloads go into the cache only, one file at a time: streamed into a temporary file in the
 same folder while hashing, checked against the published checksum, then moved into place with
-``os.replace``; a failed, partial or corrupt download is deleted, never cached. The base URL
-may be overridden (a mirror) with the ``mirror`` argument or ``BIOPLAUS_DATA_MIRROR``.
+``os.replace``; a failed, partial or corrupt download is deleted, never cached, and folders it
+created are removed again. The cache folder is checked for writing before the download starts,
+and nothing is created before the server has answered. The base URL may be overridden (a
+mirror) with the ``mirror`` argument or ``BIOPLAUS_DATA_MIRROR``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import http.client
 import os
+import stat
 import tempfile
+import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from .registry import DataError, DatasetSpec, FileSpec
@@ -32,26 +46,197 @@ from .registry import DataError, DatasetSpec, FileSpec
 SYSTEM_DATA_DIRS = ("/usr/share/datasets",)
 ENV_DATA = "BIOPLAUS_DATA"
 ENV_MIRROR = "BIOPLAUS_DATA_MIRROR"
+ENV_CACHE = "XDG_CACHE_HOME"
+DATA_DIR_ARG = "--data-dir"  # how the data_dir argument is named in messages (the CLI flag)
+MIRROR_SCHEMES = ("http", "https", "ftp", "file")
 _CHUNK = 1 << 20
 
 
+# --------------------------------------------------------------------------- describing paths
+def show(path) -> str:
+    """A path for a message: as given, shortened in the middle when very long."""
+    text = os.fsdecode(path) if isinstance(path, (str, bytes, os.PathLike)) else str(path)
+    text = text.encode("unicode_escape", "backslashreplace").decode("ascii") if not text.isprintable() else text
+    return text if len(text) <= 120 else f"{text[:56]}...{text[-56:]}"
+
+
+def why(exc: OSError) -> str:
+    """What an OSError from ``stat``/``open``/``mkdir`` means, as the end of a sentence."""
+    e = exc.errno
+    if e == errno.ENOENT:
+        return "does not exist"
+    if e == errno.ENOTDIR:
+        return "does not exist (a part of the path is a file, not a folder)"
+    if e == errno.ENAMETOOLONG:
+        return "has a name that is too long for the file system"
+    if e in (errno.EACCES, errno.EPERM):
+        return "cannot be used (permission denied)"
+    if e == errno.ELOOP:
+        return "is a loop of symbolic links"
+    if e == errno.EROFS:
+        return "is on a read-only file system"
+    return f"cannot be used ({exc.strerror or type(exc).__name__})"
+
+
+def kind(mode: int) -> str:
+    """'a folder', 'a file', 'a device', ... for a ``st_mode``."""
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISREG(mode):
+        return "a file"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISFIFO(mode):
+        return "a pipe"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a special file"
+
+
+# --------------------------------------------------------------------------- checking settings
+def folder_name(value, what: str) -> Path:
+    """``value`` (a user-given folder name) as a Path, after the checks that need no disk access."""
+    if not isinstance(value, (str, bytes, os.PathLike)):
+        raise DataError(f"the {what} folder must be given as a path, not {type(value).__name__} {value!r}")
+    try:
+        text = os.fsdecode(value)
+    except (TypeError, UnicodeError) as exc:
+        raise DataError(f"the {what} folder name is not usable ({exc})") from None
+    if not text.strip():
+        raise DataError(f"the {what} folder name is empty; give a folder")
+    if "\0" in text:
+        raise DataError(f"the {what} folder name {show(text)} contains a NUL character")
+    if text.startswith("~"):
+        expanded = os.path.expanduser(text)
+        if expanded.startswith("~"):
+            raise DataError(
+                f"the {what} folder {show(text)} starts with ~ but that home folder is unknown; give a full path"
+            )
+        text = expanded
+    return Path(text)
+
+
+def check_folder(path: Path, what: str) -> None:
+    """Refuse ``path`` unless it is an existing, readable folder."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise DataError(f"the {what} folder {show(path)} {why(exc)}") from None
+    except ValueError as exc:  # e.g. a name the OS cannot represent
+        raise DataError(f"the {what} folder name {show(path)} is not usable ({exc})") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise DataError(f"the {what} folder {show(path)} is {kind(st.st_mode)}, not a folder")
+    try:
+        with os.scandir(path) as entries:
+            next(entries, None)
+    except OSError as exc:
+        raise DataError(
+            f"the {what} folder {show(path)} cannot be read ({exc.strerror or type(exc).__name__})"
+        ) from None
+
+
+class _HomeUnknown(DataError):
+    """The home folder (hence the default cache) cannot be determined."""
+
+
+def home_dir() -> Path:
+    """The user's home folder, refusing an unknown or relative one (never ``~`` literally)."""
+    home = os.environ.get("HOME")
+    if home is None:
+        try:
+            import pwd
+
+            home = pwd.getpwuid(os.getuid()).pw_dir
+        except (ImportError, KeyError, OSError):
+            home = None
+    if not home:
+        raise _HomeUnknown("the home folder is unknown (HOME is not set), so there is no ~/.cache")
+    if not os.path.isabs(home):
+        raise _HomeUnknown(f"HOME is the relative path {show(home)}, so there is no usable ~/.cache")
+    return Path(home)
+
+
 def cache_dir() -> Path:
-    """The per-user cache root: ``$XDG_CACHE_HOME/bioplaus`` or ``~/.cache/bioplaus``."""
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "bioplaus"
+    """The per-user cache root: ``$XDG_CACHE_HOME/bioplaus`` or ``~/.cache/bioplaus``.
+
+    An empty ``XDG_CACHE_HOME`` counts as unset; a relative one is refused (the XDG spec calls it
+    invalid, and using it would put downloads under whatever the current folder happens to be).
+    """
+    xdg = os.environ.get(ENV_CACHE)
+    if xdg:
+        root = folder_name(xdg, ENV_CACHE)
+        if not root.is_absolute():
+            raise DataError(
+                f"{ENV_CACHE} is the relative path {show(xdg)}; it must be absolute (or unset, for ~/.cache)"
+            )
+        return root / "bioplaus"
+    return home_dir() / ".cache" / "bioplaus"
+
+
+def check_mirror(url, what: str) -> str:
+    """``url`` if it can serve as a mirror base URL (http, https, ftp or file), else DataError."""
+    hint = "give one like https://host/path/ or file:///folder/"
+    if not isinstance(url, str):
+        raise DataError(f"{what} must be a URL string, not {type(url).__name__}; {hint}")
+    bad = f"{what} {url!r} is not a usable mirror URL"
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise DataError(f"{bad} (it contains spaces or control characters); {hint}")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError on a bad port)
+    except ValueError as exc:
+        raise DataError(f"{bad} ({exc}); {hint}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in MIRROR_SCHEMES:
+        raise DataError(f"{bad} (scheme {parts.scheme or 'missing'}, not one of {', '.join(MIRROR_SCHEMES)}); {hint}")
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            raise DataError(f"{bad} (a file URL needs an absolute path, file:///folder/); {hint}")
+    elif not parts.hostname:
+        raise DataError(f"{bad} (no host name); {hint}")
+    if parts.query or parts.fragment:
+        raise DataError(f"{bad} (file names are appended to it, so it cannot have a ? query or # fragment); {hint}")
+    return url
+
+
+def _as_dirs(system_dirs) -> tuple:
+    if system_dirs is None:
+        return ()
+    if isinstance(system_dirs, (str, bytes, os.PathLike)):  # one folder, not its characters
+        return (system_dirs,)
+    return tuple(system_dirs)
+
+
+# --------------------------------------------------------------------------- the search
+def _user_roots(spec: DatasetSpec, data_dir) -> Iterator[tuple[str, Path, list[Path]]]:
+    """``(setting, root, folders)`` for ``--data-dir`` then ``BIOPLAUS_DATA``, each read when reached."""
+    for value, what in ((data_dir, DATA_DIR_ARG), (os.environ.get(ENV_DATA) or None, ENV_DATA)):
+        if value is not None:
+            root = folder_name(value, what)
+            yield what, root, [root / spec.name, root] + [root / alias for alias in spec.folder_aliases]
+
+
+def _cache_folder(spec: DatasetSpec) -> tuple[Path | None, DataError | None]:
+    """``(cache folder of spec, None)``, or ``(None, why)`` when HOME is unknown (a bad
+    ``XDG_CACHE_HOME`` is raised). Without a home the cache is not searched, and only a download,
+    which needs it, is refused: data found elsewhere (a system folder) still loads."""
+    try:
+        return cache_dir() / spec.name, None
+    except _HomeUnknown as exc:
+        return None, exc
+
+
+def _system_folders(spec: DatasetSpec, system_dirs) -> list[Path]:
+    return [folder_name(d, "system data") / spec.name for d in _as_dirs(system_dirs)]
 
 
 def search_dirs(
     spec: DatasetSpec, data_dir: str | os.PathLike | None = None, system_dirs=SYSTEM_DATA_DIRS
 ) -> list[Path]:
-    """The folders searched for ``spec``'s files, in order."""
-    dirs: list[Path] = []
-    for root in (data_dir, os.environ.get(ENV_DATA) or None):
-        if root is not None:
-            root = Path(root).expanduser()
-            dirs += [root / spec.name, root] + [root / alias for alias in spec.folder_aliases]
-    dirs.append(cache_dir() / spec.name)
-    dirs += [Path(d) / spec.name for d in system_dirs]
+    """The folders searched for ``spec``'s files, in order (no disk access; bad settings: DataError)."""
+    dirs = [d for _, _, folders in _user_roots(spec, data_dir) for d in folders]
+    cache, _ = _cache_folder(spec)
+    dirs += ([cache] if cache is not None else []) + _system_folders(spec, system_dirs)
     unique: list[Path] = []
     for d in dirs:
         if d not in unique:
@@ -66,23 +251,76 @@ def _candidates(folder: Path, file: FileSpec) -> list[Path]:
     return [folder / n for n in names]
 
 
-def find_in(folder: Path, spec: DatasetSpec) -> dict[str, Path] | None:
-    """``{filename: path}`` when ``folder`` holds every file of ``spec``, else None."""
+def probe(path: Path, dataset: str = "") -> bool:
+    """True for a regular file, False when nothing is there; DataError for anything else."""
+    head = f"{dataset}: " if dataset else ""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        if os.path.islink(path):
+            raise DataError(f"{head}{show(path)} is a broken symbolic link where a data file was expected") from None
+        return False
+    except OSError as exc:
+        raise DataError(f"{head}{show(path)} {why(exc)}") from None
+    except ValueError as exc:
+        raise DataError(f"{head}{show(path)} is not a usable file name ({exc})") from None
+    if stat.S_ISREG(st.st_mode):
+        return True
+    raise DataError(f"{head}{show(path)} is {kind(st.st_mode)} where a data file was expected; remove or rename it")
+
+
+def _scan(folder: Path, spec: DatasetSpec) -> dict[str, Path]:
+    """``{filename: path}`` of the files of ``spec`` that ``folder`` holds (maybe only some)."""
     found = {}
     for file in spec.files:
-        hit = next((p for p in _candidates(folder, file) if p.is_file()), None)
-        if hit is None:
-            return None
-        found[file.filename] = hit
+        hit = next((p for p in _candidates(folder, file) if probe(p, spec.name)), None)
+        if hit is not None:
+            found[file.filename] = hit
     return found
+
+
+def find_in(folder: Path, spec: DatasetSpec) -> dict[str, Path] | None:
+    """``{filename: path}`` when ``folder`` holds every file of ``spec``, else None."""
+    found = _scan(folder, spec)
+    return found if len(found) == len(spec.files) else None
 
 
 def file_digest(path: str | os.PathLike, algorithm: str) -> str:
     h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(_CHUNK), b""):
-            h.update(block)
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(_CHUNK), b""):
+                h.update(block)
+    except OSError as exc:
+        raise DataError(f"{show(path)} cannot be read ({exc.strerror or type(exc).__name__})") from None
     return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- downloading
+def _make_folders(folder: Path) -> list[Path]:
+    """Create ``folder`` and missing parents; return those created, innermost first."""
+    missing = []
+    d = folder
+    while not os.path.lexists(d):
+        missing.append(d)
+        if d.parent == d:
+            break
+        d = d.parent
+    created: list[Path] = []
+    try:
+        for d in reversed(missing):
+            os.mkdir(d)
+            created.insert(0, d)
+    except OSError:
+        _remove_folders(created)
+        raise
+    return created
+
+
+def _remove_folders(folders: list[Path]) -> None:
+    for d in folders:  # innermost first; only empty ones go
+        with contextlib.suppress(OSError):
+            os.rmdir(d)
 
 
 def download_file(
@@ -96,20 +334,30 @@ def download_file(
 ) -> Path:
     """Download ``url`` to ``dest`` atomically, checking its checksum; return ``dest``.
 
-    Nothing is left at ``dest`` (nor a temporary file) unless the whole file arrived and its
-    ``algorithm`` digest equals ``digest``.
+    Nothing is left at ``dest`` (nor a temporary file, nor a folder this call created) unless the
+    whole file arrived and its ``algorithm`` digest equals ``digest``. Nothing at all is created
+    before the server has answered.
     """
     from tqdm.auto import tqdm
 
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    h = hashlib.new(algorithm)
+    created: list[Path] = []
+    tmp = None
+    ok = False
     try:
-        with os.fdopen(fd, "wb") as out:
-            with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            try:
+                created = _make_folders(dest.parent)
+                fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+            except OSError as exc:
+                raise DataError(
+                    f"{dest.name}: cannot write into {show(dest.parent)} "
+                    f"({exc.strerror or type(exc).__name__}); nothing was cached"
+                ) from None
+            h = hashlib.new(algorithm)
+            with os.fdopen(fd, "wb") as out:
                 total = response.headers.get("Content-Length")
-                total = int(total) if total is not None else None
+                total = int(total) if total is not None and total.strip().isdigit() else None
                 received = 0
                 with tqdm(
                     total=total,
@@ -128,12 +376,13 @@ def download_file(
                         h.update(block)
                         received += len(block)
                         bar.update(len(block))
-            if total is not None and received != total:
-                raise DataError(
-                    f"{dest.name}: download from {url} stopped after {received} of {total} bytes; nothing was cached"
-                )
-            out.flush()
-            os.fsync(out.fileno())
+                if total is not None and received != total:
+                    raise DataError(
+                        f"{dest.name}: download from {url} stopped after {received} of {total} bytes; "
+                        "nothing was cached"
+                    )
+                out.flush()
+                os.fsync(out.fileno())
         got = h.hexdigest()
         if got != digest.lower():
             raise DataError(
@@ -141,6 +390,7 @@ def download_file(
                 f"expected {digest}); nothing was cached"
             )
         os.replace(tmp, dest)
+        ok = True
         return dest
     except DataError:
         raise
@@ -149,16 +399,45 @@ def download_file(
             f"{dest.name}: download from {url} failed ({type(exc).__name__}: {exc}); nothing was cached"
         ) from None
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp is not None and not ok:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if not ok:
+            _remove_folders(created)
 
 
 def _where_to_put(spec: DatasetSpec, dirs: list[Path]) -> str:
     names = ", ".join(f.filename for f in spec.files)
-    msg = f"put {names} in one of {', '.join(str(d) for d in dirs)}"
+    msg = f"put {names} in one of {', '.join(show(d) for d in dirs)}"
     if spec.name == "fashion-mnist":
         msg += ", or run `apt-get install dataset-fashion-mnist`"
     return msg
+
+
+def write_problem(target: Path) -> str | None:
+    """Why ``target`` (a folder, maybe not there yet) could not be created and written, or None.
+
+    Looks at the nearest part of the path that exists, without creating anything. Root passes
+    the permission test everywhere; a failing ``mkdir`` is still reported by the caller.
+    """
+    d = target
+    while True:
+        try:
+            st = os.stat(d)
+            break
+        except (FileNotFoundError, NotADirectoryError):
+            if d.parent == d:
+                return None  # nothing exists at all: let mkdir say why
+            d = d.parent
+        except OSError as exc:
+            return f"{show(d)} {why(exc)}"
+        except ValueError as exc:
+            return f"{show(d)} is not a usable name ({exc})"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{show(d)} is {kind(st.st_mode)}, not a folder"
+    if not os.access(d, os.W_OK | os.X_OK):
+        return f"{show(d)} is not writable"
+    return None
 
 
 def locate_files(
@@ -171,30 +450,68 @@ def locate_files(
     progress: bool = True,
 ) -> tuple[dict[str, Path], str]:
     """``({filename: path}, source)`` for every file of ``spec``, downloading only if needed."""
-    dirs = search_dirs(spec, data_dir, system_dirs)
-    for folder in dirs:
-        found = find_in(folder, spec)
-        if found is not None:
-            return found, str(folder)
+    dirs: list[Path] = []
+
+    def scan(folders: list[Path], setting: str | None = None):
+        partial = None
+        for folder in folders:
+            if folder in dirs:
+                continue
+            dirs.append(folder)
+            found = _scan(folder, spec)
+            if len(found) == len(spec.files):
+                return found, str(folder)
+            if found and partial is None:
+                partial = (folder, found)
+        if setting is not None and partial is not None:
+            folder, found = partial
+            missing = [f.filename for f in spec.files if f.filename not in found]
+            raise DataError(
+                f"{spec.name}: {show(folder)} (from {setting}) holds {', '.join(found)} but not "
+                f"{', '.join(missing)}; add the missing files there or give a folder that holds the whole dataset"
+            )
+        return None
+
+    for setting, root, folders in _user_roots(spec, data_dir):
+        check_folder(root, setting)
+        hit = scan(folders, setting)
+        if hit:
+            return hit
+    target, no_cache = _cache_folder(spec)
+    hit = scan(([target] if target is not None else []) + _system_folders(spec, system_dirs))
+    if hit:
+        return hit
     if not download:
         raise DataError(f"{spec.name}: files not found and downloading is off; {_where_to_put(spec, dirs)}")
-    target = cache_dir() / spec.name
-    mirror = mirror or os.environ.get(ENV_MIRROR) or None
-    created = [d for d in (target, *target.parents) if not d.exists()]  # to undo if nothing arrives
+    if no_cache is not None:
+        raise DataError(
+            f"{spec.name}: files not found and they cannot be downloaded because {no_cache}; set HOME or "
+            f"{ENV_CACHE}, or {_where_to_put(spec, dirs)}"
+        )
+    label = "the mirror argument"
+    if not mirror:
+        mirror, label = os.environ.get(ENV_MIRROR) or None, ENV_MIRROR
+    if mirror is not None:
+        check_mirror(mirror, label)
+    problem = write_problem(target)
+    if problem is not None:
+        raise DataError(
+            f"{spec.name}: files not found and they cannot be downloaded into {show(target)} because {problem}; "
+            f"{_where_to_put(spec, dirs)}"
+        )
+    created = [d for d in (target, *target.parents) if not os.path.lexists(d)]  # to undo if nothing arrives
     paths = {}
     try:
         _fetch_missing(spec, target, mirror, dirs, paths, progress)
     except DataError:
-        for d in created:  # innermost first: leave no empty folders behind a failed download
-            with contextlib.suppress(OSError):
-                d.rmdir()
+        _remove_folders(created)  # innermost first: leave no empty folders behind a failed download
         raise
     return paths, f"{target} (downloaded from {mirror or 'the official URLs'})"
 
 
 def _fetch_missing(spec, target: Path, mirror, dirs, paths: dict, progress: bool) -> None:
     for file in spec.files:
-        hit = next((p for p in _candidates(target, file) if p.is_file()), None)
+        hit = next((p for p in _candidates(target, file) if probe(p, spec.name)), None)
         if hit is None:
             url = mirror.rstrip("/") + "/" + file.filename if mirror else file.url
             try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import gzip
 import io
 import lzma
+import math
 import os
 import pickle
 import tarfile
@@ -46,13 +47,20 @@ def read_bytes(path: str | os.PathLike) -> bytes:
     path = Path(path)
     try:
         raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path.name}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+    except MemoryError:
+        raise DataError(f"{path.name}: too large to read into memory") from None
+    try:
         if raw.startswith(_GZIP_MAGIC):
             return gzip.decompress(raw)
         if raw.startswith(_XZ_MAGIC):
             return lzma.decompress(raw)
         return raw
-    except (EOFError, OSError, zlib.error, lzma.LZMAError) as exc:
-        raise DataError(f"{path.name}: cannot be read or decompressed ({exc})") from None
+    except (EOFError, OSError, zlib.error, lzma.LZMAError) as exc:  # truncated or corrupt
+        raise DataError(f"{path.name}: cannot be decompressed, the file is truncated or corrupt ({exc})") from None
+    except MemoryError:
+        raise DataError(f"{path.name}: too large to decompress in memory") from None
 
 
 def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
@@ -63,10 +71,12 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
         raise DataError(f"{name}: bad IDX magic number 0x{data[:4].hex()} (expected 0x000008nn)")
     ndim = data[3]
     header = 4 + 4 * ndim
-    if ndim < 1 or len(data) < header:
+    if ndim < 1:
+        raise DataError(f"{name}: IDX header declares no dimensions")
+    if len(data) < header:
         raise DataError(f"{name}: IDX header declares {ndim} dimensions but is truncated")
     shape = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
-    expected = header + int(np.prod(shape, dtype=np.int64))
+    expected = header + math.prod(shape)  # Python ints: no overflow
     if len(data) != expected:
         raise DataError(f"{name}: IDX file has {len(data)} bytes but its header {shape} needs {expected}")
     return np.frombuffer(data, IDX_TYPES[data[2]], offset=header).reshape(shape)
@@ -79,10 +89,24 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 def check_labels(labels: np.ndarray, num_classes: int, name: str) -> np.ndarray:
     """Labels as int64 after checking they lie in [0, num_classes)."""
-    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+    labels = integer_labels(labels, name)
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         raise DataError(f"{name}: labels range over [{labels.min()}, {labels.max()}], outside [0, {num_classes - 1}]")
     return labels
+
+
+def integer_labels(labels, name: str) -> np.ndarray:
+    """``labels`` as a flat int64 array; DataError unless every label is a whole number."""
+    try:
+        a = np.asarray(labels)
+    except (TypeError, ValueError, OverflowError) as exc:  # ragged lists, huge ints...
+        raise DataError(f"{name}: labels are not an array of numbers ({exc})") from None
+    if a.dtype.kind == "f" and a.size:
+        if not (np.isfinite(a).all() and (a == np.round(a)).all() and np.abs(a).max() < 2**62):
+            raise DataError(f"{name}: labels are not all whole numbers")
+    elif a.dtype.kind not in "iubf":
+        raise DataError(f"{name}: labels are {a.dtype} data, not integers")
+    return a.astype(np.int64).reshape(-1)
 
 
 def _check_pair(x: np.ndarray, y: np.ndarray, name: str) -> None:
@@ -117,8 +141,18 @@ def read_tar_members(path: str | os.PathLike, wanted: set[str]) -> dict[str, byt
                     found[key] = tar.extractfile(member).read()
                     if len(found) == len(wanted):
                         break
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-        raise DataError(f"{_name(path)}: not a readable tar archive ({exc})") from None
+            if len(found) < len(wanted):
+                # Members are missing: the archive may only be cut short, which the streaming reader
+                # takes for its end. Reading on to the end of the compressed data tells them apart.
+                while tar.fileobj.read(1 << 20):
+                    pass
+                decompressor = getattr(tar.fileobj, "cmp", None)  # tarfile's (private) zlib/bz2/lzma object
+                if decompressor is not None and getattr(decompressor, "eof", True) is False:
+                    raise DataError(f"{_name(path)}: the archive is truncated (its compressed data ends early)")
+    except DataError:
+        raise
+    except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError, ValueError, MemoryError) as exc:
+        raise DataError(f"{_name(path)}: not a readable tar archive ({exc or type(exc).__name__})") from None
     missing = sorted(wanted - set(found))
     if missing:
         raise DataError(f"{_name(path)}: archive lacks the member(s) {', '.join(missing)}")
@@ -145,24 +179,14 @@ class _ArrayUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
 
 
-_PICKLE_ERRORS = (
-    pickle.UnpicklingError,
-    EOFError,
-    ValueError,
-    TypeError,
-    AttributeError,
-    ImportError,
-    IndexError,
-    KeyError,
-    MemoryError,
-)
-
-
 def _unpickle(data: bytes, name: str) -> dict:
     try:
         obj = _ArrayUnpickler(io.BytesIO(data), encoding="bytes").load()
-    except _PICKLE_ERRORS as exc:
-        raise DataError(f"{name}: not a readable CIFAR pickle ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 -- corrupt input can raise almost anything; see below
+        # Corrupt pickle bytes can raise almost anything (UnpicklingError, EOFError, struct.error,
+        # IndexError, KeyError, ValueError from NumPy's reconstructor...). Only NumPy arrays are
+        # admitted (see _ArrayUnpickler), so no foreign code runs here: any failure is bad data.
+        raise DataError(f"{name}: not a readable CIFAR pickle ({type(exc).__name__}: {exc})") from None
     if not isinstance(obj, dict):
         raise DataError(f"{name}: CIFAR pickle holds a {type(obj).__name__}, expected a dict")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
@@ -182,7 +206,10 @@ CIFAR_MEMBERS = {
 def _cifar_batch(obj: dict, label_key: str, num_classes: int, name: str):
     if "data" not in obj or label_key not in obj:
         raise DataError(f"{name}: CIFAR pickle lacks the keys 'data' and {label_key!r}")
-    data = np.asarray(obj["data"])
+    try:
+        data = np.asarray(obj["data"])
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise DataError(f"{name}: CIFAR 'data' is not an array ({exc})") from None
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise DataError(f"{name}: CIFAR data is {data.dtype} {data.shape}, expected uint8 (n, 3072)")
     y = check_labels(obj[label_key], num_classes, name)
@@ -208,16 +235,19 @@ def read_cifar(path: str | os.PathLike, which: str):
 def read_svhn_mat(path: str | os.PathLike):
     """Images ``uint8 (N, 3, 32, 32)`` and labels ``int64 (N,)`` (10 -> 0) from an SVHN .mat."""
     import scipy.io
-    from scipy.io.matlab import MatReadError
 
     name = _name(path)
     try:
         mat = scipy.io.loadmat(str(path), variable_names=("X", "y"))
-    except (MatReadError, ValueError, TypeError, OSError, NotImplementedError, EOFError) as exc:
-        raise DataError(f"{name}: not a readable MATLAB file ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 -- corrupt input can raise almost anything; see below
+        # scipy's MATLAB reader fails on truncated or garbage files in many ways (MatReadError,
+        # OSError, ValueError, EOFError, zlib.error, struct.error, IndexError, UnicodeDecodeError...).
+        if isinstance(exc, OSError) and exc.errno is not None:  # the file itself cannot be opened
+            raise DataError(f"{name}: cannot be read ({exc.strerror})") from None
+        raise DataError(f"{name}: not a readable MATLAB file ({type(exc).__name__}: {exc})") from None
     if "X" not in mat or "y" not in mat:
         raise DataError(f"{name}: SVHN file lacks the variables 'X' and 'y'")
-    x, y = mat["X"], np.asarray(mat["y"]).reshape(-1)
+    x, y = np.asarray(mat["X"]), integer_labels(mat["y"], name)
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[:3] != (32, 32, 3):
         raise DataError(f"{name}: SVHN 'X' is {x.dtype} {x.shape}, expected uint8 (32, 32, 3, N)")
     if y.size and (y.min() < 1 or y.max() > 10):

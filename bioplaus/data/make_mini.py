@@ -14,12 +14,18 @@ beside the files).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import lzma
+import os
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .dataset import EMBEDDED_DIR, EMBEDDED_SUFFIX, load_dataset
+from .fetch import folder_name, show, write_problem
+from .registry import DataError
 
 PER_CLASS_TRAIN = 600
 PER_CLASS_TEST = 100
@@ -31,7 +37,7 @@ def first_per_class(y: np.ndarray, per_class: int, num_classes: int) -> np.ndarr
     picks = [np.flatnonzero(y == c)[:per_class] for c in range(num_classes)]
     for c, p in enumerate(picks):
         if len(p) < per_class:
-            raise ValueError(f"class {c} has only {len(p)} samples, {per_class} needed")
+            raise DataError(f"class {c} has only {len(p)} samples, {per_class} needed")
     return np.sort(np.concatenate(picks))
 
 
@@ -44,20 +50,43 @@ def idx_bytes(a: np.ndarray) -> bytes:
 
 def build(data_dir: str | None = None, out: str | Path | None = None) -> list[Path]:
     """Write the mini subset's four .xz IDX files; return their paths."""
+    out = folder_name(out, "--out") if out is not None else EMBEDDED_DIR / NAME
+    problem = write_problem(out)  # checked before the (slow) read, and before anything is written
+    if problem is not None:
+        raise DataError(f"--out {show(out)} cannot be written because {problem}")
     ds = load_dataset("fashion-mnist", data_dir=data_dir)
-    out = Path(out) if out is not None else EMBEDDED_DIR / NAME
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
+    blobs = {}  # everything is computed before the first byte is written
     for prefix, x, y, per_class in (
         ("train", ds.x_train, ds.y_train, PER_CLASS_TRAIN),
         ("t10k", ds.x_test, ds.y_test, PER_CLASS_TEST),
     ):
         keep = first_per_class(y, per_class, ds.spec.num_classes)
         for kind, arr in (("images-idx3", x[keep][:, 0]), ("labels-idx1", y[keep])):
-            path = out / f"{prefix}-{kind}-ubyte{EMBEDDED_SUFFIX}"
-            path.write_bytes(lzma.compress(idx_bytes(arr), format=lzma.FORMAT_XZ, preset=6))
-            written.append(path)
-    return written
+            name = f"{prefix}-{kind}-ubyte{EMBEDDED_SUFFIX}"
+            blobs[name] = lzma.compress(idx_bytes(arr), format=lzma.FORMAT_XZ, preset=6)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"--out {show(out)} cannot be created ({exc.strerror or type(exc).__name__})") from None
+    return [_write_atomic(out / name, blob) for name, blob in blobs.items()]
+
+
+def _write_atomic(path: Path, blob: bytes) -> Path:
+    """Write ``blob`` to ``path`` through a temporary file and ``os.replace``: never a partial file."""
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as exc:
+        raise DataError(f"{show(path)} cannot be written ({exc.strerror or type(exc).__name__})") from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+    return path
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -65,7 +94,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", default=None, help="folder holding full Fashion-MNIST")
     parser.add_argument("--out", default=None, help="output folder (default: the package's)")
     args = parser.parse_args(argv)
-    for path in build(args.data_dir, args.out):
+    try:
+        written = build(args.data_dir, args.out)
+    except DataError as exc:
+        print(f"make_mini: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    for path in written:
         print(f"{path} ({path.stat().st_size / 1e6:.2f} MB)")
 
 

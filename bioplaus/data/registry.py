@@ -18,7 +18,14 @@ from dataclasses import dataclass
 
 
 class DataError(RuntimeError):
-    """A dataset cannot be found, fetched or read; the message is one sentence naming the file."""
+    """A dataset cannot be found, fetched or read; the message is one sentence naming the file.
+
+    The message is kept to one line (runs of whitespace, line breaks included, become one space),
+    so that text quoted from a library's exception cannot break it up.
+    """
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__(" ".join(str(message).split()))
 
 
 @dataclass(frozen=True)
@@ -271,7 +278,6 @@ DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in _SPECS}
 
 def get_spec(name: str) -> DatasetSpec:
     """The registry entry for ``name``; no file access."""
-    try:
+    if isinstance(name, str) and name in DATASETS:
         return DATASETS[name]
-    except KeyError:
-        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}") from None
+    raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")

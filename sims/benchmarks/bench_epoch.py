@@ -31,7 +31,6 @@ from bioplaus.backend import get_backend
 from bioplaus.config import Config
 from bioplaus.data import load_dataset
 from bioplaus.recipes import get_recipe
-from bioplaus.rules import train_step
 from bioplaus.train import Trainer
 
 
@@ -53,11 +52,11 @@ def main(argv=None) -> int:
     trainer = Trainer(cfg, backend, dataset)
     twin = Trainer(cfg, backend, dataset)  # runs the pure steps; the measured epoch's training is untouched
     x, y = next(iter(twin.batches.epoch(1)))
-    rngs = [backend.rng(cfg.seed, "dropout", i, 99) for i in range(len(twin.net.spec.blocks))]
+    stage = twin.stages[0]
+    stage.begin_epoch(99)
 
     def pure_step():
-        running, *_ = train_step(twin.net, cfg.variant, cfg.beta, x, y, twin._masks(rngs, x), twin._update)
-        twin.net.running = running
+        stage.train_step(x, y)
 
     for _ in range(2):  # warm-up
         pure_step()

@@ -40,11 +40,10 @@ VARIANTS = ("glob", "predsim", "predsim-bpf")
 def child(model: str, variant: str, batch: int) -> dict:
     from bioplaus import ops
     from bioplaus.backend import get_backend
-    from bioplaus.blocks import init_network
     from bioplaus.config import Config
     from bioplaus.models import build_spec
     from bioplaus.optim import Adam
-    from bioplaus.rules import train_step
+    from bioplaus.rules import init_network, train_step
 
     tracemalloc.start()
     nonlin = "leakyrelu" if "sim" in variant else "relu"
@@ -71,7 +70,8 @@ def child(model: str, variant: str, batch: int) -> dict:
     t0 = time.perf_counter()
     masks = [ops.dropout_mask(r, (batch, b.c_out, b.size, b.size) if b.kind == "conv" else (batch, b.c_out),
                               cfg.dropout, x.dtype, channelwise=b.kind == "conv") for b, r in zip(spec.blocks, rngs)]
-    net.running, loss, _, _ = train_step(net, variant, cfg.beta, x, y, masks, update)
+    step = train_step(net, variant, cfg.beta, x, y, masks, update)
+    net.running, loss = step.running, step.loss
     seconds = time.perf_counter() - t0
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()

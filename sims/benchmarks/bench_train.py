@@ -47,11 +47,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bioplaus import ops
 from bioplaus.backend import get_backend
-from bioplaus.blocks import LEAKY_SLOPE, init_network
+from bioplaus.blocks import LEAKY_SLOPE
 from bioplaus.config import Config
 from bioplaus.models import NetSpec, build_spec
 from bioplaus.optim import Adam
-from bioplaus.rules import RULES, train_step
+from bioplaus.rules import RULES, init_network, train_step
 
 BATCH = 128
 LR = 1e-4
@@ -122,7 +122,8 @@ def bioplaus_step(cfg: Config, spec: NetSpec, x: np.ndarray, y: np.ndarray, back
         for b, rng in zip(spec.blocks, rngs):
             shape = (x.shape[0], b.c_out, b.size, b.size) if b.kind == "conv" else (x.shape[0], b.c_out)
             masks.append(ops.dropout_mask(rng, shape, cfg.dropout, x.dtype, channelwise=b.kind == "conv"))
-        net.running, loss, _, _ = train_step(net, cfg.variant, cfg.beta, x, y, masks, update)
+        step = train_step(net, cfg.variant, cfg.beta, x, y, masks, update)
+        net.running, loss = step.running, step.loss
         backend.synchronize()
         return loss
 

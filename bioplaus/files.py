@@ -1,0 +1,284 @@
+"""A run's files on disk, and the rules that keep a user's other files safe.
+
+A run at ``PATH.h5`` owns three files: the log ``PATH.h5``, its checkpoint ``PATH.h5.ckpt.npz`` and
+its lock ``PATH.h5.lock``. Nothing else is ever created, replaced or removed:
+
+- every write goes to a fresh temporary file beside its target (``.<name>.<random>.tmp``, created
+  exclusively, so no existing file is ever truncated), is fsynced, then renamed over the target;
+  a failed write removes its temporary file;
+- ``--overwrite`` replaces only a regular file that is a bioplaus run log (and its own checkpoint);
+  a device, a FIFO, a folder, a symbolic link or any other file at the path is refused;
+- the lock file is kept for good (never unlinked): a process that opened it just before an unlink
+  could otherwise lock a file that a third process no longer sees, and two writers would run;
+- before a write, the free space is compared with what the write needs, so a full disk is met
+  before HDF5 or NumPy start a file they cannot finish (:class:`StorageFull`).
+
+:class:`PathError` is bad input (one sentence, nothing written); :class:`StorageFull` and other
+``OSError`` raised by :func:`atomic_write` are failures of the storage during a run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import tempfile
+from collections.abc import Callable
+
+LOG_SUFFIX = ".h5"
+CHECKPOINT_SUFFIX = ".ckpt.npz"
+LOCK_SUFFIX = ".lock"
+LOCK_MARK = b"bioplaus run lock\n"
+_LONGEST_SUFFIX = CHECKPOINT_SUFFIX + ".XXXXXXXX.tmp."  # the longest name a run makes beside its log
+SPACE_MARGIN = 64 << 10  # bytes kept free beyond a write's own size (its size is known to within a few KiB)
+
+try:  # POSIX
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no lock
+    fcntl = None
+
+
+class PathError(ValueError):
+    """A path that cannot be used for a run; ``str(e)`` is one sentence."""
+
+
+class StorageFull(OSError):
+    """The file system has no room for the next write."""
+
+
+# ------------------------------------------------------------------------------ names
+def checkpoint_path(log_path: str) -> str:
+    """Where the checkpoint of the run logged at ``log_path`` lives."""
+    return os.fspath(log_path) + CHECKPOINT_SUFFIX
+
+
+def lock_path(log_path: str) -> str:
+    return os.fspath(log_path) + LOCK_SUFFIX
+
+
+def _temp_prefix(path: str) -> str:
+    return "." + os.path.basename(path) + "."
+
+
+def check_name(path: str, flag: str) -> None:
+    """A log path a run can use: not empty, ``.h5``, short enough for every file the run makes."""
+    if not path or not path.strip():
+        raise PathError(f"{flag} needs a file name such as runs/run.h5")
+    if "\0" in path:
+        raise PathError(f"{flag} {path!r} contains a NUL character")
+    if not path.endswith(LOG_SUFFIX):
+        raise PathError(f"{flag} {path} must end in {LOG_SUFFIX} (an HDF5 run log)")
+    base = os.path.basename(path)
+    if base == LOG_SUFFIX:
+        raise PathError(f"{flag} {path} has no name before {LOG_SUFFIX}")
+    folder = _existing_ancestor(os.path.dirname(os.path.abspath(path)))
+    name_max, path_max = _limits(folder)
+    if len(os.fsencode(base)) + len(_LONGEST_SUFFIX) + 1 > name_max:
+        raise PathError(f"{flag}: the file name {base[:40]}... is too long ({len(base)} characters; with the "
+                        f"suffixes of its checkpoint the limit here is {name_max - len(_LONGEST_SUFFIX) - 1})")
+    if len(os.fsencode(os.path.abspath(path))) + len(_LONGEST_SUFFIX) + 1 > path_max:
+        raise PathError(f"{flag}: the path {path[:40]}... is too long for this file system")
+
+
+def _limits(folder: str) -> tuple[int, int]:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX"), os.pathconf(folder, "PC_PATH_MAX")
+    except (OSError, ValueError, AttributeError):
+        return 255, 4096
+
+
+def _existing_ancestor(folder: str) -> str:
+    while not os.path.lexists(folder):
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    return folder
+
+
+# ------------------------------------------------------------------------------ checks
+def check_folder_writable(path: str, flag: str) -> None:
+    """The log's folder exists and is writable, or can be created under a writable one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    probe = _existing_ancestor(folder)
+    if not os.path.isdir(probe):
+        raise PathError(f"cannot write {path}: {probe} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise PathError(f"cannot write {path}: {probe} is not writable")
+    if probe == folder and not _accepts_files(folder):
+        raise PathError(f"cannot write {path}: {folder} does not accept new files")
+
+
+def _accepts_files(folder: str) -> bool:
+    """Really create (and remove) an empty temporary file there: /proc and the like pass os.access."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".bioplaus-probe.", suffix=".tmp")
+    except OSError:
+        return False
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(tmp)
+    return True
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symbolic link"), (stat.S_ISCHR, "a device"),
+                       (stat.S_ISBLK, "a device"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def regular_file(path: str) -> bool | None:
+    """None when nothing is at ``path``; True for a regular file; False for anything else (a link too)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise PathError(f"cannot use {path}: {exc.strerror.lower()}") from None
+    return stat.S_ISREG(st.st_mode)
+
+
+def refuse_unless_regular(path: str, what: str) -> None:
+    ok = regular_file(path)
+    if ok is False:
+        raise PathError(f"{path} is {_kind(os.lstat(path).st_mode)}, not {what}; bioplaus leaves it alone")
+
+
+def check_lock_file(log: str) -> None:
+    """The lock beside a log is absent, or a regular file that is empty or ours."""
+    lock = lock_path(log)
+    refuse_unless_regular(lock, "a bioplaus lock file")
+    if regular_file(lock):
+        try:
+            with open(lock, "rb") as fh:
+                head = fh.read(len(LOCK_MARK) + 1)
+        except OSError as exc:
+            raise PathError(f"cannot read the lock file {lock}: {exc.strerror.lower()}") from None
+        if head not in (b"", LOCK_MARK):
+            raise PathError(f"{lock} is not a bioplaus lock file; move it away first")
+
+
+def check_not_running(log: str) -> None:
+    """Refuse a log that a live process is still writing (its lock is held; a killed run's is not)."""
+    lock = lock_path(log)
+    if fcntl is None or not regular_file(lock):
+        return
+    with open(lock, "rb") as fh:  # opened read-only: checking writes nothing
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise PathError(f"{log} is being written by another running process; wait for it or stop it") from None
+
+
+class RunLock:
+    """An exclusive lock on ``<log>.lock`` for this process's lifetime (the kernel drops it however the
+    process ends). The file stays when the lock is released."""
+
+    def __init__(self, log: str) -> None:
+        self.path = lock_path(log)
+        self._fh = None
+        self.created = False
+
+    def acquire(self) -> RunLock:
+        if fcntl is None:
+            return self
+        self.created = not os.path.lexists(self.path)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        fh = os.fdopen(fd, "r+b")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            raise PathError(f"{self.path[: -len(LOCK_SUFFIX)]} is being written by another running process; "
+                            "wait for it or stop it") from None
+        if os.fstat(fh.fileno()).st_size == 0:
+            with contextlib.suppress(OSError):
+                fh.write(LOCK_MARK)
+                fh.flush()
+        self._fh = fh
+        return self
+
+    def release(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+# ------------------------------------------------------------------------------ writing
+def free_bytes(folder: str) -> int | None:
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def ensure_space(path: str, needed: int) -> None:
+    """Raise :class:`StorageFull` when the file system of ``path`` has less than ``needed`` bytes (plus a
+    margin) free: the write is then not even started."""
+    folder = os.path.dirname(os.path.abspath(path))
+    free = free_bytes(folder)
+    if free is not None and free < needed + SPACE_MARGIN:
+        raise StorageFull(errno.ENOSPC, f"no space left on the file system of {folder} "
+                                        f"({free / 2**20:.1f} MiB free, {needed / 2**20:.1f} MiB needed)")
+
+
+def atomic_write(path: str, write: Callable, needed: int = 0) -> None:
+    """``write(fileobj)`` into a fresh temporary file beside ``path``, fsync, rename over ``path``.
+
+    The temporary file is created exclusively (never an existing file) and removed if anything
+    fails, so a failure leaves ``path`` as it was and nothing else behind.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    ensure_space(path, needed)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(path), suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_folder(folder)
+
+
+def _fsync_folder(folder: str) -> None:
+    try:
+        dfd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:  # some file systems refuse to fsync a folder; the rename still happened
+        pass
+    finally:
+        os.close(dfd)
+
+
+def remove_stale_temps(log: str) -> list[str]:
+    """Remove the temporary files a killed writer of this run left (ours by name); returns them."""
+    folder = os.path.dirname(os.path.abspath(log))
+    prefixes = tuple(_temp_prefix(p) for p in (log, checkpoint_path(log)))
+    removed = []
+    with contextlib.suppress(OSError):
+        for name in os.listdir(folder):
+            if name.startswith(prefixes) and name.endswith(".tmp"):
+                full = os.path.join(folder, name)
+                if regular_file(full):
+                    with contextlib.suppress(OSError):
+                        os.unlink(full)
+                        removed.append(full)
+    return removed
+
+
+def is_storage_failure(exc: BaseException) -> bool:
+    """A failure of the storage (full, over quota, a file too large, read-only, an I/O error)."""
+    return isinstance(exc, OSError) and (isinstance(exc, StorageFull) or exc.errno in (
+        errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS))

@@ -1,0 +1,191 @@
+"""Local heads: the small learners a block trains itself against, and the error each sends to its h.
+
+Nøkland & Eidnes (2019), §3. A head reads the block's output ``h`` (before dropout), or ``pool(h)``,
+its average-pooled copy (conv blocks, until ``C·h·w <= dim_in_decoder``), computes a local loss and
+returns the error ``δ`` it sends back to what it read, with its own weights' gradients::
+
+    pred, exact      logits = dec_W · pool(h) + dec_b     L = CE(logits, y)            δ = dec_Wᵀ ∂L/∂logits
+    pred, feedback   logits = dec_W · pool(h) + dec_b     L = BCE(logits, 1[Y·P > 0])  δ = Bᵀ ∂L/∂logits
+    sim, learned     z = sim_W * h  (3x3 conv or dense)   L = mean((S(z) − S(Y))²)     δ = sim_Wᵀ ∂L/∂z
+    sim, direct      z = pool(h)                          L = mean((S(z) − S(Y·P))²)   δ = ∂L/∂pool(h)
+
+Trained: ``dec_W, dec_b, sim_W`` (with the block's optimizer, as the authors). Fixed, never trained
+and never seen by the optimizer: the feedback matrix ``B`` (uniform ±1/√D) and the block's label
+projection ``P`` (classes × target_proj_size, uniform ±1/√classes), shared by its bpf heads.
+
+A head applies its loss weight to the loss gradient (``w · ∂L``), so a rule's δh is the plain sum
+of its heads' errors (:func:`bioplaus.rules.local_error`). Lines that are *not* gradients are marked
+``# NOT A GRADIENT``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from bioplaus import ops
+from bioplaus.backend import get_array_module
+from bioplaus.models import BlockSpec
+
+
+class HeadResult(NamedTuple):
+    """What a head's forward gives: its loss (0-d), statistics (0-d device arrays) and backward cache."""
+
+    loss: object
+    stats: dict
+    cache: object
+
+
+def _uniform(rng: np.random.Generator, shape, bound: float) -> np.ndarray:
+    return rng.uniform(-bound, bound, size=shape)
+
+
+class LabelProjection:
+    """``P``: a fixed random projection of the one-hot labels (classes × target_proj_size)."""
+
+    @staticmethod
+    def init(num_classes: int, target_proj_size: int, rng: np.random.Generator) -> np.ndarray:
+        return _uniform(rng, (num_classes, target_proj_size), 1.0 / math.sqrt(num_classes))
+
+    @staticmethod
+    def codes(P):
+        """Binary label codes of the pred-bpf head: row c is 1[e_c·P > 0]. (K, T)"""
+        return (P > 0).astype(P.dtype)
+
+
+class PredHead:
+    """A dense decoder from pool(h) to class scores (exact) or to the binary label code (feedback).
+
+    exact:     L = CE(dec_W · pool(h) + dec_b, y);       δpool(h) = dec_Wᵀ · ∂L/∂logits
+    feedback:  L = BCE(dec_W · pool(h) + dec_b, 1[Y·P > 0]) (mean over entries);
+               δpool(h) = Bᵀ · ∂L/∂logits, B fixed random of dec_W's shape (feedback alignment)
+    The decoder's own weights learn from their exact gradient in both; ``error_pred`` is the error of
+    its local prediction (argmax of the scores; the most likely label code in the feedback case).
+    """
+
+    name = "pred"
+    reads_pooled = True
+
+    def __init__(self, feedback: bool) -> None:
+        self.feedback = feedback
+        self.uses_projection = feedback
+
+    def __repr__(self) -> str:
+        return f"PredHead(feedback={self.feedback})"
+
+    def init(self, spec: BlockSpec, num_classes: int, target_proj_size: int, rng):
+        """Decoder weights start at zero, as the authors' (``(params, fixed)`` on the host)."""
+        D = spec.dec_features
+        if not self.feedback:
+            return {"dec_W": np.zeros((num_classes, D)), "dec_b": _uniform(rng, (num_classes,), 1.0 / math.sqrt(D))}, {}
+        T = target_proj_size
+        return ({"dec_W": np.zeros((T, D)), "dec_b": np.zeros(T)},
+                {"B": _uniform(rng, (T, D), 1.0 / math.sqrt(D))})
+
+    def forward(self, pooled, y, Y, p: dict, f: dict) -> HeadResult:
+        flat = pooled.reshape(pooled.shape[0], -1)  # (N, D_dec)
+        logits, dec_cache = ops.dense_forward(flat, p["dec_W"], p["dec_b"])  # (N, K) or (N, T)
+        if not self.feedback:
+            loss, dlogits = ops.softmax_cross_entropy(logits, y)
+            correct = ops.count_correct(logits, y)
+        else:
+            t = (Y @ f["P"] > 0).astype(pooled.dtype)  # (N, T) NOT A GRADIENT: random projection of the labels
+            loss, dlogits = ops.sigmoid_bce_with_logits(logits, t)
+            correct = _count_code_correct(logits, y, f["P"])
+        return HeadResult(loss, {"correct_pred": correct, "loss_pred": loss}, (dlogits, dec_cache, pooled.shape))
+
+    def backward(self, cache, weight: float, p: dict, f: dict):
+        """``(δpool(h), grads)`` for the loss weighted by ``weight``."""
+        dlogits, dec_cache, shape = cache
+        dlogits = weight * dlogits
+        if not self.feedback:
+            dflat, dW, db = ops.dense_backward(dlogits, dec_cache)  # through dec_W^T
+        else:
+            _, dW, db = ops.dense_backward(dlogits, dec_cache, need_dx=False)
+            dflat = dlogits @ f["B"]  # (N, D_dec) NOT A GRADIENT: feedback alignment, B instead of dec_W
+        return dflat.reshape(shape), {"dec_W": dW, "dec_b": db}
+
+    def alignment(self, p: dict, f: dict) -> dict:
+        """The angle between the decoder's weights and the feedback matrix that stands in for them."""
+        if not self.feedback:
+            return {}
+        return {"fa_angle": angle_degrees(get_array_module(p["dec_W"]), p["dec_W"], f["B"])}
+
+
+class SimHead:
+    """Similarity matching: the batch's similarity matrix S of what the head reads against the labels'.
+
+    learned:  L = mean((S(sim_W * h) − S(Y))²),   sim_W a 3x3 conv (conv blocks) or dense, no bias;
+              δh = sim_Wᵀ · ∂L/∂z   (one learned layer between h and S)
+    direct:   L = mean((S(pool(h)) − S(Y·P))²);   δpool(h) = ∂L/∂pool(h)   (nothing learned before S)
+    """
+
+    name = "sim"
+
+    def __init__(self, learned: bool) -> None:
+        self.learned = learned
+        self.reads_pooled = not learned
+        self.uses_projection = not learned
+
+    def __repr__(self) -> str:
+        return f"SimHead(learned={self.learned})"
+
+    def init(self, spec: BlockSpec, num_classes: int, target_proj_size: int, rng):
+        if not self.learned:
+            return {}, {}
+        C = spec.c_out
+        if spec.kind == "conv":
+            return {"sim_W": _uniform(rng, (C, C, 3, 3), 1.0 / math.sqrt(9 * C))}, {}
+        return {"sim_W": _uniform(rng, (C, C), 1.0 / math.sqrt(C))}, {}
+
+    def forward(self, h, y, Y, p: dict, f: dict) -> HeadResult:
+        if self.learned:
+            if h.ndim == 4:
+                z, proj_cache = ops.conv2d_forward(h, p["sim_W"], None, 1, 1)  # (N, C, H, W)
+            else:
+                z, proj_cache = ops.dense_forward(h, p["sim_W"], None)  # (N, D)
+            target = ops.label_similarity(Y)  # (N, N)
+        else:
+            z, proj_cache = h, None  # no learned layer between h and S
+            target = ops.label_similarity(Y @ f["P"])  # (N, N) NOT A GRADIENT: random projection of the labels
+        # memory: the learned z is this head's own array, so S's cache may centre it in place
+        S, s_cache = ops.similarity_forward(z, overwrite=self.learned)  # (N, N)
+        del z  # its cache keeps what S's backward needs (memory: z is a full feature map)
+        loss, dS = ops.mse(S, target)
+        return HeadResult(loss, {"loss_sim": loss}, (dS, s_cache, proj_cache))
+
+    def backward(self, cache, weight: float, p: dict, f: dict):
+        """``(δ of what the head read, grads)`` for the loss weighted by ``weight``; uses up the cache."""
+        dS, s_cache, proj_cache = cache
+        dz = ops.similarity_backward(weight * dS, s_cache, overwrite=True)  # s_cache is used up here
+        del s_cache
+        if not self.learned:
+            return dz, {}
+        if dz.ndim == 4:  # dz is ours: the conv may write δh into its buffer (memory)
+            dh, dW, _ = ops.conv2d_backward(dz, proj_cache, overwrite_dout=True)
+        else:
+            dh, dW, _ = ops.dense_backward(dz, proj_cache)  # through sim_W^T (one-step backprop)
+        return dh, {"sim_W": dW}
+
+    def alignment(self, p: dict, f: dict) -> dict:
+        return {}
+
+
+def _count_code_correct(logits, y, P):
+    """Local predictor of a pred-bpf head: the class whose label code is most likely under σ(logits).
+
+    log p(code_c) = Σ_t [c_t log σ(l_t) + (1 − c_t) log(1 − σ(l_t))] = l·c + Σ_t log(1 − σ(l_t)),
+    since log σ(l) − log(1 − σ(l)) = l; the last sum is the same for every class, so the argmax
+    over classes is that of ``logits @ codesᵀ``.
+    """
+    codes = LabelProjection.codes(P)  # (K, T)
+    return ops.count_correct(logits @ codes.T, y)  # (N, K) scores up to a per-row constant
+
+
+def angle_degrees(xp, a, b):
+    """Angle between two arrays seen as vectors, in degrees (a 0-d device array; NaN if either is 0)."""
+    a, b = a.ravel(), b.ravel()
+    cos = xp.dot(a, b) / (xp.linalg.norm(a) * xp.linalg.norm(b))
+    return xp.degrees(xp.arccos(xp.clip(cos, -1.0, 1.0)))

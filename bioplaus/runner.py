@@ -1,0 +1,627 @@
+"""The run loop: a training run from a configuration to a completed log, callable from Python.
+
+    from bioplaus.runner import run, resume
+    result = run(Config(variant="predsim-bpf", epochs=3), out="runs/a.h5")   # RunResult(path, status, ...)
+    result = resume("runs/a.h5", epochs=5)
+
+Every check runs before anything is written (:func:`prepare`, :func:`prepare_resume`): the
+configuration and its combinations with the dataset, the memory the model needs, the device, the
+data files, the output path (only a bioplaus run log may be replaced, and only with ``overwrite``),
+and on resume that the checkpoint belongs to the log (same configuration, every array's name, shape
+and dtype). Bad input raises :class:`BadInput` with one sentence and leaves every file as it was.
+
+Then :func:`execute` takes the lock beside the log, writes the log and trains. At each epoch end the
+log epoch is written first, then the checkpoint (both atomically). It ends with a status:
+
+    completed     every planned epoch done                                          exit 0
+    diverged      a loss became NaN or infinite (the log says where)                exit 1
+    interrupted   SIGINT or SIGTERM; resume continues from the last completed epoch exit 130
+    storage       the disk is full (or failing): the log keeps every completed epoch;
+                  free space and resume                                              exit 74
+
+Test hook: ``BIOPLAUS_TEST_PAUSE_AFTER_LOG=SECONDS`` (or ``SECONDS@EPOCH``) prints ``logged epoch <k>``
+after each log write and sleeps that long (after every epoch, or only after EPOCH) before the
+checkpoint write, so a test can act between the two.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import bioplaus
+from bioplaus import files
+from bioplaus.config import Config, ConfigError
+
+EXIT_OK, EXIT_DIVERGED, EXIT_USAGE, EXIT_STORAGE, EXIT_INTERRUPTED = 0, 1, 2, 74, 130
+EXIT_CODES = {"completed": EXIT_OK, "diverged": EXIT_DIVERGED, "interrupted": EXIT_INTERRUPTED,
+              "storage": EXIT_STORAGE}
+RESUME_MAY_CHANGE = ("epochs", "device", "data_dir")  # flags that may differ from the log's on resume
+PAUSE_HOOK = "BIOPLAUS_TEST_PAUSE_AFTER_LOG"
+
+
+class BadInput(ValueError):
+    """Bad input: ``str(e)`` is one sentence for the user; nothing was written."""
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@dataclass
+class RunResult:
+    """How a run ended: its log, status (completed, diverged, interrupted, storage) and epochs on disk."""
+
+    path: str
+    status: str
+    epochs: int
+    message: str = ""
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.status]
+
+
+@dataclass
+class Prepared:
+    """A checked run, ready to execute: nothing has been written yet."""
+
+    cfg: Config
+    backend: Any
+    trainer: Any
+    out: str
+    resume_from: tuple[int, int] | None = None  # (epochs in the log, epoch of the checkpoint)
+    overwrite: bool = False
+    recipe: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _one(exc: BaseException) -> str:
+    text = str(exc).strip().strip("'\"")
+    return text or exc.__class__.__name__
+
+
+# ------------------------------------------------------------------------------ checks (nothing written)
+def check_environment() -> None:
+    """Settings read from the environment that would otherwise fail mid-run."""
+    value = os.environ.get(PAUSE_HOOK)
+    if value:
+        seconds, _, only = value.partition("@")
+        try:
+            ok = float(seconds) >= 0 and (not only or int(only) >= 1)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise BadInput(f"{PAUSE_HOOK}={value!r} is not SECONDS or SECONDS@EPOCH")
+
+
+def resolve(values: dict[str, Any], base: Config | None = None) -> Config:
+    try:
+        return Config.from_dict(values, base=base).resolve()
+    except ConfigError as exc:
+        raise BadInput(_one(exc)) from exc
+
+
+def dataset_spec(cfg: Config):
+    from bioplaus.data import DataError, get_spec
+
+    try:
+        return get_spec(cfg.dataset)
+    except (DataError, KeyError, ValueError) as exc:
+        raise BadInput(_one(exc)) from exc
+
+
+def network_spec(cfg: Config, data_spec):
+    from bioplaus.models import build_spec
+
+    try:
+        cfg.check_dataset(data_spec.num_classes, tuple(data_spec.input_shape), data_spec.num_train)
+        return build_spec(cfg, tuple(data_spec.input_shape), data_spec.num_classes)
+    except ConfigError as exc:
+        raise BadInput(_one(exc)) from exc
+
+
+def check_memory(cfg: Config, spec, data_spec, backend) -> None:
+    from bioplaus.budget import available_bytes, estimate_bytes, human
+
+    need = estimate_bytes(cfg, spec, data_spec.num_train or 60_000, on_gpu=backend.is_gpu)
+    have, where = available_bytes(backend)
+    if need > have:
+        raise BadInput(f"this model needs about {human(need)} of memory (parameters, optimizer state and one "
+                       f"batch's activations) but {where} {human(have)} available; make it smaller "
+                       "(--feat-mult, --num-hidden, --num-layers, --batch-size)")
+
+
+def get_device(cfg: Config):
+    from bioplaus.backend import BackendError, get_backend
+
+    try:
+        return get_backend(cfg.device)
+    except BackendError as exc:
+        raise BadInput(_one(exc)) from exc
+
+
+def load_data(cfg: Config):
+    from bioplaus.data import DataError, load_dataset
+
+    try:
+        return load_dataset(cfg.dataset, data_dir=cfg.data_dir)
+    except DataError as exc:
+        raise BadInput(_one(exc)) from exc
+
+
+def make_trainer(cfg: Config, backend, dataset, stages=None):
+    from bioplaus.train import Trainer
+
+    try:
+        return Trainer(cfg, backend, dataset, stages=stages)
+    except (ConfigError, ValueError) as exc:
+        raise BadInput(_one(exc)) from exc
+
+
+def default_out(cfg: Config) -> str:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    stem = os.path.join("runs", f"{cfg.variant}-{cfg.model}-{cfg.dataset}-{stamp}")
+    path, k = stem + ".h5", 1
+    while any(os.path.lexists(p) for p in (path, files.checkpoint_path(path), files.lock_path(path))):
+        k += 1
+        path = f"{stem}-{k}.h5"
+    return path
+
+
+def check_new_out(out: str, overwrite: bool) -> None:
+    """``out`` may receive a new run: a good name in a writable folder; if something is there, it is a
+    bioplaus run log (and checkpoint) and ``overwrite`` was asked for."""
+    from bioplaus.checkpoint import is_checkpoint
+    from bioplaus.log import LogError, read_attrs
+
+    try:
+        files.check_name(out, "--out")
+        if os.path.isdir(out) and not os.path.islink(out):
+            raise files.PathError(f"--out {out} is a folder; give a file name such as {os.path.join(out, 'run.h5')}")
+        files.check_folder_writable(out, "--out")
+        ckpt = files.checkpoint_path(out)
+        existing = [p for p in (out, ckpt) if os.path.lexists(p)]
+        if existing and not overwrite:
+            raise files.PathError(f"{out} already exists; pass --overwrite to replace it or --resume {out} to "
+                                  "continue it" if os.path.lexists(out) else
+                                  f"{ckpt} (a checkpoint) already exists; pass --overwrite to replace it")
+        files.refuse_unless_regular(out, "a bioplaus run log")
+        files.refuse_unless_regular(ckpt, "a bioplaus checkpoint")
+        if os.path.lexists(out):
+            try:
+                read_attrs(out)
+            except LogError:
+                raise files.PathError(f"{out} is not a bioplaus run log; --overwrite replaces only run logs, so "
+                                      "it is left alone") from None
+            if not os.access(out, os.W_OK):
+                raise files.PathError(f"cannot replace {out}: it is not writable")
+        if os.path.lexists(ckpt) and not is_checkpoint(ckpt):
+            raise files.PathError(f"{ckpt} is not a bioplaus checkpoint; --overwrite replaces only a run's own "
+                                  "files, so it is left alone")
+        files.check_lock_file(out)
+        files.check_not_running(out)
+    except files.PathError as exc:
+        raise BadInput(str(exc)) from None
+
+
+def prepare(cfg: Config | dict, out: str | None = None, overwrite: bool = False, recipe: str | None = None,
+            stages=None) -> Prepared:
+    """Check a new run completely; returns what :func:`execute` needs. Writes nothing."""
+    check_environment()
+    if isinstance(cfg, dict):
+        cfg = resolve(cfg)
+    else:
+        cfg = resolve({}, cfg)
+    if overwrite and not out:
+        raise BadInput("--overwrite needs --out")
+    data_spec = dataset_spec(cfg)
+    spec = network_spec(cfg, data_spec)
+    out = out if out is not None else default_out(cfg)
+    check_new_out(out, overwrite)
+    backend = get_device(cfg)
+    check_memory(cfg, spec, data_spec, backend)
+    dataset = load_data(cfg)
+    trainer = make_trainer(cfg, backend, dataset, stages)
+    return Prepared(cfg, backend, trainer, out, None, overwrite, recipe)
+
+
+def prepare_resume(path: str, changes: dict[str, Any] | None = None, stages=None) -> Prepared:
+    """Check that the run logged at ``path`` can continue (with ``changes`` to --epochs, --device or
+    --data-dir only); returns what :func:`execute` needs. Writes nothing."""
+    from bioplaus.checkpoint import CheckpointError, load_checkpoint, upgrade
+    from bioplaus.log import LogError, read_run
+
+    check_environment()
+    changes = dict(changes or {})
+    try:
+        if not path or not path.strip():
+            raise files.PathError("--resume needs the path of a run log")
+        if os.path.isdir(path):
+            raise files.PathError(f"--resume {path} is a folder, not a run log")
+        files.refuse_unless_regular(path, "a bioplaus run log")
+    except files.PathError as exc:
+        raise BadInput(str(exc)) from None
+    try:
+        run = read_run(path)
+    except LogError as exc:
+        raise BadInput(f"cannot resume: {_one(exc)}") from exc
+    logged = run.config
+    for key, value in changes.items():
+        if key in RESUME_MAY_CHANGE:
+            continue
+        try:
+            same = Config.from_dict({key: value}, base=logged).to_dict()[key] == logged.to_dict()[key]
+        except ConfigError as exc:
+            raise BadInput(_one(exc)) from exc
+        if not same:
+            raise BadInput(f"--{key.replace('_', '-')} differs from the configuration in {path}; only --epochs "
+                           "(larger), --device, --data-dir and --no-progress may change on --resume")
+    if changes.get("epochs", logged.epochs) < logged.epochs:
+        raise BadInput(f"--epochs {changes['epochs']} is smaller than the {logged.epochs} epochs planned in {path}")
+    cfg = resolve({k: v for k, v in changes.items() if k in RESUME_MAY_CHANGE}, logged)
+
+    done, status = run.num_epochs, run.status
+    if status == "diverged":
+        raise BadInput(f"{path} diverged ({run.attrs.get('message', '')}); resuming it would diverge again")
+    if status == "completed" and cfg.epochs <= done:
+        raise BadInput(f"{path} is completed ({done} epochs); pass a larger --epochs to train on")
+    ckpt = files.checkpoint_path(path)
+    state, meta, ckpt_epoch = None, None, 0
+    try:
+        files.refuse_unless_regular(ckpt, "a bioplaus checkpoint")
+        files.check_name(path, "--resume")
+        files.check_folder_writable(path, "--resume")
+        if not os.access(path, os.W_OK):
+            raise files.PathError(f"cannot resume: {path} is not writable")
+        files.check_lock_file(path)
+        files.check_not_running(path)
+    except files.PathError as exc:
+        raise BadInput(str(exc)) from None
+    if os.path.lexists(ckpt):
+        try:
+            state, meta = load_checkpoint(ckpt)
+        except CheckpointError as exc:
+            raise BadInput(f"cannot resume: {_one(exc)}") from exc
+        ckpt_epoch = meta["epoch"]
+        _check_checkpoint_config(meta, logged, ckpt)
+    if done not in (ckpt_epoch, ckpt_epoch + 1):
+        raise BadInput(f"cannot resume: {path} holds {done} epochs but its checkpoint {ckpt} holds {ckpt_epoch}")
+    data_spec = dataset_spec(cfg)
+    spec = network_spec(cfg, data_spec)
+    backend = get_device(cfg)
+    check_memory(cfg, spec, data_spec, backend)
+    dataset = load_data(cfg)
+    trainer = make_trainer(cfg, backend, dataset, stages)
+    if state is not None:
+        state = upgrade(state, meta["checkpoint_format"], [b.name for b in spec.blocks])
+        try:
+            trainer.load_state_dict(state)
+        except (KeyError, ValueError) as exc:
+            raise BadInput(f"cannot resume: the checkpoint {ckpt} does not belong to {path}: {_one(exc)}") from exc
+        if trainer.epoch != ckpt_epoch:
+            raise BadInput(f"cannot resume: the checkpoint {ckpt} holds epoch {trainer.epoch} in its arrays but says "
+                           f"{ckpt_epoch}")
+    return Prepared(cfg, backend, trainer, path, (done, ckpt_epoch))
+
+
+def _check_checkpoint_config(meta: dict, logged: Config, ckpt: str) -> None:
+    """The checkpoint was written by this log's run: its configuration matches (the settings a resume
+    may change aside)."""
+    text = meta.get("config")
+    try:
+        theirs = Config.from_json(text) if isinstance(text, str) else None
+    except (ValueError, TypeError, ConfigError):
+        theirs = None
+    if theirs is None:
+        raise BadInput(f"cannot resume: the checkpoint {ckpt} has no readable configuration")
+    a, b = theirs.to_dict(), logged.to_dict()
+    for key in sorted(a):
+        if key not in RESUME_MAY_CHANGE and a[key] != b.get(key):
+            raise BadInput(f"cannot resume: the checkpoint {ckpt} belongs to another run (its {key} is {a[key]!r}, "
+                           f"the log's is {b.get(key)!r})")
+
+
+# ------------------------------------------------------------------------------ signals
+class Signals:
+    """SIGINT/SIGTERM raise Interrupted, except inside ``deferred()`` where they wait for its end.
+    Installed only in the main thread (elsewhere Python cannot take signals)."""
+
+    def __init__(self) -> None:
+        self.critical = False
+        self.pending: int | None = None
+        self.saved: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.critical:
+            self.pending = signum
+        else:
+            raise Interrupted(signum)
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.saved[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, old in self.saved.items():
+            signal.signal(sig, old)
+        self.saved.clear()
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        self.critical = True
+        try:
+            yield
+        finally:
+            self.critical = False
+        if self.pending is not None:
+            raise Interrupted(self.pending)
+
+
+def _test_pause(epoch: int, echo: Callable[[str], None]) -> None:
+    value = os.environ.get(PAUSE_HOOK)
+    if value:
+        seconds, _, only = value.partition("@")
+        echo(f"logged epoch {epoch}")
+        if not only or int(only) == epoch:
+            time.sleep(float(seconds))
+
+
+# ------------------------------------------------------------------------------ the loop (writes)
+def execute(prepared: Prepared, progress: bool = False, echo: Callable[[str], None] | None = None,
+            on_epoch: Callable[[dict, dict], None] | None = None) -> RunResult:
+    """Write the log and train (see the module docstring). Bad input met only now (the lock taken by
+    another process in the meantime, a log that cannot be created) raises :class:`BadInput`, with
+    whatever this call created removed again."""
+    echo = echo or (lambda line: None)
+    out = prepared.out
+    folder = os.path.dirname(os.path.abspath(out))
+    made = [d for d in _missing_folders(folder)]
+    try:
+        os.makedirs(folder, exist_ok=True)
+        lock = files.RunLock(out).acquire()
+    except (OSError, files.PathError) as exc:
+        _remove_folders(made)
+        raise BadInput(str(exc) if isinstance(exc, files.PathError) else f"cannot write {out}: {exc.strerror}") \
+            from None
+    try:
+        return _execute_locked(prepared, progress, echo, on_epoch, lock, made)
+    finally:
+        lock.release()
+
+
+def _missing_folders(folder: str) -> list[str]:
+    made = []
+    while not os.path.lexists(folder):
+        made.append(folder)
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    return made  # innermost first
+
+
+def _remove_folders(made: list[str]) -> None:
+    for d in made:
+        with contextlib.suppress(OSError):
+            os.rmdir(d)
+
+
+def _open_log(prepared: Prepared, lock, made):
+    from bioplaus.log import LogError, RunLog
+
+    cfg, trainer, out = prepared.cfg, prepared.trainer, prepared.out
+    if prepared.resume_from is None:
+        try:
+            if prepared.overwrite:
+                files.remove_stale_temps(out)
+                ckpt = files.checkpoint_path(out)
+                if files.regular_file(ckpt):  # the old run's checkpoint must not outlive its log
+                    os.unlink(ckpt)
+            return RunLog.create(out, cfg, prepared.backend.device, trainer.num_parameters,
+                                 replace=prepared.overwrite)
+        except (OSError, LogError) as exc:
+            if files.is_storage_failure(exc):
+                raise
+            if lock.created:
+                with contextlib.suppress(OSError):
+                    os.unlink(lock.path)
+            _remove_folders(made)
+            raise BadInput(f"cannot write {out}: {getattr(exc, 'strerror', None) or _one(exc)}") from None
+    done, ckpt_epoch = prepared.resume_from
+    files.remove_stale_temps(out)
+    log = RunLog.open_for_resume(out)
+    if done > ckpt_epoch:  # killed between the log write and the checkpoint write
+        log.truncate(ckpt_epoch)
+    log.set_config(cfg)
+    log.set_device(prepared.backend.device)
+    log.set_status("running")
+    return log
+
+
+def _execute_locked(prepared: Prepared, progress, echo, on_epoch, lock, made) -> RunResult:
+    from bioplaus.checkpoint import save_checkpoint
+    from bioplaus.train import Diverged
+
+    cfg, trainer, out = prepared.cfg, prepared.trainer, prepared.out
+    ckpt = files.checkpoint_path(out)
+    log = None
+    resume_hint = f"resume with: python sims/run.py --resume {out}"
+    signals = Signals()
+    signals.install()
+    try:
+        try:
+            log = _open_log(prepared, lock, made)
+            echo(summary(prepared))
+            if prepared.resume_from is not None:
+                echo(f"resuming after epoch {trainer.epoch}")
+            while trainer.epoch < cfg.epochs:
+                epoch = trainer.epoch + 1
+                stats = _train_epoch(trainer, cfg, epoch, progress)
+                ev = trainer.evaluate()
+                probe = trainer.probe() if cfg.probe_every and epoch % cfg.probe_every == 0 else None
+                with signals.deferred():
+                    log.append_epoch(stats, ev, probe)
+                    _test_pause(epoch, echo)
+                    meta = {"epoch": trainer.epoch, "config": cfg.to_json(), "bioplaus_version": bioplaus.__version__}
+                    save_checkpoint(ckpt, trainer.state_dict(), meta)
+                if on_epoch is not None:
+                    on_epoch(stats, ev)
+                echo(epoch_line(cfg, stats, ev, trainer.layer_names))
+            log.set_status("completed")
+        except Interrupted as exc:
+            message = f"stopped by {exc} after epoch {trainer.epoch}"
+            if log is not None:
+                _try(lambda: log.set_status("interrupted", message))
+            print(f"\ninterrupted by {exc} after epoch {trainer.epoch}; log: {out}\n{resume_hint}",
+                  file=sys.stderr, flush=True)
+            return RunResult(out, "interrupted", trainer.epoch, message)
+        except Diverged as exc:
+            log.set_status("diverged", str(exc))
+            print(f"diverged: {_sentence(str(exc))} log: {out}", file=sys.stderr, flush=True)
+            return RunResult(out, "diverged", exc.epoch - 1, str(exc))
+        except OSError as exc:
+            if not files.is_storage_failure(exc):
+                raise
+            if log is None and lock.created:  # not even the log could be written: leave nothing behind
+                with contextlib.suppress(OSError):
+                    os.unlink(lock.path)
+                _remove_folders(made)
+            return _storage_failure(exc, log, trainer, out, resume_hint)
+    finally:
+        signals.restore()
+    echo(f"done: {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}; log: {out}")
+    echo(f"plot it: python sims/figures.py --logs {out} --out-dir figures  (or bioplaus.analysis.load_runs({out!r}) "
+         f"and the notebooks in analysis/); browse it: h5ls -r {out}")
+    return RunResult(out, "completed", cfg.epochs)
+
+
+def _try(action) -> bool:
+    try:
+        action()
+    except OSError:
+        return False
+    return True
+
+
+def _storage_failure(exc: OSError, log, trainer, out: str, resume_hint: str) -> RunResult:
+    """A full (or failing) disk: the log keeps every completed epoch; say so, mark it where possible."""
+    from bioplaus.log import read_run
+
+    files.remove_stale_temps(out)
+    try:
+        on_disk = read_run(out).num_epochs if log is not None else 0
+    except Exception:  # noqa: BLE001 -- the log itself may be unreadable now: say what we know
+        on_disk = trainer.epoch
+    reason = "no space left on the disk" if exc.errno in (28, 122) or isinstance(exc, files.StorageFull) else \
+        f"the disk failed ({exc.strerror or exc})"
+    folder = os.path.dirname(os.path.abspath(out))
+    kept = f"the log keeps epochs 1..{on_disk}" if on_disk else "the log holds no epoch yet"
+    message = f"{reason} in {folder} after epoch {trainer.epoch}; {kept}"
+    marked = log is not None and _try(lambda: log.set_status("interrupted", message))
+    files.remove_stale_temps(out)
+    print(f"error: {message}{'' if marked else ' (its status could not be updated)'}; free space and {resume_hint}.",
+          file=sys.stderr, flush=True)
+    return RunResult(out, "storage", on_disk, message)
+
+
+def _train_epoch(trainer, cfg: Config, epoch: int, progress: bool) -> dict:
+    if not progress:
+        return trainer.train_epoch()
+    from tqdm import tqdm
+
+    bar = tqdm(desc=f"epoch {epoch}/{cfg.epochs}", unit="sample", unit_scale=True, leave=False,
+               dynamic_ncols=True, file=sys.stderr)
+
+    def on_batch(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        return trainer.train_epoch(on_batch=on_batch)
+    finally:
+        bar.close()
+
+
+# ------------------------------------------------------------------------------ what is printed
+def _sentence(message: str) -> str:
+    """One line, ending with a full stop (or a question mark)."""
+    text = " ".join(str(message).split())
+    return text if text.endswith((".", "?", "!")) else text + "."
+
+
+def summary(prepared: Prepared) -> str:
+    cfg, trainer = prepared.cfg, prepared.trainer
+    head = (f"bioplaus {bioplaus.__version__}: {cfg.variant} on {cfg.dataset}, model {cfg.model} "
+            f"({trainer.num_parameters:,} parameters), {prepared.backend.device}")
+    lines = [head]
+    if prepared.recipe:
+        lines.append(f"recipe: {prepared.recipe}")
+    items = [f"{k}={v}" for k, v in cfg.to_dict().items() if k not in ("variant", "model", "dataset")]
+    line = "config:"
+    for item in items:
+        if len(line) + len(item) > 100:
+            lines.append(line)
+            line = "       "
+        line += " " + item
+    lines.append(line)
+    lines.extend(prepared.notes)
+    lines.append(f"log: {prepared.out}")
+    return "\n".join(lines)
+
+
+def _fmt_pct(value: Any) -> str:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return "-"
+    return "-" if math.isnan(v) else f"{v:.2f}%"
+
+
+def epoch_line(cfg: Config, stats: dict, ev: dict, layer_names) -> str:
+    parts = [f"epoch {stats['epoch']}/{cfg.epochs}", f"train {_fmt_pct(stats.get('train_error'))}",
+             f"test {_fmt_pct(ev.get('test_error'))}"]
+    local = []
+    for name in layer_names:
+        if name == "out":
+            continue
+        entry = (ev.get("layers") or {}).get(name) or (stats.get("layers") or {}).get(name) or {}
+        err = entry.get("error_pred")
+        if err is not None and not math.isnan(float(err)):
+            local.append(f"{name} {float(err):.1f}%")
+    if local:
+        parts.append("local: " + " ".join(local))
+    parts.append(f"lr {float(stats['lr']):.1e}")
+    parts.append(f"{float(stats['seconds']):.1f}s")
+    return "  ".join(parts)
+
+
+# ------------------------------------------------------------------------------ from Python
+def run(cfg: Config | dict, out: str | None = None, *, overwrite: bool = False, progress: bool = False,
+        verbose: bool = False, stages=None) -> RunResult:
+    """Train a run of ``cfg`` (a Config or a dict of its fields) to a log at ``out`` (a fresh
+    ``runs/...h5`` by default). Raises :class:`BadInput` on bad input; returns how the run ended."""
+    echo = (lambda line: print(line, flush=True)) if verbose else None
+    return execute(prepare(cfg, out, overwrite, stages=stages), progress=progress, echo=echo)
+
+
+def resume(path: str, *, progress: bool = False, verbose: bool = False, stages=None, **changes) -> RunResult:
+    """Continue the run logged at ``path`` (``epochs=``, ``device=``, ``data_dir=`` may change)."""
+    echo = (lambda line: print(line, flush=True)) if verbose else None
+    return execute(prepare_resume(path, changes, stages=stages), progress=progress, echo=echo)

@@ -1,0 +1,28 @@
+#!/usr/bin/env python3
+"""Run the paper's recipes (and flag grids) over seeds, each an ordinary ``sims/run.py`` run with its own log.
+
+    python sims/sweep.py --recipes 'fashion-mnist-mlp-*' --seeds 1 2 --out-dir runs/fmnist --jobs 2
+    python sims/sweep.py --recipes fashion-mnist-mlp-pred --set lr=1e-3,5e-4 --seeds 1 2 3 --out-dir runs/lr
+    mpiexec -n 9 python -m mpi4py.futures sims/sweep.py --recipes 'cifar10-*' --seeds 1 2 --out-dir runs/c10
+    python sims/sweep.py --report runs/fmnist [--layout paper]
+
+Run the same command again after a stop, a crash or a kill: completed runs are skipped, the others
+resumed. ``python sims/sweep.py --help`` lists the options; :mod:`bioplaus.sweep` documents the naming,
+the states of a run and the exit statuses.
+"""
+
+import os
+import sys
+
+# Run from a checkout without installing: prefer the bioplaus package that sits beside sims/. (Under
+# mpi4py.futures, the workers run this file too, as __worker__: this line lets them import bioplaus.)
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.path.isfile(os.path.join(_ROOT, "bioplaus", "__init__.py")):
+    sys.path.insert(0, _ROOT)
+
+from bioplaus.sweep import main
+
+RUN_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "run.py")
+
+if __name__ == "__main__":
+    sys.exit(main(run_script=RUN_SCRIPT))
