@@ -19,6 +19,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = Path(__file__).resolve().parent
 RULES_LINK = "[`bioplaus/rules.py`](../../bioplaus/rules.py)"
+HEADS_LINK = "[`bioplaus/heads.py`](../../bioplaus/heads.py)"
 
 
 def md(text: str):
@@ -280,7 +281,7 @@ def test_local_pred_error():
 check("local_pred_error", test_local_pred_error)
 '''),
     md(f"""
-Compare your function with the `pred` branch of `_local_head` in {RULES_LINK}. **Question:** what
+Compare your function with `PredHead` in {HEADS_LINK}. **Question:** what
 would `glob` need, in addition, to compute `δh` of the first block? (Everything above it.)
 """),
 ]
@@ -293,7 +294,7 @@ The `sim` loss of a block compares two `B × B` matrices of a mini-batch of `B` 
 `S(h)`, the cosine similarity of every pair of examples in the block's (projected) features, and
 `S(Y)`, the same for their one-hot labels: 1 for two examples of the same class, 0 otherwise.
 The loss is `mean((S(h) − S(Y))²)`: examples of the same class should get similar features,
-examples of different classes orthogonal ones. See the `sim` rule in {RULES_LINK} and the op in
+examples of different classes orthogonal ones. See `SimHead` in {HEADS_LINK} and the op in
 [`bioplaus/ops/similarity.py`](../../bioplaus/ops/similarity.py).
 
 `S(X)`: subtract each row's mean, divide each row by `1e-8 + ` its L2 norm (`Xn`), and
@@ -382,7 +383,7 @@ backprop-free (bpf) variants remove both (see the `feedback` and `direct` branch
 
 In this lab you watch the alignment angle during training and write both pieces yourself.
 """),
-    code(LAB_SETUP + "from bioplaus.rules import bpf_codes"),
+    code(LAB_SETUP + "from bioplaus.heads import LabelProjection"),
     code(CHECK),
     params("""
 LOGS = []  # a pred-bpf or predsim-bpf run log; empty: train one here
@@ -421,7 +422,7 @@ def test_binary_label_code():
     got = np.asarray(binary_label_code(np.eye(K)[y], P), dtype=float)
     assert got.shape == (N, T), f"the shape is {got.shape}, it should be {(N, T)}"
     assert set(np.unique(got)) <= {0.0, 1.0}, "the code should hold only 0.0 and 1.0"
-    assert np.array_equal(got, bpf_codes(P)[y]), "the code differs from bioplaus.rules.bpf_codes(P)[y]"
+    assert np.array_equal(got, LabelProjection.codes(P)[y]), "the code differs from LabelProjection.codes(P)[y]"
 
 
 check("binary_label_code", test_binary_label_code)

@@ -218,14 +218,26 @@ def blocked(xp, n: int, body: Callable[[int, int], None], block: int = BLOCK) ->
         future.result()  # re-raises a worker's exception here
 
 
-def get_backend(device: str = "auto") -> Backend:
-    """Choose the array module: ``auto`` (GPU when usable, else CPU), ``cpu`` or ``gpu``."""
+def gpu_count() -> int:
+    """CUDA devices this process can use (0 without CuPy)."""
+    cupy = _load_cupy()
+    return 0 if cupy is None else int(cupy.cuda.runtime.getDeviceCount())
+
+
+def get_backend(device: str = "auto", index: int | None = None) -> Backend:
+    """Choose the array module: ``auto`` (GPU when usable, else CPU), ``cpu`` or ``gpu``.
+
+    ``index``: on a machine with several GPUs, use device ``index % count`` (made current for this
+    thread): one per process of a layer-parallel run.
+    """
     if device == "cpu":
         return NUMPY
     if device not in ("auto", "gpu"):
         raise BackendError(f"unknown device {device!r}; choose auto, cpu or gpu")
     cupy = _load_cupy()
     if cupy is not None:
+        if index is not None:
+            cupy.cuda.Device(index % max(1, gpu_count())).use()
         return Backend("cupy", cupy)
     if device == "gpu":
         raise BackendError(

@@ -98,3 +98,30 @@ def human(n: float) -> str:
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1024
     return f"{n:.1f} EiB"
+
+
+def block_costs(spec: NetSpec, variant: str, batch: int, target_proj_size: int = 128) -> list[float]:
+    """Estimated FLOPs of one training step of each block under a local rule: its encoder forward and
+    weight gradient, its heads forward and backward, and the similarity matrices (memory-bound passes
+    are not counted; they scale with the same feature maps). Used to balance a pipeline's stages."""
+    rule = get_rule(variant)
+    K, N, costs = spec.num_classes, batch, []
+    for i, b in enumerate(spec.blocks):
+        pixels = b.size * b.size if b.kind == "conv" else 1
+        k2 = b.kernel * b.kernel if b.kind == "conv" else 1
+        macs = N * pixels * b.c_out * b.c_in * k2
+        total = 2 * macs * (2 if rule.is_local or i == 0 else 3)  # forward + dW (+ dx under backprop)
+        for head in rule.heads:
+            if head.name == "pred":
+                outs = target_proj_size if head.feedback else K
+                total += 2 * N * b.dec_features * outs * 3  # decoder forward, its dW and the error to h
+            else:
+                if head.learned:
+                    total += 2 * N * pixels * b.c_out * b.c_out * (9 if b.kind == "conv" else 1) * 3
+                width = b.c_out if b.kind == "dense" or pixels > 1 else b.dec_features
+                total += 4 * N * N * width  # S forward and backward
+        total += 8 * N * pixels * b.c_out  # batch norm and φ, forward and backward (a few passes)
+        costs.append(float(total))
+    if costs:
+        costs[-1] += 2 * N * spec.out_features_in * K * 2  # the output layer
+    return costs

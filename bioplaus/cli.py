@@ -36,6 +36,16 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def _stage_list(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--stages takes block counts such as 3,2,2, not {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"--stages takes block counts of 1 or more, not {text!r}")
+    return sizes
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; config flags have no defaults, so only typed flags appear."""
     p = _Parser(
@@ -87,10 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="PATH.h5", help="continue an interrupted run from its last checkpoint")
     run.add_argument("--describe", action="store_true", help="print the model and its parameter count, then exit")
     run.add_argument("--no-progress", dest="no_progress", action="store_true", help="no progress bars")
+    par = p.add_argument_group("layer-parallel training (mpiexec -n K python sims/run.py --parallel layers ...)")
+    par.add_argument("--parallel", metavar="layers", choices=["layers"],
+                     help="train the network's stages on the MPI ranks at once (local rules only)")
+    par.add_argument("--stages", metavar="N,N,...", type=_stage_list,
+                     help="blocks per rank, in order (default: balanced by estimated cost)")
+    par.add_argument("--ranks", metavar="K", type=int, help="with --describe: show the split over K ranks")
     return p
 
 
-_ACTION_KEYS = {"recipe", "list_recipes", "list_variants", "out", "overwrite", "resume", "describe", "no_progress"}
+_ACTION_KEYS = {"recipe", "list_recipes", "list_variants", "out", "overwrite", "resume", "describe", "no_progress",
+                "parallel", "stages", "ranks"}
 
 
 def _config_flags(ns: argparse.Namespace) -> dict[str, Any]:
@@ -118,6 +135,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(describe_rules())
             return EXIT_OK
+        if getattr(ns, "parallel", None) and not getattr(ns, "describe", False):
+            from bioplaus.parallel import main_parallel
+
+            return main_parallel(ns, _config_flags(ns))
+        if getattr(ns, "ranks", None) is not None and not getattr(ns, "describe", False):
+            raise UsageError("--ranks only goes with --describe --parallel layers (mpiexec sets the ranks of a run)")
+        if getattr(ns, "stages", None) is not None and not getattr(ns, "parallel", None):
+            raise UsageError("--stages needs --parallel layers")
         if getattr(ns, "resume", None) is not None:
             prepared = _prepare_resume(ns)
         else:
@@ -160,9 +185,14 @@ def _prepare_new(ns: argparse.Namespace):
 
         spec = runner.dataset_spec(cfg)
         try:
-            print(describe_model(cfg, tuple(spec.input_shape), spec.num_classes))
+            text = describe_model(cfg, tuple(spec.input_shape), spec.num_classes)
         except ConfigError as exc:
             raise UsageError(runner._one(exc)) from exc
+        if getattr(ns, "parallel", None):
+            from bioplaus.parallel import describe_parallel
+
+            text = describe_parallel(cfg, spec, getattr(ns, "ranks", None), getattr(ns, "stages", None)) + "\n" + text
+        print(text)
         return None
     return runner.prepare(cfg, getattr(ns, "out", None), getattr(ns, "overwrite", False),
                           recipe=getattr(ns, "recipe", None))

@@ -81,7 +81,7 @@ class Config:
         """Fill variant defaults and check every combination; returns a new Config."""
         cfg = self
         if cfg.variant not in RULES:
-            raise ConfigError(f"unknown variant {cfg.variant!r}; choose one of {', '.join(VARIANTS)}")
+            raise ConfigError(f"unknown variant {cfg.variant!r}; choose one of {', '.join(RULES)}")
         if cfg.beta is None:  # as the authors ran each variant: predsim mostly sim, predsim-bpf mostly pred-bpf
             cfg = dataclasses.replace(cfg, beta=RULES[cfg.variant].default_beta)
         if cfg.num_layers is None:
@@ -92,7 +92,7 @@ class Config:
     def validate(self) -> None:
         """Every value in range, every combination possible; ConfigError (one sentence) otherwise."""
         if self.variant not in RULES:
-            raise ConfigError(f"unknown variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
+            raise ConfigError(f"unknown variant {self.variant!r}; choose one of {', '.join(RULES)}")
         if self.model not in MODELS:
             raise ConfigError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
         if self.nonlin not in NONLINS:

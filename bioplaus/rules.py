@@ -108,7 +108,7 @@ RULES: dict[str, Rule] = {
                         (PRED_FEEDBACK, SIM_DIRECT), beta_mix=True, default_beta=0.01),
     "glob+sim": Rule("global backprop plus each block's local sim loss (paper Table 9)", (SIM,), global_error=True),
 }
-VARIANTS = tuple(RULES)
+VARIANTS = tuple(RULES)  # the built-in rules; RULES may grow (register)
 REFERENCE_RULE = "glob"  # true backprop: what the probe compares every rule's updates with
 
 
@@ -116,7 +116,17 @@ def get_rule(variant: str) -> Rule:
     try:
         return RULES[variant]
     except KeyError:
-        raise ConfigError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}") from None
+        raise ConfigError(f"unknown variant {variant!r}; choose one of {', '.join(RULES)}") from None
+
+
+def register(name: str, rule: Rule) -> None:
+    """Add a learning rule under ``name`` (a researcher's own, defined in any module): the
+    configuration, the trainer, the run loop and the log take it like the built-in ones."""
+    if not name or name in RULES:
+        raise ValueError(f"a rule named {name!r} exists already" if name else "a rule needs a name")
+    if not isinstance(rule, Rule):
+        raise TypeError("register() takes a bioplaus.rules.Rule")
+    RULES[name] = rule
 
 
 # Update callback: update(block_index, grads), block_index counted in the network, or -1 for the output layer.

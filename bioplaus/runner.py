@@ -87,6 +87,7 @@ class Prepared:
     overwrite: bool = False
     recipe: str | None = None
     notes: list[str] = field(default_factory=list)
+    device: str | None = None  # what the log records as the device (default: the backend's)
 
 
 def _one(exc: BaseException) -> str:
@@ -145,11 +146,11 @@ def check_memory(cfg: Config, spec, data_spec, backend) -> None:
                        "(--feat-mult, --num-hidden, --num-layers, --batch-size)")
 
 
-def get_device(cfg: Config):
+def get_device(cfg: Config, index: int | None = None):
     from bioplaus.backend import BackendError, get_backend
 
     try:
-        return get_backend(cfg.device)
+        return get_backend(cfg.device, index)
     except BackendError as exc:
         raise BadInput(_one(exc)) from exc
 
@@ -163,10 +164,12 @@ def load_data(cfg: Config):
         raise BadInput(_one(exc)) from exc
 
 
-def make_trainer(cfg: Config, backend, dataset, stages=None):
+def make_trainer(cfg: Config, backend, dataset, stages=None, factory=None):
     from bioplaus.train import Trainer
 
     try:
+        if factory is not None:  # a layer-parallel run's trainer (bioplaus.parallel)
+            return factory(cfg, backend, dataset)
         return Trainer(cfg, backend, dataset, stages=stages)
     except (ConfigError, ValueError) as exc:
         raise BadInput(_one(exc)) from exc
@@ -219,7 +222,7 @@ def check_new_out(out: str, overwrite: bool) -> None:
 
 
 def prepare(cfg: Config | dict, out: str | None = None, overwrite: bool = False, recipe: str | None = None,
-            stages=None) -> Prepared:
+            stages=None, factory=None, backend_index: int | None = None) -> Prepared:
     """Check a new run completely; returns what :func:`execute` needs. Writes nothing."""
     check_environment()
     if isinstance(cfg, dict):
@@ -232,14 +235,15 @@ def prepare(cfg: Config | dict, out: str | None = None, overwrite: bool = False,
     spec = network_spec(cfg, data_spec)
     out = out if out is not None else default_out(cfg)
     check_new_out(out, overwrite)
-    backend = get_device(cfg)
+    backend = get_device(cfg, backend_index)
     check_memory(cfg, spec, data_spec, backend)
     dataset = load_data(cfg)
-    trainer = make_trainer(cfg, backend, dataset, stages)
+    trainer = make_trainer(cfg, backend, dataset, stages, factory)
     return Prepared(cfg, backend, trainer, out, None, overwrite, recipe)
 
 
-def prepare_resume(path: str, changes: dict[str, Any] | None = None, stages=None) -> Prepared:
+def prepare_resume(path: str, changes: dict[str, Any] | None = None, stages=None, factory=None,
+                   backend_index: int | None = None, check_config: Callable[[Config], None] | None = None) -> Prepared:
     """Check that the run logged at ``path`` can continue (with ``changes`` to --epochs, --device or
     --data-dir only); returns what :func:`execute` needs. Writes nothing."""
     from bioplaus.checkpoint import CheckpointError, load_checkpoint, upgrade
@@ -302,10 +306,12 @@ def prepare_resume(path: str, changes: dict[str, Any] | None = None, stages=None
         raise BadInput(f"cannot resume: {path} holds {done} epochs but its checkpoint {ckpt} holds {ckpt_epoch}")
     data_spec = dataset_spec(cfg)
     spec = network_spec(cfg, data_spec)
-    backend = get_device(cfg)
+    if check_config is not None:
+        check_config(cfg)
+    backend = get_device(cfg, backend_index)
     check_memory(cfg, spec, data_spec, backend)
     dataset = load_data(cfg)
-    trainer = make_trainer(cfg, backend, dataset, stages)
+    trainer = make_trainer(cfg, backend, dataset, stages, factory)
     if state is not None:
         state = upgrade(state, meta["checkpoint_format"], [b.name for b in spec.blocks])
         try:
@@ -433,7 +439,7 @@ def _open_log(prepared: Prepared, lock, made):
                 ckpt = files.checkpoint_path(out)
                 if files.regular_file(ckpt):  # the old run's checkpoint must not outlive its log
                     os.unlink(ckpt)
-            return RunLog.create(out, cfg, prepared.backend.device, trainer.num_parameters,
+            return RunLog.create(out, cfg, prepared.device or prepared.backend.device, trainer.num_parameters,
                                  replace=prepared.overwrite)
         except (OSError, LogError) as exc:
             if files.is_storage_failure(exc):
@@ -449,7 +455,7 @@ def _open_log(prepared: Prepared, lock, made):
     if done > ckpt_epoch:  # killed between the log write and the checkpoint write
         log.truncate(ckpt_epoch)
     log.set_config(cfg)
-    log.set_device(prepared.backend.device)
+    log.set_device(prepared.device or prepared.backend.device)
     log.set_status("running")
     return log
 
@@ -569,7 +575,7 @@ def _sentence(message: str) -> str:
 def summary(prepared: Prepared) -> str:
     cfg, trainer = prepared.cfg, prepared.trainer
     head = (f"bioplaus {bioplaus.__version__}: {cfg.variant} on {cfg.dataset}, model {cfg.model} "
-            f"({trainer.num_parameters:,} parameters), {prepared.backend.device}")
+            f"({trainer.num_parameters:,} parameters), {prepared.device or prepared.backend.device}")
     lines = [head]
     if prepared.recipe:
         lines.append(f"recipe: {prepared.recipe}")

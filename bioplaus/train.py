@@ -53,9 +53,10 @@ def split_bounds(num_blocks: int, sizes: Sequence[int] | None) -> list[tuple[int
     return bounds
 
 
-def whole_network(stages: Sequence[Stage]) -> Blocks:
+def whole_network(nets: Sequence[Blocks]) -> Blocks:
     """One view of the whole network over consecutive stages' arrays (shared, not copied)."""
-    nets = [s.net for s in stages]
+    if len(nets) == 1:
+        return nets[0]
     return Blocks(tuple(b for n in nets for b in n.specs), 0, [p for n in nets for p in n.params],
                   [f for n in nets for f in n.fixed], [r for n in nets for r in n.running], nets[-1].out,
                   nets[0].slope, nets[0].num_classes)
@@ -89,7 +90,7 @@ class Trainer:
     @property
     def net(self) -> Blocks:
         """The whole network (a view over the stages' arrays)."""
-        return self.stages[0].net if len(self.stages) == 1 else whole_network(self.stages)
+        return whole_network([s.net for s in self.stages])
 
     # ------------------------------------------------------------------ description
     @property

@@ -109,7 +109,7 @@ def test_unwritable_out_is_refused_before_training(work, capsys):
     blocker.write_text("x")
     assert_refused(["--variant", "pred", *TINY, "--out", str(blocker / "sub" / "run.h5")], work, capsys,
                    "not a folder")
-    assert_refused(["--variant", "pred", *TINY, "--out", str(work / "cwd")], work, capsys, "is a folder")
+    assert_refused(["--variant", "pred", *TINY, "--out", str(work / "cwd")], work, capsys, "must end in .h5")
 
 
 def test_missing_data_is_one_sentence(work, capsys, monkeypatch):

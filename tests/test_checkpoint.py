@@ -1,0 +1,42 @@
+"""Checkpoints: format 2 keys arrays by block name; a checkpoint of format 1 (written by bioplaus
+before stages, kept in ``golden/v1-run.h5*``) still resumes, to the numbers of an uninterrupted run."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+from test_resume import assert_same_run
+
+from bioplaus.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, upgrade
+from bioplaus.cli import main
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+FLAGS = ["--variant", "predsim-bpf", "--num-layers", "2", "--num-hidden", "8", "--dropout", "0.1", "--seed", "4",
+         "--device", "cpu", "--no-progress"]  # the configuration of golden/v1-run.h5 (1 epoch, format 1)
+
+
+def test_format_1_keys_are_renamed_by_block():
+    state, meta = load_checkpoint(str(GOLDEN / "v1-run.h5.ckpt.npz"))
+    assert meta["checkpoint_format"] == 1 and "params/0/W" in state and "opt/out/W/m" in state
+    new = upgrade(state, 1, ["fc1", "fc2"])
+    assert "blocks/fc1/params/W" in new and "blocks/fc2/fixed/B" in new and "blocks/fc1/opt/W/v" in new
+    assert "out/params/W" in new and "out/opt/b/step" in new and "epoch" in new
+    assert len(new) == len(state)
+    for old_key, new_key in (("params/0/W", "blocks/fc1/params/W"), ("opt/1/dec_W/m", "blocks/fc2/opt/dec_W/m"),
+                             ("out/b", "out/params/b"), ("running/1/var", "blocks/fc2/running/var")):
+        np.testing.assert_array_equal(state[old_key], new[new_key])
+    assert CHECKPOINT_FORMAT == 2
+
+
+def test_a_format_1_checkpoint_resumes_bit_identically(tmp_path, capsys):
+    old = tmp_path / "old.h5"
+    shutil.copy(GOLDEN / "v1-run.h5", old)
+    shutil.copy(GOLDEN / "v1-run.h5.ckpt.npz", str(old) + ".ckpt.npz")
+    assert main(["--resume", str(old), "--epochs", "2", "--no-progress"]) == 0
+    assert load_checkpoint(str(old) + ".ckpt.npz")[1]["checkpoint_format"] == CHECKPOINT_FORMAT
+    straight = tmp_path / "straight.h5"
+    assert main([*FLAGS, "--epochs", "2", "--out", str(straight)]) == 0
+    capsys.readouterr()
+    assert_same_run(str(straight), str(old))
