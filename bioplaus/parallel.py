@@ -1,0 +1,551 @@
+"""Layer-parallel training: the network's stages on K processes (MPI ranks, one device each), all
+training at once on consecutive mini-batches.
+
+    mpiexec -n K python sims/run.py --parallel layers --variant predsim-bpf --model vgg8b ...
+
+Under a local rule no error crosses a block, so a stage needs nothing from the stages after it.
+Rank 0 reads and augments the batches and trains stage 0; stage r runs on rank r. At tick t, stage r
+trains on batch t − r: it receives batch t − r from stage r − 1 (the blocks above, after their own
+updates on batches < t − r and on t − r itself: exactly what the sequential loop would show it),
+trains its blocks on it, and sends its output on. Activations and labels move downstream with
+non-blocking sends into double buffers (a stage computes batch t while batch t + 1 arrives and
+batch t − 1 leaves); nothing moves upstream. Every stage does the arithmetic of the sequential run,
+on the same arrays, with the same random streams (keyed by block and epoch), so on the CPU, with the
+same BLAS thread count per process, every logged number and every checkpoint array is bit-identical
+to the sequential run (``tests/test_parallel.py``).
+
+Rank 0 also runs the ordinary run loop (:mod:`bioplaus.runner`): it asks the other ranks, by
+broadcast, to train or evaluate an epoch, gathers their blocks' statistics at the epoch's end (one
+small message per rank), gathers their arrays for the probe and the checkpoint, and writes the
+ordinary log and the ordinary checkpoint (keyed by block name: any K, or the sequential run, resumes
+it). SIGINT/SIGTERM reach rank 0 (mpiexec forwards them to every rank; the others ignore them): it
+stops the stream downstream, marks the log ``interrupted`` and tells every rank to exit with its
+status. A rank that dies makes mpiexec end the others; the log keeps every completed epoch.
+
+On GPUs each rank takes device (local rank mod devices); arrays cross ranks through host buffers.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from bioplaus.blocks import Blocks
+from bioplaus.budget import block_costs
+from bioplaus.stage import Stage
+from bioplaus.train import (
+    PROBE_SIZE,
+    check_finite,
+    epoch_result,
+    eval_result,
+    probe,
+    values_to_host,
+    whole_network,
+)
+
+TAG_X, TAG_Y = 11, 12
+
+
+# ------------------------------------------------------------------------------ splitting
+def balanced_split(costs: Sequence[float], ranks: int) -> list[int]:
+    """Block counts of ``ranks`` contiguous stages that minimise the largest stage's cost (exact,
+    by dynamic programming over the split points; ties go to the earlier, smaller first stages)."""
+    n = len(costs)
+    if not 1 <= ranks <= n:
+        raise ValueError(f"cannot split {n} blocks into {ranks} stages")
+    prefix = np.concatenate([[0.0], np.cumsum(costs)])
+    best = np.full((ranks + 1, n + 1), np.inf)
+    cut = np.zeros((ranks + 1, n + 1), dtype=int)
+    best[0, 0] = 0.0
+    for k in range(1, ranks + 1):
+        for j in range(k, n - (ranks - k) + 1):
+            for i in range(k - 1, j):
+                value = max(best[k - 1, i], prefix[j] - prefix[i])
+                if value < best[k, j]:
+                    best[k, j], cut[k, j] = value, i
+    sizes, j = [], n
+    for k in range(ranks, 0, -1):
+        i = cut[k, j]
+        sizes.append(j - i)
+        j = i
+    return sizes[::-1]
+
+
+def plan(spec, cfg, ranks: int, stages: Sequence[int] | None = None) -> tuple[list[int], list[float]]:
+    """(blocks per stage, estimated cost per block): ``stages`` as given, or balanced over ``ranks``."""
+    costs = block_costs(spec, cfg.variant, cfg.batch_size, cfg.target_proj_size)
+    if stages:
+        if len(stages) != ranks:
+            raise ValueError(f"--stages gives {len(stages)} stages but there are {ranks} ranks")
+        if sum(stages) != len(spec.blocks) or min(stages) < 1:
+            raise ValueError(f"--stages {','.join(map(str, stages))} does not split the {len(spec.blocks)} blocks of "
+                             f"{cfg.model} ({', '.join(b.name for b in spec.blocks)}) into parts of one or more")
+        return list(stages), costs
+    if ranks > len(spec.blocks):
+        raise ValueError(f"{ranks} ranks are more than the {len(spec.blocks)} blocks of {cfg.model}: each rank "
+                         "trains at least one block")
+    return balanced_split(costs, ranks), costs
+
+
+def describe_split(spec, sizes: Sequence[int], costs: Sequence[float]) -> str:
+    """The split, each stage's share of the estimated work, and the ideal speedup (sum / max)."""
+    total = sum(costs) or 1.0
+    lines, first, loads = [], 0, []
+    for r, n in enumerate(sizes):
+        names = [b.name for b in spec.blocks[first:first + n]]
+        load = sum(costs[first:first + n])
+        loads.append(load)
+        extra = " + output layer" if r == len(sizes) - 1 else ""
+        lines.append(f"  rank {r}: {', '.join(names)}{extra}   {100 * load / total:5.1f} % of the work")
+        first += n
+    lines.append(f"ideal speedup over one process: {total / max(loads):.2f}x on {len(sizes)} ranks "
+                 "(sum of the stages' work / the largest stage's; communication not counted)")
+    return "\n".join(lines)
+
+
+def bounds(sizes: Sequence[int]) -> list[tuple[int, int]]:
+    out, first = [], 0
+    for n in sizes:
+        out.append((first, first + n))
+        first += n
+    return out
+
+
+# ------------------------------------------------------------------------------ links between stages
+class Sender:
+    """Sends (o, y) downstream with non-blocking sends; at most two batches in flight (double buffer)."""
+
+    def __init__(self, comm, dest: int) -> None:
+        self.comm, self.dest = comm, dest
+        self.pending: list = []  # (requests, buffers kept alive until sent)
+
+    def send(self, backend, o, y) -> None:
+        x = np.ascontiguousarray(backend.to_host(o), dtype=np.float32).reshape(-1)
+        labels = np.ascontiguousarray(backend.to_host(y), dtype=np.int64)
+        while len(self.pending) >= 2:
+            self._wait_oldest()
+        reqs = [self.comm.Isend(x, self.dest, TAG_X), self.comm.Isend(labels, self.dest, TAG_Y)]
+        self.pending.append((reqs, (x, labels)))
+
+    def stop(self) -> None:
+        """An empty batch: the stream ends early (an interrupt)."""
+        self.send_raw(np.zeros(0, np.float32), np.zeros(0, np.int64))
+
+    def send_raw(self, x, labels) -> None:
+        while len(self.pending) >= 2:
+            self._wait_oldest()
+        reqs = [self.comm.Isend(x, self.dest, TAG_X), self.comm.Isend(labels, self.dest, TAG_Y)]
+        self.pending.append((reqs, (x, labels)))
+
+    def _wait_oldest(self) -> None:
+        from mpi4py import MPI
+
+        reqs, _ = self.pending.pop(0)
+        MPI.Request.Waitall(reqs)
+
+    def flush(self) -> None:
+        while self.pending:
+            self._wait_oldest()
+
+
+class Receiver:
+    """Receives (x, y) from upstream into two preallocated buffers; the next receive is posted before
+    the current batch is handed out, so it arrives while this stage computes."""
+
+    def __init__(self, comm, source: int, sample_shape: tuple, max_batch: int) -> None:
+        self.comm, self.source = comm, source
+        self.sample_shape = tuple(sample_shape)
+        self.features = int(np.prod(sample_shape))
+        self.buffers = [(np.empty(max_batch * self.features, np.float32), np.empty(max_batch, np.int64))
+                        for _ in range(2)]
+        self.posted = None
+        self.turn = 0
+
+    def _post(self):
+        from mpi4py import MPI
+
+        x, y = self.buffers[self.turn]
+        self.turn ^= 1
+        status_x, status_y = MPI.Status(), MPI.Status()
+        reqs = [self.comm.Irecv(x, self.source, TAG_X), self.comm.Irecv(y, self.source, TAG_Y)]
+        return reqs, (x, y), (status_x, status_y)
+
+    def receive(self, backend, more: bool):
+        """The next batch as device arrays, or None when the stream was stopped; posts the following
+        receive first when ``more``."""
+        from mpi4py import MPI
+
+        if self.posted is None:
+            self.posted = self._post()
+        reqs, (x, y), statuses = self.posted
+        for req, status in zip(reqs, statuses):
+            req.Wait(status)
+        n = statuses[1].Get_count(MPI.INT64_T)
+        self.posted = self._post() if more and n > 0 else None
+        if n == 0:
+            return None
+        xb = x[: n * self.features].reshape(n, *self.sample_shape)
+        return backend.asarray(xb.copy()), backend.asarray(y[:n].copy())
+
+
+def _sample_shape(spec, stage_first: int) -> tuple:
+    """Per-sample shape of the input of block ``stage_first`` (the previous block's output)."""
+    b = spec.blocks[stage_first - 1]
+    if b.kind == "dense":
+        return (b.c_out,)
+    side = b.size // 2 if b.pool_after else b.size
+    return (b.c_out, side, side)
+
+
+# ------------------------------------------------------------------------------ rank 0
+class PipelineTrainer:
+    """On rank 0: the trainer interface of :class:`bioplaus.train.Trainer` (what the run loop needs)
+    over a pipeline whose stage 0 runs here and whose other stages run on the other ranks."""
+
+    def __init__(self, cfg, backend, dataset, comm, sizes: Sequence[int]) -> None:
+        from bioplaus.data import TrainBatches
+        from bioplaus.models import build_spec
+
+        self.cfg, self.backend, self.dataset, self.comm = cfg, backend, dataset, comm
+        self.xp = backend.xp
+        self.spec = build_spec(cfg, dataset.spec.input_shape, dataset.spec.num_classes)
+        self.sizes = list(sizes)
+        self.bounds = bounds(self.sizes)
+        comm.bcast(("start", cfg.to_json(), self.sizes, tuple(dataset.spec.input_shape), dataset.spec.num_classes),
+                   root=0)
+        first, stop = self.bounds[0]
+        self.stage = Stage(cfg, self.spec, backend, first, stop)
+        self.sender = Sender(comm, 1)
+        self.batches = TrainBatches(
+            dataset, backend, cfg.batch_size, cfg.seed, augment=True,
+            cutout_length=cfg.cutout_length if cfg.cutout else 0,
+            classes_per_batch=cfg.classes_per_batch,
+            classes_per_batch_until_epoch=cfg.classes_per_batch_until_epoch)
+        self.epoch = 0
+        self._probe_batch = None
+        self.closed = False
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [b.name for b in self.spec.blocks] + ["out"]
+
+    @property
+    def num_parameters(self) -> int:
+        return self.spec.num_parameters
+
+    def _command(self, *message):
+        self.comm.bcast(message, root=0)
+
+    def _gather_values(self, train: bool) -> dict:
+        mine = values_to_host(self.backend, self.stage.epoch_values(train))
+        self._command("values", train)
+        merged: dict = {}
+        for part in self.comm.gather(mine, root=0):
+            merged.update(part)
+        return merged
+
+    def _stream(self, batches, step: Callable, count: int, on_batch=None, total=0) -> None:
+        """Push ``count`` batches through stage 0 and on downstream; on any exception (an interrupt)
+        the stream is stopped for the stages below before the exception goes on."""
+        done = 0
+        try:
+            for x, y in batches:
+                o = step(x, y)
+                self.sender.send(self.backend, o, y)
+                done += x.shape[0]
+                if on_batch is not None:
+                    on_batch(done, total)
+            self.sender.flush()
+        except BaseException:
+            self.sender.stop()
+            self.sender.flush()
+            raise
+
+    def train_epoch(self, on_batch=None) -> dict:
+        epoch = self.epoch + 1
+        start = time.perf_counter()
+        count = -(-self.batches.num_samples // self.cfg.batch_size)
+        self._command("train", epoch, count)
+        self.stage.begin_epoch(epoch)
+        self._stream(self.batches.epoch(epoch), self.stage.train_step, count, on_batch, self.batches.num_samples)
+        host = self._gather_values(train=True)
+        self.epoch = epoch
+        result = epoch_result(epoch, self.stage.lr, host, self.batches.num_samples, time.perf_counter() - start,
+                              [b.name for b in self.spec.blocks])
+        check_finite(result)
+        return result
+
+    def evaluate(self, split: str = "test") -> dict:
+        from bioplaus.data import eval_batches
+
+        size = max(self.cfg.batch_size, 256)
+        n = len(self.dataset.split(split)[1])
+        self._command("eval", -(-n // size))
+        self.stage.begin_eval()
+        self._stream(eval_batches(self.dataset, self.backend, size, split=split), self.stage.eval_step, 0)
+        return eval_result(self._gather_values(train=False), n, [b.name for b in self.spec.blocks])
+
+    def _gather_arrays(self) -> list[Blocks]:
+        """Every stage's arrays, copied onto this rank (for the probe, which needs the whole network)."""
+        self._command("arrays")
+        parts = self.comm.gather(None, root=0)
+        nets = [self.stage.net]
+        dev = self.backend.asarray
+
+        def on_device(groups):
+            return [{k: dev(v) for k, v in d.items()} for d in groups]
+
+        for (first, stop), part in zip(self.bounds[1:], parts[1:]):
+            out = {k: dev(v) for k, v in part["out"].items()} if part["out"] else None
+            nets.append(Blocks(self.spec.blocks[first:stop], first, on_device(part["params"]),
+                               on_device(part["fixed"]), on_device(part["running"]), out, self.stage.net.slope,
+                               self.stage.net.num_classes))
+        return nets
+
+    def probe_batch(self):
+        if self._probe_batch is None:
+            from bioplaus.data import eval_batches
+
+            x, y = next(iter(eval_batches(self.dataset, self.backend, PROBE_SIZE, split="test")))
+            order = np.argsort(self.backend.to_host(y), kind="stable")
+            idx = self.backend.asarray(order)
+            self._probe_batch = (x[idx], y[idx])
+        return self._probe_batch
+
+    def probe(self) -> dict:
+        x, y = self.probe_batch()
+        return probe(whole_network(self._gather_arrays()), self.cfg, self.backend, x, y)
+
+    def state_dict(self) -> dict:
+        self._command("state")
+        out = {"epoch": np.asarray(self.epoch)}
+        out.update(self.stage.state_dict())
+        for part in self.comm.gather(None, root=0)[1:]:
+            out.update(part)
+        return out
+
+    def expected_state(self) -> dict:
+        return {k: (v.shape, str(v.dtype)) for k, v in self.state_dict().items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        from bioplaus.checkpoint import describe_mismatch
+
+        problem = describe_mismatch(state, self.expected_state())
+        if problem:
+            raise ValueError(f"the checkpoint does not fit this network: {problem}")
+        self._command("load", state)
+        self.stage.load_state_dict(state)
+        self.epoch = int(state["epoch"])
+
+    def close(self, status: int) -> None:
+        """Tell every rank to exit with ``status``."""
+        if not self.closed:
+            self.closed = True
+            self._command("stop", status)
+
+
+# ------------------------------------------------------------------------------ ranks 1..K-1
+def worker(comm, backend_for: Callable[[str], object]) -> int:
+    """The loop of a rank > 0: build its stage when rank 0 says so, then follow its commands.
+    Returns the exit status rank 0 decided (2 when rank 0 refused the input before starting)."""
+    from bioplaus.config import Config
+    from bioplaus.models import build_spec
+
+    for sig in (signal.SIGINT, signal.SIGTERM):  # rank 0 decides; mpiexec forwards signals to all ranks
+        signal.signal(sig, signal.SIG_IGN)
+    message = comm.bcast(None, root=0)
+    if message[0] != "start":
+        return int(message[1]) if len(message) > 1 else 2
+    _, cfg_json, sizes, input_shape, num_classes = message
+    cfg = Config.from_json(cfg_json)
+    rank = comm.Get_rank()
+    spec = build_spec(cfg, tuple(input_shape), num_classes)
+    first, stop = bounds(sizes)[rank]
+    backend = backend_for(cfg.device)
+    stage = Stage(cfg, spec, backend, first, stop)
+    last = rank == len(sizes) - 1
+    receiver = Receiver(comm, rank - 1, _sample_shape(spec, first), max(cfg.batch_size, 256))
+    sender = None if last else Sender(comm, rank + 1)
+    try:
+        while True:
+            message = comm.bcast(None, root=0)
+            kind = message[0]
+            if kind in ("train", "eval"):
+                count = message[-1]
+                if kind == "train":
+                    stage.begin_epoch(message[1])
+                else:
+                    stage.begin_eval()
+                step = stage.train_step if kind == "train" else stage.eval_step
+                for t in range(count):
+                    batch = receiver.receive(backend, more=t + 1 < count)
+                    if batch is None:  # rank 0 stopped the stream: pass it on
+                        if sender is not None:
+                            sender.stop()
+                        break
+                    o = step(*batch)
+                    if sender is not None:
+                        sender.send(backend, o, batch[1])
+                if sender is not None:
+                    sender.flush()
+            elif kind == "values":
+                comm.gather(values_to_host(backend, stage.epoch_values(message[1])), root=0)
+            elif kind == "arrays":
+                to_host = backend.to_host
+                net = stage.net
+                comm.gather({"params": [{k: to_host(v) for k, v in d.items()} for d in net.params],
+                             "fixed": [{k: to_host(v) for k, v in d.items()} for d in net.fixed],
+                             "running": [{k: to_host(v) for k, v in d.items()} for d in net.running],
+                             "out": {k: to_host(v) for k, v in net.out.items()} if net.out else None}, root=0)
+            elif kind == "state":
+                comm.gather(stage.state_dict(), root=0)
+            elif kind == "load":
+                stage.load_state_dict(message[1])
+            elif kind == "stop":
+                return int(message[1])
+    except Exception:  # noqa: BLE001 -- a bug on a worker: say where, and end every rank (no hang)
+        traceback.print_exc()
+        sys.stderr.flush()
+        comm.Abort(1)
+        return 1
+
+
+# ------------------------------------------------------------------------------ the command line
+MPI_HINT = ("install an MPI and mpi4py with pip install \".[mpi]\" (mpi4py and MPICH from the package index) and "
+            "launch it as mpiexec -n K python sims/run.py --parallel layers ...")
+
+
+def describe_parallel(cfg, data_spec, ranks: int | None, stages: Sequence[int] | None) -> str:
+    """``--describe --parallel layers --ranks K``: the split and its ideal speedup, without MPI."""
+    from bioplaus.models import build_spec
+    from bioplaus.rules import get_rule
+    from bioplaus.runner import BadInput
+
+    if get_rule(cfg.variant).global_error:
+        raise BadInput(refusal(cfg.variant))
+    spec = build_spec(cfg, tuple(data_spec.input_shape), data_spec.num_classes)
+    ranks = ranks if ranks is not None else (len(stages) if stages else None)
+    if ranks is None:
+        raise BadInput("--describe --parallel layers needs --ranks K (or --stages)")
+    try:
+        sizes, costs = plan(spec, cfg, ranks, stages)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+    return describe_split(spec, sizes, costs)
+
+
+def refusal(variant: str) -> str:
+    return (f"--parallel layers cannot train {variant}: its global error locks every block until the backward "
+            "pass returns from the blocks above, so the stages cannot train at once; use a local rule such as "
+            "predsim or predsim-bpf")
+
+
+def _local_rank(comm) -> int:
+    from mpi4py import MPI
+
+    try:
+        return comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
+    except Exception:  # noqa: BLE001 -- an MPI without shared-memory splits: the world rank will do
+        return comm.Get_rank()
+
+
+def main_parallel(ns, flags: dict) -> int:
+    """``--parallel layers`` on every rank: rank 0 checks the input and runs the run loop over a
+    :class:`PipelineTrainer`; the others are :func:`worker` s. Returns this rank's exit status."""
+    from bioplaus import runner
+    from bioplaus.runner import BadInput
+
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        raise BadInput(f"--parallel layers needs MPI: {MPI_HINT}") from None
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    if size < 2:
+        raise BadInput(f"--parallel layers runs one stage per MPI rank, and this is one process; {MPI_HINT} "
+                       "with K of 2 or more")
+    local = _local_rank(comm)
+    if rank > 0:
+        from bioplaus.backend import get_backend
+
+        return worker(comm, lambda device: get_backend(device, local))
+    return _rank0(comm, size, local, ns, flags, runner)
+
+
+def _rank0(comm, size: int, local: int, ns, flags: dict, runner) -> int:
+    from bioplaus.rules import get_rule
+    from bioplaus.runner import BadInput
+
+    trainer_box: list = []
+    stages = getattr(ns, "stages", None)
+
+    def check(cfg) -> None:
+        if get_rule(cfg.variant).global_error:
+            raise BadInput(refusal(cfg.variant))
+
+    def factory(cfg, backend, dataset):
+        from bioplaus.models import build_spec
+
+        check(cfg)
+        spec = build_spec(cfg, dataset.spec.input_shape, dataset.spec.num_classes)
+        try:
+            sizes, _ = plan(spec, cfg, size, stages)
+        except ValueError as exc:
+            raise BadInput(str(exc)) from None
+        trainer = PipelineTrainer(cfg, backend, dataset, comm, sizes)
+        trainer_box.append(trainer)
+        return trainer
+
+    status = runner.EXIT_USAGE
+    try:
+        try:
+            if getattr(ns, "resume", None) is not None:
+                for key in ("recipe", "out", "overwrite"):
+                    if getattr(ns, key, None):
+                        raise BadInput(f"--{key} cannot be combined with --resume (the log holds the run's "
+                                       "configuration)")
+                prepared = runner.prepare_resume(ns.resume, flags, factory=factory, backend_index=local,
+                                                 check_config=check)
+            else:
+                from bioplaus.recipes import get_recipe
+
+                base = None
+                if getattr(ns, "recipe", None):
+                    from bioplaus.config import Config, ConfigError
+
+                    try:
+                        base = Config.from_dict(get_recipe(ns.recipe))
+                    except ConfigError as exc:
+                        raise BadInput(str(exc)) from None
+                cfg = runner.resolve(flags, base)
+                check(cfg)
+                prepared = runner.prepare(cfg, getattr(ns, "out", None), getattr(ns, "overwrite", False),
+                                          recipe=getattr(ns, "recipe", None), factory=factory,
+                                          backend_index=local)
+            trainer = prepared.trainer
+            prepared.device = f"{prepared.backend.device}, {size} ranks (layer-parallel)"
+            prepared.notes.append("stages: " + "; ".join(
+                f"rank {r}: {', '.join(b.name for b in trainer.spec.blocks[a:b])}"
+                for r, (a, b) in enumerate(trainer.bounds)))
+            progress = not getattr(ns, "no_progress", False)
+            result = runner.execute(prepared, progress=progress, echo=lambda line: print(line, flush=True))
+            status = result.exit_code
+        except BadInput as exc:
+            print(f"error: {runner._sentence(str(exc))}", file=sys.stderr, flush=True)
+            status = runner.EXIT_USAGE
+    except BaseException:
+        if not trainer_box:  # the workers wait for "start": release them
+            comm.bcast(("abort", 1), root=0)
+        else:
+            trainer_box[0].close(1)
+        raise
+    if trainer_box:
+        trainer_box[0].close(status)
+    else:
+        comm.bcast(("abort", status), root=0)
+    return status
