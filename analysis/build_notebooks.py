@@ -465,6 +465,51 @@ weights? (Look at how the angle on the left changes.)
 """),
 ]
 
+RULES_FAMILY = [
+    md("""
+# The family of learning rules on one network
+
+Every rule of bioplaus trains the same 2x64 MLP on the same data with the same log, so they can be
+compared directly: backprop (`glob`), the paper's local losses (`pred`, `sim`, `predsim`) and their
+backprop-free versions (`-bpf`), local losses added to backprop (`glob+...`), and the classic answers
+to weight transport: feedback alignment (`fa`), sign symmetry, Kolen-Pollack, direct feedback alignment
+(`dfa`) and direct random target projection (`drtp`). `python sims/run.py --list-variants` describes each.
+
+For each run: the test error per epoch, the angle between each block's update and the true backprop
+gradient (the probe, every epoch here), and, where a rule has a feedback matrix, the angle between it
+and the weights it stands in for. A few minutes on a laptop CPU with the defaults below.
+"""),
+    code(SETUP + "from bioplaus.rules import RULES"),
+    params("""
+LOGS = []  # run logs made with --probe-every 1; empty: train one run per rule here
+VARIANTS = list(RULES)
+EPOCHS = 2
+"""),
+    code("""
+if not LOGS:
+    LOGS = analysis.make_small_runs(VARIANTS, epochs=EPOCHS, num_layers=2, num_hidden=64)
+runs = analysis.load_runs(LOGS)
+rows = analysis.summary_table(runs)
+lines = ["| rule | test error (%) | train error (%) | angle to backprop, fc1 (°) |", "|---|---|---|---|"]
+for r, row in zip(runs, rows):
+    angle = r.layers["fc1"]["bp_angle"][-1]
+    lines.append(f"| {row['variant']} | {row['final_test_error']:.2f} | {row['final_train_error']:.2f} | "
+                 f"{angle:.1f} |")
+display(Markdown("\\n".join(lines)))
+"""),
+    code("fig = analysis.plot_errors(runs)"),
+    md("""
+Below: on the left the feedback matrices (feedback alignment's and Kolen-Pollack's B against W, sign(W)
+against W, the bpf decoders' B against their W); on the right every block's update against backprop's.
+Kolen-Pollack's B turns towards W as it receives W's updates; feedback alignment's B stays fixed while W
+learns to align with it.
+"""),
+    code("""
+fig = analysis.plot_angles([r for r in runs if r.config.variant in ("fa", "kolen-pollack", "sign-symmetry",
+                                                                     "pred-bpf", "dfa", "drtp", "predsim")])
+"""),
+]
+
 NOTEBOOKS = {
     "optimization_vs_generalization.ipynb": OPT_VS_GEN,
     "layer_dynamics.ipynb": LAYER_DYNAMICS,
@@ -472,6 +517,7 @@ NOTEBOOKS = {
     "labs/01_global_vs_local.ipynb": LAB1,
     "labs/02_similarity_matching.ipynb": LAB2,
     "labs/03_backprop_free.ipynb": LAB3,
+    "rules_family.ipynb": RULES_FAMILY,
 }
 
 

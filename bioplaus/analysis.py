@@ -274,31 +274,39 @@ def plot_depth(runs: RunLike | Sequence[RunLike], epoch: int | None = None, spli
 
 
 def plot_angles(runs: RunLike | Sequence[RunLike], axes=None, labels: Sequence[str] | None = None):
-    """Left: feedback-alignment angle (decoder W vs feedback B) per block vs epoch; right: angle between
-    each block's update and the true backprop gradient (probe epochs only).
+    """Left: the angle between each feedback matrix and the weights it stands in for, per epoch: a bpf
+    decoder's B against its W (``fa_angle``), and a layer's B (feedback alignment, Kolen-Pollack) or
+    sign(W) against W (``fb_angle``); right: the angle between each block's update and the true backprop
+    gradient (probe epochs only). Any rule: a panel says so when its rule logs nothing there.
 
-    One line per (run, block) with data, labelled ``"<run> <block>"`` (just the block for one run).
-    Returns the Figure.
+    One line per (run, layer, series) with data, labelled ``"<run> <layer>"`` (just the layer for one
+    run; ``(decoder)`` marks a bpf decoder's angle). Returns the Figure.
     """
     rs = _runs(runs)
     labels = list(labels) if labels is not None else _labels(rs)
     fig, axs = _axes(axes, 2, (11, 3.8))
-    panels = (("fa_angle", "decoder W vs feedback B (bpf heads)"),
-              ("bp_angle", "block update vs backprop gradient"))
-    for axis, (series, title) in zip(axs, panels):
-        pairs = [(r, lab, b, row) for r, lab in zip(rs, labels)
-                 for b, row in zip(block_names(r), layer_series(r, series))]
-        for (r, lab, b, row), col in zip(pairs, _colors(len(pairs))):
+    panels = ((("fa_angle", "fb_angle"), "feedback matrix vs the weights it stands in for"),
+              (("bp_angle",), "block update vs backprop gradient"))
+    for axis, (series_names, title) in zip(axs, panels):
+        lines = []
+        for r, lab in zip(rs, labels):
+            layers = block_names(r) + (["out"] if "out" in r.layers else [])
+            for series in series_names:
+                for b in layers:
+                    row = np.asarray(r.layers.get(b, {}).get(series, []), dtype=float)
+                    if row.size and np.isfinite(row).any():
+                        name = b + (" (decoder)" if series == "fa_angle" else "")
+                        lines.append((r, name if len(rs) == 1 else f"{lab} {name}", row))
+        for (r, name, row), col in zip(lines, _colors(len(lines))):
             ok = np.isfinite(row)
-            if ok.any():
-                axis.plot(epochs_of(r)[ok], row[ok], "-o", ms=3, color=col, label=b if len(rs) == 1 else f"{lab} {b}")
+            axis.plot(epochs_of(r)[ok], row[ok], "-o", ms=3, color=col, label=name)
         if len(axis.lines) > 4:
             axis.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
         elif axis.lines:
             axis.legend(fontsize="small")
         else:
-            axis.text(0.5, 0.5, "not logged (no bpf head)" if series == "fa_angle" else "not logged (--probe-every 0)",
-                      ha="center", va="center", transform=axis.transAxes)
+            axis.text(0.5, 0.5, "not logged (no feedback matrix in this rule)" if "fb_angle" in series_names
+                      else "not logged (--probe-every 0)", ha="center", va="center", transform=axis.transAxes)
         axis.axhline(90, color="0.6", lw=0.8, ls=":")
         axis.set_xlabel("epoch")
         axis.xaxis.get_major_locator().set_params(integer=True)

@@ -22,7 +22,8 @@ where δh comes from is :mod:`bioplaus.rules`'s business (it imports this module
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -48,7 +49,10 @@ class Blocks:
 
     ``params`` per block: W, b, [gamma, beta] and the block's head weights (trained with the block's
     optimizer, as in the authors' code); ``fixed`` per block: B, P (fixed random matrices, never
-    trained, never seen by the optimizer); ``running``: batch-norm running statistics.
+    trained, never seen by the optimizer); ``running``: batch-norm running statistics;
+    ``feedback`` per block and ``out_feedback``: the matrices that carry errors in place of the
+    forward weights (feedback alignment's fixed B, Kolen-Pollack's B that follows W, the direct
+    projections of DFA and DRTP), never seen by the optimizer either.
     """
 
     specs: tuple[BlockSpec, ...]
@@ -59,6 +63,8 @@ class Blocks:
     out: dict | None  # output layer: W (K, D), b (K,); None unless this run ends the network
     slope: float  # φ's negative slope: 0.0 (ReLU) or 0.01 (leaky ReLU)
     num_classes: int
+    feedback: list[dict] = field(default_factory=list)  # per block (empty dicts when the rule has none)
+    out_feedback: dict = field(default_factory=dict)
 
     @property
     def dtype(self):
@@ -145,12 +151,15 @@ def output_backward(do, cache):
     return do
 
 
-def block_backward(dh, cache, spec: BlockSpec, need_dx: bool, overwrite_dh: bool = False):
+def block_backward(dh, cache, spec: BlockSpec, need_dx: bool, overwrite_dh: bool = False,
+                   carry: Callable | None = None):
     """δh -> (δx or None, grads {W, b, gamma, beta}). The same for every rule.
 
     ``overwrite_dh=True``: the caller hands over δh (needed by nothing else), so φ's backward may
     reuse its buffer; the caller's ``cache`` is then used up too: BN's normalised copy is dropped
     from it before the encoder's backward (peak memory).
+    ``carry(δa, enc_cache) -> δx``: how the error at the encoder's output reaches x when a rule sends
+    it through another matrix than W (feedback alignment and its kin); by default the gradient, Wᵀ.
     """
     grads = {}
     if "bn_act" in cache:
@@ -160,7 +169,13 @@ def block_backward(dh, cache, spec: BlockSpec, need_dx: bool, overwrite_dh: bool
     else:
         da = ops.act_backward(dh, cache["act"], overwrite_dh=overwrite_dh)
     del dh
-    if spec.kind == "dense":
+    if carry is not None:
+        if spec.kind == "dense":
+            _, grads["W"], grads["b"] = ops.dense_backward(da, cache["enc"], need_dx=False)
+        else:
+            _, grads["W"], grads["b"] = ops.conv2d_backward(da, cache["enc"], need_dx=False)
+        dx = carry(da, cache["enc"]) if need_dx else None
+    elif spec.kind == "dense":
         dx, grads["W"], grads["b"] = ops.dense_backward(da, cache["enc"], need_dx=need_dx)
     else:
         # da is ours (a fresh array, or the handed-over δh): a same-size conv may write δx into it

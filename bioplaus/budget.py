@@ -18,33 +18,45 @@ from __future__ import annotations
 
 import os
 
+from bioplaus.heads import ReconHead
 from bioplaus.models import NetSpec
 from bioplaus.ops.conv import DEVICE_IM2COL_MAX_BYTES, IM2COL_MAX_BYTES
-from bioplaus.rules import get_rule
+from bioplaus.rules import FeedbackAlignment, compose, get_rule
 
 FLOAT = 4  # bytes per float32
 
 
-def head_parameters(spec: NetSpec, variant: str, target_proj_size: int) -> int:
-    """Weights of the local heads and fixed matrices of every block."""
-    rule = get_rule(variant)
-    K, total = spec.num_classes, 0
-    for b in spec.blocks:
+def head_parameters(spec: NetSpec, cfg) -> int:
+    """Weights of the local heads, fixed and feedback matrices of every block (and the output layer's)."""
+    rule = compose(cfg)
+    K, T, total = spec.num_classes, cfg.target_proj_size, 0
+    for i, b in enumerate(spec.blocks):
+        w = b.c_out * b.c_in * (b.kernel * b.kernel if b.kind == "conv" else 1)
+        has_sim_W = False
         for head in rule.heads:
             if head.name == "pred":
-                outs = target_proj_size if head.feedback else K
+                outs = T if head.feedback else K
                 total += outs * b.dec_features + outs + (outs * b.dec_features if head.feedback else 0)
-            elif head.learned:
+            elif getattr(head, "learned", False) and not has_sim_W:  # a learned projection (shared)
                 total += b.c_out * b.c_out * (9 if b.kind == "conv" else 1)
+                has_sim_W = True
+            elif isinstance(head, ReconHead) and i > 0:
+                total += w + b.c_in  # a reconstruction decoder
         if rule.uses_projection:
-            total += K * target_proj_size
+            total += K * T
+        if isinstance(rule.carrier, FeedbackAlignment):  # fa and kolen-pollack keep a B per layer
+            total += w
+        if rule.direct is not None:
+            total += K * b.out_features
+    if isinstance(rule.carrier, FeedbackAlignment):
+        total += K * spec.out_features_in
     return total
 
 
 def estimate_bytes(cfg, spec: NetSpec, num_train: int, on_gpu: bool = False) -> int:
     """Bytes a training run of ``cfg`` on ``spec`` needs (see the module docstring)."""
     rule = get_rule(cfg.variant)
-    P = spec.num_parameters + head_parameters(spec, cfg.variant, cfg.target_proj_size)
+    P = spec.num_parameters + head_parameters(spec, cfg)
     states = {"adam": 2, "amsgrad": 3, "sgd": 1 if cfg.momentum else 0}[cfg.optim]
     largest_block = max((b.c_in * b.kernel * b.kernel * b.c_out if b.kind == "conv" else b.c_in * b.c_out)
                         for b in spec.blocks) if spec.blocks else 0

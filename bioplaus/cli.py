@@ -84,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--seed", type=int, metavar="S")
     add("--device", metavar="NAME", help="auto (default), cpu or gpu")
     add("--data-dir", dest="data_dir", metavar="DIR")
+    add("--loss-unsup", dest="loss_unsup", metavar="KIND", help="none, sim or recon: an unsupervised local loss "
+        "in every block (the authors' switch), weighted by --alpha")
+    add("--alpha", type=float, metavar="A", help="weight of the unsupervised local loss (the supervised get 1 - A)")
+    add("--no-similarity-std", dest="no_similarity_std", action="store_const", const=True,
+        help="similarity matrices of flattened feature maps, not of per-channel standard deviations")
     add("--probe-every", dest="probe_every", type=int, metavar="K",
         help="every K epochs, log the angle to backprop and similarity matrices on a probe batch")
 

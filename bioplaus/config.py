@@ -19,6 +19,7 @@ from bioplaus.models import MODELS
 from bioplaus.rules import RULES, VARIANTS
 
 NONLINS = ("relu", "leakyrelu")
+LOSS_UNSUP = ("none", "sim", "recon")
 OPTIMS = ("adam", "amsgrad", "sgd")
 DEVICES = ("auto", "cpu", "gpu")
 INT_MAX = 2**31 - 1  # every integer setting fits a 32-bit int (HDF5 attributes, array shapes)
@@ -56,6 +57,9 @@ class Config:
     device: str = "auto"
     data_dir: str | None = None
     probe_every: int = 0  # every k epochs, log the angle between each block's update and backprop's
+    loss_unsup: str = "none"  # the authors' unsupervised local loss: none, sim (S(h) vs S(x)) or recon
+    alpha: float = 0.0  # weight of the unsupervised loss; the supervised ones get 1 - alpha
+    no_similarity_std: bool = False  # S of flattened maps instead of per-channel standard deviations
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -148,6 +152,15 @@ class Config:
             raise ConfigError("--probe-every must not be negative")
         if self.data_dir is not None and not self.data_dir.strip():
             raise ConfigError("--data-dir needs a folder name")
+        if self.loss_unsup not in LOSS_UNSUP:
+            raise ConfigError(f"unknown --loss-unsup {self.loss_unsup!r}; choose {', '.join(LOSS_UNSUP)}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"--alpha must be in [0, 1], not {self.alpha:g}")
+        if self.alpha and self.loss_unsup == "none":
+            raise ConfigError("--alpha weighs the unsupervised local loss: it needs --loss-unsup sim or recon")
+        if self.loss_unsup != "none" and not RULES[self.variant].heads:
+            raise ConfigError(f"--loss-unsup adds a local loss to every block, and {self.variant} has no local "
+                              "losses; use it with pred, sim, predsim, their -bpf or glob+ forms")
 
     def check_dataset(self, num_classes: int, input_shape: tuple[int, ...], num_train: int | None = None) -> None:
         """Combinations that depend on the dataset (its class count, image size)."""

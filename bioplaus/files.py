@@ -263,13 +263,17 @@ def _fsync_folder(folder: str) -> None:
 
 
 def remove_stale_temps(log: str) -> list[str]:
-    """Remove the temporary files a killed writer of this run left (ours by name); returns them."""
+    """Remove the temporary files a killed writer of this run left (ours by name: ``.<name>.XXXXXXXX.tmp``
+    for the log or its checkpoint, nothing else: not another run's, not ``run.h5.old.h5``'s); returns them."""
+    import re
+
     folder = os.path.dirname(os.path.abspath(log))
-    prefixes = tuple(_temp_prefix(p) for p in (log, checkpoint_path(log)))
+    ours = re.compile("|".join(re.escape(_temp_prefix(p)) + r"[A-Za-z0-9_]{8}\.tmp"
+                               for p in (log, checkpoint_path(log))))
     removed = []
     with contextlib.suppress(OSError):
         for name in os.listdir(folder):
-            if name.startswith(prefixes) and name.endswith(".tmp"):
+            if ours.fullmatch(name):
                 full = os.path.join(folder, name)
                 if regular_file(full):
                     with contextlib.suppress(OSError):

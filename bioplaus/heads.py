@@ -8,6 +8,9 @@ returns the error ``δ`` it sends back to what it read, with its own weights' gr
     pred, feedback   logits = dec_W · pool(h) + dec_b     L = BCE(logits, 1[Y·P > 0])  δ = Bᵀ ∂L/∂logits
     sim, learned     z = sim_W * h  (3x3 conv or dense)   L = mean((S(z) − S(Y))²)     δ = sim_Wᵀ ∂L/∂z
     sim, direct      z = pool(h)                          L = mean((S(z) − S(Y·P))²)   δ = ∂L/∂pool(h)
+  unsupervised (the authors' --loss-unsup, weighted α, the supervised heads 1 − α):
+    unsup sim        z = sim_W * h (or h in bpf rules)    L = mean((S(z) − S(x))²)     x: the block's input
+    unsup recon      x̂ = φ(dec_W^T(h) + dec_xb)           L = mean((x̂ − x)²)           (not in the first block)
 
 Trained: ``dec_W, dec_b, sim_W`` (with the block's optimizer, as the authors). Fixed, never trained
 and never seen by the optimizer: the feedback matrix ``B`` (uniform ±1/√D) and the block's label
@@ -38,8 +41,50 @@ class HeadResult(NamedTuple):
     cache: object
 
 
+class Targets(NamedTuple):
+    """What a block's heads may compare with: the block's input x (a constant), labels y (N,),
+    one-hot Y (N, K); and the block's φ slope and whether it is the network's first block."""
+
+    x: object
+    y: object
+    Y: object
+    slope: float = 0.0
+    first: bool = False
+    spec: BlockSpec | None = None
+
+
 def _uniform(rng: np.random.Generator, shape, bound: float) -> np.ndarray:
     return rng.uniform(-bound, bound, size=shape)
+
+
+class Head:
+    """What every head has (subclasses override): a ``name`` its loss weight is looked up by
+    (``pred``, ``sim`` or ``unsup``), whether it reads pool(h) or h, whether it is supervised,
+    whether it needs the block's label projection P; ``init``, ``forward``, ``backward``."""
+
+    name = "head"
+    reads_pooled = False
+    supervised = True
+    uses_projection = False
+
+    def applies(self, t: Targets) -> bool:
+        """False where the head has nothing to learn (for example reconstruction in the first block)."""
+        return True
+
+    def init(self, spec: BlockSpec, num_classes: int, target_proj_size: int, rng):
+        """``(trainable params, fixed arrays)`` of this head in a block, on the host."""
+        return {}, {}
+
+    def forward(self, read, t: Targets, p: dict, f: dict) -> HeadResult:
+        raise NotImplementedError
+
+    def backward(self, cache, weight: float, p: dict, f: dict):
+        """``(δ of what the head read, grads of its own weights)`` for the loss weighted by ``weight``."""
+        raise NotImplementedError
+
+    def alignment(self, p: dict, f: dict) -> dict:
+        """Alignment measures of the head's weights (logged per epoch), as 0-d device arrays."""
+        return {}
 
 
 class LabelProjection:
@@ -55,7 +100,7 @@ class LabelProjection:
         return (P > 0).astype(P.dtype)
 
 
-class PredHead:
+class PredHead(Head):
     """A dense decoder from pool(h) to class scores (exact) or to the binary label code (feedback).
 
     exact:     L = CE(dec_W · pool(h) + dec_b, y);       δpool(h) = dec_Wᵀ · ∂L/∂logits
@@ -67,6 +112,7 @@ class PredHead:
 
     name = "pred"
     reads_pooled = True
+    supervised = True
 
     def __init__(self, feedback: bool) -> None:
         self.feedback = feedback
@@ -84,7 +130,11 @@ class PredHead:
         return ({"dec_W": np.zeros((T, D)), "dec_b": np.zeros(T)},
                 {"B": _uniform(rng, (T, D), 1.0 / math.sqrt(D))})
 
-    def forward(self, pooled, y, Y, p: dict, f: dict) -> HeadResult:
+    def applies(self, t: Targets) -> bool:
+        return True
+
+    def forward(self, pooled, t: Targets, p: dict, f: dict) -> HeadResult:
+        y, Y = t.y, t.Y
         flat = pooled.reshape(pooled.shape[0], -1)  # (N, D_dec)
         logits, dec_cache = ops.dense_forward(flat, p["dec_W"], p["dec_b"])  # (N, K) or (N, T)
         if not self.feedback:
@@ -114,7 +164,7 @@ class PredHead:
         return {"fa_angle": angle_degrees(get_array_module(p["dec_W"]), p["dec_W"], f["B"])}
 
 
-class SimHead:
+class SimHead(Head):
     """Similarity matching: the batch's similarity matrix S of what the head reads against the labels'.
 
     learned:  L = mean((S(sim_W * h) − S(Y))²),   sim_W a 3x3 conv (conv blocks) or dense, no bias;
@@ -123,14 +173,19 @@ class SimHead:
     """
 
     name = "sim"
+    supervised = True
 
-    def __init__(self, learned: bool) -> None:
+    def __init__(self, learned: bool, use_std: bool = True) -> None:
         self.learned = learned
+        self.use_std = use_std  # False: the authors' --no-similarity-std (S of the flattened map)
         self.reads_pooled = not learned
         self.uses_projection = not learned
 
     def __repr__(self) -> str:
-        return f"SimHead(learned={self.learned})"
+        return f"SimHead(learned={self.learned}, use_std={self.use_std})"
+
+    def applies(self, t: Targets) -> bool:
+        return True
 
     def init(self, spec: BlockSpec, num_classes: int, target_proj_size: int, rng):
         if not self.learned:
@@ -140,21 +195,27 @@ class SimHead:
             return {"sim_W": _uniform(rng, (C, C, 3, 3), 1.0 / math.sqrt(9 * C))}, {}
         return {"sim_W": _uniform(rng, (C, C), 1.0 / math.sqrt(C))}, {}
 
-    def forward(self, h, y, Y, p: dict, f: dict) -> HeadResult:
+    def _target(self, t: Targets, f: dict):
+        if self.learned:
+            return ops.label_similarity(t.Y)  # (N, N)
+        return ops.label_similarity(t.Y @ f["P"])  # (N, N) NOT A GRADIENT: random projection of the labels
+
+    stat = "loss_sim"
+
+    def forward(self, h, t: Targets, p: dict, f: dict) -> HeadResult:
         if self.learned:
             if h.ndim == 4:
                 z, proj_cache = ops.conv2d_forward(h, p["sim_W"], None, 1, 1)  # (N, C, H, W)
             else:
                 z, proj_cache = ops.dense_forward(h, p["sim_W"], None)  # (N, D)
-            target = ops.label_similarity(Y)  # (N, N)
         else:
             z, proj_cache = h, None  # no learned layer between h and S
-            target = ops.label_similarity(Y @ f["P"])  # (N, N) NOT A GRADIENT: random projection of the labels
+        target = self._target(t, f)
         # memory: the learned z is this head's own array, so S's cache may centre it in place
-        S, s_cache = ops.similarity_forward(z, overwrite=self.learned)  # (N, N)
+        S, s_cache = ops.similarity_forward(z, overwrite=self.learned, use_std=self.use_std)  # (N, N)
         del z  # its cache keeps what S's backward needs (memory: z is a full feature map)
         loss, dS = ops.mse(S, target)
-        return HeadResult(loss, {"loss_sim": loss}, (dS, s_cache, proj_cache))
+        return HeadResult(loss, {self.stat: loss}, (dS, s_cache, proj_cache))
 
     def backward(self, cache, weight: float, p: dict, f: dict):
         """``(δ of what the head read, grads)`` for the loss weighted by ``weight``; uses up the cache."""
@@ -168,6 +229,84 @@ class SimHead:
         else:
             dh, dW, _ = ops.dense_backward(dz, proj_cache)  # through sim_W^T (one-step backprop)
         return dh, {"sim_W": dW}
+
+    def alignment(self, p: dict, f: dict) -> dict:
+        return {}
+
+
+class InputSimHead(SimHead):
+    """Unsupervised similarity matching (the authors' ``--loss-unsup sim``): the batch's similarity
+    matrix of the block's features against that of its own input, a constant::
+
+        L = mean((S(z) − S(x))²),   z = sim_W * h (learned: the same projection as the block's sim
+                                    head when it has one) or z = h (in the bpf rules)
+    """
+
+    name = "unsup"
+    supervised = False
+    stat = "loss_unsup"
+
+    def __init__(self, learned: bool, use_std: bool = True) -> None:
+        super().__init__(learned, use_std)
+        self.reads_pooled = False
+        self.uses_projection = False
+
+    def __repr__(self) -> str:
+        return f"InputSimHead(learned={self.learned}, use_std={self.use_std})"
+
+    def _target(self, t: Targets, f: dict):
+        return ops.similarity_forward(t.x, use_std=self.use_std)[0]  # (N, N) of the block's input
+
+
+class ReconHead(Head):
+    """Unsupervised reconstruction (the authors' ``--loss-unsup recon``): a decoder maps h back to the
+    block's input, through the block's own φ::
+
+        x̂ = φ(rec_W h + rec_b)   (dense; a transposed convolution of the block's geometry for conv blocks)
+        L = mean((x̂ − x)²)        δh = rec_Wᵀ · ∂L/∂a   (one learned layer, as the sim head's)
+
+    Not in the network's first block (the authors', where x is the image).
+    """
+
+    name = "unsup"
+    supervised = False
+    reads_pooled = False
+    uses_projection = False
+
+    def __repr__(self) -> str:
+        return "ReconHead()"
+
+    def applies(self, t: Targets) -> bool:
+        return not t.first
+
+    def init(self, spec: BlockSpec, num_classes: int, target_proj_size: int, rng):
+        if spec.kind == "conv":  # PyTorch's ConvTranspose2d(c_out, c_in, k): weight (c_out, c_in, k, k)
+            k = spec.kernel
+            bound = 1.0 / math.sqrt(spec.c_in * k * k)
+            return {"rec_W": _uniform(rng, (spec.c_out, spec.c_in, k, k), bound),
+                    "rec_b": _uniform(rng, (spec.c_in,), bound)}, {}
+        bound = 1.0 / math.sqrt(spec.c_out)  # Linear(c_out, c_in)
+        return {"rec_W": _uniform(rng, (spec.c_in, spec.c_out), bound), "rec_b": _uniform(rng, (spec.c_in,), bound)}, {}
+
+    def forward(self, h, t: Targets, p: dict, f: dict) -> HeadResult:
+        x = t.x
+        if h.ndim == 4:
+            a, dec_cache = ops.conv2d_transpose_forward(h, p["rec_W"], p["rec_b"], x.shape, t.spec.stride, t.spec.pad)
+        else:
+            x = x.reshape(x.shape[0], -1)
+            a, dec_cache = ops.dense_forward(h, p["rec_W"], p["rec_b"])  # (N, D_in)
+        x_hat, act_cache = ops.act_forward(a, t.slope)
+        loss, dx_hat = ops.mse(x_hat, x)
+        return HeadResult(loss, {"loss_unsup": loss}, (dx_hat, act_cache, dec_cache, h.ndim == 4))
+
+    def backward(self, cache, weight: float, p: dict, f: dict):
+        dx_hat, act_cache, dec_cache, conv = cache
+        da = ops.act_backward(weight * dx_hat, act_cache, overwrite_dh=True)
+        if conv:
+            dh, dW, db = ops.conv2d_transpose_backward(da, dec_cache)
+        else:
+            dh, dW, db = ops.dense_backward(da, dec_cache)
+        return dh, {"rec_W": dW, "rec_b": db}
 
     def alignment(self, p: dict, f: dict) -> dict:
         return {}

@@ -12,7 +12,8 @@ Schema (every dataset carries ``units`` and ``description`` attributes)::
     /layers/<layer>/<series>   (n_epochs,) per block and the output layer ('out'):
                                       train_loss_pred, train_loss_sim, train_error_pred,
                                       test_loss_pred, test_loss_sim, test_error_pred,
-                                      weight_norm, update_norm, fa_angle, bp_angle
+                                      weight_norm, update_norm, fa_angle, fb_angle, bp_angle,
+                                      train_loss_unsup, test_loss_unsup
                                       (NaN where a variant has no such quantity, and bp_angle on
                                       epochs without a probe)
     /probe/epochs              (n_snapshots,) the epochs at which the probe batch was measured
@@ -69,6 +70,11 @@ LAYER_SERIES: dict[str, tuple[str, str]] = {
     "weight_norm": ("1", "Frobenius norm of the block's forward weights at the end of the epoch"),
     "update_norm": ("1", "Frobenius norm of the change of the block's forward weights over the epoch"),
     "fa_angle": ("degrees", "angle between the pred decoder's weights and its fixed feedback matrix (bpf)"),
+    "fb_angle": ("degrees", ("angle between the matrix that carries the error back through the layer (feedback "
+                 "alignment's or Kolen-Pollack's B, or sign(W)) and the layer's forward weights")),
+    "train_loss_unsup": ("1", ("mean unsupervised local loss of the block (--loss-unsup: S(h) against S(x), or the "
+                         "reconstruction of x) on the training batches")),
+    "test_loss_unsup": ("1", "unsupervised local loss of the block on the test set"),
     "bp_angle": ("degrees", "angle between the block's update and the true backprop gradient on the probe batch"),
 }
 # LAYER_SERIES key -> (source, key in that source's per-layer dict)
@@ -82,6 +88,9 @@ _LAYER_SOURCES = {
     "weight_norm": ("train", "weight_norm"),
     "update_norm": ("train", "update_norm"),
     "fa_angle": ("train", "fa_angle"),
+    "fb_angle": ("train", "fb_angle"),
+    "train_loss_unsup": ("train", "loss_unsup"),
+    "test_loss_unsup": ("test", "loss_unsup"),
     "bp_angle": ("probe", "bp_angle"),
 }
 

@@ -440,9 +440,10 @@ def describe_parallel(cfg, data_spec, ranks: int | None, stages: Sequence[int] |
 
 
 def refusal(variant: str) -> str:
-    return (f"--parallel layers cannot train {variant}: its global error locks every block until the backward "
-            "pass returns from the blocks above, so the stages cannot train at once; use a local rule such as "
-            "predsim or predsim-bpf")
+    return (f"--parallel layers cannot train {variant}: its error is computed at the top of the network, which "
+            "locks every block until the batch has passed all the blocks above (and, in backprop, until the "
+            "backward pass returns), so the stages cannot train at once; use a local rule such as predsim, "
+            "predsim-bpf or drtp")
 
 
 def _local_rank(comm) -> int:

@@ -25,7 +25,7 @@ from bioplaus.backend import TRAIN_DTYPE, Backend
 from bioplaus.blocks import LEAKY_SLOPE, Blocks
 from bioplaus.models import NetSpec
 from bioplaus.optim import make_optimizer
-from bioplaus.rules import evaluate_batch, get_rule, head_alignment, init_blocks, train_step
+from bioplaus.rules import compose, evaluate_batch, head_alignment, init_blocks, train_step
 
 
 class Sums:
@@ -55,7 +55,7 @@ class Stage:
         self.spec = spec
         self.backend = backend
         self.xp = backend.xp
-        self.rule = get_rule(cfg.variant)
+        self.rule = compose(cfg)
         stop = len(spec.blocks) if stop is None else stop
         if self.rule.global_error and (first, stop) != (0, len(spec.blocks)):
             raise ValueError(f"{cfg.variant} backpropagates through every block: its stage is the whole network")
@@ -106,12 +106,17 @@ class Stage:
     def _update(self, i: int, grads: dict) -> None:
         params = self.net.out if i < 0 else self.net.params[i - self.first]
         states = self.opt_state_out if i < 0 else self.opt_state[i - self.first]
+        carrier = self.rule.carrier
+        W_before = params["W"].copy() if carrier is not None and carrier.learns else None
         for key, grad in grads.items():
             self.optimizer.step(params[key], grad, states[key], self.lr)
+        if W_before is not None:  # Kolen-Pollack: the feedback matrix follows W's update
+            fb = self.net.out_feedback if i < 0 else self.net.feedback[i - self.first]
+            carrier.after_update(fb, W_before, params["W"], self.lr, self.cfg.weight_decay)
 
     def train_step(self, x, y):
         """One mini-batch: forward, each block's update under the rule; returns the last block's output."""
-        step = train_step(self.net, self.cfg.variant, self.cfg.beta, x, y, self._masks(x), self._update)
+        step = train_step(self.net, self.rule, self.cfg.beta, x, y, self._masks(x), self._update)
         self.net.running = step.running
         self.train_sums.add(x.shape[0], step.loss, step.correct, step.block_stats)
         return step.output
@@ -120,7 +125,7 @@ class Stage:
         self.eval_sums = Sums(self.names)
 
     def eval_step(self, x, y):
-        step = evaluate_batch(self.net, self.cfg.variant, x, y)
+        step = evaluate_batch(self.net, self.rule, x, y)
         self.eval_sums.add(x.shape[0], step.loss, step.correct, step.block_stats)
         return step.output
 
@@ -139,8 +144,11 @@ class Stage:
             for j, (name, p) in enumerate(zip(self.names, self.net.params)):
                 values[(name, "weight_norm")] = xp.linalg.norm(p["W"].ravel())
                 values[(name, "update_norm")] = xp.linalg.norm((p["W"] - self._w_start[j]).ravel())
-                for key, v in head_alignment(self.rule, p, self.net.fixed[j]).items():
+                for key, v in head_alignment(self.rule, p, self.net.fixed[j], self.net.feedback[j]).items():
                     values[(name, key)] = v
+            if self.is_last and self.rule.carrier is not None:
+                for key, v in self.rule.carrier.alignment(self.net.out["W"], self.net.out_feedback).items():
+                    values[("out", key)] = v
         return values
 
     # ------------------------------------------------------------------ state
@@ -148,27 +156,35 @@ class Stage:
         """Parameters, fixed matrices, BN statistics and optimizer states, keyed by block name."""
         to_host = self.backend.to_host
         out: dict[str, np.ndarray] = {}
-        for name, p, f, r, st in zip(self.names, self.net.params, self.net.fixed, self.net.running, self.opt_state):
-            for group, d in (("params", p), ("fixed", f), ("running", r)):
+        nets = zip(self.names, self.net.params, self.net.fixed, self.net.running, self.net.feedback, self.opt_state)
+        for name, p, f, r, fb, st in nets:
+            for group, d in (("params", p), ("fixed", f), ("running", r), ("feedback", fb)):
                 for k, v in d.items():
-                    out[f"blocks/{name}/{group}/{k}"] = to_host(v)
+                    out[f"blocks/{name}/{group}/{k}"] = np.array(to_host(v))  # a copy: training goes on
             for k, slots in st.items():
                 for slot, v in slots.items():
-                    out[f"blocks/{name}/opt/{k}/{slot}"] = np.asarray(v) if np.isscalar(v) else to_host(v)
+                    out[f"blocks/{name}/opt/{k}/{slot}"] = np.asarray(v) if np.isscalar(v) else np.array(to_host(v))
         if self.is_last:
             for k, v in self.net.out.items():
-                out[f"out/params/{k}"] = to_host(v)
+                out[f"out/params/{k}"] = np.array(to_host(v))
+            for k, v in self.net.out_feedback.items():
+                out[f"out/feedback/{k}"] = np.array(to_host(v))
             for k, slots in self.opt_state_out.items():
                 for slot, v in slots.items():
-                    out[f"out/opt/{k}/{slot}"] = np.asarray(v) if np.isscalar(v) else to_host(v)
+                    out[f"out/opt/{k}/{slot}"] = np.asarray(v) if np.isscalar(v) else np.array(to_host(v))
         return out
 
     def load_state_dict(self, state: dict) -> None:
         """Load this stage's arrays from ``state`` (a whole network's state may hold more: ignored).
         The caller has checked names, shapes and dtypes (:func:`bioplaus.checkpoint.describe_mismatch`)."""
-        dev = self.backend.asarray
+        xp = self.xp
+
+        def dev(value):  # a copy: the caller's arrays stay the caller's
+            return xp.array(value, copy=True)
+
         for j, name in enumerate(self.names):
-            groups = {"params": self.net.params[j], "fixed": self.net.fixed[j], "running": self.net.running[j]}
+            groups = {"params": self.net.params[j], "fixed": self.net.fixed[j], "running": self.net.running[j],
+                      "feedback": self.net.feedback[j]}
             prefix = f"blocks/{name}/"
             for key, value in state.items():
                 if not key.startswith(prefix):
@@ -183,5 +199,7 @@ class Stage:
                 parts = key.split("/")
                 if parts[0] == "out" and parts[1] == "params":
                     self.net.out[parts[2]] = dev(value)
+                elif parts[0] == "out" and parts[1] == "feedback":
+                    self.net.out_feedback[parts[2]] = dev(value)
                 elif parts[0] == "out" and parts[1] == "opt":
                     self.opt_state_out[parts[2]][parts[3]] = value.item() if value.ndim == 0 else dev(value)

@@ -26,7 +26,7 @@ from bioplaus.checkpoint import describe_mismatch
 from bioplaus.config import Config
 from bioplaus.heads import angle_degrees
 from bioplaus.models import build_spec, describe_model
-from bioplaus.rules import REFERENCE_RULE, get_rule, one_hot, train_step
+from bioplaus.rules import REFERENCE_RULE, compose, one_hot, train_step
 from bioplaus.stage import Stage
 
 PROBE_SIZE = 128
@@ -59,7 +59,8 @@ def whole_network(nets: Sequence[Blocks]) -> Blocks:
         return nets[0]
     return Blocks(tuple(b for n in nets for b in n.specs), 0, [p for n in nets for p in n.params],
                   [f for n in nets for f in n.fixed], [r for n in nets for r in n.running], nets[-1].out,
-                  nets[0].slope, nets[0].num_classes)
+                  nets[0].slope, nets[0].num_classes, [fb for n in nets for fb in n.feedback],
+                  nets[-1].out_feedback)
 
 
 class Trainer:
@@ -76,7 +77,7 @@ class Trainer:
         self.backend = backend
         self.xp = backend.xp
         self.dataset = dataset
-        self.rule = get_rule(cfg.variant)
+        self.rule = compose(cfg)
         self.spec = build_spec(cfg, dataset.spec.input_shape, dataset.spec.num_classes)
         self.stages = [Stage(cfg, self.spec, backend, a, b, dtype) for a, b in split_bounds(len(self.spec.blocks), stages)]
         self.batches = TrainBatches(
@@ -207,16 +208,16 @@ def _layer_stats(host: dict, total: int, names: Sequence[str]) -> dict:
     layers: dict = {}
     for name in names:
         s = {}
-        for key in ("loss_pred", "loss_sim"):
+        for key in ("loss_pred", "loss_sim", "loss_unsup"):
             if (name, key) in host:
                 s[key] = host[(name, key)] / total
         if (name, "correct_pred") in host:
             s["error_pred"] = 100.0 * (1.0 - host[(name, "correct_pred")] / total)
-        for key in ("weight_norm", "update_norm", "fa_angle"):
+        for key in ("weight_norm", "update_norm", "fa_angle", "fb_angle"):
             if (name, key) in host:
                 s[key] = host[(name, key)]
         layers[name] = s
-    layers["out"] = {}
+    layers["out"] = {key: host[("out", key)] for key in ("fb_angle",) if ("out", key) in host}
     return layers
 
 
@@ -235,15 +236,15 @@ def eval_result(host: dict, total: int, names: Sequence[str]) -> dict:
 def check_finite(result: dict) -> None:
     """Raise :class:`Diverged` when an epoch's output or local loss is NaN or infinite."""
     for name, s in result["layers"].items():
-        for key in ("loss_pred", "loss_sim"):
+        for key in ("loss_pred", "loss_sim", "loss_unsup"):
             if key in s and not math.isfinite(s[key]):
                 raise Diverged(result["epoch"], f"{name} local {key[5:]}", s[key])
     if not math.isfinite(result["train_loss"]):
         raise Diverged(result["epoch"], "output", result["train_loss"])
 
 
-def rule_gradients(net: Blocks, variant: str, beta: float, x, y) -> list[dict]:
-    """Each layer's gradients under ``variant`` on (x, y): no dropout, nothing updated."""
+def rule_gradients(net: Blocks, variant, beta: float, x, y) -> list[dict]:
+    """Each layer's gradients under ``variant`` (a Rule or a name) on (x, y): no dropout, nothing updated."""
     grads: dict = {}
 
     def record(i, g):
@@ -257,7 +258,7 @@ def probe(net: Blocks, cfg, backend: Backend, x, y) -> dict:
     """How backprop-like is the rule? The angle between each block's weight gradient under the rule
     and the true backprop gradient of the output loss, on the probe batch; plus S(h) of each block."""
     xp = backend.xp
-    ours = rule_gradients(net, cfg.variant, cfg.beta, x, y)
+    ours = rule_gradients(net, compose(cfg), cfg.beta, x, y)
     true = rule_gradients(net, REFERENCE_RULE, cfg.beta, x, y)
     values = {}
     for i, spec in enumerate(net.specs):

@@ -195,7 +195,8 @@ def test_plot_angles(two_runs):
     path, w = two_runs[1]
     fig = analysis.plot_angles(path)
     fa, bp = fig.axes
-    assert [ln.get_label() for ln in fa.get_lines() if not ln.get_label().startswith("_")] == ["fc1", "fc2"]
+    assert [ln.get_label() for ln in fa.get_lines() if not ln.get_label().startswith("_")] == [
+        "fc1 (decoder)", "fc2 (decoder)"]
     np.testing.assert_allclose(fa.get_lines()[1].get_ydata(), w["layers"]["fc2"]["fa_angle"])
     bp_lines = [ln for ln in bp.get_lines() if not ln.get_label().startswith("_")]
     assert len(bp_lines) == 2

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from bioplaus import ops, rules
-from bioplaus.heads import PredHead
+from bioplaus.heads import PredHead, Targets
 from bioplaus.log import read_run
 from bioplaus.runner import run
 
@@ -55,7 +55,7 @@ def test_its_error_is_the_sign_formula(pred_sign):
     y = rng.integers(0, 3, 8)
     p = {"dec_W": rng.normal(size=(3, 6)), "dec_b": np.zeros(3)}
     head = rules.get_rule(pred_sign).heads[0]
-    _loss, _stats, cache = head.forward(h, y, rules.one_hot(y, 3, h.dtype), p, {})
+    _loss, _stats, cache = head.forward(h, Targets(None, y, rules.one_hot(y, 3, h.dtype)), p, {})
     dh, grads = head.backward(cache, 1.0, p, {})
     logits = h @ p["dec_W"].T
     soft = np.exp(logits - logits.max(1, keepdims=True))

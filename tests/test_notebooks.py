@@ -20,7 +20,8 @@ pytest.importorskip("ipykernel")
 ROOT = Path(__file__).resolve().parents[1]
 ANALYSIS = ROOT / "analysis"
 SOLUTIONS = ANALYSIS / "labs" / "solutions"
-NOTEBOOKS = ["optimization_vs_generalization.ipynb", "layer_dynamics.ipynb", "paper_comparison.ipynb"]
+NOTEBOOKS = ["optimization_vs_generalization.ipynb", "layer_dynamics.ipynb", "paper_comparison.ipynb",
+             "rules_family.ipynb"]
 LABS = ["labs/01_global_vs_local.ipynb", "labs/02_similarity_matching.ipynb", "labs/03_backprop_free.ipynb"]
 KERNEL = "bioplaus-test"
 TIMEOUT = 300  # seconds per cell

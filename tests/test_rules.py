@@ -19,6 +19,7 @@ from bioplaus import ops
 from bioplaus.backend import NUMPY
 from bioplaus.blocks import block_forward, output_layer_forward
 from bioplaus.config import Config
+from bioplaus.heads import Targets
 from bioplaus.models import BlockSpec, NetSpec
 from bioplaus.rules import RULES, init_network, local_error, loss_weights, one_hot, train_step
 from tests.helpers import numerical_grad, rel_error
@@ -83,7 +84,7 @@ def local_loss(net, cfg, i, x_i, y):
     h, _, _, _ = block_forward(x_i, net.params[i], net.running[i], spec, True, None, net.slope)
     w_pred, w_sim, _ = loss_weights(cfg.variant, cfg.beta)
     Y = one_hot(y, K, h.dtype)
-    _, _, stats = local_error(RULES[cfg.variant], h, y, Y, net.params[i], net.fixed[i], spec,
+    _, _, stats = local_error(RULES[cfg.variant], h, Targets(x_i, y, Y), net.params[i], net.fixed[i], spec,
                               {"pred": w_pred, "sim": w_sim}, backward=False)
     return w_pred * stats.get("loss_pred", 0.0) + w_sim * stats.get("loss_sim", 0.0)
 
@@ -94,7 +95,7 @@ def global_loss(net, x, y, with_sim=False):
     for i, spec in enumerate(net.specs):
         h, h_out, _, _ = block_forward(h_out, net.params[i], net.running[i], spec, True, None, net.slope)
         if with_sim:
-            _, _, st = local_error(RULES[cfg.variant], h, y, one_hot(y, K, h.dtype), net.params[i],
+            _, _, st = local_error(RULES[cfg.variant], h, Targets(None, y, one_hot(y, K, h.dtype)), net.params[i],
                                    net.fixed[i], spec, {"sim": 1.0}, backward=False)
             total += st["loss_sim"]
     logits, _ = output_layer_forward(h_out, net.out)
@@ -154,7 +155,8 @@ def test_feedback_alignment_error_is_the_fa_formula(kind):
     for i, spec in enumerate(net.specs):
         p, f = net.params[i], net.fixed[i]
         h, _, _, _ = block_forward(inputs[i], p, net.running[i], spec, True, None, net.slope)
-        dh, grads, _ = local_error(RULES["pred-bpf"], h, y, one_hot(y, K, h.dtype), p, f, spec, {"pred": 1.0})
+        dh, grads, _ = local_error(RULES["pred-bpf"], h, Targets(None, y, one_hot(y, K, h.dtype)), p, f, spec,
+                                   {"pred": 1.0})
         # independent formula: pooled h -> logits; δ = (σ(logits) - t) / (N T); δh = pool^T(δ B)
         pooled, pc = (ops.avgpool2d_forward(h, spec.dec_window, spec.dec_pad) if spec.kind == "conv"
                       else (h, None))

@@ -7,7 +7,14 @@ are returned to the caller and never stored; every backward returns the true gra
 from bioplaus.ops.activation import act_backward, act_forward
 from bioplaus.ops.batchnorm import batchnorm_backward, batchnorm_forward
 from bioplaus.ops.bn_act import bn_act_backward, bn_act_forward
-from bioplaus.ops.conv import IM2COL_MAX_BYTES, conv2d_backward, conv2d_forward
+from bioplaus.ops.conv import (
+    IM2COL_MAX_BYTES,
+    conv2d_backward,
+    conv2d_forward,
+    conv2d_input_grad,
+    conv2d_transpose_backward,
+    conv2d_transpose_forward,
+)
 from bioplaus.ops.dense import dense_backward, dense_forward
 from bioplaus.ops.dropout import dropout_backward, dropout_forward, dropout_mask
 from bioplaus.ops.losses import (
@@ -39,6 +46,9 @@ __all__ = [
     "bn_act_forward",
     "conv2d_backward",
     "conv2d_forward",
+    "conv2d_input_grad",
+    "conv2d_transpose_backward",
+    "conv2d_transpose_forward",
     "count_correct",
     "decoder_pool_shape",
     "dense_backward",

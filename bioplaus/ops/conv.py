@@ -17,6 +17,8 @@ so the peak memory per layer stays about one chunk above the layer's input and o
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 from bioplaus.backend import device_memory_bytes, get_array_module, on_device
 from bioplaus.ops import kernels
 
@@ -25,6 +27,19 @@ IM2COL_MAX_BYTES = 32 * 2**20  # largest im2col buffer built at once (32 MB meas
 # as large as this share of the device's memory allows (the whole batch for the paper's nets).
 DEVICE_IM2COL_SHARE = 1 / 16
 DEVICE_IM2COL_MAX_BYTES = 2 * 2**30
+
+
+class ConvCache(NamedTuple):
+    """What :func:`conv2d_backward` needs: x (chunked) or its columns (one chunk), W, the geometry."""
+
+    x: Any  # (N, C, H, W) when the batch ran in chunks (columns rebuilt per chunk), else None
+    cols: Any  # (C*kh*kw, N*Ho*Wo) when the batch ran in one chunk, else None
+    W: Any  # (F, C, kh, kw)
+    has_b: bool
+    stride: int
+    pad: int
+    shape: tuple  # x's shape (N, C, H, W)
+    chunk: int  # samples per chunk
 
 
 def _out_size(size: int, k: int, stride: int, pad: int) -> int:
@@ -129,7 +144,7 @@ def conv2d_forward(x, W, b=None, stride: int = 1, pad: int = 0):
         out += b.reshape(1, F, 1, 1)
     # one chunk: keep the columns for the backward; several: keep only x and rebuild per chunk
     keep = cols if chunk >= N else None
-    cache = (x if keep is None else None, keep, W, b is not None, stride, pad, x.shape, chunk)
+    cache = ConvCache(x if keep is None else None, keep, W, b is not None, stride, pad, x.shape, chunk)
     return out, cache
 
 
@@ -167,3 +182,46 @@ def conv2d_backward(dout, cache, need_dx: bool = True, overwrite_dout: bool = Fa
             _columns_to_image(dcols, dx[n0:n1], kh, kw, stride, pad, Ho, Wo)
             del dcols
     return dx, dW2.reshape(W.shape), db
+
+
+def conv2d_input_grad(dout, W, x_shape, stride: int = 1, pad: int = 0):
+    """``dx`` of a convolution with kernel ``W`` for the error ``dout`` (N, F, Ho, Wo):
+    ``dxpad[n, c, s*i + p, s*j + q] += sum_f W[f, c, p, q] * dout[n, f, i, j]`` (the x part of
+    :func:`conv2d_backward`, for any kernel of W's shape: a rule may pass another matrix than the
+    forward one, which then is its business, not this op's). Chunked like the backward."""
+    xp = get_array_module(dout)
+    N, C = x_shape[0], x_shape[1]
+    F, _, kh, kw = W.shape
+    Ho, Wo = dout.shape[2], dout.shape[3]
+    K = C * kh * kw
+    W2 = W.reshape(F, K)
+    dx = xp.empty(tuple(x_shape), dtype=dout.dtype)
+    chunk = _chunk_size(xp, N, K, Ho * Wo, dout.dtype.itemsize)
+    for n0 in range(0, N, chunk):
+        n1 = min(N, n0 + chunk)
+        d2 = dout[n0:n1].transpose(1, 0, 2, 3).reshape(F, -1)  # (F, n*Ho*Wo)
+        dcols = W2.T @ d2  # (K, n*Ho*Wo)
+        _columns_to_image(dcols, dx[n0:n1], kh, kw, stride, pad, Ho, Wo)
+        del dcols
+    return dx
+
+
+def conv2d_transpose_forward(h, W, b, x_shape, stride: int = 1, pad: int = 0):
+    """The transpose of a convolution (PyTorch's ConvTranspose2d with the kernel ``W (F, C, kh, kw)``
+    read as ``(in, out, kh, kw)``): ``h (N, F, Ho, Wo)`` -> ``y (N, C, H, W)`` with
+    ``y = conv2d_input_grad(h, W) + b``; ``x_shape`` = (N, C, H, W) picks the output size. Cache."""
+    y = conv2d_input_grad(h, W, x_shape, stride, pad)
+    if b is not None:
+        y += b.reshape(1, -1, 1, 1)
+    return y, (h, W, b is not None, stride, pad)
+
+
+def conv2d_transpose_backward(dy, cache):
+    """``dy (N, C, H, W)`` -> ``(dh, dW, db)``: the adjoint of the input gradient is the convolution
+    itself, ``dh = conv2d(dy, W)``; and ``dW[f, c, p, q] = sum h[n, f, i, j] dypad[n, c, s i + p, s j + q]``,
+    the weight gradient of that convolution for the error h."""
+    h, W, has_b, stride, pad = cache
+    dh, conv_cache = conv2d_forward(dy, W, None, stride, pad)
+    _, dW, _ = conv2d_backward(h, conv_cache, need_dx=False)
+    db = _bias_grad(dy) if has_b else None
+    return dh, dW, db

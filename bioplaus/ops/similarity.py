@@ -2,7 +2,7 @@
 
 Forward:
     Z = std_{H*W}(X) (unbiased)  when X is (B, C, H, W) with C > 3 and H > 1  -> (B, C)
-    Z = X.reshape(B, D)          otherwise
+    Z = X.reshape(B, D)          otherwise (and always with ``use_std=False``: the authors' --no-similarity-std)
     Zc = Z - mean_row(Z);   d = 1e-8 + ||Zc||_row;   Zn = Zc / d
     R = Zn Zn^T;            S = clamp(R, -1, 1)
 Backward (true gradient):
@@ -19,16 +19,39 @@ near-duplicate rows through rounding.
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 from bioplaus.backend import get_array_module
 
 _NORM_EPS = 1e-8
+
+
+class StdCache(NamedTuple):
+    """The std path's part of :class:`SimilarityCache`: the centred input, the stds, H*W, X's shape."""
+
+    Xc: Any  # (B, C, HW)
+    Z: Any  # (B, C)
+    n: int  # H*W
+    shape: tuple  # (B, C, H, W)
+
+
+class SimilarityCache(NamedTuple):
+    """What :func:`similarity_backward` needs: R before the clamp, Zc, its norms, Zn, the std path's cache."""
+
+    R: Any  # (B, B)
+    Zc: Any  # (B, D)
+    nrm: Any  # (B, 1)
+    d: Any  # (B, 1)
+    Zn: Any  # (B, D)
+    std_cache: StdCache | None
+    shape: tuple  # X's shape
 
 
 def _uses_std(X) -> bool:
     return X.ndim == 4 and X.shape[1] > 3 and X.shape[2] > 1
 
 
-def similarity_forward(X, overwrite: bool = False):
+def similarity_forward(X, overwrite: bool = False, use_std: bool = True):
     """``X (B, ...)`` -> ``S (B, B)``, cache.
 
     ``overwrite=True``: the caller hands over ``X`` (contiguous, needed by nothing else); on the std
@@ -37,7 +60,7 @@ def similarity_forward(X, overwrite: bool = False):
     xp = get_array_module(X)
     B = X.shape[0]
     std_cache = None
-    if _uses_std(X):
+    if use_std and _uses_std(X):
         C = X.shape[1]
         Xf = X.reshape(B, C, -1)  # (B, C, HW)
         n = Xf.shape[2]
@@ -47,7 +70,7 @@ def similarity_forward(X, overwrite: bool = False):
         else:
             Xc = Xf - Xf.mean(axis=2, keepdims=True)  # (B, C, HW)
         Z = xp.sqrt(xp.einsum("bcn,bcn->bc", Xc, Xc) / X.dtype.type(n - 1))  # (B, C), no Xc*Xc temporary
-        std_cache = (Xc, Z, n, X.shape)
+        std_cache = StdCache(Xc, Z, n, X.shape)
     else:
         Z = X.reshape(B, -1)  # (B, D)
     Zc = Z - Z.mean(axis=1, keepdims=True)  # (B, D)
@@ -56,7 +79,7 @@ def similarity_forward(X, overwrite: bool = False):
     Zn = Zc / d  # (B, D)
     R = Zn @ Zn.T  # (B, B)
     S = xp.clip(R, -1, 1)
-    return S, (R, Zc, nrm, d, Zn, std_cache, X.shape)
+    return S, SimilarityCache(R, Zc, nrm, d, Zn, std_cache, X.shape)
 
 
 def similarity_backward(dS, cache, overwrite: bool = False):
