@@ -1,4 +1,9 @@
-"""Shared test helpers: float64 central finite differences and the relative-error metric."""
+"""Shared test helpers: float64 central finite differences, the relative-error metric, and the op
+gradient check.
+
+:func:`gradcheck` uses the scalar objective ``sum(out * R)`` with a fixed random ``R``. The analytic
+gradient is computed on the array module under test (``xp``); the finite differences on NumPy.
+"""
 
 from __future__ import annotations
 
@@ -27,3 +32,41 @@ def rel_error(a, b) -> float:
     """max|a - b| / max(1e-12, max(|a| + |b|))."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     return float(np.max(np.abs(a - b)) / max(1e-12, float(np.max(np.abs(a) + np.abs(b)))))
+
+
+TOL = 1e-7
+
+
+def host(a):
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+def rand(rng, *shape):
+    return rng.standard_normal(shape)
+
+
+def away_from_zero(rng, *shape, margin=0.1):
+    """Values with |v| >= margin, so ReLU-like kinks are never crossed by finite differences."""
+    v = rng.standard_normal(shape)
+    return np.sign(v) * (margin + np.abs(v))
+
+
+def xp_or_np(like, a):
+    return np.asarray(a) if isinstance(like, np.ndarray) else __import__("cupy").asarray(a)
+
+
+def gradcheck(xp, forward, backward, args, wrt, seed=0, tol=TOL, eps=1e-6):
+    """Compare ``backward`` (on ``xp``) with central differences of ``sum(forward(args) * R)``.
+
+    ``forward(*arrays) -> (out, cache)``; ``backward(dout, cache) -> tuple of grads`` in ``wrt`` order.
+    """
+    out, cache = forward(*[xp.asarray(a) if isinstance(a, np.ndarray) else a for a in args])
+    R = np.random.default_rng(seed + 1000).standard_normal(out.shape)
+    grads = backward(xp.asarray(R), cache)
+    for k, i in enumerate(wrt):
+        assert isinstance(grads[k], xp.ndarray)
+        assert grads[k].dtype == np.float64
+        num = numerical_grad(lambda: np.sum(host(forward(*args)[0]) * R), args[i], eps=eps)
+        err = rel_error(host(grads[k]), num)
+        assert err < tol, f"gradient {k} (argument {i}): rel error {err:.2e}"
+    return out, grads

@@ -9,7 +9,16 @@ NOTE: at exactly a == 0 the gradient is 0 for ReLU and ``slope`` for leaky ReLU,
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 from bioplaus.backend import get_array_module
+
+
+class ActCache(NamedTuple):
+    """What :func:`act_backward` needs: where the input was positive, and the negative slope."""
+
+    positive: Any  # (same as a), bool
+    slope: float
 
 
 def act_forward(a, slope: float = 0.0, overwrite: bool = False):
@@ -24,7 +33,7 @@ def act_forward(a, slope: float = 0.0, overwrite: bool = False):
         for n0 in range(0, a.shape[0], step):
             s = a[n0 : n0 + step]
             xp.maximum(s, s * s.dtype.type(slope), out=s)
-        return a, (positive, slope)
+        return a, ActCache(positive, slope)
     if slope == 0.0:
         h = xp.maximum(a, 0)
     elif 0.0 < slope < 1.0:  # then max(a, slope * a) is a where a > 0 and slope * a elsewhere
@@ -32,7 +41,7 @@ def act_forward(a, slope: float = 0.0, overwrite: bool = False):
         xp.maximum(a, h, out=h)
     else:
         h = xp.where(positive, a, a * a.dtype.type(slope))
-    return h, (positive, slope)
+    return h, ActCache(positive, slope)
 
 
 def act_backward(dh, cache, overwrite_dh: bool = False):

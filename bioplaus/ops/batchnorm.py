@@ -12,7 +12,18 @@ Both modes: dgamma = sum(dout * xhat), dbeta = sum(dout).
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 from bioplaus.backend import get_array_module
+
+
+class BatchNormCache(NamedTuple):
+    """What :func:`batchnorm_backward` needs: the normalised input, the scale, 1/std and the mode."""
+
+    xhat: Any  # like x
+    gamma: Any  # (C,)
+    inv_std: Any  # (C,)
+    train: bool
 
 
 def _axes_and_shape(x):
@@ -49,7 +60,7 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, train: bool, mo
     xhat = xc  # like x
     out = xhat * gamma.reshape(pshape)
     out += beta.reshape(pshape)
-    cache = (xhat, gamma, inv_std, train)
+    cache = BatchNormCache(xhat, gamma, inv_std, train)
     return out, cache, new_mean, new_var
 
 

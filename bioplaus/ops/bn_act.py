@@ -25,9 +25,22 @@ element-wise kernel forward, two reductions and one element-wise kernel backward
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 from bioplaus.backend import BLOCK, blocked, get_array_module
 from bioplaus.ops import kernels
 from bioplaus.ops.batchnorm import _axes_and_shape, _sum_of_products
+
+
+class BnActCache(NamedTuple):
+    """What :func:`bn_act_backward` needs: xhat (z is recomputed from it), BN's arrays, φ's slope, the mode."""
+
+    xhat: Any  # like a
+    gamma: Any  # (C,)
+    beta: Any  # (C,)
+    inv_std: Any  # (C,)
+    slope: float
+    train: bool
 
 
 def _channel_sum(x):
@@ -120,7 +133,7 @@ def bn_act_forward(a, gamma, beta, running_mean, running_var, train: bool, slope
             xp.maximum(hb, hb * t(slope), out=hb)  # z where z > 0, slope * z elsewhere
 
     _over_samples(xp, xhat, normalise_and_act)
-    cache = (xhat, gamma, beta, inv_std, slope, train)
+    cache = BnActCache(xhat, gamma, beta, inv_std, slope, train)
     return h, cache, new_mean, new_var
 
 
@@ -219,7 +232,7 @@ def _forward_fused(xp, a, gamma, beta, running_mean, running_var, train, slope, 
     h = xp.empty(a.shape, a.dtype)
     kernels.get(xp, "bn_act_forward")(a3, _channels(mu, C), _channels(inv_std, C), _channels(gamma, C),
                                       _channels(beta, C), t(slope), xhat.reshape(N, C, -1), h.reshape(N, C, -1))
-    return h, (xhat, gamma, beta, inv_std, slope, train), new_mean, new_var
+    return h, BnActCache(xhat, gamma, beta, inv_std, slope, train), new_mean, new_var
 
 
 def _backward_fused(xp, dh, cache, overwrite_dh: bool):

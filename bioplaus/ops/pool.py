@@ -15,10 +15,27 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from bioplaus.backend import BLOCK, blocked, device_key, get_array_module
+
+
+class MaxPoolCache(NamedTuple):
+    """What :func:`maxpool2d_backward` needs: each window's argmax (row-major offset), x's shape, k."""
+
+    idx: Any  # (N, C, Ho, Wo), uint8 (int64 for windows of 256 or more)
+    shape: tuple  # (N, C, H, W)
+    k: int
+
+
+class AvgPoolCache(NamedTuple):
+    """What :func:`avgpool2d_backward` needs: x's shape, the window (= stride) and the padding."""
+
+    shape: tuple  # (N, C, H, W)
+    window: tuple  # (kh, kw)
+    pad: tuple  # (ph, pw)
 
 
 def maxpool2d_forward(x, k: int = 2):
@@ -34,7 +51,7 @@ def maxpool2d_forward(x, k: int = 2):
             _maxpool2x2(xp, x[lo:hi, :, : 2 * Ho, : 2 * Wo], out[lo:hi], idx[lo:hi])
 
         blocked(xp, N, pool_samples, block=BLOCK // (C * H * W) or 1)  # bounded temporaries, both cores
-        return out, (idx, x.shape, k)
+        return out, MaxPoolCache(idx, x.shape, k)
     # one strided view per window offset (row-major order): no transposed copy of x is made
     views = [x[:, :, p : Ho * k : k, q : Wo * k : k] for p in range(k) for q in range(k)]  # (N, C, Ho, Wo)
     idx_dtype = xp.uint8 if k * k < 256 else xp.int64
@@ -44,7 +61,7 @@ def maxpool2d_forward(x, k: int = 2):
         later = views[j] > out  # strictly greater: ties keep the first maximum, as argmax
         xp.copyto(idx, idx_dtype(j), where=later)
         xp.maximum(out, views[j], out=out)  # also propagates NaN, as PyTorch
-    return out, (idx, x.shape, k)
+    return out, MaxPoolCache(idx, x.shape, k)
 
 
 def _maxpool2x2(xp, x, out, idx) -> None:
@@ -122,7 +139,7 @@ def avgpool2d_forward(x, window=(2, 2), pad=(0, 0)):
         cols = (x.reshape(N * C * H, W) @ _window_matrix(xp, W, kw, pw, x.dtype)).reshape(N * C, H, Wo)
     out = xp.matmul(_window_matrix(xp, H, kh, ph, x.dtype, transpose=True), cols)  # (N*C, Ho, Wo)
     out *= out.dtype.type(1.0 / (kh * kw))
-    return out.reshape(N, C, Ho, Wo), (x.shape, (kh, kw), (ph, pw))
+    return out.reshape(N, C, Ho, Wo), AvgPoolCache(x.shape, (kh, kw), (ph, pw))
 
 
 def avgpool2d_backward(dout, cache, add_to=None, out=None):

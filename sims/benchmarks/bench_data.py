@@ -6,6 +6,14 @@
 Prints images/s per configuration (28x28 grey: the chosen dataset; 32x32 RGB: random CIFAR-sized
 images) for plain batching, crop+flip, crop+flip+cutout, and classes-per-batch grouping. NumPy
 runs single-threaded here, so the CPU figure is per core. GPU timings synchronise the device.
+
+BLAS kernels: benchmarks are run with ``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` unset in the
+benchmark's command alone (they force older OpenBLAS kernels; a user's machine has no such override):
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python sims/benchmarks/bench_data.py ...
+
+Tests and CI leave the variables as they are. The header prints the machine, numpy and its BLAS
+(library, version, kernel, threads), and a WARNING line when either variable is set (``machine.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +27,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import machine
 
 from bioplaus.backend import get_backend
 from bioplaus.data import Dataset, TrainBatches, get_spec, load_dataset
@@ -45,13 +56,14 @@ def images_per_second(batches: TrainBatches, backend, epochs: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=machine.NOTE)
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "gpu"])
     parser.add_argument("--dataset", default="fashion-mnist-mini")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args(argv)
     backend = get_backend(args.device)
+    machine.print_header()
     print(f"device: {backend.device}")
     grey = load_dataset(args.dataset)
     rgb = cifar_sized()

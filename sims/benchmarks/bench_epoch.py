@@ -10,6 +10,14 @@ one *pure* training step (``rules.train_step`` with the trainer's dropout masks 
 already in memory) and times it; that time is taken out of the epoch's time. So both sides see the
 same machine load. Prints the epoch's time per step over the pure step's (target <= 1.15), as means
 (the epoch is a sum) and as medians (robust to a neighbour's burst).
+
+BLAS kernels: benchmarks are run with ``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` unset in the
+benchmark's command alone (they force older OpenBLAS kernels; a user's machine has no such override):
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python sims/benchmarks/bench_epoch.py ...
+
+Tests and CI leave the variables as they are. The header prints the machine, numpy and its BLAS
+(library, version, kernel, threads), and a WARNING line when either variable is set (``machine.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +34,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import machine
 
 from bioplaus.backend import get_backend
 from bioplaus.config import Config
@@ -35,12 +46,13 @@ from bioplaus.train import Trainer
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=machine.NOTE)
     ap.add_argument("--recipe", default="fashion-mnist-mlp-predsim")
     ap.add_argument("--dataset", default=None, help="override the recipe's dataset (e.g. fashion-mnist-mini)")
     ap.add_argument("--every", type=int, default=4, help="time one pure step every this many epoch batches")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
+    facts = machine.print_header()
     values = get_recipe(args.recipe)
     if args.dataset:
         values["dataset"] = args.dataset
@@ -92,7 +104,7 @@ def main(argv=None) -> int:
         "pure_ms_per_step_median": 1e3 * statistics.median(pure),
         "pure_samples": len(pure),
         "train_loss": result["train_loss"], "train_error": result["train_error"],
-        "load_1min": os.getloadavg()[0],
+        "load_1min": os.getloadavg()[0], "machine": facts,
     }
     row["ratio_mean"] = row["epoch_ms_per_step_mean"] / row["pure_ms_per_step_mean"]
     row["ratio_median"] = row["epoch_ms_per_step_median"] / row["pure_ms_per_step_median"]

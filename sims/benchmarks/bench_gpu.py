@@ -15,6 +15,16 @@ sum is a little above the free-running step), for the listed cases.
 
     python3 sims/benchmarks/bench_gpu.py --json gpu.json --profile vgg8b:predsim   # on the GPU machine
     python3 sims/benchmarks/bench_gpu.py --device cpu --small                      # a dry run on a CPU
+
+The header prints the CPU's BLAS too, on a GPU as well (the host side and ``--device cpu`` use it).
+
+BLAS kernels: benchmarks are run with ``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` unset in the
+benchmark's command alone (they force older OpenBLAS kernels; a user's machine has no such override):
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python sims/benchmarks/bench_gpu.py ...
+
+Tests and CI leave the variables as they are. The header prints the machine, numpy and its BLAS
+(library, version, kernel, threads), and a WARNING line when either variable is set (``machine.py``).
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parents[1]))
 
+import machine
 from bench_train import LR, bioplaus_step, case_config, step_flops
 
 from bioplaus.backend import get_backend
@@ -269,7 +280,7 @@ def profile_conv(device, N=128, C=128, F=256, size=32, repeat=10) -> list[tuple[
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=machine.NOTE)
     p.add_argument("--device", default="gpu", choices=("gpu", "cpu"))
     p.add_argument("--models", default="mlp,vgg8b,vgg11b")
     p.add_argument("--variants", default="glob,predsim,predsim-bpf")
@@ -281,6 +292,7 @@ def main(argv=None) -> int:
     p.add_argument("--profile-conv", action="store_true", help="time the parts of one vgg8b conv against cuDNN")
     p.add_argument("--json", help="write the rows to this file")
     args = p.parse_args(argv)
+    facts = machine.print_header()  # the CPU's BLAS, on a GPU too
     backend = get_backend(args.device)
     import torch
 
@@ -332,6 +344,8 @@ def main(argv=None) -> int:
         except Exception as exc:  # noqa: BLE001
             print(f"  FAILED: {type(exc).__name__}: {exc}")
     if args.json:
+        for r in rows:
+            r["machine"] = facts
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 1 if any("error" in r for r in rows) else 0
 

@@ -15,6 +15,14 @@ updates, Adam) under ``tracemalloc`` (NumPy reports its array allocations to it)
 Global backprop must hold every block's caches until the backward pass reaches it; a local rule
 updates each block as soon as its forward is done and can drop its caches, so its step peak is
 about one block's worth (target: local <= 40% of glob).
+
+BLAS kernels: benchmarks are run with ``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` unset in the
+benchmark's command alone (they force older OpenBLAS kernels; a user's machine has no such override):
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python sims/benchmarks/bench_memory.py ...
+
+Tests and CI leave the variables as they are. The header prints the machine, numpy and its BLAS
+(library, version, kernel, threads), and a WARNING line when either variable is set (``machine.py``).
 """
 
 from __future__ import annotations
@@ -33,6 +41,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import machine
 
 VARIANTS = ("glob", "predsim", "predsim-bpf")
 
@@ -87,7 +98,7 @@ def child(model: str, variant: str, batch: int) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=machine.NOTE)
     ap.add_argument("--model", default="vgg11b")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--variants", default=",".join(VARIANTS))
@@ -97,6 +108,7 @@ def main(argv=None) -> int:
     if args.child:
         print(json.dumps(child(args.model, args.child, args.batch)))
         return 0
+    facts = machine.print_header()
     rows = []
     for variant in args.variants.split(","):
         cmd = [sys.executable, __file__, "--child", variant, "--model", args.model, "--batch", str(args.batch)]
@@ -107,6 +119,7 @@ def main(argv=None) -> int:
     for r in rows:
         for key in ("step_peak_mb", "total_peak_mb", "max_rss_mb"):
             r[key.replace("_mb", "_vs_glob")] = r[key] / glob[key] if glob else None
+        r["machine"] = facts
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, numpy {np.__version__}; {args.model}, batch "
           f"{args.batch}, 3x32x32, float32; one training step per fresh subprocess (tracemalloc, ru_maxrss)")
     print(f"{'variant':12s} {'params+Adam MB':>14s} {'step peak MB':>12s} {'vs glob':>7s} {'total peak MB':>13s} "

@@ -13,6 +13,14 @@ timed forward + backward on one feature map and reported in ms and as multiples 
 map (``np.copyto``, the machine's memory speed, timed next to them).
 Also times building the im2col buffer two ways (explicit per-offset copies, as the op does, vs one
 copy of a ``sliding_window_view``), the layout choice the conv op rests on.
+
+BLAS kernels: benchmarks are run with ``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` unset in the
+benchmark's command alone (they force older OpenBLAS kernels; a user's machine has no such override):
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python sims/benchmarks/bench_ops.py ...
+
+Tests and CI leave the variables as they are. The header prints the machine, numpy and its BLAS
+(library, version, kernel, threads), and a WARNING line when either variable is set (``machine.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 import tracemalloc
@@ -29,6 +36,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import machine
 
 from bioplaus import ops
 from bioplaus.ops import conv as conv_module
@@ -173,11 +183,12 @@ def bench_im2col(N: int, C: int, size: int, repeat: int) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=machine.NOTE)
     ap.add_argument("--quick", action="store_true", help="batch 32 and a 1024^3 GEMM, for a smoke run")
     ap.add_argument("--repeat", type=int, default=3, help="timed repetitions; the best is reported")
     ap.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = ap.parse_args(argv)
+    facts = machine.print_header()
     N = 32 if args.quick else 128
     repeat = 1 if args.quick else max(1, args.repeat)
 
@@ -198,7 +209,6 @@ def main(argv=None) -> int:
     memory_bound = bench_memory_bound(N, repeat)
 
     env = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS")}
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, numpy {np.__version__}")
     print(f"env: {env}")
     print(f"float32 matmul ({'1024' if args.quick else '2048'}^3, best of {repeat}): {gemm:8.1f} GFLOP/s")
     print(
@@ -221,7 +231,7 @@ def main(argv=None) -> int:
         print(f"{r['name']:42s} {1e3 * r['seconds']:8.1f} {r['copies']:7.1f}")
     if args.json:
         args.json.write_text(
-            json.dumps({"matmul_gflops": gemm, "env": env, "batch": N, "ops": rows, "im2col": im2col,
+            json.dumps({"matmul_gflops": gemm, "env": env, "machine": facts, "batch": N, "ops": rows, "im2col": im2col,
                         "memory_bound": memory_bound}, indent=2)
         )
         print(f"wrote {args.json}")

@@ -20,7 +20,14 @@ bytes each stage boundary carries per batch, give the pipeline's throughput on N
 batch / max over stages (stage time + its outgoing activations / link bandwidth), with the split
 balanced on the measured times; for vgg8b, vgg11b and vgg11b(3x) on 32x32x3.
 
-Benchmarks want the real BLAS kernels: run with ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE``.
+BLAS kernels: benchmarks are run with ``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` unset in the
+benchmark's command alone (they force older OpenBLAS kernels; a user's machine has no such override):
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python sims/benchmarks/bench_pipeline.py ...
+
+Tests and CI leave the variables as they are. The header prints the machine, numpy and its BLAS
+(library, version, kernel, threads), and a WARNING line when either variable is set (``machine.py``).
+The header's thread count is this driver's; the runs set their own (seq1 and pipe 1, seqK K).
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ HERE = Path(__file__).resolve()
 ROOT = HERE.parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE.parent))
+
+import machine
 
 CASES = [("mlp", "predsim"), ("mlp", "predsim-bpf"), ("vgg8b", "predsim"), ("vgg8b", "predsim-bpf")]
 
@@ -125,19 +134,6 @@ def spawn(args: list[str], threads: int, ranks: int = 0) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def blas_line() -> str:
-    try:
-        from threadpoolctl import threadpool_info
-
-        info = [i for i in threadpool_info() if i.get("user_api") == "blas"]
-        if info:
-            i = info[0]
-            return f"BLAS {i.get('internal_api')} {i.get('version')} kernel {i.get('architecture')}"
-    except ImportError:
-        pass
-    return "BLAS: unknown (pip install threadpoolctl to see it)"
-
-
 def table(ranks: int, batches_mlp: int, batches_vgg: int, cases) -> list[dict]:
     from bioplaus.data import get_spec
     from bioplaus.models import build_spec
@@ -155,7 +151,8 @@ def table(ranks: int, batches_mlp: int, batches_vgg: int, cases) -> list[dict]:
         seqk = spawn(["--worker", "seq", *common], threads=ranks)
         pipe = spawn(["--worker", "pipe", *common], threads=1, ranks=ranks)
         ideal = sum(seq1["stage_seconds"]) / max(seq1["stage_seconds"])
-        row = {"model": model, "variant": variant, "ranks": ranks, "stages": sizes, "batches": batches,
+        row = {"model": model, "variant": variant, "ranks": ranks, "stages": [int(s) for s in sizes],
+               "batches": batches,
                "seq1_samples_s": seq1["samples_s"], "seqK_samples_s": seqk["samples_s"],
                "pipe_samples_s": pipe["samples_s"], "ideal_speedup": ideal,
                "pipe_over_seq1": pipe["samples_s"] / seq1["samples_s"],
@@ -217,7 +214,7 @@ def predict(n: int, device: str, bandwidth_gbs: float) -> list[str]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=machine.NOTE)
     p.add_argument("--ranks", type=int, default=2)
     p.add_argument("--cases", default=",".join(f"{m}:{v}" for m, v in CASES))
     p.add_argument("--batches-mlp", type=int, default=40, help="timed batches per mlp epoch (of 128)")
@@ -236,16 +233,19 @@ def main(argv=None) -> int:
         if out is not None:
             print(json.dumps(out))
         return 0
-    if os.environ.get("OPENBLAS_CORETYPE"):
-        print(f"WARNING: OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']} forces older BLAS kernels; run with "
-              "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE for a user's numbers", file=sys.stderr)
+    facts = machine.print_header()  # this driver's BLAS; each run sets its own threads (below)
+    if not args.predict:
+        print(f"(the header's threads are this driver's: seq1 and each pipe rank run 1 BLAS thread, seq{args.ranks} "
+              f"{args.ranks})", flush=True)
     if args.predict:
         print("\n".join(predict(args.predict, args.device, args.bandwidth_gbs)))
         return 0
     cases = [tuple(c.split(":")) for c in args.cases.split(",")]
     load0 = os.getloadavg()[0]
     rows = table(args.ranks, args.batches_mlp, args.batches_vgg, cases)
-    print(f"machine: {os.cpu_count()} cores, {blas_line()}; load before {load0:.2f}, after {os.getloadavg()[0]:.2f}; "
+    blas = f"BLAS {facts['blas']} {facts['blas_version']} kernel {facts['blas_kernel']}" if facts["blas"] \
+        else "BLAS: unknown"
+    print(f"machine: {os.cpu_count()} cores, {blas}; load before {load0:.2f}, after {os.getloadavg()[0]:.2f}; "
           f"batch 128, fashion-mnist-mini 28x28x1, float32; K = {args.ranks}")
     print(f"{'model':6s} {'variant':12s} {'stages':8s} {'seq1/s':>7s} {f'seq{args.ranks}/s':>7s} {'pipe/s':>7s} "
           f"{'pipe/seq1':>9s} {f'pipe/seq{args.ranks}':>9s} {'ideal':>6s} {'of ideal':>8s} {'MB/rank':>12s}")
@@ -256,6 +256,8 @@ def main(argv=None) -> int:
               f"{r['pipe_over_seqK']:8.2f}x {r['ideal_speedup']:5.2f}x {100 * r['fraction_of_ideal']:7.0f}% {mb:>12s}")
     print("mlp = 4x1024; seqK: the sequential run with K BLAS threads; ideal = sum / max of the measured stage times")
     if args.json:
+        for r in rows:
+            r["machine"] = facts
         args.json.write_text(json.dumps(rows, indent=1))
     return 0
 

@@ -23,6 +23,14 @@ heads, the similarity matrices' X Xᵀ), backward 2x forward for a layer whose i
 output layer in local rules). ``% mm`` = achieved GFLOP/s / the GEMM's GFLOP/s measured next to it.
 ``Adam ms``: the part of our step spent in the optimizer (memory-bound: every parameter, its
 gradient and both moments pass through memory once per step), a mean over the timed steps.
+
+BLAS kernels: benchmarks are run with ``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` unset in the
+benchmark's command alone (they force older OpenBLAS kernels; a user's machine has no such override):
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python sims/benchmarks/bench_train.py ...
+
+Tests and CI leave the variables as they are. The header prints the machine, numpy and its BLAS
+(library, version, kernel, threads), and a WARNING line when either variable is set (``machine.py``).
 """
 
 from __future__ import annotations
@@ -44,6 +52,8 @@ import numpy as np
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import machine
 
 from bioplaus import ops
 from bioplaus.backend import get_backend
@@ -156,18 +166,6 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def blas_threads() -> int:
-    try:
-        from threadpoolctl import threadpool_info
-
-        counts = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
-        if counts:
-            return counts[0]
-    except ImportError:
-        pass
-    return os.cpu_count() or 1
-
-
 def bench_case(model: str, shape, variant: str, repeat: int, warmup: int) -> dict:
     cfg = case_config(model, variant)
     spec = build_spec(cfg, shape, 10)
@@ -200,7 +198,7 @@ def bench_case(model: str, shape, variant: str, repeat: int, warmup: int) -> dic
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=machine.NOTE)
     ap.add_argument("--quick", action="store_true", help="mlp x 3 variants and vgg8b 28x28 predsim, fewer repeats")
     ap.add_argument("--repeat", type=int, default=None, help="timed steps per side (default 7 mlp / 2 vgg; quick 3/1)")
     ap.add_argument("--threads", type=int, default=None,
@@ -216,8 +214,10 @@ def main(argv=None) -> int:
         from threadpoolctl import threadpool_limits
 
         limiter = threadpool_limits(limits=args.threads, user_api="blas")
-    threads = blas_threads()
+    facts = machine.print_header()  # after the limit: the threads the steps run with
+    threads = facts["blas_threads"] or os.cpu_count() or 1
     torch.set_num_threads(threads)
+    print(f"torch {torch.__version__} threads: {threads} (set to the BLAS's)", flush=True)
     cases = QUICK if args.quick else [(m, s, v) for m, s in CASES for v in VARIANTS]
     if args.models:
         cases = [c for c in cases if c[0] in args.models.split(",")]
@@ -253,6 +253,7 @@ def main(argv=None) -> int:
         for r in rows:
             r["load_1min"] = load
             r["threads"] = threads
+            r["machine"] = facts
         args.json.write_text(json.dumps(rows, indent=2))
         print(f"wrote {args.json}")
     return 0

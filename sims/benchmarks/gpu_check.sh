@@ -44,7 +44,7 @@ PY
 command -v nvidia-smi >/dev/null && nvidia-smi -L
 
 echo "== 1. GPU tests (full log: $OUT/gpu_tests.txt)"
-GPU_TESTS="tests/test_gpu.py tests/test_ops.py tests/test_optim.py tests/test_backend.py tests/test_data_batches.py"
+GPU_TESTS="tests/test_gpu.py tests/ops tests/test_optim.py tests/test_backend.py tests/test_data_batches.py"
 if [ "$DEV" = gpu ]; then
     # shellcheck disable=SC2086
     env $TESTS_ENV timeout "${TEST_TIMEOUT:-300}" "$PY" -m pytest -q -p no:cacheprovider -m gpu -rfEs $GPU_TESTS tests/test_ops_torch.py \

@@ -1,0 +1,101 @@
+"""The benchmark scripts' header (sims/benchmarks/machine.py): numpy's BLAS, its kernel and threads, and
+a WARNING exactly when OPENBLAS_CORETYPE or OPENBLAS_L2_SIZE is set; every script parses ``--help``.
+
+Fast (seconds): no benchmark runs and nothing is timed. The environment's own values of the two
+variables are left as they are; the subprocesses here set or unset them explicitly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "sims" / "benchmarks"
+SCRIPTS = ("bench_data.py", "bench_epoch.py", "bench_gpu.py", "bench_memory.py", "bench_ops.py", "bench_pipeline.py",
+           "bench_train.py")
+FORCING = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def load_machine():
+    spec = importlib.util.spec_from_file_location("bench_machine", BENCH / "machine.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def header_in_subprocess(**env_vars: str) -> list[str]:
+    """The header as a fresh interpreter prints it, with the forcing variables unset except ``env_vars``."""
+    env = {k: v for k, v in os.environ.items() if k not in FORCING}
+    env.update(env_vars, OPENBLAS_NUM_THREADS="1")
+    code = f"import sys; sys.path.insert(0, {str(BENCH)!r}); import machine; machine.print_header()"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
+                         check=True)
+    return out.stdout.splitlines()
+
+
+def test_every_script_is_listed_and_prints_the_header():
+    assert sorted(p.name for p in BENCH.glob("bench_*.py")) == sorted(SCRIPTS)
+    for name in SCRIPTS:
+        source = (BENCH / name).read_text()
+        assert "import machine" in source and "machine.print_header(" in source, name
+        assert "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE" in source, f"{name}: the docstring's command"
+        assert "Tests and CI leave the variables as they are" in source, name
+    assert "bench_gpu.py" in (BENCH / "gpu_check.sh").read_text()
+
+
+def test_header_has_blas_kernel_and_threads():
+    pytest.importorskip("threadpoolctl")
+    machine = load_machine()
+    info = machine.blas_info()
+    if info["blas"] is None:
+        pytest.skip("threadpoolctl sees no BLAS library loaded")
+    lines = machine.header_lines(info)
+    text = "\n".join(lines)
+    blas = next(line for line in lines if line.startswith("BLAS: "))
+    assert f"{info['blas']} {info['blas_version']}" in blas
+    assert f", {info['blas_threads']} thread" in blas
+    assert isinstance(info["blas_threads"], int) and info["blas_threads"] >= 1
+    if info["blas_kernel"]:  # OpenBLAS and BLIS report one; MKL does not
+        assert f"kernel {info['blas_kernel']}" in blas
+    import numpy as np
+
+    assert f"numpy {np.__version__}" in text
+
+
+def test_header_without_threadpoolctl(monkeypatch):
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)  # import fails as if not installed
+    machine = load_machine()
+    info = machine.blas_info()
+    assert info["blas"] is None and info["blas_threads"] is None
+    assert any(line.startswith("BLAS: unknown, pip install threadpoolctl") for line in machine.header_lines(info))
+
+
+@pytest.mark.parametrize("env_vars, warned", [
+    ({}, False),
+    ({"OPENBLAS_CORETYPE": "Haswell"}, True),
+    ({"OPENBLAS_L2_SIZE": "1048576"}, True),
+    ({"OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_L2_SIZE": "1048576"}, True),
+], ids=["unset", "coretype", "l2-size", "both"])
+def test_warning_exactly_when_forced(env_vars, warned):
+    lines = header_in_subprocess(**env_vars)
+    warnings = [line for line in lines if line.startswith("WARNING")]
+    assert len(warnings) == (1 if warned else 0), lines
+    assert any(line.startswith("BLAS: ") for line in lines), lines
+    if warned:
+        for name, value in env_vars.items():
+            assert f"{name}={value}" in warnings[0]
+        assert "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE" in warnings[0]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_script_parses_help(script):
+    out = subprocess.run([sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True, timeout=120,
+                         check=False, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "usage:" in out.stdout and "OPENBLAS_CORETYPE" in out.stdout
