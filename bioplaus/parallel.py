@@ -304,7 +304,8 @@ class PipelineTrainer:
             out = {k: dev(v) for k, v in part["out"].items()} if part["out"] else None
             nets.append(Blocks(self.spec.blocks[first:stop], first, on_device(part["params"]),
                                on_device(part["fixed"]), on_device(part["running"]), out, self.stage.net.slope,
-                               self.stage.net.num_classes))
+                               self.stage.net.num_classes, on_device(part["feedback"]),
+                               on_device([part["out_feedback"]])[0]))
         return nets
 
     def probe_batch(self):
@@ -401,6 +402,8 @@ def worker(comm, backend_for: Callable[[str], object]) -> int:
                 comm.gather({"params": [{k: to_host(v) for k, v in d.items()} for d in net.params],
                              "fixed": [{k: to_host(v) for k, v in d.items()} for d in net.fixed],
                              "running": [{k: to_host(v) for k, v in d.items()} for d in net.running],
+                             "feedback": [{k: to_host(v) for k, v in d.items()} for d in net.feedback],
+                             "out_feedback": {k: to_host(v) for k, v in net.out_feedback.items()},
                              "out": {k: to_host(v) for k, v in net.out.items()} if net.out else None}, root=0)
             elif kind == "state":
                 comm.gather(stage.state_dict(), root=0)

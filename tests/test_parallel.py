@@ -80,6 +80,16 @@ def test_pipeline_is_bit_identical_to_the_sequential_run(net, variant, ranks, se
 
 
 @needs_mpi
+def test_drtp_pipelines_too(tmp_path):
+    """drtp is local (the target, not an error from above, reaches each block): it pipelines, bit for bit."""
+    args = ["--variant", "drtp", *NETS["conv"], *COMMON, "--epochs", "2"]
+    seq, pipe = str(tmp_path / "seq.h5"), str(tmp_path / "pipe.h5")
+    run([*args, "--out", seq])
+    run([*args, "--out", pipe], ranks=3)
+    assert_same_run(seq, pipe)
+
+
+@needs_mpi
 def test_interrupted_pipeline_resumes_sequentially_and_back(sequential, tmp_path):
     args = ["--variant", "predsim", *NETS["mlp"], *COMMON]
     a = str(tmp_path / "a.h5")
@@ -169,6 +179,8 @@ def test_a_killed_rank_ends_the_others_and_the_run_resumes(sequential, tmp_path)
 @pytest.mark.parametrize("args,ranks,match", [
     (["--variant", "glob"], 2, "cannot train glob"),
     (["--variant", "glob+sim"], 2, "cannot train glob+sim"),
+    (["--variant", "dfa"], 2, "cannot train dfa"),
+    (["--variant", "fa"], 2, "cannot train fa"),
     (["--variant", "predsim", "--num-layers", "2"], 3, "more than the 2 blocks"),
     (["--variant", "predsim", "--num-layers", "3", "--stages", "1,1"], 3, "--stages gives 2 stages but there are 3"),
     (["--variant", "predsim", "--num-layers", "3", "--stages", "1,1"], 2, "does not split"),
