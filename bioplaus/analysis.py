@@ -656,7 +656,8 @@ def _mean_std(row: dict[str, Any]) -> str:
     return f"{_pct(row['test_error_mean'])} ± {_pct(row['test_error_std'])}"
 
 
-def _time(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
+    """``12.3 s``, ``4 min 05 s``, ``2 h 07 min`` (``-`` for NaN)."""
     if math.isnan(seconds):
         return "-"
     s = round(seconds)
@@ -680,7 +681,7 @@ def results_markdown(rows: Sequence[dict[str, Any]]) -> str:
             notes += "; not in the statistics: " + "; ".join(row["notes"])
         lines.append(f"| {row['label']}{mark} | {row['seeds']} | {_mean_std(row)} | {_pct(row['test_error_min'])} | "
                      f"{_pct(row['paper_test_error'])} | {_pct(row['difference'], signed=True)} | {row['epochs']} | "
-                     f"{_time(row['seconds_per_run'])} | {notes} |")
+                     f"{duration_text(row['seconds_per_run'])} | {notes} |")
     lines += ["", ("Test error: the last epoch's, over the completed seeds (sample standard deviation; '-' for one "
               "seed). Δ: measured mean − paper. time/run: the summed epoch training times in the log "
               "(start-up and evaluation not counted). * the run's setting differs from the paper's recipe.")]

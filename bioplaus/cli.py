@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bioplaus import runner
-from bioplaus.config import VARIANTS, Config, ConfigError
+from bioplaus.config import VARIANTS, ConfigError
 from bioplaus.runner import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BadInput
 
 EXIT_DIVERGED, EXIT_STORAGE = runner.EXIT_DIVERGED, runner.EXIT_STORAGE
@@ -176,15 +176,7 @@ def _list_recipes() -> int:
 
 
 def _prepare_new(ns: argparse.Namespace):
-    from bioplaus.recipes import get_recipe
-
-    base = None
-    if getattr(ns, "recipe", None):
-        try:
-            base = Config.from_dict(get_recipe(ns.recipe))
-        except ConfigError as exc:
-            raise UsageError(str(exc)) from exc
-    cfg = runner.resolve(_config_flags(ns), base)
+    cfg = runner.config_from(_config_flags(ns), getattr(ns, "recipe", None))
     if getattr(ns, "describe", False):
         from bioplaus.models import describe_model
 

@@ -39,7 +39,7 @@ from bioplaus.blocks import Blocks
 from bioplaus.budget import block_costs
 from bioplaus.stage import Stage
 from bioplaus.train import (
-    PROBE_SIZE,
+    TrainerBase,
     check_finite,
     epoch_result,
     eval_result,
@@ -203,17 +203,13 @@ def _sample_shape(spec, stage_first: int) -> tuple:
 
 
 # ------------------------------------------------------------------------------ rank 0
-class PipelineTrainer:
+class PipelineTrainer(TrainerBase):
     """On rank 0: the trainer interface of :class:`bioplaus.train.Trainer` (what the run loop needs)
     over a pipeline whose stage 0 runs here and whose other stages run on the other ranks."""
 
     def __init__(self, cfg, backend, dataset, comm, sizes: Sequence[int]) -> None:
-        from bioplaus.data import TrainBatches
-        from bioplaus.models import build_spec
-
-        self.cfg, self.backend, self.dataset, self.comm = cfg, backend, dataset, comm
-        self.xp = backend.xp
-        self.spec = build_spec(cfg, dataset.spec.input_shape, dataset.spec.num_classes)
+        self._setup(cfg, backend, dataset)
+        self.comm = comm
         self.sizes = list(sizes)
         self.bounds = bounds(self.sizes)
         comm.bcast(("start", cfg.to_json(), self.sizes, tuple(dataset.spec.input_shape), dataset.spec.num_classes),
@@ -221,22 +217,7 @@ class PipelineTrainer:
         first, stop = self.bounds[0]
         self.stage = Stage(cfg, self.spec, backend, first, stop)
         self.sender = Sender(comm, 1)
-        self.batches = TrainBatches(
-            dataset, backend, cfg.batch_size, cfg.seed, augment=True,
-            cutout_length=cfg.cutout_length if cfg.cutout else 0,
-            classes_per_batch=cfg.classes_per_batch,
-            classes_per_batch_until_epoch=cfg.classes_per_batch_until_epoch)
-        self.epoch = 0
-        self._probe_batch = None
         self.closed = False
-
-    @property
-    def layer_names(self) -> list[str]:
-        return [b.name for b in self.spec.blocks] + ["out"]
-
-    @property
-    def num_parameters(self) -> int:
-        return self.spec.num_parameters
 
     def _command(self, *message):
         self.comm.bcast(message, root=0)
@@ -308,16 +289,6 @@ class PipelineTrainer:
                                on_device([part["out_feedback"]])[0]))
         return nets
 
-    def probe_batch(self):
-        if self._probe_batch is None:
-            from bioplaus.data import eval_batches
-
-            x, y = next(iter(eval_batches(self.dataset, self.backend, PROBE_SIZE, split="test")))
-            order = np.argsort(self.backend.to_host(y), kind="stable")
-            idx = self.backend.asarray(order)
-            self._probe_batch = (x[idx], y[idx])
-        return self._probe_batch
-
     def probe(self) -> dict:
         x, y = self.probe_batch()
         return probe(whole_network(self._gather_arrays()), self.cfg, self.backend, x, y)
@@ -329,9 +300,6 @@ class PipelineTrainer:
         for part in self.comm.gather(None, root=0)[1:]:
             out.update(part)
         return out
-
-    def expected_state(self) -> dict:
-        return {k: (v.shape, str(v.dtype)) for k, v in self.state_dict().items()}
 
     def load_state_dict(self, state: dict) -> None:
         from bioplaus.checkpoint import describe_mismatch
@@ -516,17 +484,7 @@ def _rank0(comm, size: int, local: int, ns, flags: dict, runner) -> int:
                 prepared = runner.prepare_resume(ns.resume, flags, factory=factory, backend_index=local,
                                                  check_config=check)
             else:
-                from bioplaus.recipes import get_recipe
-
-                base = None
-                if getattr(ns, "recipe", None):
-                    from bioplaus.config import Config, ConfigError
-
-                    try:
-                        base = Config.from_dict(get_recipe(ns.recipe))
-                    except ConfigError as exc:
-                        raise BadInput(str(exc)) from None
-                cfg = runner.resolve(flags, base)
+                cfg = runner.config_from(flags, getattr(ns, "recipe", None))
                 check(cfg)
                 prepared = runner.prepare(cfg, getattr(ns, "out", None), getattr(ns, "overwrite", False),
                                           recipe=getattr(ns, "recipe", None), factory=factory,

@@ -116,6 +116,19 @@ def resolve(values: dict[str, Any], base: Config | None = None) -> Config:
         raise BadInput(_one(exc)) from exc
 
 
+def config_from(flags: dict[str, Any], recipe: str | None = None) -> Config:
+    """The configuration of a new run: the defaults, then ``recipe`` (one of the paper's), then ``flags``."""
+    base = None
+    if recipe:
+        from bioplaus.recipes import get_recipe
+
+        try:
+            base = Config.from_dict(get_recipe(recipe))
+        except ConfigError as exc:
+            raise BadInput(_one(exc)) from None
+    return resolve(flags, base)
+
+
 def dataset_spec(cfg: Config):
     from bioplaus.data import DataError, get_spec
 

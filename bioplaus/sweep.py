@@ -77,6 +77,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from bioplaus.analysis import duration_text
 from bioplaus.config import Config, ConfigError
 
 try:  # POSIX: see whether a live process holds a run's lock
@@ -677,15 +678,6 @@ def mpi_executor():
 
 
 # ---------------------------------------------------------------------- the scheduler
-def _duration(seconds: float) -> str:
-    s = round(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s"
-    return f"{s // 3600}h {s % 3600 // 60:02d}m"
-
-
 class Sweep:
     """Runs the plans on a pool; prints progress; handles signals."""
 
@@ -769,7 +761,7 @@ class Sweep:
         failed = sum(1 for r in self.results.values() if r["rc"] not in (0, RUN_EXIT_DIVERGED, RUN_EXIT_INTERRUPTED))
         left = n - len(ended) - len(self.running)
         eta = self.eta()
-        when = "estimating the time left" if eta is None else f"about {_duration(eta)} left"
+        when = "estimating the time left" if eta is None else f"about {duration_text(eta)} left"
         extra = f" ({failed} failed)" if failed else ""
         wait = f" ({len(self.waiting)} written by another process)" if self.waiting else ""
         return f"{len(ended)}/{n} done{extra}, {len(self.running)} running, {left} left{wait}; {when}"
@@ -842,7 +834,7 @@ class Sweep:
         self.running.discard(name)
         plan = self.by_name[name]
         if rc == RUN_EXIT_INTERRUPTED and self.stop_signal is not None:
-            self.tick(f"{name} interrupted after {_duration(res['seconds'])}; it resumes next time")
+            self.tick(f"{name} interrupted after {duration_text(res['seconds'])}; it resumes next time")
             return  # not a result: it is still to do
         self.results[name] = res
         trained = max(0, epochs_in_log(plan.spec.path) - plan.epochs_done)
@@ -850,7 +842,7 @@ class Sweep:
         if rc == 0:
             if trained:
                 self.cost.setdefault(plan.spec.group, []).append(res["seconds"] / trained)
-            self.tick(f"done {name} ({_duration(res['seconds'])})")
+            self.tick(f"done {name} ({duration_text(res['seconds'])})")
         elif rc == RUN_EXIT_DIVERGED:
             self.tick(f"{name} diverged: {res['tail']}")
         elif rc == RUN_EXIT_IO:

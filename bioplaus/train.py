@@ -63,23 +63,15 @@ def whole_network(nets: Sequence[Blocks]) -> Blocks:
                   nets[-1].out_feedback)
 
 
-class Trainer:
-    """Trains one network under one variant, its stages one after another in this process.
+class TrainerBase:
+    """What the run loop (:mod:`bioplaus.runner`) reads of a trainer, whatever runs its stages: names,
+    sizes, the training batches and the probe batch (subclasses set ``cfg, backend, dataset, spec``)."""
 
-    ``stages``: block counts per stage (one stage of the whole network by default); any split of a
-    local rule gives the same numbers bit for bit.
-    """
-
-    def __init__(self, cfg: Config, backend: Backend, dataset, dtype=TRAIN_DTYPE, stages: Sequence[int] | None = None):
+    def _setup(self, cfg: Config, backend: Backend, dataset) -> None:
         from bioplaus.data import TrainBatches
 
-        self.cfg = cfg
-        self.backend = backend
-        self.xp = backend.xp
-        self.dataset = dataset
-        self.rule = compose(cfg)
+        self.cfg, self.backend, self.xp, self.dataset = cfg, backend, backend.xp, dataset
         self.spec = build_spec(cfg, dataset.spec.input_shape, dataset.spec.num_classes)
-        self.stages = [Stage(cfg, self.spec, backend, a, b, dtype) for a, b in split_bounds(len(self.spec.blocks), stages)]
         self.batches = TrainBatches(
             dataset, backend, cfg.batch_size, cfg.seed, augment=True,
             cutout_length=cfg.cutout_length if cfg.cutout else 0,
@@ -89,12 +81,6 @@ class Trainer:
         self._probe_batch = None
 
     @property
-    def net(self) -> Blocks:
-        """The whole network (a view over the stages' arrays)."""
-        return whole_network([s.net for s in self.stages])
-
-    # ------------------------------------------------------------------ description
-    @property
     def layer_names(self) -> list[str]:
         return [b.name for b in self.spec.blocks] + ["out"]
 
@@ -102,6 +88,35 @@ class Trainer:
     def num_parameters(self) -> int:
         return self.spec.num_parameters
 
+    def probe_batch(self):
+        """A fixed batch of test images (up to 128, sorted by class), no augmentation."""
+        if self._probe_batch is None:
+            self._probe_batch = probe_batch(self.dataset, self.backend)
+        return self._probe_batch
+
+    def expected_state(self) -> dict[str, tuple[tuple, str]]:
+        """Name -> (shape, dtype) of every array of the state dict."""
+        return {k: (v.shape, str(v.dtype)) for k, v in self.state_dict().items()}
+
+
+class Trainer(TrainerBase):
+    """Trains one network under one variant, its stages one after another in this process.
+
+    ``stages``: block counts per stage (one stage of the whole network by default); any split of a
+    local rule gives the same numbers bit for bit.
+    """
+
+    def __init__(self, cfg: Config, backend: Backend, dataset, dtype=TRAIN_DTYPE, stages: Sequence[int] | None = None):
+        self._setup(cfg, backend, dataset)
+        self.rule = compose(cfg)
+        self.stages = [Stage(cfg, self.spec, backend, a, b, dtype) for a, b in split_bounds(len(self.spec.blocks), stages)]
+
+    @property
+    def net(self) -> Blocks:
+        """The whole network (a view over the stages' arrays)."""
+        return whole_network([s.net for s in self.stages])
+
+    # ------------------------------------------------------------------ description
     def describe(self) -> str:
         return describe_model(self.cfg, self.dataset.spec.input_shape, self.dataset.spec.num_classes)
 
@@ -153,17 +168,6 @@ class Trainer:
         return eval_result(self.to_host(values), total, [b.name for b in self.spec.blocks])
 
     # ------------------------------------------------------------------ probe
-    def probe_batch(self):
-        """A fixed batch of test images (up to 128, sorted by class), no augmentation."""
-        if self._probe_batch is None:
-            from bioplaus.data import eval_batches
-
-            x, y = next(iter(eval_batches(self.dataset, self.backend, PROBE_SIZE, split="test")))
-            order = np.argsort(self.backend.to_host(y), kind="stable")
-            idx = self.backend.asarray(order)
-            self._probe_batch = (x[idx], y[idx])
-        return self._probe_batch
-
     def probe(self) -> dict:
         """The angle of each block's update to backprop's, and S(h), on the probe batch (:func:`probe`)."""
         x, y = self.probe_batch()
@@ -178,10 +182,6 @@ class Trainer:
         for stage in self.stages:
             out.update(stage.state_dict())
         return out
-
-    def expected_state(self) -> dict[str, tuple[tuple, str]]:
-        """Name -> (shape, dtype) of every array of the state dict."""
-        return {k: (v.shape, str(v.dtype)) for k, v in self.state_dict().items()}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from ``state`` (a checkpoint of this network, any split); ValueError names a mismatch."""
@@ -241,6 +241,15 @@ def check_finite(result: dict) -> None:
                 raise Diverged(result["epoch"], f"{name} local {key[5:]}", s[key])
     if not math.isfinite(result["train_loss"]):
         raise Diverged(result["epoch"], "output", result["train_loss"])
+
+
+def probe_batch(dataset, backend):
+    """The probe's fixed batch: the first test images (up to 128), sorted by class, no augmentation."""
+    from bioplaus.data import eval_batches
+
+    x, y = next(iter(eval_batches(dataset, backend, PROBE_SIZE, split="test")))
+    idx = backend.asarray(np.argsort(backend.to_host(y), kind="stable"))
+    return x[idx], y[idx]
 
 
 def rule_gradients(net: Blocks, variant, beta: float, x, y) -> list[dict]:

@@ -250,7 +250,7 @@ def test_training_loop_output_and_divergence(work, capsys, monkeypatch, diverge_
     from bioplaus.log import read_run
 
     monkeypatch.setattr(runner, "load_data", lambda cfg: None)
-    monkeypatch.setattr(runner, "make_trainer", lambda cfg, backend, data, stages=None: FakeTrainer(diverge_at))
+    monkeypatch.setattr(runner, "make_trainer", lambda cfg, backend, data, stages=None, factory=None: FakeTrainer(diverge_at))
     rc = main(["--variant", "pred", "--epochs", "3", "--device", "cpu", "--out", "o/run.h5"])
     captured = capsys.readouterr()
     run = read_run("o/run.h5")

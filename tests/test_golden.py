@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # end-to-end: processes, whole runs (see tests/conftest.py)
+
 GOLDEN = Path(__file__).resolve().parent / "golden" / "runs_v1.json"
 VARIANTS = ("glob", "pred", "sim", "predsim", "pred-bpf", "sim-bpf", "predsim-bpf", "glob+sim")
 COMMON = ["--device", "cpu", "--no-progress", "--dropout", "0.1", "--probe-every", "1", "--seed", "5"]

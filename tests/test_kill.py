@@ -17,6 +17,8 @@ from test_resume import assert_same_run
 from bioplaus.checkpoint import checkpoint_path, load_checkpoint
 from bioplaus.log import read_run
 
+pytestmark = pytest.mark.slow  # end-to-end: processes, whole runs (see tests/conftest.py)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = os.path.join(ROOT, "sims", "run.py")
 TINY = ["--variant", "predsim", "--num-layers", "1", "--num-hidden", "32", "--device", "cpu", "--no-progress",

@@ -23,6 +23,8 @@ from test_resume import assert_same_run
 
 from bioplaus.log import read_run
 
+pytestmark = pytest.mark.slow  # end-to-end: processes, whole runs (see tests/conftest.py)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = os.path.join(ROOT, "sims", "run.py")
 MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")

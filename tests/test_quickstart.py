@@ -7,8 +7,10 @@ dependency the project uses but does not declare therefore fails here, whatever 
 Python happens to have. pip's download cache (``~/.cache/pip`` by default) is shared, so the second
 environment downloads nothing again. Without access to the package index these tests fail (CI has it).
 
-The second command runs the whole suite again inside the new environment; there this module skips
-itself (``BIOPLAUS_QUICKSTART_INNER=1``) so that it does not recurse.
+The second command runs the suite again inside the new environment (``BIOPLAUS_QUICKSTART_INNER=1``):
+there this module skips itself, so that it does not recurse, and so do the other end-to-end tests
+marked ``slow`` (whole runs in subprocesses, MPI, the notebooks), which the outer run of the same
+suite has just run on the same code; everything else, and the collection of every module, runs.
 """
 
 import os

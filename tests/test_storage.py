@@ -23,6 +23,8 @@ from test_resume import assert_same_run
 
 from bioplaus.log import read_run
 
+pytestmark = pytest.mark.slow  # end-to-end: processes, whole runs (see tests/conftest.py)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--variant", "predsim", "--num-layers", "1", "--num-hidden", "64", "--device", "cpu", "--no-progress",
         "--epochs", "3"]  # no probe: the log stays much smaller than the checkpoint

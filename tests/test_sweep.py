@@ -26,6 +26,8 @@ from bioplaus import sweep as sweep_mod
 from bioplaus.checkpoint import checkpoint_path, load_checkpoint
 from bioplaus.log import read_run
 
+pytestmark = pytest.mark.slow  # end-to-end: processes, whole runs (see tests/conftest.py)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = os.path.join(ROOT, "sims", "run.py")
 SWEEP = os.path.join(ROOT, "sims", "sweep.py")

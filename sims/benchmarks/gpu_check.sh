@@ -8,8 +8,11 @@
 # 0. the device (CuPy compiles and runs a kernel), 1. the GPU tests with BIOPLAUS_REQUIRE_GPU=1 (a
 # broken GPU fails instead of skipping; the full pytest log is kept), 2. step time and memory against
 # the PyTorch twin, with a per-op profile, 3. a short real run of vgg8b on the embedded data with
-# --device auto (it must pick the GPU). Exits non-zero if any step failed. The interpreter is
-# $PYTHON, else python3; TEST_TIMEOUT and BENCH_TIMEOUT (seconds, default 300) bound steps 1 and 2.
+# --device auto (it must pick the GPU), 4. the layer-parallel prediction from measured per-block
+# times (bench_pipeline.py --predict 8), 5. where mpiexec and mpi4py work, a 2-rank layer-parallel
+# run on this device against the sequential one, bit for bit. Exits non-zero if a step failed. The
+# interpreter is $PYTHON, else python3; TEST_TIMEOUT and BENCH_TIMEOUT (seconds, default 300) bound
+# steps 1 and 2; BENCH_TF32=1 adds a benchmark with TF32 allowed on both sides.
 set -uo pipefail
 OUT=${1:-${OUT:-gpu-check}}
 mkdir -p "$OUT"
@@ -65,10 +68,11 @@ echo "   ($SECONDS s so far)"
 
 echo "== 3. a short real run: vgg8b predsim on fashion-mnist-mini ($RUN_ARGS)"
 # shellcheck disable=SC2086
+RUNS=$(mktemp -d)
 "$PY" sims/run.py --variant predsim --model vgg8b --epochs 1 $RUN_ARGS --no-progress \
-    --out "$OUT/vgg8b-predsim.h5" --overwrite > "$OUT/run.txt" 2>&1 || fail "real run"
+    --out "$RUNS/vgg8b-predsim.h5" > "$OUT/run.txt" 2>&1 || fail "real run"
 tail -n 4 "$OUT/run.txt"
-"$PY" - "$OUT/vgg8b-predsim.h5" "$DEV" <<'PY' || fail "the run's log"
+"$PY" - "$RUNS/vgg8b-predsim.h5" "$DEV" <<'PY' || fail "the run's log"
 import sys
 from bioplaus.log import read_run
 r = read_run(sys.argv[1])
@@ -77,5 +81,37 @@ print(f"{sys.argv[1]}: {r.attrs['device']} status {r.status} train {r.epochs['tr
 assert r.status == "completed", r.status
 assert r.attrs["device"].startswith(sys.argv[2]), "--device auto did not pick the " + sys.argv[2]
 PY
+if [ "${BENCH_TF32:-0}" = 1 ] && [ "$DEV" = gpu ]; then
+    echo "== 2b. the same with TF32 allowed on both sides"
+    timeout "${BENCH_TIMEOUT:-300}" "$PY" sims/benchmarks/bench_gpu.py --tf32 --repeat 10 --warmup 2 \
+        --json "$RUNS/bench_tf32.json" 2>&1 | tee "$OUT/bench_tf32.txt" || fail "TF32 benchmark"
+fi
+
+echo "== 4. layer-parallel throughput predicted from this device's per-block times"
+timeout "${BENCH_TIMEOUT:-300}" "$PY" sims/benchmarks/bench_pipeline.py --predict 8 --device "$DEV" \
+    2>&1 | tee "$OUT/predict.txt" || fail "pipeline prediction"
+
+echo "== 5. layer-parallel on this device: 2 ranks against the sequential run"
+MPIEXEC=$(command -v mpiexec || true)
+if [ -n "$MPIEXEC" ] && "$PY" -c "import mpi4py.MPI" 2>/dev/null; then
+    ARGS="--variant predsim-bpf --model vgg6b --feat-mult 0.25 --num-hidden 128 --epochs 2 --dropout 0.1 --probe-every 1"
+    ARGS="$ARGS --device $DEV --no-progress"
+    # shellcheck disable=SC2086
+    { "$PY" sims/run.py $ARGS --out "$RUNS/seq.h5" && \
+      timeout 300 "$MPIEXEC" -n 2 "$PY" sims/run.py $ARGS --parallel layers --out "$RUNS/pipe.h5" && \
+      "$PY" - "$RUNS/seq.h5" "$RUNS/pipe.h5" <<'PY'
+import sys
+sys.path.insert(0, "tests")
+from test_resume import assert_same_run
+assert_same_run(sys.argv[1], sys.argv[2])
+print("the 2-rank pipeline on this device is bit-identical to the sequential run")
+PY
+    } > "$OUT/parallel.txt" 2>&1 || fail "layer-parallel on the device"
+    tail -n 3 "$OUT/parallel.txt"
+else
+    echo "   (skipped: no mpiexec or mpi4py here)" | tee "$OUT/parallel.txt"
+fi
+rm -rf "$RUNS"
+
 echo "== done in $SECONDS s: $([ $status = 0 ] && echo all passed || echo SOME STEPS FAILED)"
 exit $status
