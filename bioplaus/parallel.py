@@ -70,7 +70,7 @@ def balanced_split(costs: Sequence[float], ranks: int) -> list[int]:
                     best[k, j], cut[k, j] = value, i
     sizes, j = [], n
     for k in range(ranks, 0, -1):
-        i = cut[k, j]
+        i = int(cut[k, j])
         sizes.append(j - i)
         j = i
     return sizes[::-1]

@@ -165,7 +165,7 @@ def table(ranks: int, batches_mlp: int, batches_vgg: int, cases) -> list[dict]:
     return rows
 
 
-def predict(n: int, device: str, bandwidth_gbs: float) -> list[str]:
+def predict(n: int, device: str, bandwidth_gbs: float, small: bool = False) -> list[str]:
     """Measured per-block step times and boundary sizes -> the pipeline's throughput on n devices."""
     import numpy as np
 
@@ -180,7 +180,7 @@ def predict(n: int, device: str, bandwidth_gbs: float) -> list[str]:
              f"{'model':12s} {'variant':12s} {'1 device/s':>11s} {f'{n} devices/s':>13s} {'speedup':>8s}  split"]
     for model, mult in (("vgg8b", 1.0), ("vgg11b", 1.0), ("vgg11b", 3.0)):
         for variant in ("predsim", "predsim-bpf"):
-            cfg = case_config(model, variant, device).replace(feat_mult=mult)
+            cfg = case_config(model, variant, device).replace(feat_mult=mult / 8 if small else mult)
             spec = build_spec(cfg, (3, 32, 32), 10)
             rng = np.random.default_rng(0)
             x = backend.asarray(rng.standard_normal((128, 3, 32, 32), dtype=np.float32))
@@ -223,6 +223,7 @@ def main(argv=None) -> int:
     p.add_argument("--predict", type=int, help="predict the throughput on N devices instead")
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help="with --predict")
     p.add_argument("--bandwidth-gbs", type=float, default=25.0, help="with --predict: link bandwidth, GB/s")
+    p.add_argument("--small", action="store_true", help="with --predict: channels / 8 (a quick dry run)")
     p.add_argument("--worker", choices=("seq", "pipe"), help=argparse.SUPPRESS)
     p.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -238,7 +239,7 @@ def main(argv=None) -> int:
         print(f"(the header's threads are this driver's: seq1 and each pipe rank run 1 BLAS thread, seq{args.ranks} "
               f"{args.ranks})", flush=True)
     if args.predict:
-        print("\n".join(predict(args.predict, args.device, args.bandwidth_gbs)))
+        print("\n".join(predict(args.predict, args.device, args.bandwidth_gbs, args.small)))
         return 0
     cases = [tuple(c.split(":")) for c in args.cases.split(",")]
     load0 = os.getloadavg()[0]

@@ -21,10 +21,10 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 if [ "${DRY_RUN:-0}" = 1 ]; then
     DEV=cpu; BENCH="--device cpu --small --repeat 2 --warmup 1 --models mlp,vgg8b --variants predsim"
-    RUN_ARGS="--device cpu --feat-mult 0.125"; TESTS_ENV=""
+    RUN_ARGS="--device cpu --feat-mult 0.125"; TESTS_ENV=""; SMALL="--small"; PAR_FEAT=0.0625
 else
     DEV=gpu; BENCH="--repeat ${BENCH_REPEAT:-10} --warmup 2 --profile vgg8b:predsim,mlp:predsim-bpf ${BENCH_EXTRA:-}"
-    RUN_ARGS="--device auto"; TESTS_ENV="BIOPLAUS_REQUIRE_GPU=1"
+    RUN_ARGS="--device auto"; TESTS_ENV="BIOPLAUS_REQUIRE_GPU=1"; SMALL=""; PAR_FEAT=0.25
 fi
 status=0
 fail() { echo "FAILED: $*"; status=1; }
@@ -84,21 +84,24 @@ PY
 if [ "${BENCH_TF32:-0}" = 1 ] && [ "$DEV" = gpu ]; then
     echo "== 2b. the same with TF32 allowed on both sides"
     timeout "${BENCH_TIMEOUT:-300}" "$PY" sims/benchmarks/bench_gpu.py --tf32 --repeat 10 --warmup 2 \
+        --models "${TF32_MODELS:-mlp,vgg8b,vgg11b}" \
         --json "$RUNS/bench_tf32.json" 2>&1 | tee "$OUT/bench_tf32.txt" || fail "TF32 benchmark"
 fi
 
 echo "== 4. layer-parallel throughput predicted from this device's per-block times"
-timeout "${BENCH_TIMEOUT:-300}" "$PY" sims/benchmarks/bench_pipeline.py --predict 8 --device "$DEV" \
+# shellcheck disable=SC2086
+timeout "${BENCH_TIMEOUT:-300}" "$PY" sims/benchmarks/bench_pipeline.py --predict 8 --device "$DEV" $SMALL \
     2>&1 | tee "$OUT/predict.txt" || fail "pipeline prediction"
 
 echo "== 5. layer-parallel on this device: 2 ranks against the sequential run"
 MPIEXEC=$(command -v mpiexec || true)
 if [ -n "$MPIEXEC" ] && "$PY" -c "import mpi4py.MPI" 2>/dev/null; then
-    ARGS="--variant predsim-bpf --model vgg6b --feat-mult 0.25 --num-hidden 128 --epochs 2 --dropout 0.1 --probe-every 1"
+    ARGS="--variant predsim-bpf --model vgg6b --feat-mult $PAR_FEAT --num-hidden 128 --epochs 2 --dropout 0.1"
+    ARGS="$ARGS --probe-every 1"
     ARGS="$ARGS --device $DEV --no-progress"
     # shellcheck disable=SC2086
     { "$PY" sims/run.py $ARGS --out "$RUNS/seq.h5" && \
-      timeout 300 "$MPIEXEC" -n 2 "$PY" sims/run.py $ARGS --parallel layers --out "$RUNS/pipe.h5" && \
+      timeout "${PAR_TIMEOUT:-300}" "$MPIEXEC" -n 2 "$PY" sims/run.py $ARGS --parallel layers --out "$RUNS/pipe.h5" && \
       "$PY" - "$RUNS/seq.h5" "$RUNS/pipe.h5" <<'PY'
 import sys
 sys.path.insert(0, "tests")
