@@ -20,7 +20,6 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from bioplaus.backend import device_memory_bytes, get_array_module, on_device
-from bioplaus.ops import kernels
 
 IM2COL_MAX_BYTES = 32 * 2**20  # largest im2col buffer built at once (32 MB measured faster than 64 MB on 2 cores)
 # On a GPU each chunk costs a dozen launches and small GEMMs fill the device poorly: chunks there are
@@ -83,11 +82,7 @@ def _col2im_add(dxt, dcols, kh: int, kw: int, stride: int, Ho: int, Wo: int) -> 
 
 
 def _columns(x, kh: int, kw: int, stride: int, pad: int, Ho: int, Wo: int):
-    """``x (n, C, H, W)`` -> ``cols (C*kh*kw, n*Ho*Wo)``: on a GPU one kernel reads x itself (zeros
-    outside it: no padded copy); elsewhere a padded channel-major copy, then its columns."""
-    xp = get_array_module(x)
-    if kernels.available(xp):
-        return kernels.im2col(xp, x, kh, kw, stride, pad, Ho, Wo)
+    """``x (n, C, H, W)`` -> ``cols (C*kh*kw, n*Ho*Wo)``: a padded channel-major copy, then its columns."""
     return _im2col(_pad_channel_major(x, pad), kh, kw, stride, Ho, Wo)
 
 
@@ -95,9 +90,6 @@ def _columns_to_image(dcols, dx, kh: int, kw: int, stride: int, pad: int, Ho: in
     """Writes ``dx (n, C, H, W)`` (a contiguous array or slice) from ``dcols (C*kh*kw, n*Ho*Wo)``:
     each input position receives the sum of the columns that read it."""
     xp = get_array_module(dcols)
-    if kernels.available(xp):  # one kernel: each position gathers its kh*kw terms (no zeroing, no copy)
-        kernels.col2im(xp, dcols, dx, kh, kw, stride, pad, Ho, Wo)
-        return
     n, C, H, Wd = dx.shape
     dxt = xp.zeros((C, n, H + 2 * pad, Wd + 2 * pad), dtype=dcols.dtype)  # this chunk only
     _col2im_add(dxt, dcols, kh, kw, stride, Ho, Wo)

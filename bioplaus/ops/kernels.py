@@ -94,30 +94,6 @@ def get(xp, name: str):
                  "bioplaus_mse")
     if name == "softmax_cross_entropy":
         return _softmax_ce_module(xp)
-    if name == "im2col":
-        # cols[(c, p, q), (s, i, j)] = x[s, c, stride i + p - pad, stride j + q - pad], 0 outside x
-        return E("raw T x, int64 C, int64 H, int64 W, int64 kh, int64 kw, int64 stride, int64 pad, int64 n, "
-                 "int64 Ho, int64 Wo", "T col",
-                 "long long P = n * Ho * Wo; long long r = i / P, t = i % P; "
-                 "long long q = r % kw, p = (r / kw) % kh, c = r / (kw * kh); "
-                 "long long j = t % Wo, ii = (t / Wo) % Ho, s = t / (Wo * Ho); "
-                 "long long y = ii * stride + p - pad, xx = j * stride + q - pad; "
-                 "col = (y >= 0 && y < H && xx >= 0 && xx < W) ? x[((s * C + c) * H + y) * W + xx] : (T)0;",
-                 "bioplaus_im2col")
-    if name == "col2im":
-        # dx[s, c, h, w] = sum over (p, q) of dcols[(c, p, q), (s, i, j)] with stride i + p - pad = h,
-        # stride j + q - pad = w; the terms added in (p, q) order, as the CPU's strided adds
-        return E("raw T dcols, int64 C, int64 H, int64 W, int64 kh, int64 kw, int64 stride, int64 pad, int64 n, "
-                 "int64 Ho, int64 Wo", "T dx",
-                 "long long w = i % W, h = (i / W) % H, c = (i / (W * H)) % C, s = i / (W * H * C); "
-                 "long long P = n * Ho * Wo; T acc = 0; "
-                 "for (long long p = 0; p < kh; ++p) { long long yy = h + pad - p; "
-                 "  if (yy < 0 || yy % stride) continue; long long oi = yy / stride; if (oi >= Ho) continue; "
-                 "  for (long long q = 0; q < kw; ++q) { long long xx = w + pad - q; "
-                 "    if (xx < 0 || xx % stride) continue; long long oj = xx / stride; if (oj >= Wo) continue; "
-                 "    acc += dcols[((c * kh + p) * kw + q) * P + (s * Ho + oi) * Wo + oj]; } } "
-                 "dx = acc;",
-                 "bioplaus_col2im")
     raise KeyError(name)
 
 
@@ -172,19 +148,3 @@ def softmax_cross_entropy(xp, logits, y):
        shared_mem=SOFTMAX_CE_THREADS * z.dtype.itemsize)
     return loss, dz
 
-
-def im2col(xp, x, kh: int, kw: int, stride: int, pad: int, Ho: int, Wo: int):
-    """``x (n, C, H, W)`` -> ``cols (C*kh*kw, n*Ho*Wo)`` in one launch (conv's columns, zero padding)."""
-    x = xp.ascontiguousarray(x)
-    n, C, H, W = x.shape
-    cols = xp.empty((C * kh * kw, n * Ho * Wo), dtype=x.dtype)
-    get(xp, "im2col")(x, C, H, W, kh, kw, stride, pad, n, Ho, Wo, cols)
-    return cols
-
-
-def col2im(xp, dcols, dx, kh: int, kw: int, stride: int, pad: int, Ho: int, Wo: int) -> None:
-    """Fills ``dx (n, C, H, W)`` (contiguous) from ``dcols (C*kh*kw, n*Ho*Wo)`` in one launch."""
-    if not dx.flags.c_contiguous:
-        raise ValueError("col2im writes a contiguous dx")
-    n, C, H, W = dx.shape
-    get(xp, "col2im")(xp.ascontiguousarray(dcols), C, H, W, kh, kw, stride, pad, n, Ho, Wo, dx)
