@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         paths = analysis.make_small_runs(args.variants, out_dir=args.runs_dir, epochs=args.epochs,
                                          num_layers=args.num_layers, num_hidden=args.num_hidden,
-                                         probe_every=1, seed=args.seed, extra=["--device", args.device])
+                                         probe_every=1, seed=args.seed, extra={"device": args.device})
     runs = analysis.load_runs(*paths)
     for path in draw(runs, args.out_dir, args.similarity_variant, args.layer_variant, args.dpi):
         print(f"wrote {path}")

@@ -70,3 +70,44 @@ def gradcheck(xp, forward, backward, args, wrt, seed=0, tol=TOL, eps=1e-6):
         err = rel_error(host(grads[k]), num)
         assert err < tol, f"gradient {k} (argument {i}): rel error {err:.2e}"
     return out, grads
+
+
+# ------------------------------------------------------------------------------ pinned arithmetic
+# Numbers stored in the repository (golden runs, a checkpoint of an older bioplaus) are compared bit for
+# bit; float32 results depend on the CPU's kernels (OpenBLAS picks its GEMM by CPU model, NumPy its
+# vector loops by instruction set) and on thread counts. These settings pin them on any x86-64 machine
+# with AVX2 (Intel or AMD): OpenBLAS's Haswell kernels, NumPy's AVX2 loops, one thread.
+PINNED_ENV = {"OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+              "MKL_NUM_THREADS": "1"}
+
+
+def pinned_env() -> dict:
+    """The environment for a subprocess whose arithmetic matches the stored numbers (see PINNED_ENV)."""
+    import os
+    import subprocess
+    import sys
+
+    probe = ("from numpy._core._multiarray_umath import __cpu_dispatch__ as d; "
+             "print(' '.join(t for t in d if '512' in t or t == 'X86_V4'))")
+    wide = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False).stdout.strip()
+    env = dict(os.environ, **PINNED_ENV)
+    if wide:
+        env["NPY_DISABLE_CPU_FEATURES"] = wide  # NumPy's AVX-512 loops off: its AVX2 ones, as recorded
+    return env
+
+
+def pinned_unavailable() -> str | None:
+    """Why the pinned arithmetic cannot run here (another CPU family, another BLAS), or None."""
+    import subprocess
+    import sys
+
+    probe = ("from threadpoolctl import threadpool_info; import numpy; "
+             "from numpy._core._multiarray_umath import __cpu_features__ as f; "
+             "print([i.get('architecture') for i in threadpool_info() if i['user_api'] == 'blas'], f.get('AVX2'))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=pinned_env(),
+                         check=False)
+    if out.returncode != 0:
+        return f"cannot pin the arithmetic here: {out.stderr.strip().splitlines()[-1:]}"
+    if "'Haswell'" not in out.stdout or "True" not in out.stdout:
+        return f"the stored numbers need OpenBLAS's Haswell kernels and AVX2; here: {out.stdout.strip()}"
+    return None

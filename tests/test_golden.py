@@ -7,6 +7,10 @@ conv net (1 epoch), with dropout and the probe on, run through the command line 
 data; the digest of the log (every series as exact floats, hashes of the probe's matrices) and of
 the checkpoint (a hash per array) is compared with ``golden/runs_v1.json``.
 
+The runs are made in subprocesses with the arithmetic pinned (:data:`helpers.PINNED_ENV`: OpenBLAS's
+Haswell kernels, NumPy's AVX2 loops, one thread), as the goldens were recorded, so the comparison holds
+on any x86-64 machine with AVX2; elsewhere the test skips and says why.
+
 A change that is meant to change numbers re-records them (and says which and why in its note)::
 
     python tests/test_golden.py --write
@@ -62,16 +66,40 @@ def digest(log_path: str) -> dict:
     return d
 
 
-def run_one(variant: str, net: str, out: str) -> dict:
-    from bioplaus.cli import main
+RUN = Path(__file__).resolve().parents[1] / "sims" / "run.py"
 
-    assert main(["--variant", variant, *NETS[net], *COMMON, "--out", out]) == 0
+
+def run_one(variant: str, net: str, out: str, python_path: str | None = None) -> dict:
+    """One golden run in a subprocess with the pinned arithmetic (``python_path``: another checkout's)."""
+    import subprocess
+
+    from helpers import pinned_env
+
+    env = pinned_env()
+    argv = ["--variant", variant, *NETS[net], *COMMON, "--out", out]
+    if python_path:  # an older bioplaus, ahead of any installed one
+        code = ("import sys; sys.meta_path = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]; "
+                f"sys.path.insert(0, {python_path!r}); from bioplaus.cli import main; sys.exit(main(sys.argv[1:]))")
+        cmd = [sys.executable, "-c", code, *argv]
+    else:
+        cmd = [sys.executable, str(RUN), *argv]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     return digest(out)
+
+
+@pytest.fixture(scope="module")
+def pinned():
+    from helpers import pinned_unavailable
+
+    reason = pinned_unavailable()
+    if reason:
+        pytest.skip(reason)
 
 
 @pytest.mark.parametrize("net", sorted(NETS))
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_logged_numbers_are_unchanged(variant, net, tmp_path):
+def test_logged_numbers_are_unchanged(variant, net, tmp_path, pinned):
     golden = json.loads(GOLDEN.read_text())[f"{variant}/{net}"]
     got = run_one(variant, net, str(tmp_path / "run.h5"))
     assert got["status"] == golden["status"] == "completed"
@@ -86,21 +114,23 @@ def test_logged_numbers_are_unchanged(variant, net, tmp_path):
     assert got["checkpoint"] == golden["checkpoint"]
 
 
-def write_golden() -> None:
+def write_golden(python_path: str | None = None) -> None:
+    """Record with this checkout, or with the bioplaus at ``python_path`` (the goldens came from 247cccd)."""
     import tempfile
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         for net in sorted(NETS):
             for variant in VARIANTS:
-                out[f"{variant}/{net}"] = run_one(variant, net, f"{tmp}/{variant}-{net}.h5")
+                out[f"{variant}/{net}"] = run_one(variant, net, f"{tmp}/{variant}-{net}.h5", python_path)
                 print(f"recorded {variant}/{net}", file=sys.stderr)
     GOLDEN.parent.mkdir(exist_ok=True)
     GOLDEN.write_text(json.dumps(out, indent=0, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--write"]:
-        write_golden()
+    if sys.argv[1:2] == ["--write"] and len(sys.argv) <= 3:
+        write_golden(sys.argv[2] if len(sys.argv) == 3 else None)
     else:
-        sys.exit("usage: python tests/test_golden.py --write")
+        sys.exit("usage: python tests/test_golden.py --write [PATH_OF_ANOTHER_CHECKOUT]")
