@@ -202,7 +202,11 @@ def test_editable_install_runs_the_whole_suite(copy, tmp_path):
     summary = lines[-1] if lines else ""
     assert re.search(r"\b\d+ passed\b", summary) and "failed" not in summary and "error" not in summary, (
         f"inner suite summary: {summary!r}; its output: {log}\n{output[-4000:]}")
+    # Not from tmp_path: the copy lies there as `bioplaus/`, and Python would import that folder from
+    # the current directory as a namespace package ahead of the editable install.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
     line = 'python -c "import bioplaus; print(bioplaus.__file__)"'
-    status, output = bash(line, cwd=str(tmp_path), env=env, log=str(tmp_path / "editable.log"), timeout=300)
-    check_ok(line, str(tmp_path), status, output, str(tmp_path / "editable.log"))
+    status, output = bash(line, cwd=str(elsewhere), env=env, log=str(tmp_path / "editable.log"), timeout=300)
+    check_ok(line, str(elsewhere), status, output, str(tmp_path / "editable.log"))
     assert output.strip().splitlines()[-1] == os.path.join(copy, "bioplaus", "__init__.py")
