@@ -1,19 +1,29 @@
 """Every variant learns: a small mlp and a small conv net on the embedded Fashion-MNIST subset.
 
-Measured on this project's 2-core CI machine (3,000 training images = every other image of
-fashion-mnist-mini, 1,000 test images, seed 1):
+Measured on this project's 2-core machine, one BLAS thread (3,000 training images = every other
+image of fashion-mnist-mini, 1,000 test images, seed 1; the SETUPS below):
 
     variant       mlp 2x128, 3 epochs   vgg6b/16, 2 epochs     (test error %, chance = 90)
-    glob               24.9                  26.5
-    glob+sim           26.5                  34.1
-    pred               30.0                  37.4
-    sim                28.2                  42.8
-    predsim            28.9                  42.6
-    pred-bpf           30.1                  44.8
-    sim-bpf            30.5                  37.4
-    predsim-bpf        29.6                  41.0
+    glob              24.8                  27.0
+    pred              30.0                  37.4
+    sim               28.2                  43.1
+    predsim           29.0                  42.6
+    pred-bpf          30.1                  44.7
+    sim-bpf           31.3                  37.0
+    predsim-bpf       29.6                  41.0
+    glob+sim          26.7                  33.7
+    glob+pred         28.9                  29.7
+    glob+predsim      28.0                  32.2
+    fa                30.9                  56.2
+    sign-symmetry     26.5                  32.0
+    kolen-pollack     29.0                  48.9
+    dfa               30.3                  59.3
+    drtp              34.0                  59.4
 
-The assertions leave a wide margin (40 % mlp, 60 % conv) so that they test learning, not luck.
+The assertions leave a wide margin (40 % mlp, 60 % conv) so that they test learning, not luck. Rules
+that send the error through fixed random matrices (fa, dfa, drtp) train a conv net slowly in its first
+epochs, as the literature reports (Bartunov et al. 2018; Launay et al. 2019); their conv bound is 70 %,
+still far from chance.
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ SETUPS = {
                  "dim_in_decoder": 512},
 }
 BOUND = {"mlp": 40.0, "conv": 60.0}
+SLOW_ON_CONV = {"fa", "dfa", "drtp"}  # a random feedback path: slow to align in a conv net (docstring)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +63,8 @@ def test_every_variant_learns(variant, kind, small_data):
     for _ in range(cfg.epochs - 1):
         last = trainer.train_epoch()
     ev = trainer.evaluate()
-    assert ev["test_error"] < BOUND[kind], ev["test_error"]
+    bound = 70.0 if kind == "conv" and variant in SLOW_ON_CONV else BOUND[kind]
+    assert ev["test_error"] < bound, ev["test_error"]
     assert last["train_error"] < first["train_error"]
     for name, layer in ev["layers"].items():  # local predictors learn too (pred variants)
         if "error_pred" in layer:
