@@ -11,8 +11,9 @@ same again for dW and for dx (the 3-channel input conv is a first layer: no dx).
 The memory-bound ops (the heads' average pooling, the 2x2 max pool, batch norm + φ, Adam) are
 timed forward + backward on one feature map and reported in ms and as multiples of one copy of that
 map (``np.copyto``, the machine's memory speed, timed next to them).
-Also times building the im2col buffer two ways (explicit per-offset copies, as the op does, vs one
-copy of a ``sliding_window_view``), the layout choice the conv op rests on.
+Also times building the im2col buffer two ways (kh*kw per-offset copies vs the op's one copy of a
+strided window view), and a whole conv forward + backward at vgg's layer sizes with either (interleaved,
+median of --repeat, same numbers checked), the layout choice the conv op rests on.
 
 BLAS kernels: benchmarks are run with ``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` unset in the
 benchmark's command alone (they force older OpenBLAS kernels; a user's machine has no such override):
@@ -162,24 +163,58 @@ def bench_memory_bound(N: int, repeat: int) -> list[dict]:
     return rows
 
 
+def per_offset_im2col(xt, kh: int, kw: int, stride: int, Ho: int, Wo: int):
+    """The other layout: kh*kw strided copies, one per kernel offset (the op's code before it
+    switched to one copy of a strided window view)."""
+    C, n = xt.shape[0], xt.shape[1]
+    cols = np.empty((C, kh, kw, n, Ho, Wo), dtype=xt.dtype)
+    hs, ws = stride * (Ho - 1) + 1, stride * (Wo - 1) + 1
+    for p in range(kh):
+        for q in range(kw):
+            cols[:, p, q] = xt[:, :, p : p + hs : stride, q : q + ws : stride]
+    return cols.reshape(C * kh * kw, n * Ho * Wo)
+
+
 def bench_im2col(N: int, C: int, size: int, repeat: int) -> dict:
-    """Seconds to build the (C*9, N*H*W) columns: per-offset copies vs one sliding-window copy."""
+    """Seconds to build the (C*9, N*H*W) columns: per-offset copies vs the op's one strided-view copy."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((N, C, size, size), dtype=np.float32)
     xt = conv_module._pad_channel_major(x, 1)
-
-    def loop():
-        conv_module._im2col(xt, 3, 3, 1, size, size)
-
-    def swv():
-        win = np.lib.stride_tricks.sliding_window_view(xt, (3, 3), axis=(2, 3))  # (C, N, H, W, 3, 3)
-        np.ascontiguousarray(win.transpose(0, 4, 5, 1, 2, 3)).reshape(C * 9, -1)
-
     return {
         "name": f"im2col {C} ch at {size}x{size} batch {N}",
-        "loop_s": best_time(loop, repeat),
-        "sliding_window_view_s": best_time(swv, repeat),
+        "loop_s": best_time(lambda: per_offset_im2col(xt, 3, 3, 1, size, size), repeat),
+        "strided_view_s": best_time(lambda: conv_module._im2col(xt, 3, 3, 1, size, size), repeat),
     }
+
+
+def bench_im2col_in_conv(N: int, layers, repeat: int) -> list[dict]:
+    """A whole conv forward + backward with either im2col, interleaved (median of ``repeat``); also
+    checks that both give the same numbers bit for bit."""
+    rng = np.random.default_rng(4)
+    rows = []
+    ops = conv_module._im2col
+    for C, F, size in layers:
+        x = rng.standard_normal((N, C, size, size), dtype=np.float32)
+        W = rng.standard_normal((F, C, 3, 3), dtype=np.float32) * 0.01
+        b = np.zeros(F, np.float32)
+        times = {"per_offset": [], "strided_view": []}
+        results = {}
+        try:
+            for rep in range(repeat + 1):  # the first round warms up
+                for name, fn in (("per_offset", per_offset_im2col), ("strided_view", ops)):
+                    conv_module._im2col = fn
+                    t0 = time.perf_counter()
+                    a, cache = conv_module.conv2d_forward(x, W, b, 1, 1)
+                    grads = conv_module.conv2d_backward(np.ones_like(a), cache)
+                    if rep:
+                        times[name].append(time.perf_counter() - t0)
+                    results[name] = (a, *grads)
+        finally:
+            conv_module._im2col = ops
+        same = all(np.array_equal(p, q) for p, q in zip(results["per_offset"], results["strided_view"]))
+        rows.append({"name": f"conv {C}->{F} at {size}x{size}", "same": same,
+                     **{k: float(np.median(v)) for k, v in times.items()}})
+    return rows
 
 
 def main(argv=None) -> int:
@@ -206,6 +241,9 @@ def main(argv=None) -> int:
         r["gflops"] = r["gflop"] / r["seconds"]
         r["pct_of_matmul"] = 100 * r["gflops"] / r["matmul_gflops"]
     im2col = bench_im2col(N, 128, 28, repeat)
+    conv_layers = [(16, 32, 16)] if args.quick else [(3, 128, 32), (128, 256, 32), (256, 256, 16), (256, 512, 16),
+                                                      (512, 512, 8), (512, 512, 4)]
+    im2col_in_conv = bench_im2col_in_conv(N, conv_layers, repeat)
     memory_bound = bench_memory_bound(N, repeat)
 
     env = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS")}
@@ -223,8 +261,12 @@ def main(argv=None) -> int:
         )
     print(
         f"{im2col['name']}: per-offset copies {1e3 * im2col['loop_s']:.1f} ms, "
-        f"sliding_window_view copy {1e3 * im2col['sliding_window_view_s']:.1f} ms"
+        f"one copy of a strided view (the op) {1e3 * im2col['strided_view_s']:.1f} ms"
     )
+    print(f"{'conv forward + backward, median':42s} {'per-offset ms':>14s} {'the op ms':>10s} {'ratio':>6s}  same numbers")
+    for r in im2col_in_conv:
+        print(f"{r['name']:42s} {1e3 * r['per_offset']:14.1f} {1e3 * r['strided_view']:10.1f} "
+              f"{r['strided_view'] / r['per_offset']:6.2f}  {'yes' if r['same'] else 'NO'}")
     print(f"im2col buffer limit: {conv_module.IM2COL_MAX_BYTES / 2**20:.0f} MB per chunk")
     print(f"{'memory-bound op (forward + backward)':42s} {'ms':>8s} {'x copy':>7s}")
     for r in memory_bound:
@@ -232,6 +274,7 @@ def main(argv=None) -> int:
     if args.json:
         args.json.write_text(
             json.dumps({"matmul_gflops": gemm, "env": env, "machine": facts, "batch": N, "ops": rows, "im2col": im2col,
+                        "im2col_in_conv": im2col_in_conv,
                         "memory_bound": memory_bound}, indent=2)
         )
         print(f"wrote {args.json}")
