@@ -478,6 +478,21 @@ def inspect(spec: RunSpec) -> Plan:
     return Plan(spec, "resume", done, f"{run.status} after {done} epoch{'s' if done != 1 else ''}")
 
 
+def seconds_left(left: list[tuple[str, int]], costs: dict[str, list[float]], slots: int) -> float | None:
+    """The time left of runs ``left`` = [(group, epochs still to train)], ``slots`` at a time, given
+    measured seconds per epoch by group (a group with none measured takes the mean of all); None
+    while nothing is measured."""
+    todo = [(g, n) for g, n in left if n > 0]
+    if not todo:
+        return 0.0
+    every = [c for cs in costs.values() for c in cs]
+    if not every:
+        return None
+    fallback = sum(every) / len(every)
+    work = sum(n * (sum(costs[g]) / len(costs[g]) if costs.get(g) else fallback) for g, n in todo)
+    return work / max(1, min(slots, len(todo)))
+
+
 def epochs_in_log(path: str) -> int:
     """Completed epochs in a log (0 when it is missing or unreadable); cheap, for the progress line."""
     try:
@@ -701,6 +716,7 @@ class Sweep:
         self.stop_file = os.path.join(out_dir, f".sweep-{uuid.uuid4().hex[:12]}.stop")
         self.last_line = 0.0
         self.cost: dict[str, list[float]] = {}  # group -> wall seconds per epoch of runs that ended here
+        self.started: dict[str, float] = {}  # run -> time.monotonic() when this sweep started it
 
     # --- signals
     def _on_signal(self, signum, frame) -> None:
@@ -733,27 +749,24 @@ class Sweep:
                 "stop_file": self.stop_file}
 
     # --- progress
-    def _per_epoch(self, group: str) -> float | None:
-        if self.cost.get(group):
-            return sum(self.cost[group]) / len(self.cost[group])
-        return None
-
     def eta(self) -> float | None:
-        """Seconds left: the epochs still to train × each run's seconds per epoch (measured on the runs of
-        its recipe and setting that ended in this sweep, else on any run) / the runs at a time."""
+        """Seconds left: the epochs still to train × each run's seconds per epoch / the runs at a time.
+        Seconds per epoch: measured on the runs of its recipe and setting that ended in this sweep, else
+        on those running now (wall time since their start over the epochs they added), else on any run."""
         todo = [p for p in self.plans if p.spec.name not in self.results and p.action in
                 ("new", "resume", "extend", "busy")]
-        if not todo:
-            return 0.0
-        every = [c for costs in self.cost.values() for c in costs]
-        if not every:
-            return None
-        fallback = sum(every) / len(every)
-        work = 0.0
+        now = time.monotonic()
+        live: dict[str, list[float]] = {}
+        left: list[tuple[str, int]] = []
         for p in todo:
-            done = epochs_in_log(p.spec.path) if p.spec.name in self.running else p.epochs_done
-            work += max(0, p.spec.config.epochs - done) * (self._per_epoch(p.spec.group) or fallback)
-        return work / max(1, min(self.pool.slots, len(todo)))
+            done = p.epochs_done
+            if p.spec.name in self.running:
+                done = max(done, epochs_in_log(p.spec.path))
+                if done > p.epochs_done and p.spec.name in self.started:
+                    live.setdefault(p.spec.group, []).append((now - self.started[p.spec.name]) / (done - p.epochs_done))
+            left.append((p.spec.group, max(0, p.spec.config.epochs - done)))
+        costs = {g: self.cost.get(g) or live.get(g) or [] for g in {*self.cost, *live}}
+        return seconds_left(left, costs, self.pool.slots)
 
     def progress(self) -> str:
         n = len(self.plans)
@@ -797,6 +810,7 @@ class Sweep:
                 plan = self.queue.pop(0)
                 self.pool.start(self.task(plan))
                 self.running.add(plan.spec.name)
+                self.started[plan.spec.name] = time.monotonic()
                 what = {"new": "start", "resume": "resume", "extend": "extend"}[plan.action]
                 self.tick(f"{what} {plan.spec.name}" + (f" ({plan.detail})" if plan.detail else ""))
             if not stopping and self.waiting and time.monotonic() >= next_look:

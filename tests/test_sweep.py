@@ -380,3 +380,33 @@ def test_an_io_failure_stops_new_runs(tmp_path, capsys):
     assert rc == sweep_mod.EXIT_IO, text
     assert text.count("sweep: start ") == 1 and "no new run starts" in text
     assert "error: no space left" in text and "3 not finished" in text
+
+
+def test_time_left_uses_each_groups_measured_cost():
+    left = [("a", 10), ("b", 4), ("c", 0)]
+    # group a: 2 s an epoch; b measured too; c has nothing left
+    assert sweep_mod.seconds_left(left, {"a": [1.0, 3.0], "b": [5.0]}, slots=1) == 10 * 2.0 + 4 * 5.0
+    # two at a time halves it; more slots than runs do not
+    assert sweep_mod.seconds_left(left, {"a": [2.0], "b": [5.0]}, slots=2) == (20 + 20) / 2
+    assert sweep_mod.seconds_left(left, {"a": [2.0], "b": [5.0]}, slots=8) == (20 + 20) / 2
+    # a group with nothing measured takes the mean of every measurement
+    assert sweep_mod.seconds_left(left, {"a": [2.0, 4.0]}, slots=1) == 10 * 3.0 + 4 * 3.0
+    # nothing measured yet: no estimate; nothing left: none needed
+    assert sweep_mod.seconds_left(left, {}, slots=1) is None
+    assert sweep_mod.seconds_left([("a", 0)], {}, slots=1) == 0.0
+
+
+def test_time_left_while_the_first_runs_are_still_going(tmp_path, references):
+    """Before any run has ended, the estimate comes from the running runs' epochs since their start."""
+    from types import SimpleNamespace
+
+    out_dir = tmp_path / "sweep"
+    out_dir.mkdir()
+    spec = sweep_mod.build_runs(RECIPES[:1], [1], 2 * EPOCHS, [], str(out_dir))[0]
+    shutil.copyfile(references[spec.name], spec.path)  # a log at EPOCHS epochs
+    plan = sweep_mod.Plan(spec, "extend", EPOCHS - 2)  # as if this sweep started it 2 epochs ago
+    sweep = sweep_mod.Sweep([plan], SimpleNamespace(slots=1), RUN, str(out_dir), None, out=io.StringIO())
+    assert sweep.eta() is None  # not running: nothing measured
+    sweep.running.add(spec.name)
+    sweep.started[spec.name] = time.monotonic() - 10.0  # 2 epochs in 10 s: 5 s an epoch
+    assert sweep.eta() == pytest.approx(5.0 * EPOCHS, abs=1.0)  # EPOCHS still to go
