@@ -130,9 +130,6 @@ class PredHead(Head):
         return ({"dec_W": np.zeros((T, D)), "dec_b": np.zeros(T)},
                 {"B": _uniform(rng, (T, D), 1.0 / math.sqrt(D))})
 
-    def applies(self, t: Targets) -> bool:
-        return True
-
     def forward(self, pooled, t: Targets, p: dict, f: dict) -> HeadResult:
         y, Y = t.y, t.Y
         flat = pooled.reshape(pooled.shape[0], -1)  # (N, D_dec)
@@ -184,9 +181,6 @@ class SimHead(Head):
     def __repr__(self) -> str:
         return f"SimHead(learned={self.learned}, use_std={self.use_std})"
 
-    def applies(self, t: Targets) -> bool:
-        return True
-
     def init(self, spec: BlockSpec, num_classes: int, target_proj_size: int, rng):
         if not self.learned:
             return {}, {}
@@ -229,9 +223,6 @@ class SimHead(Head):
         else:
             dh, dW, _ = ops.dense_backward(dz, proj_cache)  # through sim_W^T (one-step backprop)
         return dh, {"sim_W": dW}
-
-    def alignment(self, p: dict, f: dict) -> dict:
-        return {}
 
 
 class InputSimHead(SimHead):
@@ -307,9 +298,6 @@ class ReconHead(Head):
         else:
             dh, dW, db = ops.dense_backward(da, dec_cache)
         return dh, {"rec_W": dW, "rec_b": db}
-
-    def alignment(self, p: dict, f: dict) -> dict:
-        return {}
 
 
 def _count_code_correct(logits, y, P):
