@@ -87,8 +87,9 @@ def plan(spec, cfg, ranks: int, stages: Sequence[int] | None = None) -> tuple[li
                              f"{cfg.model} ({', '.join(b.name for b in spec.blocks)}) into parts of one or more")
         return list(stages), costs
     if ranks > len(spec.blocks):
-        raise ValueError(f"{ranks} ranks are more than the {len(spec.blocks)} blocks of {cfg.model}: each rank "
-                         "trains at least one block")
+        n = len(spec.blocks)
+        raise ValueError(f"{ranks} ranks are more than the {n} block{'s' if n != 1 else ''} of {cfg.model}: each "
+                         "rank trains at least one block")
     return balanced_split(costs, ranks), costs
 
 

@@ -34,7 +34,10 @@ change) and ``epochs`` (see above).
 ``OPENBLAS_NUM_THREADS`` and ``MKL_NUM_THREADS`` set to ``--threads-per-job`` (default: the CPUs / J).
 Under ``mpiexec -n K python -m mpi4py.futures sims/sweep.py ...`` (or ``srun``), rank 0 schedules and
 the K-1 other ranks run one run each at a time (``mpi4py.futures.MPIPoolExecutor``), still as
-subprocesses. A child is told to stop with SIGINT when its parent dies (Linux ``PR_SET_PDEATHSIG``), so
+subprocesses. ``--ranks-per-run K`` starts each run layer-parallel, as ``mpiexec -n K python sims/run.py
+--parallel layers ...`` (local rules only, checked with the split before anything runs; each rank gets
+``--threads-per-job`` threads); its log is the one a run in one process writes, bit for bit, so a later
+sweep may carry on with or without it. A child is told to stop with SIGINT when its parent dies (Linux ``PR_SET_PDEATHSIG``), so
 even a killed sweep leaves logs marked ``interrupted``, never an orphan run.
 
 **Stopping.** Ctrl-C or SIGTERM: no new run starts, every child gets SIGINT (under MPI: through a stop
@@ -69,6 +72,7 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -118,6 +122,7 @@ logs: DIR/<recipe>[-<flag><value>...]-s<seed>.h5; only flags given several value
 again: the same command skips completed runs, resumes interrupted or killed ones, extends completed ones
   to a larger --epochs, and refuses (status 2, nothing written) logs of another configuration
 MPI: mpiexec -n K python -m mpi4py.futures sims/sweep.py ...  (K-1 workers, one run each at a time)
+layer-parallel runs: --ranks-per-run K starts each run as mpiexec -n K python sims/run.py --parallel layers
 exit status: 0 every run ended (completed or diverged), 1 some run failed, 2 bad input,
   74 an I/O failure (disk full?), 130 interrupted
 """
@@ -137,7 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", metavar="J", help="runs at a time on this machine (default 1; under MPI: one "
                    "per worker)")
     p.add_argument("--threads-per-job", dest="threads", metavar="T", help="BLAS/OpenMP threads of each run "
-                   "(default: the CPUs divided by --jobs; 1 under MPI)")
+                   "(of each of its ranks with --ranks-per-run; default: the CPUs divided by --jobs and by "
+                   "--ranks-per-run; 1 under MPI)")
+    p.add_argument("--ranks-per-run", dest="ranks", metavar="K", help="train each run's layers in parallel "
+                   "over K MPI ranks (mpiexec -n K python sims/run.py --parallel layers ...; local rules only; "
+                   "same numbers as a run in one process)")
     p.add_argument("--dry-run", dest="dry_run", action="store_true", help="print what each run would do and "
                    "exit; writes nothing")
     p.add_argument("--report", metavar="DIR", help="write DIR/results.md, .csv and .png from the logs in DIR "
@@ -381,9 +390,10 @@ def build_runs(recipes: Sequence[str], seeds: Sequence[int], epochs: int | None,
     return runs
 
 
-def check_with_cli(runs: Sequence[RunSpec]) -> None:
+def check_with_cli(runs: Sequence[RunSpec], extra: Sequence[str] = ()) -> None:
     """Ask sims/run.py itself (``--describe``, in-process: it loads no data and writes nothing) whether it
-    accepts each distinct recipe and setting, so a bad model, dataset or value fails before any run."""
+    accepts each distinct recipe and setting, so a bad model, dataset or value fails before any run.
+    ``extra``: flags every run gets (``--parallel layers --ranks K`` checks the rule and the split)."""
     import io
 
     from bioplaus.cli import main as run_main
@@ -393,7 +403,7 @@ def check_with_cli(runs: Sequence[RunSpec]) -> None:
         if r.group in done:
             continue
         done.add(r.group)
-        argv = ["--recipe", r.recipe, *r.flags, "--describe"]
+        argv = ["--recipe", r.recipe, *r.flags, "--describe", *extra]
         if r.epochs_flag is not None:
             argv += ["--epochs", str(r.epochs_flag)]
         out, err = io.StringIO(), io.StringIO()
@@ -697,13 +707,15 @@ class Sweep:
     """Runs the plans on a pool; prints progress; handles signals."""
 
     def __init__(self, plans: list[Plan], pool, run_script: str, out_dir: str, threads: int | None,
-                 out=sys.stdout) -> None:
+                 out=sys.stdout, launcher: Sequence[str] = (), run_flags: Sequence[str] = ()) -> None:
         self.plans = plans
         self.pool = pool
         self.run_script = run_script
         self.out_dir = out_dir
         self.threads = threads
         self.out = out
+        self.launcher = list(launcher)  # e.g. mpiexec -n K: each run layer-parallel
+        self.run_flags = list(run_flags)
         self.by_name = {p.spec.name: p for p in plans}
         self.queue = [p for p in plans if p.action in ("new", "resume", "extend")]
         self.waiting = [p for p in plans if p.action == "busy"]
@@ -744,7 +756,8 @@ class Sweep:
         spec = plan.spec
         argv = spec.new_argv() if plan.action == "new" else spec.resume_argv()
         env = {v: str(self.threads) for v in THREAD_VARS} if self.threads else {}
-        return {"name": spec.name, "argv": [sys.executable, self.run_script, *argv], "env": env,
+        return {"name": spec.name, "argv": [*self.launcher, sys.executable, self.run_script, *argv, *self.run_flags],
+                "env": env,
                 "console": os.path.join(self.out_dir, spec.name + ".out"), "cwd": os.getcwd(),
                 "stop_file": self.stop_file}
 
@@ -913,8 +926,20 @@ def default_run_script() -> str:
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sims", "run.py")
 
 
+def find_mpiexec() -> str:
+    """The ``mpiexec`` beside this Python (the ``[mpi]`` extra's) or on the PATH. Raises SweepError."""
+    import importlib.util
+
+    found = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
+    if not found or importlib.util.find_spec("mpi4py") is None:
+        raise SweepError("--ranks-per-run starts each run under mpiexec, and this Python has no mpiexec or no "
+                         "mpi4py; install them with pip install \".[mpi]\" (mpi4py and MPICH from the package index)")
+    return found
+
+
 def prepare(ns: argparse.Namespace) -> tuple[list[Plan], str]:
-    """Every check, reading only: the plans of the runs and the out-dir. Raises SweepError."""
+    """Every check, reading only: the plans of the runs and the out-dir. Raises SweepError.
+    (``ns.ranks``, when given, is already an int of 2 or more.)"""
     if not ns.recipes:
         raise SweepError("give --recipes PATTERN [PATTERN ...] and --out-dir DIR, or --report DIR")
     if not ns.out_dir:
@@ -928,17 +953,18 @@ def prepare(ns: argparse.Namespace) -> tuple[list[Plan], str]:
     out_dir = os.path.normpath(ns.out_dir)
     _check_out_dir(out_dir)
     runs = build_runs(recipes, seeds, epochs, settings, out_dir)
-    check_with_cli(runs)
+    check_with_cli(runs, ["--parallel", "layers", "--ranks", str(ns.ranks)] if ns.ranks else [])
     plans = [inspect(r) for r in runs]
     return plans, out_dir
 
 
-def _record(out_dir: str, argv: Sequence[str], pool, threads: int | None) -> None:
+def _record(out_dir: str, argv: Sequence[str], pool, threads: int | None, ranks: int | None = None) -> None:
     """Append this sweep's command and machine to ``DIR/sweeps.jsonl`` (the report quotes them)."""
     entry = {"started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
              "command": shlex.join(["python", "sims/sweep.py", *argv]), "host": platform.node(),
              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
-             "python": platform.python_version(), "jobs": pool.slots, "mpi": pool.mpi, "threads_per_job": threads}
+             "python": platform.python_version(), "jobs": pool.slots, "mpi": pool.mpi, "threads_per_job": threads,
+             "ranks_per_run": ranks or 1}
     with open(os.path.join(out_dir, "sweeps.jsonl"), "a", encoding="utf-8") as fh:
         fh.write(json.dumps(entry) + "\n")
 
@@ -958,6 +984,8 @@ def main(argv: Sequence[str] | None = None, run_script: str | None = None, out=N
             return report(ns.report, ns.layout, out=out)
         jobs = _int(ns.jobs, "--jobs", 1) if ns.jobs is not None else None
         threads = _int(ns.threads, "--threads-per-job", 1) if ns.threads is not None else None
+        ns.ranks = _int(ns.ranks, "--ranks-per-run", 2) if ns.ranks is not None else None
+        launcher = [find_mpiexec(), "-n", str(ns.ranks)] if ns.ranks else []
         plans, out_dir = prepare(ns)
         run_script = run_script or default_run_script()
         if not os.path.isfile(run_script):
@@ -979,6 +1007,11 @@ def main(argv: Sequence[str] | None = None, run_script: str | None = None, out=N
         return EXIT_OK
 
     executor = mpi_executor()
+    if executor is not None and ns.ranks:
+        executor.shutdown(wait=False)
+        print("error: --ranks-per-run starts an mpiexec for each run, which an MPI worker cannot do; run the "
+              "sweep without mpiexec (with --jobs), or give each worker one process per run.", file=sys.stderr)
+        return EXIT_USAGE
     if executor is not None:
         pool = MPIPool(executor)
         threads = threads or 1
@@ -987,13 +1020,14 @@ def main(argv: Sequence[str] | None = None, run_script: str | None = None, out=N
             print("sweep: --jobs is ignored under MPI (each worker runs one run at a time)", file=out)
     else:
         pool = LocalPool(jobs or 1)
-        threads = threads or max(1, (os.cpu_count() or 1) // pool.slots)
-        where = f"{pool.slots} at a time"
+        threads = threads or max(1, (os.cpu_count() or 1) // (pool.slots * (ns.ranks or 1)))
+        where = f"{pool.slots} at a time" + (f", each over {ns.ranks} MPI ranks" if ns.ranks else "")
     os.makedirs(out_dir, exist_ok=True)
-    _record(out_dir, argv, pool, threads)
+    _record(out_dir, argv, pool, threads, ns.ranks)
     print(f"sweep: {len(plans)} runs into {out_dir}: {summary}; {where}, {threads} thread"
           f"{'s' if threads != 1 else ''} each", file=out, flush=True)
-    return Sweep(plans, pool, run_script, out_dir, threads, out=out).run()
+    run_flags = ["--parallel", "layers"] if ns.ranks else []
+    return Sweep(plans, pool, run_script, out_dir, threads, out=out, launcher=launcher, run_flags=run_flags).run()
 
 
 # ---------------------------------------------------------------------- the report

@@ -410,3 +410,63 @@ def test_time_left_while_the_first_runs_are_still_going(tmp_path, references):
     sweep.running.add(spec.name)
     sweep.started[spec.name] = time.monotonic() - 10.0  # 2 epochs in 10 s: 5 s an epoch
     assert sweep.eta() == pytest.approx(5.0 * EPOCHS, abs=1.0)  # EPOCHS still to go
+
+
+# ---------------------------------------------------------------------- layer-parallel runs
+def _needs_mpiexec() -> str:
+    pytest.importorskip("mpi4py", reason="mpi4py is not installed")
+    mpiexec = _mpiexec()
+    if mpiexec is None:
+        pytest.skip("no mpiexec on this machine")
+    return mpiexec
+
+
+def test_layer_parallel_runs_stopped_and_restarted_give_the_runs_made_alone(tmp_path):
+    """--ranks-per-run 2: each run pipelined over 2 ranks (mpiexec), stopped and carried on; the logs are
+    those of the runs made alone in one process, bit for bit."""
+    _needs_mpiexec()
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    tiny = ["--num-layers", "2", "--num-hidden", "16", "--dataset", "fashion-mnist-mini", "--device", "cpu"]
+    refs = {}
+    for recipe in RECIPES:
+        out = str(alone / f"{recipe}-s1.h5")
+        done = subprocess.run([sys.executable, RUN, "--recipe", recipe, "--seed", "1", "--epochs", str(EPOCHS), *tiny,
+                               "--no-progress", "--out", out], check=False, capture_output=True, text=True, cwd=ROOT,
+                              timeout=300,
+                              env=dict(os.environ, **ONE_THREAD))
+        assert done.returncode == 0, done.stdout + done.stderr
+        refs[f"{recipe}-s1"] = out
+    out_dir = tmp_path / "pipelined"
+    argv = [a.replace("num_layers=1", "num_layers=2") for a in sweep_argv(out_dir, "--ranks-per-run", "2", seeds=(1,))]
+
+    proc = start_sweep(argv)
+    wait_until(lambda: proc.poll() is not None or (
+        out_dir.is_dir() and any(sweep_mod.epochs_in_log(p) >= 1 for p in logs(out_dir).values())),
+        120, "the first logged epoch")
+    assert proc.poll() is None, finish(proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    rc, text = finish(proc)
+    assert rc == sweep_mod.EXIT_INTERRUPTED, text
+    assert "each over 2 MPI ranks" in text, text
+    assert "interrupted" in {st for st, _ in statuses(out_dir).values()}, statuses(out_dir)
+
+    rc, text = finish(start_sweep(argv), timeout=300)
+    assert rc == 0 and "resume " in text, text
+    assert statuses(out_dir) == {name: ("completed", EPOCHS) for name in refs}
+    consoles = "".join((out_dir / f"{name}.out").read_text() for name in refs)
+    assert "--parallel layers" in consoles and "mpiexec" in consoles  # they did run pipelined
+    for name, ref in refs.items():
+        assert_same_numbers(ref, logs(out_dir)[name])
+
+
+@pytest.mark.parametrize("recipes, extra, words", [
+    (RECIPES, ["--ranks-per-run", "1"], "--ranks-per-run must be at least 2"),
+    (RECIPES, ["--ranks-per-run", "3"], "3 ranks are more than the 1 block of mlp"),
+    (("fashion-mnist-mlp-glob",), ["--ranks-per-run", "2"], "cannot train glob"),
+])
+def test_layer_parallel_bad_input_is_refused(tmp_path, capsys, recipes, extra, words):
+    _needs_mpiexec()
+    out_dir = tmp_path / "never"
+    assert words in _refused(sweep_argv(out_dir, *extra, recipes=recipes), capsys)
+    assert not out_dir.exists()
