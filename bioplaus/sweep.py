@@ -1072,6 +1072,8 @@ def report(folder: str, layout: str = "recipes", out=None) -> int:
                 continue
             seen.add(key)
             how = f"{s.get('jobs')} MPI workers" if s.get("mpi") else f"{s.get('jobs')} at a time"
+            if (s.get("ranks_per_run") or 1) > 1:
+                how += f", each run over {s['ranks_per_run']} MPI ranks (layer-parallel)"
             head.append(f"- `{s.get('command')}` on {s.get('host')} ({s.get('machine')}; {how}, "
                         f"{s.get('threads_per_job')} BLAS thread(s) each), first started {s.get('started')}")
     if bad:

@@ -458,6 +458,8 @@ def test_layer_parallel_runs_stopped_and_restarted_give_the_runs_made_alone(tmp_
     assert "--parallel layers" in consoles and "mpiexec" in consoles  # they did run pipelined
     for name, ref in refs.items():
         assert_same_numbers(ref, logs(out_dir)[name])
+    assert sweep_mod.main(["--report", str(out_dir)], out=io.StringIO()) == 0
+    assert "each run over 2 MPI ranks (layer-parallel)" in (out_dir / "results.md").read_text()
 
 
 @pytest.mark.parametrize("recipes, extra, words", [
