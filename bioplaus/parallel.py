@@ -27,6 +27,7 @@ On GPUs each rank takes device (local rank mod devices); arrays cross ranks thro
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -37,6 +38,7 @@ import numpy as np
 
 from bioplaus.blocks import Blocks
 from bioplaus.budget import block_costs
+from bioplaus.runner import deferred_signals
 from bioplaus.stage import Stage
 from bioplaus.train import (
     TrainerBase,
@@ -49,6 +51,9 @@ from bioplaus.train import (
 )
 
 TAG_X, TAG_Y = 11, 12
+# Tests only: "KIND@N" makes rank 0 send itself SIGTERM right after its N-th command KIND (train, eval,
+# values, arrays, state) has gone out, the moment an interrupt could split an exchange between ranks.
+SIGNAL_HOOK = "BIOPLAUS_TEST_SIGTERM_AFTER"
 
 
 # ------------------------------------------------------------------------------ splitting
@@ -219,23 +224,40 @@ class PipelineTrainer(TrainerBase):
         self.stage = Stage(cfg, self.spec, backend, first, stop)
         self.sender = Sender(comm, 1)
         self.closed = False
+        self._counts: dict[str, int] = {}
+        kind, _, nth = os.environ.get(SIGNAL_HOOK, "").partition("@")
+        self._hook = (kind, int(nth or 1)) if kind else None
 
+    # Every exchange with the other ranks (a command and its collective, or a command and the start
+    # of its stream) runs whole under deferred_signals(): an interrupt between its two halves would
+    # leave the other ranks waiting for the second one, and rank 0 in MPI_Finalize waiting for them.
     def _command(self, *message):
         self.comm.bcast(message, root=0)
+        self._counts[message[0]] = self._counts.get(message[0], 0) + 1
+        if self._hook == (message[0], self._counts[message[0]]):
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def _gather_values(self, train: bool) -> dict:
         mine = values_to_host(self.backend, self.stage.epoch_values(train))
-        self._command("values", train)
+        with deferred_signals():
+            self._command("values", train)
+            parts = self.comm.gather(mine, root=0)
         merged: dict = {}
-        for part in self.comm.gather(mine, root=0):
+        for part in parts:
             merged.update(part)
         return merged
 
-    def _stream(self, batches, step: Callable, count: int, on_batch=None, total=0) -> None:
-        """Push ``count`` batches through stage 0 and on downstream; on any exception (an interrupt)
-        the stream is stopped for the stages below before the exception goes on."""
+    def _stream(self, command: tuple, begin: Callable, batches, step: Callable, on_batch=None, total=0) -> None:
+        """Send ``command``, ``begin()`` here, then push the batches through stage 0 and on downstream;
+        on any exception (an interrupt) once the command is out, the stream is stopped for the stages
+        below before the exception goes on."""
+        sent = False
         done = 0
         try:
+            with deferred_signals():  # an interrupt held here is raised at its end, in the stream
+                self._command(*command)
+                sent = True
+                begin()
             for x, y in batches:
                 o = step(x, y)
                 self.sender.send(self.backend, o, y)
@@ -244,17 +266,17 @@ class PipelineTrainer(TrainerBase):
                     on_batch(done, total)
             self.sender.flush()
         except BaseException:
-            self.sender.stop()
-            self.sender.flush()
+            if sent:
+                self.sender.stop()
+                self.sender.flush()
             raise
 
     def train_epoch(self, on_batch=None) -> dict:
         epoch = self.epoch + 1
         start = time.perf_counter()
         count = -(-self.batches.num_samples // self.cfg.batch_size)
-        self._command("train", epoch, count)
-        self.stage.begin_epoch(epoch)
-        self._stream(self.batches.epoch(epoch), self.stage.train_step, count, on_batch, self.batches.num_samples)
+        self._stream(("train", epoch, count), lambda: self.stage.begin_epoch(epoch), self.batches.epoch(epoch),
+                     self.stage.train_step, on_batch, self.batches.num_samples)
         host = self._gather_values(train=True)
         self.epoch = epoch
         result = epoch_result(epoch, self.stage.lr, host, self.batches.num_samples, time.perf_counter() - start,
@@ -267,15 +289,15 @@ class PipelineTrainer(TrainerBase):
 
         size = max(self.cfg.batch_size, 256)
         n = len(self.dataset.split(split)[1])
-        self._command("eval", -(-n // size))
-        self.stage.begin_eval()
-        self._stream(eval_batches(self.dataset, self.backend, size, split=split), self.stage.eval_step, 0)
+        self._stream(("eval", -(-n // size)), self.stage.begin_eval,
+                     eval_batches(self.dataset, self.backend, size, split=split), self.stage.eval_step)
         return eval_result(self._gather_values(train=False), n, [b.name for b in self.spec.blocks])
 
     def _gather_arrays(self) -> list[Blocks]:
         """Every stage's arrays, copied onto this rank (for the probe, which needs the whole network)."""
-        self._command("arrays")
-        parts = self.comm.gather(None, root=0)
+        with deferred_signals():
+            self._command("arrays")
+            parts = self.comm.gather(None, root=0)
         nets = [self.stage.net]
         dev = self.backend.asarray
 
@@ -295,10 +317,12 @@ class PipelineTrainer(TrainerBase):
         return probe(whole_network(self._gather_arrays()), self.cfg, self.backend, x, y)
 
     def state_dict(self) -> dict:
-        self._command("state")
+        with deferred_signals():
+            self._command("state")
+            parts = self.comm.gather(None, root=0)
         out = {"epoch": np.asarray(self.epoch)}
         out.update(self.stage.state_dict())
-        for part in self.comm.gather(None, root=0)[1:]:
+        for part in parts[1:]:
             out.update(part)
         return out
 

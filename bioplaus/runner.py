@@ -356,16 +356,18 @@ def _check_checkpoint_config(meta: dict, logged: Config, ckpt: str) -> None:
 
 # ------------------------------------------------------------------------------ signals
 class Signals:
-    """SIGINT/SIGTERM raise Interrupted, except inside ``deferred()`` where they wait for its end.
-    Installed only in the main thread (elsewhere Python cannot take signals)."""
+    """SIGINT/SIGTERM raise Interrupted, except inside ``deferred()`` (which nests) where they wait for
+    its end. Installed only in the main thread (elsewhere Python cannot take signals); while installed,
+    :func:`deferred_signals` reaches it (the layer-parallel trainer keeps each exchange between the
+    ranks whole with it)."""
 
     def __init__(self) -> None:
-        self.critical = False
+        self.depth = 0
         self.pending: int | None = None
         self.saved: dict[int, Any] = {}
 
     def _handle(self, signum, frame) -> None:
-        if self.critical:
+        if self.depth:
             self.pending = signum
         else:
             raise Interrupted(signum)
@@ -375,21 +377,33 @@ class Signals:
             return
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.saved[sig] = signal.signal(sig, self._handle)
+        _INSTALLED.append(self)
 
     def restore(self) -> None:
         for sig, old in self.saved.items():
             signal.signal(sig, old)
         self.saved.clear()
+        if self in _INSTALLED:
+            _INSTALLED.remove(self)
 
     @contextlib.contextmanager
     def deferred(self) -> Iterator[None]:
-        self.critical = True
+        self.depth += 1
         try:
             yield
         finally:
-            self.critical = False
-        if self.pending is not None:
+            self.depth -= 1
+        if not self.depth and self.pending is not None:
             raise Interrupted(self.pending)
+
+
+_INSTALLED: list[Signals] = []
+
+
+def deferred_signals():
+    """A context in which SIGINT/SIGTERM wait for its end, when a run's handlers are installed (else
+    nothing: the default handlers apply)."""
+    return _INSTALLED[-1].deferred() if _INSTALLED else contextlib.nullcontext()
 
 
 def _test_pause(epoch: int, echo: Callable[[str], None]) -> None:
