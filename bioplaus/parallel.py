@@ -38,6 +38,7 @@ import numpy as np
 
 from bioplaus.blocks import Blocks
 from bioplaus.budget import block_costs
+from bioplaus.errors import MPI_INSTALL
 from bioplaus.runner import deferred_signals
 from bioplaus.stage import Stage
 from bioplaus.train import (
@@ -412,8 +413,8 @@ def worker(comm, backend_for: Callable[[str], object]) -> int:
 
 
 # ------------------------------------------------------------------------------ the command line
-MPI_HINT = ("install an MPI and mpi4py with pip install \".[mpi]\" (mpi4py and MPICH from the package index) and "
-            "launch it as mpiexec -n K python sims/run.py --parallel layers ...")
+MPI_HINT = (f"install an MPI and mpi4py with {MPI_INSTALL} and launch it as "
+            "mpiexec -n K python sims/run.py --parallel layers ...")
 
 
 def describe_parallel(cfg, data_spec, ranks: int | None, stages: Sequence[int] | None) -> str:

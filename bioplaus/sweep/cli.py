@@ -1,0 +1,205 @@
+"""The sweep's command line: ``python sims/sweep.py ...`` (see :mod:`bioplaus.sweep`)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import shlex
+import shutil
+import sys
+from collections.abc import Sequence
+
+from bioplaus.errors import MPI_INSTALL
+from bioplaus.sweep.processes import LocalPool, MPIPool, mpi_executor
+from bioplaus.sweep.report import report
+from bioplaus.sweep.runs import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    Plan,
+    SweepError,
+    _int,
+    build_runs,
+    check_with_cli,
+    expand_recipes,
+    inspect,
+    parse_sets,
+)
+from bioplaus.sweep.scheduler import Sweep
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's errors -> our one-sentence form, exit 2
+        raise SweepError(message)
+
+
+def _sentence(message: str) -> str:
+    text = " ".join(str(message).split())
+    return text if text.endswith((".", "?", "!")) else text + "."
+
+
+# ---------------------------------------------------------------------- parsing the sweep
+_EPILOG = """\
+logs: DIR/<recipe>[-<flag><value>...]-s<seed>.h5; only flags given several values are in the name
+  (--set lr=1e-3,5e-4 -> <recipe>-lr1e-3-s1.h5 and <recipe>-lr5e-4-s1.h5); console output: DIR/<name>.out
+again: the same command skips completed runs, resumes interrupted or killed ones, extends completed ones
+  to a larger --epochs, and refuses (status 2, nothing written) logs of another configuration
+MPI: mpiexec -n K python -m mpi4py.futures sims/sweep.py ...  (K-1 workers, one run each at a time)
+layer-parallel runs: --ranks-per-run K starts each run as mpiexec -n K python sims/run.py --parallel layers
+exit status: 0 every run ended (completed or diverged), 1 some run failed, 2 bad input,
+  74 an I/O failure (disk full?), 130 interrupted
+"""
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="sims/sweep.py", description="Run recipes (and flag grids) x seeds, each an ordinary "
+                "sims/run.py run with its own log; or report on a folder of logs.",
+                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG)
+    p.add_argument("--recipes", nargs="+", metavar="PATTERN", help="recipe names or glob patterns (see "
+                   "python sims/run.py --list-recipes)")
+    p.add_argument("--seeds", nargs="+", metavar="S", help="seeds (integers >= 0), default 1")
+    p.add_argument("--out-dir", dest="out_dir", metavar="DIR", help="where the logs go (created if missing)")
+    p.add_argument("--epochs", metavar="N", help="epochs per run instead of the recipe's")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="FLAG=VALUE[,VALUE...]",
+                   help="a sims/run.py flag for every run (lr=1e-3, num-hidden=16, batch_norm=false, "
+                        "'lr_decay_milestones=50 75'); several comma-separated values make a grid")
+    p.add_argument("--jobs", metavar="J", help="runs at a time on this machine (default 1; under MPI: one "
+                   "per worker)")
+    p.add_argument("--threads-per-job", dest="threads", metavar="T", help="BLAS/OpenMP threads of each run "
+                   "(of each of its ranks with --ranks-per-run; default: the CPUs divided by --jobs and by "
+                   "--ranks-per-run; 1 under MPI)")
+    p.add_argument("--ranks-per-run", dest="ranks", metavar="K", help="train each run's layers in parallel "
+                   "over K MPI ranks (mpiexec -n K python sims/run.py --parallel layers ...; local rules only; "
+                   "same numbers as a run in one process)")
+    p.add_argument("--dry-run", dest="dry_run", action="store_true", help="print what each run would do and "
+                   "exit; writes nothing")
+    p.add_argument("--report", metavar="DIR", help="write DIR/results.md, .csv and .png from the logs in DIR "
+                   "and print the table")
+    p.add_argument("--layout", choices=("recipes", "paper"), default="recipes",
+                   help="report layout: one row per recipe and setting, or the paper's models x variants")
+    return p
+
+
+# ---------------------------------------------------------------------- the command line
+def _check_out_dir(path: str) -> None:
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise SweepError(f"--out-dir {path} is a file, not a folder")
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise SweepError(f"cannot create --out-dir {path}: {probe} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise SweepError(f"cannot write in {probe}")
+
+
+def default_run_script() -> str:
+    """``sims/run.py`` of the checkout this package sits in (``<root>/bioplaus/sweep/cli.py``)."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return os.path.join(root, "sims", "run.py")
+
+
+def find_mpiexec() -> str:
+    """The ``mpiexec`` beside this Python (the ``[mpi]`` extra's) or on the PATH. Raises SweepError."""
+    import importlib.util
+
+    found = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
+    if not found or importlib.util.find_spec("mpi4py") is None:
+        raise SweepError("--ranks-per-run starts each run under mpiexec, and this Python has no mpiexec or no "
+                         f"mpi4py; install them with {MPI_INSTALL}")
+    return found
+
+
+def prepare(ns: argparse.Namespace) -> tuple[list[Plan], str]:
+    """Every check, reading only: the plans of the runs and the out-dir. Raises SweepError.
+    (``ns.ranks``, when given, is already an int of 2 or more.)"""
+    if not ns.recipes:
+        raise SweepError("give --recipes PATTERN [PATTERN ...] and --out-dir DIR, or --report DIR")
+    if not ns.out_dir:
+        raise SweepError("--out-dir DIR is needed: where the run logs go")
+    recipes = expand_recipes(ns.recipes)
+    settings = parse_sets(ns.sets)
+    seeds = [_int(s, "--seeds", 0) for s in (ns.seeds or ["1"])]
+    if len(set(seeds)) < len(seeds):
+        raise SweepError("--seeds repeats a seed")
+    epochs = _int(ns.epochs, "--epochs", 1) if ns.epochs is not None else None
+    out_dir = os.path.normpath(ns.out_dir)
+    _check_out_dir(out_dir)
+    runs = build_runs(recipes, seeds, epochs, settings, out_dir)
+    check_with_cli(runs, ["--parallel", "layers", "--ranks", str(ns.ranks)] if ns.ranks else [])
+    plans = [inspect(r) for r in runs]
+    return plans, out_dir
+
+
+def _record(out_dir: str, argv: Sequence[str], pool, threads: int | None, ranks: int | None = None) -> None:
+    """Append this sweep's command and machine to ``DIR/sweeps.jsonl`` (the report quotes them)."""
+    entry = {"started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+             "command": shlex.join(["python", "sims/sweep.py", *argv]), "host": platform.node(),
+             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
+             "python": platform.python_version(), "jobs": pool.slots, "mpi": pool.mpi, "threads_per_job": threads,
+             "ranks_per_run": ranks or 1}
+    with open(os.path.join(out_dir, "sweeps.jsonl"), "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(entry) + "\n")
+
+
+def main(argv: Sequence[str] | None = None, run_script: str | None = None, out=None) -> int:
+    """The sweep's command line; returns the exit status. ``run_script``: the sims/run.py to start."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    out = out or sys.stdout
+    try:
+        try:
+            ns = build_parser().parse_args(argv)
+        except SystemExit as exc:  # --help
+            return int(exc.code or 0)
+        if ns.report:
+            if ns.recipes or ns.out_dir:
+                raise SweepError("--report DIR reads logs; give it without --recipes and --out-dir")
+            return report(ns.report, ns.layout, out=out)
+        jobs = _int(ns.jobs, "--jobs", 1) if ns.jobs is not None else None
+        threads = _int(ns.threads, "--threads-per-job", 1) if ns.threads is not None else None
+        ns.ranks = _int(ns.ranks, "--ranks-per-run", 2) if ns.ranks is not None else None
+        launcher = [find_mpiexec(), "-n", str(ns.ranks)] if ns.ranks else []
+        plans, out_dir = prepare(ns)
+        run_script = run_script or default_run_script()
+        if not os.path.isfile(run_script):
+            raise SweepError(f"cannot find sims/run.py at {run_script}")
+    except SweepError as exc:
+        print(f"error: {_sentence(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted before any run started; nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+    counts = {a: sum(1 for p in plans if p.action == a) for a in ("new", "resume", "extend", "done", "diverged",
+                                                                   "busy")}
+    summary = ", ".join(f"{n} {a}" for a, n in counts.items() if n)
+    if ns.dry_run:
+        for p in plans:
+            print(f"{p.action:9s} {p.spec.path}" + (f"  ({p.detail})" if p.detail else ""), file=out)
+        print(f"{len(plans)} runs: {summary}", file=out)
+        return EXIT_OK
+
+    executor = mpi_executor()
+    if executor is not None and ns.ranks:
+        executor.shutdown(wait=False)
+        print("error: --ranks-per-run starts an mpiexec for each run, which an MPI worker cannot do; run the "
+              "sweep without mpiexec (with --jobs), or give each worker one process per run.", file=sys.stderr)
+        return EXIT_USAGE
+    if executor is not None:
+        pool = MPIPool(executor)
+        threads = threads or 1
+        where = f"{pool.slots} MPI workers"
+        if jobs is not None:
+            print("sweep: --jobs is ignored under MPI (each worker runs one run at a time)", file=out)
+    else:
+        pool = LocalPool(jobs or 1)
+        threads = threads or max(1, (os.cpu_count() or 1) // (pool.slots * (ns.ranks or 1)))
+        where = f"{pool.slots} at a time" + (f", each over {ns.ranks} MPI ranks" if ns.ranks else "")
+    os.makedirs(out_dir, exist_ok=True)
+    _record(out_dir, argv, pool, threads, ns.ranks)
+    print(f"sweep: {len(plans)} runs into {out_dir}: {summary}; {where}, {threads} thread"
+          f"{'s' if threads != 1 else ''} each", file=out, flush=True)
+    run_flags = ["--parallel", "layers"] if ns.ranks else []
+    return Sweep(plans, pool, run_script, out_dir, threads, out=out, launcher=launcher, run_flags=run_flags).run()

@@ -1,0 +1,83 @@
+"""``python sims/sweep.py --report DIR``: the results table of a folder of run logs, as Markdown, CSV and a
+figure (see :func:`bioplaus.analysis.results_table`)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import shlex
+import sys
+
+from bioplaus.sweep.runs import EXIT_OK, SweepError
+
+
+# ---------------------------------------------------------------------- the report
+def report(folder: str, layout: str = "recipes", out=None) -> int:
+    """``--report DIR``: the results table of every log in DIR, printed and written to DIR/results.{md,csv,png}."""
+    import glob
+
+    from bioplaus import analysis
+    from bioplaus.log import LogError, read_run
+
+    out = out or sys.stdout
+    if not os.path.isdir(folder):
+        raise SweepError(f"--report {folder} is not a folder")
+    paths = sorted(glob.glob(os.path.join(folder, "*.h5")))
+    runs, bad = [], []
+    for p in paths:
+        try:
+            runs.append(read_run(p))
+        except LogError as exc:
+            bad.append(f"{os.path.basename(p)} ({exc})")
+    if not runs:
+        raise SweepError(f"no run logs in {folder}")
+    rows = analysis.results_table(runs)
+    sweeps = []
+    with contextlib.suppress(OSError, ValueError), open(os.path.join(folder, "sweeps.jsonl"), encoding="utf-8") as fh:
+        sweeps = [json.loads(line) for line in fh if line.strip()]
+    statuses: dict[str, int] = {}
+    for r in runs:
+        statuses[r.status] = statuses.get(r.status, 0) + 1
+    command = shlex.join(["python", "sims/sweep.py", "--report", folder, *(["--layout", layout] if layout != "recipes"
+                                                                          else [])])
+    head = [f"# Results: {folder}", "",
+            (f"{len(runs)} run logs ({', '.join(f'{n} {s}' for s, n in sorted(statuses.items()))}); "
+            f"report made {_dt.datetime.now().astimezone().isoformat(timespec='seconds')} by `{command}`. "
+            f"Devices: {', '.join(sorted({str(r.attrs.get('device', '?')) for r in runs}))}.")]
+    if sweeps:
+        head += ["", "Sweeps that wrote into this folder:", ""]
+        seen = set()
+        for s in sweeps:
+            key = (s.get("command"), s.get("host"))
+            if key in seen:
+                continue
+            seen.add(key)
+            how = f"{s.get('jobs')} MPI workers" if s.get("mpi") else f"{s.get('jobs')} at a time"
+            if (s.get("ranks_per_run") or 1) > 1:
+                how += f", each run over {s['ranks_per_run']} MPI ranks (layer-parallel)"
+            head.append(f"- `{s.get('command')}` on {s.get('host')} ({s.get('machine')}; {how}, "
+                        f"{s.get('threads_per_job')} BLAS thread(s) each), first started {s.get('started')}")
+    if bad:
+        head += ["", "Not read: " + "; ".join(bad)]
+    table = analysis.results_paper_markdown(rows) if layout == "paper" else analysis.results_markdown(rows)
+    text = "\n".join(head) + "\n\n" + table + "\n"
+    md, csv_path, png = (os.path.join(folder, f"results.{ext}") for ext in ("md", "csv", "png"))
+    with open(md, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    with open(csv_path, "w", encoding="utf-8", newline="") as fh:
+        fh.write(analysis.results_csv(rows))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = analysis.plot_results(rows)
+    fig.savefig(png, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    print(text, file=out)
+    print(f"wrote {md}, {csv_path}, {png}", file=out)
+    for line in bad:
+        print(f"warning: not read: {line}", file=sys.stderr)
+    return EXIT_OK

@@ -1,0 +1,377 @@
+"""What a sweep runs: recipes, ``--set`` grids and seeds expanded into RunSpecs, each checked with
+sims/run.py itself, and the Plan for each from what its log on disk says (see :mod:`bioplaus.sweep`)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fnmatch
+import itertools
+import json
+import math
+import os
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from bioplaus.config import Config, ConfigError
+
+try:  # POSIX: see whether a live process holds a run's lock
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_IO, EXIT_INTERRUPTED = 0, 1, 2, 74, 130
+RUN_EXIT_DIVERGED, RUN_EXIT_USAGE, RUN_EXIT_IO, RUN_EXIT_INTERRUPTED = 1, 2, 74, 130
+
+# Fields a resumed run may change, so a log that differs only there is the same run.
+_NOT_IDENTITY = ("device", "data_dir")
+# Fields with their own option in the sweep.
+_OWN_OPTION = {"seed": "--seeds", "epochs": "--epochs"}
+
+
+class SweepError(Exception):
+    """Bad input; ``str(e)`` is the one sentence shown after ``error: ``."""
+
+
+def _int(text: str, what: str, low: int) -> int:
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise SweepError(f"{what} takes an integer, not {text!r}") from None
+    if value < low:
+        raise SweepError(f"{what} must be at least {low}, not {value}")
+    return value
+
+
+def expand_recipes(patterns: Sequence[str]) -> list[str]:
+    """Recipe names matching names or glob patterns, in the order given (each pattern in the
+    recipes' own order), without repeats. Raises SweepError for a pattern that matches nothing."""
+    from bioplaus.recipes import list_recipes
+
+    names = list_recipes()
+    out: list[str] = []
+    for pattern in patterns:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            if any(c in pattern for c in "*?["):
+                raise SweepError(f"no recipe matches {pattern!r}; see python sims/run.py --list-recipes")
+            import difflib
+
+            close = difflib.get_close_matches(pattern, names, n=3, cutoff=0.5)
+            hint = f"; did you mean {' or '.join(close)}?" if close else "; see python sims/run.py --list-recipes"
+            raise SweepError(f"unknown recipe {pattern!r}{hint}")
+        out.extend(h for h in hits if h not in out)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One ``--set``: a Config field and its values, each as typed and as parsed."""
+
+    field: str
+    texts: tuple[str, ...]
+    values: tuple[Any, ...]
+
+    @property
+    def is_grid(self) -> bool:
+        return len(self.values) > 1
+
+
+def _field_types() -> dict[str, str]:
+    return {f.name: str(f.type) for f in dataclasses.fields(Config)}
+
+
+def _parse_value(field: str, text: str, annotation: str) -> Any:
+    text = text.strip()
+    if annotation.startswith("tuple"):
+        parts = text.replace(":", " ").split()
+        try:
+            return tuple(int(p) for p in parts)
+        except ValueError:
+            raise SweepError(f"--set {field} takes space-separated integers, not {text!r}") from None
+    if annotation.startswith("bool"):
+        low = text.lower()
+        if low in ("true", "yes", "on", "1"):
+            return True
+        if low in ("false", "no", "off", "0"):
+            return False
+        raise SweepError(f"--set {field} is true or false, not {text!r}")
+    if text == "":
+        raise SweepError(f"--set {field} needs a value")
+    if annotation.startswith("int"):
+        try:
+            return int(text)
+        except ValueError:
+            raise SweepError(f"--set {field} takes an integer, not {text!r}") from None
+    if annotation.startswith("float"):
+        try:
+            value = float(text)
+        except ValueError:
+            raise SweepError(f"--set {field} takes a number, not {text!r}") from None
+        if not math.isfinite(value):
+            raise SweepError(f"--set {field} takes a finite number, not {text!r}")
+        return value
+    return text
+
+
+def parse_sets(items: Sequence[str]) -> list[Setting]:
+    """``FLAG=VALUE[,VALUE...]`` items -> Settings. FLAG is a Config field, with ``_`` or ``-``
+    (``num_hidden``, ``--num-hidden``). A list-valued flag takes space-separated integers per value."""
+    types = _field_types()
+    out: list[Setting] = []
+    for item in items:
+        key, eq, rest = item.partition("=")
+        field = key.strip().lstrip("-").replace("-", "_")
+        if not eq or not field:
+            raise SweepError(f"--set takes FLAG=VALUE, not {item!r}")
+        if field in _OWN_OPTION:
+            raise SweepError(f"--set {field} is not allowed; use {_OWN_OPTION[field]}")
+        if field not in types:
+            import difflib
+
+            close = difflib.get_close_matches(field, list(types), n=2)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            raise SweepError(f"--set {key.strip()}: sims/run.py has no flag --{field.replace('_', '-')}{hint}")
+        if any(s.field == field for s in out):
+            raise SweepError(f"--set {field} is given twice; give a grid as {field}=A,B")
+        texts = tuple(t.strip() for t in rest.split(","))
+        values = tuple(_parse_value(field, t, types[field]) for t in texts)
+        if len(set(values)) < len(values):
+            raise SweepError(f"--set {field} repeats a value ({rest})")
+        out.append(Setting(field, texts, values))
+    return out
+
+
+def _cli_flags(field: str, value: Any, text: str, recipe_value: Any) -> list[str]:
+    """How sims/run.py is told ``field = value``."""
+    flag = "--" + field.replace("_", "-")
+    if field == "batch_norm":
+        if value:
+            if recipe_value is False:
+                raise SweepError("--set batch_norm=true cannot turn batch norm back on: sims/run.py has only "
+                                 "--no-batch-norm")
+            return []
+        return ["--no-batch-norm"]
+    if field == "cutout":
+        if not value:
+            if recipe_value is True:
+                raise SweepError("--set cutout=false cannot turn cutout off: sims/run.py has only --cutout")
+            return []
+        return ["--cutout"]
+    if isinstance(value, bool):
+        raise SweepError(f"--set {field} cannot be passed to sims/run.py")
+    if isinstance(value, tuple):
+        return [flag, *map(str, value)]
+    return [flag, text]
+
+
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9.+-]")
+
+
+def point_label(field: str, text: str) -> str:
+    """A grid point's part of a run's name: ``lr`` ``1e-3`` -> ``lr1e-3``; ``num_hidden`` ``16`` -> ``num-hidden16``."""
+    value = _NAME_UNSAFE.sub("_", "_".join(text.split()))
+    return field.replace("_", "-") + value
+
+
+def run_name(recipe: str, point: Sequence[tuple[str, str]], seed: int) -> str:
+    """``<recipe>[-<flag><value>...]-s<seed>``: the stem of the run's log (see the module docstring)."""
+    return "-".join([recipe, *(point_label(f, t) for f, t in point), f"s{seed}"])
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One run of a sweep: what sims/run.py is asked for and the configuration it will log."""
+
+    name: str
+    recipe: str
+    seed: int
+    point: tuple[tuple[str, str], ...]  # the grid point: (field, value as typed)
+    flags: tuple[str, ...]  # sims/run.py flags of the --set values (grid point included)
+    epochs_flag: int | None  # --epochs, or None: the recipe's
+    config: Config  # the resolved configuration the log will hold
+    path: str  # DIR/<name>.h5
+
+    @property
+    def group(self) -> str:
+        """The run without its seed (runs that differ only in seed share it)."""
+        return "-".join([self.recipe, *(point_label(f, t) for f, t in self.point)])
+
+    def new_argv(self) -> list[str]:
+        argv = ["--recipe", self.recipe, "--seed", str(self.seed), "--out", self.path, "--no-progress"]
+        if self.epochs_flag is not None:
+            argv += ["--epochs", str(self.epochs_flag)]
+        return argv + list(self.flags)
+
+    def resume_argv(self) -> list[str]:
+        argv = ["--resume", self.path, "--no-progress", "--epochs", str(self.config.epochs)]
+        c = self.config
+        if "--device" in self.flags:
+            argv += ["--device", c.device]
+        if "--data-dir" in self.flags and c.data_dir is not None:
+            argv += ["--data-dir", c.data_dir]
+        return argv
+
+
+def build_runs(recipes: Sequence[str], seeds: Sequence[int], epochs: int | None, settings: Sequence[Setting],
+               out_dir: str) -> list[RunSpec]:
+    """Every (seed, recipe, grid point) as a RunSpec, seed-major (seed 1 of every recipe first, so a
+    first full table comes early). Raises SweepError for a setting a recipe cannot take."""
+    from bioplaus.recipes import get_recipe
+
+    singles = [s for s in settings if not s.is_grid]
+    grids = [s for s in settings if s.is_grid]
+    points = list(itertools.product(*[[(s.field, t, v) for t, v in zip(s.texts, s.values)] for s in grids]))
+    plans: dict[tuple[str, int], tuple[Config, tuple, tuple]] = {}
+    for recipe in recipes:
+        try:
+            base = Config.from_dict(get_recipe(recipe))
+        except ConfigError as exc:
+            raise SweepError(str(exc)) from exc
+        for i, point in enumerate(points):
+            values: dict[str, Any] = {s.field: s.values[0] for s in singles}
+            flags: list[str] = []
+            for s in singles:
+                flags += _cli_flags(s.field, s.values[0], s.texts[0], getattr(base, s.field))
+            for field, text, value in point:
+                values[field] = value
+                flags += _cli_flags(field, value, text, getattr(base, field))
+            if epochs is not None:
+                values["epochs"] = epochs
+            try:
+                cfg = Config.from_dict(values, base=base).resolve()
+            except ConfigError as exc:
+                where = " ".join(f"{f}={t}" for f, t, _ in point)
+                raise SweepError(f"{recipe}{' with ' + where if where else ''}: {exc}") from exc
+            plans[(recipe, i)] = (cfg, tuple((f, t) for f, t, _ in point), tuple(flags))
+    runs = []
+    for seed in seeds:
+        for recipe in recipes:
+            for i in range(len(points)):
+                cfg, point, flags = plans[(recipe, i)]
+                name = run_name(recipe, point, seed)
+                runs.append(RunSpec(name=name, recipe=recipe, seed=seed, point=point, flags=flags, epochs_flag=epochs,
+                                    config=cfg.replace(seed=seed), path=os.path.join(out_dir, name + ".h5")))
+    seen: dict[str, RunSpec] = {}
+    for r in runs:
+        if r.name in seen:
+            raise SweepError(f"two runs of this sweep would share the name {r.name}; give the --set values "
+                             "so that they differ in letters and digits")
+        seen[r.name] = r
+    same: dict[str, str] = {}
+    for r in runs:
+        key = json.dumps(r.config.to_dict(), sort_keys=True)
+        if key in same:
+            raise SweepError(f"{same[key]} and {r.name} would be the same run; a --set grid repeats a value")
+        same[key] = r.name
+    return runs
+
+
+def check_with_cli(runs: Sequence[RunSpec], extra: Sequence[str] = ()) -> None:
+    """Ask sims/run.py itself (``--describe``, in-process: it loads no data and writes nothing) whether it
+    accepts each distinct recipe and setting, so a bad model, dataset or value fails before any run.
+    ``extra``: flags every run gets (``--parallel layers --ranks K`` checks the rule and the split)."""
+    import io
+
+    from bioplaus.cli import main as run_main
+
+    done: set[str] = set()
+    for r in runs:
+        if r.group in done:
+            continue
+        done.add(r.group)
+        argv = ["--recipe", r.recipe, *r.flags, "--describe", *extra]
+        if r.epochs_flag is not None:
+            argv += ["--epochs", str(r.epochs_flag)]
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = run_main(argv)
+        if rc != 0:
+            lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
+            msg = lines[-1] if lines else f"sims/run.py exited with status {rc}"
+            msg = msg[len("error:"):].strip() if msg.startswith("error:") else msg
+            raise SweepError(f"{r.group}: {msg}")
+
+
+# ---------------------------------------------------------------------- the state of each run's log
+@dataclasses.dataclass
+class Plan:
+    """What the sweep does with one run: ``new``, ``resume``, ``extend``, ``done``, ``diverged`` or ``busy``."""
+
+    spec: RunSpec
+    action: str
+    epochs_done: int = 0
+    detail: str = ""
+
+
+def lock_held(log_path: str) -> bool:
+    """True when a live process holds ``<log>.lock`` (sims/run.py holds it while it writes the log)."""
+    lock = log_path + ".lock"
+    if fcntl is None or not os.path.exists(lock):
+        return False
+    try:
+        with open(lock, "rb") as fh:  # read-only: looking writes nothing
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return True
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    except OSError:
+        return False
+    return False
+
+
+def _config_difference(have: Config, want: Config) -> str | None:
+    """'lr 0.001 (this sweep: 0.0005)' for the first fields that differ, ignoring device, data_dir, epochs."""
+    a, b = have.to_dict(), want.to_dict()
+    diffs = [f"{k} {a[k]!r} (this sweep: {b[k]!r})" for k in a
+             if k not in (*_NOT_IDENTITY, "epochs") and a[k] != b.get(k)]
+    return ", ".join(diffs[:3]) if diffs else None
+
+
+def inspect(spec: RunSpec) -> Plan:
+    """What to do with ``spec`` given what is on disk; raises SweepError when its log is not this run's."""
+    from bioplaus.log import LogError, read_run
+
+    ckpt = spec.path + ".ckpt.npz"
+    if not os.path.lexists(spec.path):
+        if os.path.lexists(ckpt):
+            raise SweepError(f"{ckpt} exists without its log {spec.path}; move it away and run the sweep again")
+        return Plan(spec, "new")
+    if os.path.isdir(spec.path):
+        raise SweepError(f"{spec.path} is a directory, where this sweep would write a run log")
+    try:
+        run = read_run(spec.path)
+    except LogError as exc:
+        raise SweepError(f"{spec.path} is not a run log this sweep can use ({exc}); move it away") from exc
+    diff = _config_difference(run.config, spec.config)
+    if diff is not None:
+        raise SweepError(f"{spec.path} holds another configuration than this sweep makes under that name "
+                         f"({diff}); use another --out-dir or move the log away")
+    want = spec.config.epochs
+    if run.config.epochs > want:
+        raise SweepError(f"{spec.path} holds a run of {run.config.epochs} epochs and this sweep asks for {want}; "
+                         "use another --out-dir or the same --epochs")
+    done = run.num_epochs
+    busy = lock_held(spec.path)
+    if run.status == "diverged":
+        return Plan(spec, "diverged", done, str(run.attrs.get("message", "")))
+    if run.status == "completed" and done >= want:
+        return Plan(spec, "done", done)
+    if busy:
+        return Plan(spec, "busy", done, "being written by another process")
+    if run.status == "completed":
+        return Plan(spec, "extend", done, f"{done} -> {want} epochs")
+    return Plan(spec, "resume", done, f"{run.status} after {done} epoch{'s' if done != 1 else ''}")
+
+
+def epochs_in_log(path: str) -> int:
+    """Completed epochs in a log (0 when it is missing or unreadable); cheap, for the progress line."""
+    try:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            return int(f["epochs"]["epoch"].shape[0]) if "epoch" in f["epochs"] else 0
+    except Exception:  # noqa: BLE001 -- a log being replaced, or not there yet: no progress to show
+        return 0
