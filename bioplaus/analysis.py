@@ -500,6 +500,27 @@ def comparison_markdown(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------- writing figures
+def figure_png(fig, dpi: float = 100) -> bytes:
+    """``fig`` as PNG bytes (tight bounding box) carrying bioplaus's mark (see :mod:`bioplaus.files`);
+    closes ``fig``."""
+    import io
+
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    from bioplaus import __version__
+    from bioplaus.files import PNG_SOFTWARE
+
+    buf = io.BytesIO()
+    software = f"{PNG_SOFTWARE} {__version__} (matplotlib {matplotlib.__version__})"
+    try:
+        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": software})
+    finally:
+        plt.close(fig)
+    return buf.getvalue()
+
+
 # ---------------------------------------------------------------------- making small runs
 def make_small_runs(variants: Sequence[str], out_dir: str | os.PathLike = ".", epochs: int = 3,
                     num_layers: int = 1, num_hidden: int = 64, probe_every: int = 1, seed: int = 1,
@@ -508,18 +529,21 @@ def make_small_runs(variants: Sequence[str], out_dir: str | os.PathLike = ".", e
 
     The logs go to a new folder ``small-runs-*`` under ``out_dir`` (nothing is ever overwritten).
     ``extra`` holds further configuration fields (``{"lr": 1e-3}``). Defaults: a 1x64 mlp on the
-    embedded fashion-mnist-mini for 3 epochs, CPU, probe every epoch. Raises RuntimeError when a run fails.
+    embedded fashion-mnist-mini for 3 epochs, CPU, probe every epoch. Raises
+    :class:`bioplaus.runner.BadInput` for a configuration that cannot run (before anything is made), and
+    RuntimeError when a run fails.
     """
-    from bioplaus.runner import run
+    from bioplaus.runner import resolve, run
 
+    configs = [resolve({"variant": variant, "epochs": epochs, "num_layers": num_layers, "num_hidden": num_hidden,
+                        "probe_every": probe_every, "seed": seed, "device": "cpu", **(extra or {})})
+               for variant in variants]  # every configuration is checked before anything is made
     os.makedirs(out_dir, exist_ok=True)
     folder = tempfile.mkdtemp(prefix="small-runs-", dir=os.fspath(out_dir))
     paths = []
-    for variant in variants:
+    for variant, cfg in zip(variants, configs):
         path = os.path.join(folder, f"{variant}.h5")
-        values = {"variant": variant, "epochs": epochs, "num_layers": num_layers, "num_hidden": num_hidden,
-                  "probe_every": probe_every, "seed": seed, "device": "cpu", **(extra or {})}
-        result = run(values, out=path, progress=progress)
+        result = run(cfg, out=path, progress=progress)
         if result.status != "completed":
             raise RuntimeError(f"the {variant} run ended {result.status}: {result.message}")
         paths.append(path)

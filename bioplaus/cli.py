@@ -21,6 +21,7 @@ from typing import Any
 
 from bioplaus import runner
 from bioplaus.config import VARIANTS, ConfigError
+from bioplaus.errors import sentence
 from bioplaus.runner import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BadInput
 
 EXIT_DIVERGED, EXIT_STORAGE = runner.EXIT_DIVERGED, runner.EXIT_STORAGE
@@ -157,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress = not getattr(ns, "no_progress", False)
         result = runner.execute(prepared, progress=progress, echo=lambda line: print(line, flush=True))
     except (UsageError, BadInput) as exc:
-        print(f"error: {runner._sentence(str(exc))}", file=sys.stderr)
+        print(f"error: {sentence(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted before training started; nothing was written", file=sys.stderr)

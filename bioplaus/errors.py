@@ -2,6 +2,13 @@
 so the lowest modules need not import the configuration)."""
 
 
+def sentence(message: object) -> str:
+    """A message as the one line shown after ``error: ``: whitespace folded, ending with a full stop (or a
+    question or exclamation mark)."""
+    text = " ".join(str(message).split())
+    return text if text.endswith((".", "?", "!")) else text + "."
+
+
 class ConfigError(ValueError):
     """A configuration that cannot run; the message is one sentence for the user."""
 

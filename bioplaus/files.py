@@ -15,6 +15,12 @@ its lock ``PATH.h5.lock``. Nothing else is ever created, replaced or removed:
 
 :class:`PathError` is bad input (one sentence, nothing written); :class:`StorageFull` and other
 ``OSError`` raised by :func:`atomic_write` are failures of the storage during a run.
+
+Derived outputs (figures and tables drawn from logs: ``sims/figures.py``, ``sims/sweep.py --report``)
+follow the same rules through :func:`write_outputs`: each carries a mark (a PNG text chunk, a first
+line), and an existing file at an output's path is replaced only when it carries that mark, i.e. when
+bioplaus wrote it; a user's own ``errors.png`` or ``results.md`` is refused, as is anything but a
+regular file. Every output is checked before the first is written.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ import errno
 import os
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 LOG_SUFFIX = ".h5"
 CHECKPOINT_SUFFIX = ".ckpt.npz"
@@ -237,6 +244,8 @@ def atomic_write(path: str, write: Callable, needed: int = 0) -> None:
     ensure_space(path, needed)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(path), suffix=".tmp")
     try:
+        with contextlib.suppress(OSError, AttributeError):  # mkstemp makes 0600: give the mode a new file gets
+            os.fchmod(fd, _new_file_mode(path))
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
@@ -247,6 +256,26 @@ def atomic_write(path: str, write: Callable, needed: int = 0) -> None:
             os.unlink(tmp)
         raise
     _fsync_folder(folder)
+
+
+def _new_file_mode(path: str) -> int:
+    """The mode of the file being replaced, else what ``open(path, "w")`` would give: 0o666 less the umask."""
+    with contextlib.suppress(OSError):
+        return stat.S_IMODE(os.stat(path).st_mode)
+    return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    try:  # Linux: read it without changing it
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: the only portable way is to set it and set it back
+    os.umask(mask)
+    return mask
 
 
 def _fsync_folder(folder: str) -> None:
@@ -286,3 +315,59 @@ def is_storage_failure(exc: BaseException) -> bool:
     """A failure of the storage (full, over quota, a file too large, read-only, an I/O error)."""
     return isinstance(exc, OSError) and (isinstance(exc, StorageFull) or exc.errno in (
         errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS))
+
+
+# ------------------------------------------------------------------------------ derived outputs
+PNG_SOFTWARE = "bioplaus"  # the start of the PNG "Software" text chunk of every figure bioplaus writes
+PNG_MARK = b"tEXtSoftware\x00" + PNG_SOFTWARE.encode()
+TEXT_MARK = "<!-- written by bioplaus"  # the start of the first line of every Markdown file bioplaus writes
+_HEAD_BYTES = 8192  # where a mark is looked for: PNG text chunks come before the image data
+
+
+def text_mark(command: str) -> str:
+    """The first line of a Markdown output (an HTML comment: not shown when rendered)."""
+    return f"{TEXT_MARK}: {command}; running it again replaces this file -->\n"
+
+
+@dataclass(frozen=True)
+class Output:
+    """A file a command writes: its path, its bytes, and the marks that show an existing file there is
+    an earlier output of bioplaus (and may be replaced)."""
+
+    path: str
+    data: bytes
+    marks: tuple[bytes, ...]
+
+
+def check_outputs(targets: Sequence[tuple[str, Sequence[bytes]]], flag: str) -> None:
+    """Raise :class:`PathError` unless every ``(path, marks)`` can be written: its folder exists and is
+    writable or can be made, and nothing is at the path or a regular file whose head holds a mark."""
+    for path, marks in targets:
+        check_folder_writable(path, flag)
+        ok = regular_file(path)
+        if ok is None:
+            continue
+        if ok is False:
+            raise PathError(f"{path} is {_kind(os.lstat(path).st_mode)}, where {flag} would write a file; "
+                            "bioplaus leaves it alone")
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(_HEAD_BYTES)
+        except OSError as exc:
+            raise PathError(f"cannot read {path}: {exc.strerror.lower()}") from None
+        if not any(m in head for m in marks):
+            raise PathError(f"{path} was not written by bioplaus, and {flag} would replace it; move it away "
+                            f"or choose another {flag}")
+
+
+def write_outputs(outputs: Sequence[Output], flag: str) -> list[str]:
+    """Check every output (:func:`check_outputs`), then write each atomically (:func:`atomic_write`);
+    returns the paths. A storage failure leaves each file whole: the old one or the new one."""
+    check_outputs([(o.path, o.marks) for o in outputs], flag)
+    for o in outputs:
+        os.makedirs(os.path.dirname(os.path.abspath(o.path)), exist_ok=True)
+    if outputs:  # all of them, before the first: a disk that cannot take them all is met before any write
+        ensure_space(outputs[0].path, sum(len(o.data) for o in outputs))
+    for o in outputs:
+        atomic_write(o.path, lambda fh, data=o.data: fh.write(data), needed=len(o.data))
+    return [o.path for o in outputs]

@@ -38,7 +38,7 @@ import numpy as np
 
 from bioplaus.blocks import Blocks
 from bioplaus.budget import block_costs
-from bioplaus.errors import MPI_INSTALL
+from bioplaus.errors import MPI_INSTALL, sentence
 from bioplaus.runner import deferred_signals
 from bioplaus.stage import Stage
 from bioplaus.train import (
@@ -524,7 +524,7 @@ def _rank0(comm, size: int, local: int, ns, flags: dict, runner) -> int:
             result = runner.execute(prepared, progress=progress, echo=lambda line: print(line, flush=True))
             status = result.exit_code
         except BadInput as exc:
-            print(f"error: {runner._sentence(str(exc))}", file=sys.stderr, flush=True)
+            print(f"error: {sentence(str(exc))}", file=sys.stderr, flush=True)
             status = runner.EXIT_USAGE
     except BaseException:
         if not trainer_box:  # the workers wait for "start": release them

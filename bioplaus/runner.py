@@ -41,6 +41,7 @@ from typing import Any
 import bioplaus
 from bioplaus import files
 from bioplaus.config import Config, ConfigError
+from bioplaus.errors import sentence
 
 EXIT_OK, EXIT_DIVERGED, EXIT_USAGE, EXIT_STORAGE, EXIT_INTERRUPTED = 0, 1, 2, 74, 130
 EXIT_CODES = {"completed": EXIT_OK, "diverged": EXIT_DIVERGED, "interrupted": EXIT_INTERRUPTED,
@@ -526,7 +527,7 @@ def _execute_locked(prepared: Prepared, progress, echo, on_epoch, lock, made) ->
             return RunResult(out, "interrupted", trainer.epoch, message)
         except Diverged as exc:
             log.set_status("diverged", str(exc))
-            print(f"diverged: {_sentence(str(exc))} log: {out}", file=sys.stderr, flush=True)
+            print(f"diverged: {sentence(str(exc))} log: {out}", file=sys.stderr, flush=True)
             return RunResult(out, "diverged", exc.epoch - 1, str(exc))
         except OSError as exc:
             if not files.is_storage_failure(exc):
@@ -593,12 +594,6 @@ def _train_epoch(trainer, cfg: Config, epoch: int, progress: bool) -> dict:
 
 
 # ------------------------------------------------------------------------------ what is printed
-def _sentence(message: str) -> str:
-    """One line, ending with a full stop (or a question mark)."""
-    text = " ".join(str(message).split())
-    return text if text.endswith((".", "?", "!")) else text + "."
-
-
 def summary(prepared: Prepared) -> str:
     cfg, trainer = prepared.cfg, prepared.trainer
     head = (f"bioplaus {bioplaus.__version__}: {cfg.variant} on {cfg.dataset}, model {cfg.model} "

@@ -227,8 +227,8 @@ def test_grid_names_and_report(tmp_path, capsys):
     assert rows[1]["runs"] == 3 and rows[1]["notes"] == ["seed 7 interrupted after 2 of 2 epochs"]
     assert rows[0]["runs"] == 2 and any(d.startswith("lr 0.002") for d in rows[1]["differences"])
 
-    md = (out_dir / "results.md").read_text()
-    assert md.strip() in printed
+    mark, md = (out_dir / "results.md").read_text().split("\n", 1)
+    assert mark.startswith("<!-- written by bioplaus") and md.strip() in printed  # the mark line is not printed
     table = [ln for ln in md.splitlines() if ln.startswith("| fashion-mnist-mlp-pred")]
     assert len(table) == 2 and all(ln.split("|")[2].strip() == "2" for ln in table)
     assert f"{rows[0]['test_error_mean']:.2f} ± {rows[0]['test_error_std']:.2f}" in table[0]

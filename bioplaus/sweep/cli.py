@@ -12,11 +12,13 @@ import shutil
 import sys
 from collections.abc import Sequence
 
-from bioplaus.errors import MPI_INSTALL
+from bioplaus.errors import MPI_INSTALL, sentence
+from bioplaus.files import is_storage_failure
 from bioplaus.sweep.processes import LocalPool, MPIPool, mpi_executor
 from bioplaus.sweep.report import report
 from bioplaus.sweep.runs import (
     EXIT_INTERRUPTED,
+    EXIT_IO,
     EXIT_OK,
     EXIT_USAGE,
     Plan,
@@ -34,11 +36,6 @@ from bioplaus.sweep.scheduler import Sweep
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse's errors -> our one-sentence form, exit 2
         raise SweepError(message)
-
-
-def _sentence(message: str) -> str:
-    text = " ".join(str(message).split())
-    return text if text.endswith((".", "?", "!")) else text + "."
 
 
 # ---------------------------------------------------------------------- parsing the sweep
@@ -156,7 +153,14 @@ def main(argv: Sequence[str] | None = None, run_script: str | None = None, out=N
         if ns.report:
             if ns.recipes or ns.out_dir:
                 raise SweepError("--report DIR reads logs; give it without --recipes and --out-dir")
-            return report(ns.report, ns.layout, out=out)
+            try:
+                return report(ns.report, ns.layout, out=out)
+            except OSError as exc:
+                if not is_storage_failure(exc):
+                    raise
+                print(f"error: {sentence(f'cannot write the report into {ns.report}: {exc.strerror or exc}')} "
+                      "Each report file is whole (the old one or the new one); free space and run it again.", file=sys.stderr)
+                return EXIT_IO
         jobs = _int(ns.jobs, "--jobs", 1) if ns.jobs is not None else None
         threads = _int(ns.threads, "--threads-per-job", 1) if ns.threads is not None else None
         ns.ranks = _int(ns.ranks, "--ranks-per-run", 2) if ns.ranks is not None else None
@@ -166,7 +170,7 @@ def main(argv: Sequence[str] | None = None, run_script: str | None = None, out=N
         if not os.path.isfile(run_script):
             raise SweepError(f"cannot find sims/run.py at {run_script}")
     except SweepError as exc:
-        print(f"error: {_sentence(str(exc))}", file=sys.stderr)
+        print(f"error: {sentence(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted before any run started; nothing was written", file=sys.stderr)

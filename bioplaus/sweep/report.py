@@ -10,6 +10,7 @@ import os
 import shlex
 import sys
 
+from bioplaus import files
 from bioplaus.sweep.runs import EXIT_OK, SweepError
 
 
@@ -63,21 +64,23 @@ def report(folder: str, layout: str = "recipes", out=None) -> int:
         head += ["", "Not read: " + "; ".join(bad)]
     table = analysis.results_paper_markdown(rows) if layout == "paper" else analysis.results_markdown(rows)
     text = "\n".join(head) + "\n\n" + table + "\n"
-    md, csv_path, png = (os.path.join(folder, f"results.{ext}") for ext in ("md", "csv", "png"))
-    with open(md, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    with open(csv_path, "w", encoding="utf-8", newline="") as fh:
-        fh.write(analysis.results_csv(rows))
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig = analysis.plot_results(rows)
-    fig.savefig(png, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    csv_text = analysis.results_csv(rows)
+    outputs = [
+        files.Output(os.path.join(folder, "results.md"), (files.text_mark(command) + text).encode(),
+                     (files.TEXT_MARK.encode(),)),
+        files.Output(os.path.join(folder, "results.csv"), csv_text.encode(), (csv_text.split("\n", 1)[0].encode(),)),
+        files.Output(os.path.join(folder, "results.png"), analysis.figure_png(analysis.plot_results(rows), dpi=100),
+                     (files.PNG_MARK,)),
+    ]
+    try:
+        written = files.write_outputs(outputs, "--report")
+    except files.PathError as exc:
+        raise SweepError(str(exc)) from None
     print(text, file=out)
-    print(f"wrote {md}, {csv_path}, {png}", file=out)
+    print(f"wrote {', '.join(written)}", file=out)
     for line in bad:
         print(f"warning: not read: {line}", file=sys.stderr)
     return EXIT_OK

@@ -1,0 +1,213 @@
+"""Derived outputs (figures and tables drawn from logs): ``bioplaus.files.write_outputs``, the figures
+command ``sims/figures.py`` and the sweep's ``--report``.
+
+Each output carries bioplaus's mark; an existing file at an output's path is replaced only when it carries
+that mark. Anything else there (a user's own ``errors.png``, a symbolic link, a folder) is refused with one
+sentence and exit 2, and nothing at all is written: every output is checked before the first is.
+New files get the mode ``open()`` would give them (0o666 less the umask), replaced ones keep theirs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import os
+import pathlib
+import stat
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest
+from test_analysis import make_log
+from test_cli import listing
+
+from bioplaus import files
+from bioplaus import sweep as sweep_mod
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+FIGURE_FILES = ["angles.png", "depth.png", "errors.png", "layer_dynamics.png", "paper_comparison.md",
+                "similarity.png"]
+
+
+def _figures_module():
+    spec = importlib.util.spec_from_file_location("figures_cmd", ROOT / "sims" / "figures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def figures():
+    return _figures_module()
+
+
+@pytest.fixture
+def logs(tmp_path):
+    (tmp_path / "logs").mkdir()
+    a, _ = make_log(tmp_path / "logs" / "a.h5", "glob", seed=1)
+    b, _ = make_log(tmp_path / "logs" / "b.h5", "predsim", seed=2)
+    return [a, b]
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+# ---------------------------------------------------------------------- write_outputs
+def _out(path, data=b"new", marks=(b"MARK",)):
+    return files.Output(str(path), data, tuple(marks))
+
+
+def test_outputs_are_written_with_the_umask_mode_and_replace_only_marked_files(tmp_path):
+    old = os.umask(0o027)
+    try:
+        written = files.write_outputs([_out(tmp_path / "sub" / "a.txt"), _out(tmp_path / "sub" / "b.txt")], "--out")
+    finally:
+        os.umask(old)
+    assert written == [str(tmp_path / "sub" / "a.txt"), str(tmp_path / "sub" / "b.txt")]
+    assert _mode(tmp_path / "sub" / "a.txt") == 0o640  # 0o666 less the umask, not mkstemp's 0600
+    assert (tmp_path / "sub" / "a.txt").read_bytes() == b"new"
+    # replacing a marked file keeps its mode
+    p = tmp_path / "sub" / "a.txt"
+    p.write_bytes(b"old MARK here")
+    os.chmod(p, 0o604)
+    files.write_outputs([_out(p, b"newer")], "--out")
+    assert p.read_bytes() == b"newer" and _mode(p) == 0o604
+    assert sorted(os.listdir(tmp_path / "sub")) == ["a.txt", "b.txt"]  # no temporary file left
+
+
+@pytest.mark.parametrize("kind", ["unmarked", "symlink", "folder", "fifo"])
+def test_an_output_path_holding_something_else_is_refused_and_nothing_is_written(tmp_path, kind):
+    target = tmp_path / "b.txt"
+    if kind == "unmarked":
+        target.write_bytes(b"the user's own file")
+    elif kind == "symlink":
+        (tmp_path / "elsewhere").write_bytes(b"MARK")  # even a link to a marked file: never written through
+        target.symlink_to(tmp_path / "elsewhere")
+    elif kind == "folder":
+        target.mkdir()
+    else:
+        os.mkfifo(target)
+    before = listing(tmp_path)
+    with pytest.raises(files.PathError) as err:
+        files.write_outputs([_out(tmp_path / "a.txt"), _out(target), _out(tmp_path / "new" / "c.txt")], "--out")
+    assert str(target) in str(err.value)
+    assert listing(tmp_path) == before  # a.txt (checked first) was not written either, no folder made
+
+
+def test_the_mark_is_looked_for_only_in_the_head_of_the_file(tmp_path):
+    p = tmp_path / "a.png"
+    p.write_bytes(b"x" * 10_000 + files.PNG_MARK)
+    with pytest.raises(files.PathError):
+        files.write_outputs([_out(p, marks=(files.PNG_MARK,))], "--out")
+
+
+# ---------------------------------------------------------------------- sims/figures.py
+def test_figures_carry_the_mark_and_a_second_run_replaces_them(figures, logs, tmp_path, capsys):
+    out = tmp_path / "figs"
+    assert figures.main(["--logs", *logs, "--out-dir", str(out)]) == 0
+    assert sorted(os.listdir(out)) == FIGURE_FILES
+    for name in FIGURE_FILES:
+        head = (out / name).read_bytes()[:4096]
+        assert (files.PNG_MARK in head) if name.endswith(".png") else head.startswith(files.TEXT_MARK.encode())
+    first = (out / "errors.png").read_bytes()
+    (out / "errors.png").write_bytes(first[:200])  # still ours: the mark is in the head
+    assert figures.main(["--logs", logs[0], "--out-dir", str(out)]) == 0
+    assert (out / "errors.png").read_bytes() != first[:200]
+    assert "| glob |" in (out / "paper_comparison.md").read_text()
+    assert "| predsim |" not in (out / "paper_comparison.md").read_text()  # the table of this run only
+
+
+def _refused(figures, argv, root, capsys, match):
+    before = listing(root)
+    rc = figures.main(argv)
+    captured = capsys.readouterr()
+    assert rc == 2, captured.err
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and lines[0].endswith("."), captured.err
+    assert "Traceback" not in captured.err and captured.out == ""
+    assert match in lines[0], lines[0]
+    assert listing(root) == before, "a refused command wrote something"
+
+
+FIGURE_BAD = [
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--num-layers", "0"], "--num-layers must be at least 1"),
+    (["--num-hidden", "-3"], "--num-hidden must be at least 1"),
+    (["--seed", "-1"], "--seed must be at least 0"),
+    (["--dpi", "-1"], "--dpi must be between"),
+    (["--dpi", "100000"], "--dpi must be between"),
+    (["--dpi", "many"], "invalid int value"),
+    (["--variants", "backprop"], "unknown variant 'backprop'"),
+    (["--variants", "pred", "pred"], "repeats"),
+    (["--layer-variant", "nope"], "--layer-variant: unknown variant"),
+    (["--similarity-variant", "nope"], "--similarity-variant: unknown variant"),
+    (["--device", "tpu"], "invalid choice"),
+    (["--frobnicate"], "unrecognized arguments"),
+    (["--logs", "missing.h5"], "no run log at"),
+    (["--logs", "notalog.h5"], "not a readable HDF5 file"),
+    (["--logs", "emptydir"], "no run logs matched"),
+    (["--out-dir", "afile"], "not a folder"),
+    (["--out-dir", "mine"], "was not written by bioplaus"),
+    (["--out-dir", "linked"], "symbolic link"),
+    (["--runs-dir", "afile"], "not a folder"),
+]
+
+
+@pytest.mark.parametrize("argv,match", FIGURE_BAD, ids=[" ".join(a) for a, _ in FIGURE_BAD])
+def test_figures_bad_input(figures, argv, match, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notalog.h5").write_bytes(b"not hdf5")
+    (tmp_path / "afile").write_bytes(b"a file")
+    (tmp_path / "emptydir").mkdir()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "errors.png").write_bytes(b"\x89PNG my own figure")
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked" / "errors.png").symlink_to(tmp_path / "afile")
+    _refused(figures, argv, tmp_path, capsys, match)
+
+
+def test_figures_trains_nothing_when_an_output_is_refused(figures, tmp_path, monkeypatch, capsys):
+    """The outputs are checked before the small runs train: no runs/ folder appears."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "docs" / "figures").mkdir(parents=True)
+    (tmp_path / "docs" / "figures" / "paper_comparison.md").write_text("my notes\n")
+    _refused(figures, ["--epochs", "1"], tmp_path, capsys, "was not written by bioplaus")
+    assert not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------------- the sweep's report
+def test_report_refuses_files_it_did_not_write_and_replaces_its_own(logs, tmp_path, capsys):
+    folder = pathlib.Path(logs[0]).parent
+    assert sweep_mod.main(["--report", str(folder)], out=io.StringIO()) == 0
+    mine = {n: (folder / n).read_bytes() for n in ("results.md", "results.csv", "results.png")}
+    assert mine["results.md"].startswith(files.TEXT_MARK.encode()) and files.PNG_MARK in mine["results.png"][:4096]
+    assert sweep_mod.main(["--report", str(folder)], out=io.StringIO()) == 0  # its own files: replaced
+    capsys.readouterr()
+    for name, data in mine.items():
+        (folder / name).write_bytes(b"a user's file")
+        before = listing(tmp_path)
+        assert sweep_mod.main(["--report", str(folder)], out=io.StringIO()) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "was not written by bioplaus" in err and len(err.splitlines()) == 1
+        assert listing(tmp_path) == before
+        (folder / name).write_bytes(data)
+
+
+def test_a_runs_log_and_checkpoint_get_the_umask_mode(tmp_path, capsys):
+    """Every write goes through a temporary file that mkstemp makes 0600; the finished file must still be
+    readable by whoever the user's umask lets read it (a shared results folder, a lab's server)."""
+    from bioplaus.cli import main
+
+    log = tmp_path / "run.h5"
+    old = os.umask(0o022)
+    try:
+        assert main(["--variant", "pred", "--num-layers", "1", "--num-hidden", "16", "--epochs", "1",
+                     "--device", "cpu", "--no-progress", "--out", str(log)]) == 0
+    finally:
+        os.umask(old)
+    capsys.readouterr()
+    assert _mode(log) == 0o644
+    assert _mode(files.checkpoint_path(str(log))) == 0o644
