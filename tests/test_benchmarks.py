@@ -99,3 +99,26 @@ def test_script_parses_help(script):
                          check=False, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert "usage:" in out.stdout and "OPENBLAS_CORETYPE" in out.stdout
+
+
+def test_a_benchmark_never_replaces_a_file_with_its_json(tmp_path):
+    """``--json PATH`` is checked before the benchmark runs: an existing file (or link, or folder) is refused,
+    as is a missing folder; the write itself creates the file exclusively."""
+    import argparse
+
+    machine = load_machine()
+    mine = tmp_path / "mine.json"
+    mine.write_text("my results")
+    (tmp_path / "link.json").symlink_to(tmp_path / "nowhere")
+    for bad in (mine, tmp_path / "link.json", tmp_path, tmp_path / "missing" / "x.json"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            machine.json_path(str(bad))
+    new = machine.json_path(str(tmp_path / "new.json"))
+    machine.write_json(new, {"rows": [1, 2]})
+    assert (tmp_path / "new.json").read_text().startswith("{")
+    with pytest.raises(FileExistsError):
+        machine.write_json(mine, {"rows": []})
+    assert mine.read_text() == "my results"
+    for script in ("bench_epoch", "bench_gpu", "bench_memory", "bench_ops", "bench_pipeline", "bench_train"):
+        text = (BENCH / f"{script}.py").read_text()
+        assert "machine.json_path" in text and "write_text" not in text, script

@@ -23,7 +23,6 @@ Tests and CI leave the variables as they are. The header prints the machine, num
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -50,7 +49,7 @@ def main(argv=None) -> int:
     ap.add_argument("--recipe", default="fashion-mnist-mlp-predsim")
     ap.add_argument("--dataset", default=None, help="override the recipe's dataset (e.g. fashion-mnist-mini)")
     ap.add_argument("--every", type=int, default=4, help="time one pure step every this many epoch batches")
-    ap.add_argument("--json", type=Path)
+    ap.add_argument("--json", type=machine.json_path)
     args = ap.parse_args(argv)
     facts = machine.print_header()
     values = get_recipe(args.recipe)
@@ -119,7 +118,7 @@ def main(argv=None) -> int:
     print(f"epoch / pure steps: {row['ratio_mean']:.3f} (means), {row['ratio_median']:.3f} (medians); target <= 1.15")
     print(f"train loss {row['train_loss']:.4f}, train error {row['train_error']:.2f}%")
     if args.json:
-        args.json.write_text(json.dumps(row, indent=2))
+        machine.write_json(args.json, row)
         print(f"wrote {args.json}")
     return 0
 

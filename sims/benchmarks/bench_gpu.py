@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import math
 import os
 import statistics
@@ -290,7 +289,7 @@ def main(argv=None) -> int:
     p.add_argument("--small", action="store_true", help="channels / 8: a quick dry run of the script")
     p.add_argument("--profile", default="", help="comma-separated model:variant cases to profile per op")
     p.add_argument("--profile-conv", action="store_true", help="time the parts of one vgg8b conv against cuDNN")
-    p.add_argument("--json", help="write the rows to this file")
+    p.add_argument("--json", type=machine.json_path, help="write the rows to this new file")
     args = p.parse_args(argv)
     facts = machine.print_header()  # the CPU's BLAS, on a GPU too
     backend = get_backend(args.device)
@@ -346,7 +345,7 @@ def main(argv=None) -> int:
     if args.json:
         for r in rows:
             r["machine"] = facts
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        machine.write_json(args.json, rows, indent=1)
     return 1 if any("error" in r for r in rows) else 0
 
 

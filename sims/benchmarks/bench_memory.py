@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="vgg11b")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--json", type=Path)
+    ap.add_argument("--json", type=machine.json_path)
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -129,7 +129,7 @@ def main(argv=None) -> int:
               f"{100 * (r['step_peak_vs_glob'] or 0):6.0f}% {r['total_peak_mb']:13.0f} "
               f"{100 * (r['total_peak_vs_glob'] or 0):6.0f}% {r['max_rss_mb']:10.0f} {100 * (r['max_rss_vs_glob'] or 0):6.0f}%")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        machine.write_json(args.json, rows)
         print(f"wrote {args.json}")
     return 0
 

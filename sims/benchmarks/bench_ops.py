@@ -27,7 +27,6 @@ Tests and CI leave the variables as they are. The header prints the machine, num
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -221,7 +220,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=machine.NOTE)
     ap.add_argument("--quick", action="store_true", help="batch 32 and a 1024^3 GEMM, for a smoke run")
     ap.add_argument("--repeat", type=int, default=3, help="timed repetitions; the best is reported")
-    ap.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    ap.add_argument("--json", type=machine.json_path, help="also write the results to this new JSON file")
     args = ap.parse_args(argv)
     facts = machine.print_header()
     N = 32 if args.quick else 128
@@ -272,11 +271,9 @@ def main(argv=None) -> int:
     for r in memory_bound:
         print(f"{r['name']:42s} {1e3 * r['seconds']:8.1f} {r['copies']:7.1f}")
     if args.json:
-        args.json.write_text(
-            json.dumps({"matmul_gflops": gemm, "env": env, "machine": facts, "batch": N, "ops": rows, "im2col": im2col,
-                        "im2col_in_conv": im2col_in_conv,
-                        "memory_bound": memory_bound}, indent=2)
-        )
+        machine.write_json(args.json, {"matmul_gflops": gemm, "env": env, "machine": facts, "batch": N, "ops": rows,
+                                       "im2col": im2col, "im2col_in_conv": im2col_in_conv,
+                                       "memory_bound": memory_bound})
         print(f"wrote {args.json}")
     return 0
 

@@ -219,7 +219,7 @@ def main(argv=None) -> int:
     p.add_argument("--cases", default=",".join(f"{m}:{v}" for m, v in CASES))
     p.add_argument("--batches-mlp", type=int, default=40, help="timed batches per mlp epoch (of 128)")
     p.add_argument("--batches-vgg", type=int, default=8, help="timed batches per vgg8b epoch (of 128)")
-    p.add_argument("--json", type=Path)
+    p.add_argument("--json", type=machine.json_path)
     p.add_argument("--predict", type=int, help="predict the throughput on N devices instead")
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help="with --predict")
     p.add_argument("--bandwidth-gbs", type=float, default=25.0, help="with --predict: link bandwidth, GB/s")
@@ -259,7 +259,7 @@ def main(argv=None) -> int:
     if args.json:
         for r in rows:
             r["machine"] = facts
-        args.json.write_text(json.dumps(rows, indent=1))
+        machine.write_json(args.json, rows, indent=1)
     return 0
 
 

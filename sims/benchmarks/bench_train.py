@@ -36,7 +36,6 @@ Tests and CI leave the variables as they are. The header prints the machine, num
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -205,7 +204,7 @@ def main(argv=None) -> int:
                     help="BLAS threads for numpy (threadpoolctl) and torch.set_num_threads (default: numpy's)")
     ap.add_argument("--models", default=None, help="comma-separated subset of models (e.g. mlp)")
     ap.add_argument("--inputs", default=None, help="comma-separated subset of input shapes (e.g. 1x28x28)")
-    ap.add_argument("--json", type=Path, help="write the rows to this JSON file")
+    ap.add_argument("--json", type=machine.json_path, help="write the rows to this new JSON file")
     args = ap.parse_args(argv)
     import torch
 
@@ -254,7 +253,7 @@ def main(argv=None) -> int:
             r["load_1min"] = load
             r["threads"] = threads
             r["machine"] = facts
-        args.json.write_text(json.dumps(rows, indent=2))
+        machine.write_json(args.json, rows)
         print(f"wrote {args.json}")
     return 0
 

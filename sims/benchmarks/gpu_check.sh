@@ -15,7 +15,13 @@
 # steps 1 and 2; BENCH_TF32=1 adds a benchmark with TF32 allowed on both sides.
 set -uo pipefail
 OUT=${1:-${OUT:-gpu-check}}
-mkdir -p "$OUT"
+# The folder is this script's: a new or empty one, or one it wrote before (marked), whose files it replaces.
+if [ -e "$OUT" ] && [ ! -e "$OUT/.gpu_check" ] && [ -n "$(ls -A "$OUT" 2>/dev/null || echo x)" ]; then
+    echo "error: $OUT is not an empty folder or one this script wrote before; give a new folder." >&2
+    exit 2
+fi
+mkdir -p "$OUT" && touch "$OUT/.gpu_check" || { echo "error: cannot write in $OUT." >&2; exit 2; }
+rm -f "$OUT/bench_gpu.json"  # its own, from an earlier run: the benchmark writes a new file
 PY=${PYTHON:-python3}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1

@@ -152,3 +152,29 @@ def warn_if_forced(file=None) -> bool:
 
 if __name__ == "__main__":
     print_header()
+
+
+def json_path(text: str) -> Path:
+    """``--json PATH`` (an argparse ``type``): a new file in an existing, writable folder. A benchmark
+    never replaces a file, and it checks this before it runs, not after minutes of timing."""
+    import argparse
+
+    path = Path(text)
+    if not text.strip():
+        raise argparse.ArgumentTypeError("needs a file name")
+    if os.path.lexists(path):
+        raise argparse.ArgumentTypeError(f"{text} exists, and a benchmark never replaces a file; give a new name")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"{folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"cannot write in {folder}")
+    return path
+
+
+def write_json(path: Path | str, obj, indent: int = 2) -> None:
+    """Write ``obj`` to a new file ``path`` (created exclusively: an existing file is never replaced)."""
+    import json
+
+    with open(path, "x", encoding="utf-8") as fh:
+        fh.write(json.dumps(obj, indent=indent))
