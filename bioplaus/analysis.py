@@ -522,6 +522,15 @@ def figure_png(fig, dpi: float = 100) -> bytes:
 
 
 # ---------------------------------------------------------------------- making small runs
+class RunFailed(RuntimeError):
+    """A small run that did not complete; ``result`` is its :class:`bioplaus.runner.RunResult` (its status
+    and exit code: diverged, interrupted, storage)."""
+
+    def __init__(self, variant: str, result) -> None:
+        super().__init__(f"the {variant} run ended {result.status}: {result.message}")
+        self.result = result
+
+
 def make_small_runs(variants: Sequence[str], out_dir: str | os.PathLike = ".", epochs: int = 3,
                     num_layers: int = 1, num_hidden: int = 64, probe_every: int = 1, seed: int = 1,
                     extra: dict[str, Any] | None = None, progress: bool = False) -> list[str]:
@@ -531,7 +540,7 @@ def make_small_runs(variants: Sequence[str], out_dir: str | os.PathLike = ".", e
     ``extra`` holds further configuration fields (``{"lr": 1e-3}``). Defaults: a 1x64 mlp on the
     embedded fashion-mnist-mini for 3 epochs, CPU, probe every epoch. Raises
     :class:`bioplaus.runner.BadInput` for a configuration that cannot run (before anything is made), and
-    RuntimeError when a run fails.
+    :class:`RunFailed` (a RuntimeError) when a run does not complete.
     """
     from bioplaus.runner import resolve, run
 
@@ -545,7 +554,7 @@ def make_small_runs(variants: Sequence[str], out_dir: str | os.PathLike = ".", e
         path = os.path.join(folder, f"{variant}.h5")
         result = run(cfg, out=path, progress=progress)
         if result.status != "completed":
-            raise RuntimeError(f"the {variant} run ended {result.status}: {result.message}")
+            raise RunFailed(variant, result)
         paths.append(path)
     return paths
 

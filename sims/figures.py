@@ -12,7 +12,8 @@ Writes ``errors.png``, ``layer_dynamics.png``, ``depth.png``, ``angles.png``, ``
 Every input is checked before anything is trained or written: bad input is one sentence and exit
 status 2 with nothing made. A file at an output's path is replaced only when bioplaus wrote it (its
 mark, see :mod:`bioplaus.files`); any other file there is refused. Exit statuses: 0 done, 1 a training
-run failed, 2 bad input, 74 a full disk or other storage failure, 130 interrupted.
+run diverged, 2 bad input, 74 a full disk or other storage failure, 130 interrupted (a training run's
+status is passed on; no figure is written then, and its log is kept).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from bioplaus.runner import BadInput
 DEFAULT_VARIANTS = ("glob", "pred", "sim", "predsim", "predsim-bpf")
 FIGURES = ("errors.png", "layer_dynamics.png", "depth.png", "angles.png", "similarity.png")
 TABLE = "paper_comparison.md"
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_IO, EXIT_INTERRUPTED = 0, 1, 2, 74, 130
+EXIT_OK, EXIT_USAGE, EXIT_IO, EXIT_INTERRUPTED = 0, 2, 74, 130
 DPI_RANGE = (10, 600)
 
 
@@ -157,11 +158,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BadInput, files.PathError, LogError) as exc:
         print(f"error: {sentence(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
-    except RuntimeError as exc:  # a training run that did not complete
-        print(f"error: {sentence(str(exc))}", file=sys.stderr)
-        return EXIT_FAILED
+    except analysis.RunFailed as exc:  # a training run that diverged, was interrupted or met a full disk
+        print(f"error: {sentence(str(exc))} No figure was written; the logs are kept.", file=sys.stderr)
+        return exc.result.exit_code
     except KeyboardInterrupt:
-        print("interrupted; no figure was written (the logs of finished runs are kept)", file=sys.stderr)
+        print("interrupted; each figure file is whole (the old one or the new one), and the logs of finished "
+              "runs are kept", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as exc:
         if not files.is_storage_failure(exc):

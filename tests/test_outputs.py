@@ -211,3 +211,19 @@ def test_a_runs_log_and_checkpoint_get_the_umask_mode(tmp_path, capsys):
     capsys.readouterr()
     assert _mode(log) == 0o644
     assert _mode(files.checkpoint_path(str(log))) == 0o644
+
+
+@pytest.mark.parametrize("status,code", [("diverged", 1), ("interrupted", 130), ("storage", 74)])
+def test_figures_passes_on_how_a_training_run_ended(figures, tmp_path, monkeypatch, capsys, status, code):
+    from bioplaus import analysis
+    from bioplaus.runner import RunResult
+
+    def failing(variants, **kw):
+        raise analysis.RunFailed(variants[0], RunResult(str(tmp_path / "x.h5"), status, 1, "why"))
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(analysis, "make_small_runs", failing)
+    assert figures.main(["--epochs", "1"]) == code
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: the glob run ended {status}") and len(err.splitlines()) == 1
+    assert not (tmp_path / "docs").exists()
