@@ -23,11 +23,11 @@ from bioplaus.sweep.runs import (
     EXIT_USAGE,
     Plan,
     SweepError,
-    _int,
     build_runs,
     check_with_cli,
     expand_recipes,
     inspect,
+    int_option,
     parse_sets,
 )
 from bioplaus.sweep.scheduler import Sweep
@@ -118,10 +118,10 @@ def prepare(ns: argparse.Namespace) -> tuple[list[Plan], str]:
         raise SweepError("--out-dir DIR is needed: where the run logs go")
     recipes = expand_recipes(ns.recipes)
     settings = parse_sets(ns.sets)
-    seeds = [_int(s, "--seeds", 0) for s in (ns.seeds or ["1"])]
+    seeds = [int_option(s, "--seeds", 0) for s in (ns.seeds or ["1"])]
     if len(set(seeds)) < len(seeds):
         raise SweepError("--seeds repeats a seed")
-    epochs = _int(ns.epochs, "--epochs", 1) if ns.epochs is not None else None
+    epochs = int_option(ns.epochs, "--epochs", 1) if ns.epochs is not None else None
     out_dir = os.path.normpath(ns.out_dir)
     _check_out_dir(out_dir)
     runs = build_runs(recipes, seeds, epochs, settings, out_dir)
@@ -161,9 +161,9 @@ def main(argv: Sequence[str] | None = None, run_script: str | None = None, out=N
                 print(f"error: {sentence(f'cannot write the report into {ns.report}: {exc.strerror or exc}')} "
                       "Each report file is whole (the old one or the new one); free space and run it again.", file=sys.stderr)
                 return EXIT_IO
-        jobs = _int(ns.jobs, "--jobs", 1) if ns.jobs is not None else None
-        threads = _int(ns.threads, "--threads-per-job", 1) if ns.threads is not None else None
-        ns.ranks = _int(ns.ranks, "--ranks-per-run", 2) if ns.ranks is not None else None
+        jobs = int_option(ns.jobs, "--jobs", 1) if ns.jobs is not None else None
+        threads = int_option(ns.threads, "--threads-per-job", 1) if ns.threads is not None else None
+        ns.ranks = int_option(ns.ranks, "--ranks-per-run", 2) if ns.ranks is not None else None
         launcher = [find_mpiexec(), "-n", str(ns.ranks)] if ns.ranks else []
         plans, out_dir = prepare(ns)
         run_script = run_script or default_run_script()

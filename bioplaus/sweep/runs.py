@@ -34,7 +34,7 @@ class SweepError(Exception):
     """Bad input; ``str(e)`` is the one sentence shown after ``error: ``."""
 
 
-def _int(text: str, what: str, low: int) -> int:
+def int_option(text: str, what: str, low: int) -> int:
     try:
         value = int(text)
     except (TypeError, ValueError):
