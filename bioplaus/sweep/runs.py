@@ -35,6 +35,7 @@ class SweepError(Exception):
 
 
 def int_option(text: str, what: str, low: int) -> int:
+    """An integer option's value, at least ``low``; raises SweepError naming the option ``what``."""
     try:
         value = int(text)
     except (TypeError, ValueError):
