@@ -329,6 +329,10 @@ def text_mark(command: str) -> str:
     return f"{TEXT_MARK}: {command}; running it again replaces this file -->\n"
 
 
+PNG_MARKS = (PNG_MARK,)
+TEXT_MARKS = (TEXT_MARK.encode(),)
+
+
 @dataclass(frozen=True)
 class Output:
     """A file a command writes: its path, its bytes, and the marks that show an existing file there is
@@ -338,12 +342,26 @@ class Output:
     data: bytes
     marks: tuple[bytes, ...]
 
+    @classmethod
+    def png(cls, path: str, data: bytes) -> Output:
+        """A figure (``data`` from :func:`bioplaus.analysis.figure_png`, which writes the mark)."""
+        return cls(path, data, PNG_MARKS)
+
+    @classmethod
+    def markdown(cls, path: str, command: str, text: str) -> Output:
+        """A Markdown table, its first line the mark naming ``command``."""
+        return cls(path, (text_mark(command) + text).encode(), TEXT_MARKS)
+
 
 def check_outputs(targets: Sequence[tuple[str, Sequence[bytes]]], flag: str) -> None:
     """Raise :class:`PathError` unless every ``(path, marks)`` can be written: its folder exists and is
     writable or can be made, and nothing is at the path or a regular file whose head holds a mark."""
-    for path, marks in targets:
+    first_in = {}  # each folder is checked once (the check creates a probe file there)
+    for path, _ in targets:
+        first_in.setdefault(os.path.dirname(os.path.abspath(path)), path)
+    for path in first_in.values():
         check_folder_writable(path, flag)
+    for path, marks in targets:
         ok = regular_file(path)
         if ok is None:
             continue
@@ -364,10 +382,11 @@ def write_outputs(outputs: Sequence[Output], flag: str) -> list[str]:
     """Check every output (:func:`check_outputs`), then write each atomically (:func:`atomic_write`);
     returns the paths. A storage failure leaves each file whole: the old one or the new one."""
     check_outputs([(o.path, o.marks) for o in outputs], flag)
-    for o in outputs:
-        os.makedirs(os.path.dirname(os.path.abspath(o.path)), exist_ok=True)
-    if outputs:  # all of them, before the first: a disk that cannot take them all is met before any write
-        ensure_space(outputs[0].path, sum(len(o.data) for o in outputs))
+    folders = list(dict.fromkeys(os.path.dirname(os.path.abspath(o.path)) for o in outputs))
+    for folder in folders:  # room for all of them, before any folder or file is made
+        ensure_space(os.path.join(_existing_ancestor(folder), "*"), sum(len(o.data) for o in outputs))
+    for folder in folders:
+        os.makedirs(folder, exist_ok=True)
     for o in outputs:
         atomic_write(o.path, lambda fh, data=o.data: fh.write(data), needed=len(o.data))
     return [o.path for o in outputs]

@@ -78,19 +78,17 @@ def _pick(runs, variant: str):
 
 def output_paths(out_dir: str) -> list[tuple[str, tuple[bytes, ...]]]:
     """Every file this command may write into ``out_dir``, with the mark an earlier one of ours carries."""
-    return ([(os.path.join(out_dir, name), (files.PNG_MARK,)) for name in FIGURES]
-            + [(os.path.join(out_dir, TABLE), (files.TEXT_MARK.encode(),))])
+    return ([(os.path.join(out_dir, name), files.PNG_MARKS) for name in FIGURES]
+            + [(os.path.join(out_dir, TABLE), files.TEXT_MARKS)])
 
 
 def render(runs, out_dir: str, similarity_variant: str = "predsim", layer_variant: str = "predsim",
            dpi: int = 80) -> list[files.Output]:
     """The README figures of ``runs`` and the paper table, as outputs for ``out_dir`` (nothing written)."""
-    png = (files.PNG_MARK,)
     outputs = []
 
     def add(fig, name: str, scale: float = 1.0) -> None:
-        data = analysis.figure_png(fig, dpi=max(1, round(dpi * scale)))
-        outputs.append(files.Output(os.path.join(out_dir, name), data, png))
+        outputs.append(files.Output.png(os.path.join(out_dir, name), analysis.figure_png(fig, round(dpi * scale))))
 
     add(analysis.plot_errors(runs), "errors.png")
     add(analysis.plot_layer_dynamics(_pick(runs, layer_variant), split="test"), "layer_dynamics.png")
@@ -100,9 +98,8 @@ def render(runs, out_dir: str, similarity_variant: str = "predsim", layer_varian
     if with_probe:
         # noisy 128x128 images compress badly: a lower resolution keeps the PNG small
         add(analysis.plot_similarity(_pick(with_probe, similarity_variant)), "similarity.png", scale=0.75)
-    text = (files.text_mark("python sims/figures.py")
-            + analysis.comparison_markdown(analysis.paper_comparison(runs)) + "\n")
-    outputs.append(files.Output(os.path.join(out_dir, TABLE), text.encode(), (files.TEXT_MARK.encode(),)))
+    table = analysis.comparison_markdown(analysis.paper_comparison(runs)) + "\n"
+    outputs.append(files.Output.markdown(os.path.join(out_dir, TABLE), "python sims/figures.py", table))
     return outputs
 
 
@@ -153,8 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                              num_layers=args.num_layers, num_hidden=args.num_hidden,
                                              probe_every=1, seed=args.seed, extra={"device": args.device})
             runs = _load(paths)
-        outputs = render(runs, args.out_dir, args.similarity_variant, args.layer_variant, args.dpi)
-        written = files.write_outputs(outputs, "--out-dir")
+        written = draw(runs, args.out_dir, args.similarity_variant, args.layer_variant, args.dpi)
     except (BadInput, files.PathError, LogError) as exc:
         print(f"error: {sentence(str(exc))}", file=sys.stderr)
         return EXIT_USAGE

@@ -227,3 +227,11 @@ def test_figures_passes_on_how_a_training_run_ended(figures, tmp_path, monkeypat
     err = capsys.readouterr().err
     assert err.startswith(f"error: the glob run ended {status}") and len(err.splitlines()) == 1
     assert not (tmp_path / "docs").exists()
+
+
+def test_outputs_that_do_not_fit_are_refused_before_any_folder_or_file_is_made(tmp_path, monkeypatch):
+    monkeypatch.setattr(files, "free_bytes", lambda folder: 1000)  # 1 kB free, less than the margin
+    before = listing(tmp_path)
+    with pytest.raises(files.StorageFull):
+        files.write_outputs([_out(tmp_path / "new" / "a.txt", b"x" * 10)], "--out")
+    assert listing(tmp_path) == before

@@ -69,11 +69,10 @@ def report(folder: str, layout: str = "recipes", out=None) -> int:
     matplotlib.use("Agg")
     csv_text = analysis.results_csv(rows)
     outputs = [
-        files.Output(os.path.join(folder, "results.md"), (files.text_mark(command) + text).encode(),
-                     (files.TEXT_MARK.encode(),)),
+        files.Output.markdown(os.path.join(folder, "results.md"), command, text),
+        # a CSV has no room for a comment: its header line is the mark
         files.Output(os.path.join(folder, "results.csv"), csv_text.encode(), (csv_text.split("\n", 1)[0].encode(),)),
-        files.Output(os.path.join(folder, "results.png"), analysis.figure_png(analysis.plot_results(rows), dpi=100),
-                     (files.PNG_MARK,)),
+        files.Output.png(os.path.join(folder, "results.png"), analysis.figure_png(analysis.plot_results(rows), dpi=100)),
     ]
     try:
         written = files.write_outputs(outputs, "--report")

@@ -150,10 +150,6 @@ def warn_if_forced(file=None) -> bool:
     return bool(lines)
 
 
-if __name__ == "__main__":
-    print_header()
-
-
 def json_path(text: str) -> Path:
     """``--json PATH`` (an argparse ``type``): a new file in an existing, writable folder. A benchmark
     never replaces a file, and it checks this before it runs, not after minutes of timing."""
@@ -178,3 +174,7 @@ def write_json(path: Path | str, obj, indent: int = 2) -> None:
 
     with open(path, "x", encoding="utf-8") as fh:
         fh.write(json.dumps(obj, indent=indent))
+
+
+if __name__ == "__main__":
+    print_header()
