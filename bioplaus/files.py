@@ -104,6 +104,36 @@ def _existing_ancestor(folder: str) -> str:
     return folder
 
 
+# ------------------------------------------------------------------------------ folders
+def make_folders(folder: str | os.PathLike) -> list[str]:
+    """Create ``folder`` and its missing parents; return those created, innermost first, for
+    :func:`remove_folders`. On a failure the ones created are removed again and the OSError raised."""
+    missing = []
+    d = os.path.abspath(folder)
+    while not os.path.lexists(d):
+        missing.append(d)
+        parent = os.path.dirname(d)
+        if parent == d:
+            break
+        d = parent
+    created: list[str] = []
+    try:
+        for d in reversed(missing):
+            os.mkdir(d)
+            created.insert(0, d)
+    except OSError:
+        remove_folders(created)
+        raise
+    return created
+
+
+def remove_folders(folders: Sequence[str | os.PathLike]) -> None:
+    """Remove the folders :func:`make_folders` created (innermost first); only empty ones go."""
+    for d in folders:
+        with contextlib.suppress(OSError):
+            os.rmdir(d)
+
+
 # ------------------------------------------------------------------------------ checks
 def check_folder_writable(path: str, flag: str) -> None:
     """The log's folder exists and is writable, or can be created under a writable one."""
@@ -385,8 +415,13 @@ def write_outputs(outputs: Sequence[Output], flag: str) -> list[str]:
     folders = list(dict.fromkeys(os.path.dirname(os.path.abspath(o.path)) for o in outputs))
     for folder in folders:  # room for all of them, before any folder or file is made
         ensure_space(os.path.join(_existing_ancestor(folder), "*"), sum(len(o.data) for o in outputs))
-    for folder in folders:
-        os.makedirs(folder, exist_ok=True)
+    made: list[str] = []
+    try:
+        for folder in folders:
+            made = make_folders(folder) + made  # innermost first across folders too
+    except OSError:
+        remove_folders(made)
+        raise
     for o in outputs:
         atomic_write(o.path, lambda fh, data=o.data: fh.write(data), needed=len(o.data))
     return [o.path for o in outputs]

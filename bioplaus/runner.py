@@ -425,35 +425,18 @@ def execute(prepared: Prepared, progress: bool = False, echo: Callable[[str], No
     echo = echo or (lambda line: None)
     out = prepared.out
     folder = os.path.dirname(os.path.abspath(out))
-    made = [d for d in _missing_folders(folder)]
+    made: list[str] = []
     try:
-        os.makedirs(folder, exist_ok=True)
+        made = files.make_folders(folder)
         lock = files.RunLock(out).acquire()
     except (OSError, files.PathError) as exc:
-        _remove_folders(made)
+        files.remove_folders(made)
         raise BadInput(str(exc) if isinstance(exc, files.PathError) else f"cannot write {out}: {exc.strerror}") \
             from None
     try:
         return _execute_locked(prepared, progress, echo, on_epoch, lock, made)
     finally:
         lock.release()
-
-
-def _missing_folders(folder: str) -> list[str]:
-    made = []
-    while not os.path.lexists(folder):
-        made.append(folder)
-        parent = os.path.dirname(folder)
-        if parent == folder:
-            break
-        folder = parent
-    return made  # innermost first
-
-
-def _remove_folders(made: list[str]) -> None:
-    for d in made:
-        with contextlib.suppress(OSError):
-            os.rmdir(d)
 
 
 def _open_log(prepared: Prepared, lock, made):
@@ -475,7 +458,7 @@ def _open_log(prepared: Prepared, lock, made):
             if lock.created:
                 with contextlib.suppress(OSError):
                     os.unlink(lock.path)
-            _remove_folders(made)
+            files.remove_folders(made)
             raise BadInput(f"cannot write {out}: {getattr(exc, 'strerror', None) or _one(exc)}") from None
     done, ckpt_epoch = prepared.resume_from
     files.remove_stale_temps(out)
@@ -535,7 +518,7 @@ def _execute_locked(prepared: Prepared, progress, echo, on_epoch, lock, made) ->
             if log is None and lock.created:  # not even the log could be written: leave nothing behind
                 with contextlib.suppress(OSError):
                     os.unlink(lock.path)
-                _remove_folders(made)
+                files.remove_folders(made)
             return _storage_failure(exc, log, trainer, out, resume_hint)
     finally:
         signals.restore()

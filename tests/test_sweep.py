@@ -337,6 +337,51 @@ def test_out_dir_that_is_a_file_and_report_without_logs(tmp_path, capsys):
     assert "--out-dir DIR is needed" in _refused(["--recipes", RECIPES[0]], capsys)
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_out_dir_in_a_folder_that_refuses_new_entries(tmp_path, capsys):
+    # /proc passes os.access for root, so only the creation itself finds out; nothing may be left behind
+    line = _refused(sweep_argv("/proc/bioplaus-never/sweep"), capsys)
+    assert "cannot write into --out-dir /proc/bioplaus-never/sweep" in line
+    assert not os.path.lexists("/proc/bioplaus-never")
+
+
+def test_full_disk_when_the_sweep_starts_leaves_nothing(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from bioplaus.sweep import cli
+
+    def full(out_dir, *args):
+        with open(os.path.join(out_dir, "sweeps.jsonl"), "a") as fh:
+            fh.write('{"command": "cut sh')
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cli, "_record", full)
+    out_dir = tmp_path / "new" / "sweep"
+    assert sweep_mod.main(sweep_argv(out_dir), run_script=RUN) == sweep_mod.EXIT_IO
+    assert "No space left on device" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+    kept = tmp_path / "kept"  # a folder that was there keeps what it had
+    kept.mkdir()
+    (kept / "sweeps.jsonl").write_text("{}\n")
+    assert sweep_mod.main(sweep_argv(kept), run_script=RUN) == sweep_mod.EXIT_IO
+    assert sorted(p.name for p in kept.iterdir()) == ["sweeps.jsonl"]
+
+
+def test_report_skips_damaged_lines_of_the_sweep_record(tmp_path, references, capsys):
+    folder = tmp_path / "rec"
+    folder.mkdir()
+    shutil.copy(references["fashion-mnist-mlp-pred-s1"], folder / "fashion-mnist-mlp-pred-s1.h5")
+    good = ('{"command": "python sims/sweep.py --recipes good", "host": "h", "jobs": 2, "mpi": false, '
+            '"ranks_per_run": 1, "threads_per_job": 1, "started": "today"}')
+    lines = ['{"command": "cut sh', "3", "[1]", '{"command": ["a list"]}', '{"command": "x", "ranks_per_run": "2"}',
+             good]
+    (folder / "sweeps.jsonl").write_text("".join(line + "\n" for line in lines))
+    assert sweep_mod.main(["--report", str(folder)]) == 0, capsys.readouterr()
+    md = (folder / "results.md").read_text()
+    assert "`python sims/sweep.py --recipes good` on h (" in md
+    assert "a list" not in md and "cut sh" not in md and "MPI ranks" not in md
+
+
 def test_logs_of_another_configuration_refuse_the_sweep(tmp_path, references, capsys):
     out_dir = tmp_path / "taken"
     out_dir.mkdir()

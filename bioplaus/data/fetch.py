@@ -41,6 +41,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from bioplaus import files
+
 from .registry import DataError, DatasetSpec, FileSpec
 
 SYSTEM_DATA_DIRS = ("/usr/share/datasets",)
@@ -297,32 +299,6 @@ def file_digest(path: str | os.PathLike, algorithm: str) -> str:
 
 
 # --------------------------------------------------------------------------- downloading
-def _make_folders(folder: Path) -> list[Path]:
-    """Create ``folder`` and missing parents; return those created, innermost first."""
-    missing = []
-    d = folder
-    while not os.path.lexists(d):
-        missing.append(d)
-        if d.parent == d:
-            break
-        d = d.parent
-    created: list[Path] = []
-    try:
-        for d in reversed(missing):
-            os.mkdir(d)
-            created.insert(0, d)
-    except OSError:
-        _remove_folders(created)
-        raise
-    return created
-
-
-def _remove_folders(folders: list[Path]) -> None:
-    for d in folders:  # innermost first; only empty ones go
-        with contextlib.suppress(OSError):
-            os.rmdir(d)
-
-
 def download_file(
     url: str,
     dest: str | os.PathLike,
@@ -341,13 +317,13 @@ def download_file(
     from tqdm.auto import tqdm
 
     dest = Path(dest)
-    created: list[Path] = []
+    created: list[str] = []
     tmp = None
     ok = False
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             try:
-                created = _make_folders(dest.parent)
+                created = files.make_folders(dest.parent)
                 fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
             except OSError as exc:
                 raise DataError(
@@ -403,7 +379,7 @@ def download_file(
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
         if not ok:
-            _remove_folders(created)
+            files.remove_folders(created)
 
 
 def _where_to_put(spec: DatasetSpec, dirs: list[Path]) -> str:
@@ -504,7 +480,7 @@ def locate_files(
     try:
         _fetch_missing(spec, target, mirror, dirs, paths, progress)
     except DataError:
-        _remove_folders(created)  # innermost first: leave no empty folders behind a failed download
+        files.remove_folders(created)  # innermost first: leave no empty folders behind a failed download
         raise
     return paths, f"{target} (downloaded from {mirror or 'the official URLs'})"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -13,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from bioplaus.errors import MPI_INSTALL, sentence
-from bioplaus.files import is_storage_failure
+from bioplaus.files import is_storage_failure, make_folders, remove_folders
 from bioplaus.sweep.processes import LocalPool, MPIPool, mpi_executor
 from bioplaus.sweep.report import report
 from bioplaus.sweep.runs import (
@@ -141,6 +142,31 @@ def _record(out_dir: str, argv: Sequence[str], pool, threads: int | None, ranks:
         fh.write(json.dumps(entry) + "\n")
 
 
+def _start_out_dir(out_dir: str, argv: Sequence[str], pool, threads: int | None, ranks: int | None) -> int | None:
+    """Create the out-dir and record the sweep in it; None when done, else the exit status, with a
+    sentence said and anything this call created removed (a folder that refuses new entries, such as
+    one under /proc, passes the read-only checks)."""
+    made: list[str] = []
+    record = os.path.join(out_dir, "sweeps.jsonl")
+    existed = os.path.lexists(record)
+    try:
+        made = make_folders(out_dir)
+        _record(out_dir, argv, pool, threads, ranks)
+        return None
+    except OSError as exc:
+        if made and not existed:
+            with contextlib.suppress(OSError):
+                os.unlink(record)
+        remove_folders(made)
+        if is_storage_failure(exc):
+            print(f"error: {sentence(f'cannot write into {out_dir}: {exc.strerror or exc}')} Nothing was "
+                  "trained; free space and run it again.", file=sys.stderr)
+            return EXIT_IO
+        print(f"error: {sentence(f'cannot write into --out-dir {out_dir}: {(exc.strerror or str(exc)).lower()}')}",
+              file=sys.stderr)
+        return EXIT_USAGE
+
+
 def main(argv: Sequence[str] | None = None, run_script: str | None = None, out=None) -> int:
     """The sweep's command line; returns the exit status. ``run_script``: the sims/run.py to start."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -201,8 +227,10 @@ def main(argv: Sequence[str] | None = None, run_script: str | None = None, out=N
         pool = LocalPool(jobs or 1)
         threads = threads or max(1, (os.cpu_count() or 1) // (pool.slots * (ns.ranks or 1)))
         where = f"{pool.slots} at a time" + (f", each over {ns.ranks} MPI ranks" if ns.ranks else "")
-    os.makedirs(out_dir, exist_ok=True)
-    _record(out_dir, argv, pool, threads, ns.ranks)
+    status = _start_out_dir(out_dir, argv, pool, threads, ns.ranks)
+    if status is not None:
+        pool.close()
+        return status
     print(f"sweep: {len(plans)} runs into {out_dir}: {summary}; {where}, {threads} thread"
           f"{'s' if threads != 1 else ''} each", file=out, flush=True)
     run_flags = ["--parallel", "layers"] if ns.ranks else []

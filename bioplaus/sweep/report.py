@@ -15,6 +15,20 @@ from bioplaus.sweep.runs import EXIT_OK, SweepError
 
 
 # ---------------------------------------------------------------------- the report
+def _sweep_records(path: str) -> list[dict]:
+    """The sweeps recorded in ``DIR/sweeps.jsonl`` (one JSON object a line); a line that is not one (cut
+    short by a full disk, edited by hand) is skipped: the record only adds the commands to the report."""
+    records = []
+    with contextlib.suppress(OSError, UnicodeDecodeError), open(path, encoding="utf-8") as fh:
+        for line in fh:
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if isinstance(entry, dict) and all(isinstance(v, (str, int, float, bool, type(None)))
+                                                   for v in entry.values()):
+                    records.append(entry)
+    return records
+
+
 def report(folder: str, layout: str = "recipes", out=None) -> int:
     """``--report DIR``: the results table of every log in DIR, printed and written to DIR/results.{md,csv,png}."""
     import glob
@@ -35,9 +49,7 @@ def report(folder: str, layout: str = "recipes", out=None) -> int:
     if not runs:
         raise SweepError(f"no run logs in {folder}")
     rows = analysis.results_table(runs)
-    sweeps = []
-    with contextlib.suppress(OSError, ValueError), open(os.path.join(folder, "sweeps.jsonl"), encoding="utf-8") as fh:
-        sweeps = [json.loads(line) for line in fh if line.strip()]
+    sweeps = _sweep_records(os.path.join(folder, "sweeps.jsonl"))
     statuses: dict[str, int] = {}
     for r in runs:
         statuses[r.status] = statuses.get(r.status, 0) + 1
@@ -56,7 +68,7 @@ def report(folder: str, layout: str = "recipes", out=None) -> int:
                 continue
             seen.add(key)
             how = f"{s.get('jobs')} MPI workers" if s.get("mpi") else f"{s.get('jobs')} at a time"
-            if (s.get("ranks_per_run") or 1) > 1:
+            if isinstance(s.get("ranks_per_run"), int) and s["ranks_per_run"] > 1:
                 how += f", each run over {s['ranks_per_run']} MPI ranks (layer-parallel)"
             head.append(f"- `{s.get('command')}` on {s.get('host')} ({s.get('machine')}; {how}, "
                         f"{s.get('threads_per_job')} BLAS thread(s) each), first started {s.get('started')}")
