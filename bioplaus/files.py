@@ -136,7 +136,8 @@ def remove_folders(folders: Sequence[str | os.PathLike]) -> None:
 
 # ------------------------------------------------------------------------------ checks
 def check_folder_writable(path: str, flag: str) -> None:
-    """The log's folder exists and is writable, or can be created under a writable one."""
+    """The log's folder exists and is writable, or can be created under a writable one (both tried for
+    real, with an empty file or folder made and removed: /proc and the like pass os.access)."""
     folder = os.path.dirname(os.path.abspath(path))
     probe = _existing_ancestor(folder)
     if not os.path.isdir(probe):
@@ -145,6 +146,8 @@ def check_folder_writable(path: str, flag: str) -> None:
         raise PathError(f"cannot write {path}: {probe} is not writable")
     if probe == folder and not _accepts_files(folder):
         raise PathError(f"cannot write {path}: {folder} does not accept new files")
+    if probe != folder and not _accepts_folders(probe):
+        raise PathError(f"cannot write {path}: {probe} does not accept new folders")
 
 
 def _accepts_files(folder: str) -> bool:
@@ -156,6 +159,17 @@ def _accepts_files(folder: str) -> bool:
     os.close(fd)
     with contextlib.suppress(OSError):
         os.unlink(tmp)
+    return True
+
+
+def _accepts_folders(folder: str) -> bool:
+    """Really create (and remove) an empty temporary folder there, for a log whose folder is missing."""
+    try:
+        tmp = tempfile.mkdtemp(dir=folder, prefix=".bioplaus-probe.")
+    except OSError:
+        return False
+    with contextlib.suppress(OSError):
+        os.rmdir(tmp)
     return True
 
 

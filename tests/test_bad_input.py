@@ -90,7 +90,7 @@ def test_out_paths(work, capsys):  # noqa: F811
         (["--out", str(cwd / "dir.h5")], "is a folder"),
         (["--out", str(notes)], "already exists"), (["--out", str(notes), "--overwrite"], "not a bioplaus run log"),
         (["--out", long_name], "too long"), (["--out", str(cwd / "README.md" / "run.h5")], "not a folder"),
-        (["--out", "/proc/x.h5"], "/proc"),
+        (["--out", "/proc/x.h5"], "/proc"), (["--out", "/proc/bioplaus-never/x.h5"], "/proc does not accept new folders"),
         (["--overwrite"], "--overwrite needs --out"),
     ]
     (cwd / "dir.h5").mkdir()

@@ -153,6 +153,10 @@ FIGURE_BAD = [
     (["--out-dir", "mine"], "was not written by bioplaus"),
     (["--out-dir", "linked"], "symbolic link"),
     (["--runs-dir", "afile"], "not a folder"),
+    # /proc passes os.access for root: only making a folder there finds out (before any run trains)
+    *([(["--out-dir", "/proc/bioplaus-never"], "/proc does not accept new folders"),
+       (["--runs-dir", "/proc/bioplaus-never"], "/proc does not accept new folders")]
+      if os.path.isdir("/proc/self") else []),
 ]
 
 

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from bioplaus.errors import MPI_INSTALL, sentence
-from bioplaus.files import is_storage_failure, make_folders, remove_folders
+from bioplaus.files import PathError, check_folder_writable, is_storage_failure, make_folders, remove_folders
 from bioplaus.sweep.processes import LocalPool, MPIPool, mpi_executor
 from bioplaus.sweep.report import report
 from bioplaus.sweep.runs import (
@@ -84,13 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_out_dir(path: str) -> None:
     if os.path.exists(path) and not os.path.isdir(path):
         raise SweepError(f"--out-dir {path} is a file, not a folder")
-    probe = os.path.abspath(path)
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe):
-        raise SweepError(f"cannot create --out-dir {path}: {probe} is not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise SweepError(f"cannot write in {probe}")
+    try:
+        check_folder_writable(os.path.join(path, "*.h5"), "--out-dir")
+    except PathError as exc:
+        raise SweepError(f"--out-dir {path}: {exc}") from None
 
 
 def default_run_script() -> str:
