@@ -144,9 +144,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(ns, "parallel", None) and not getattr(ns, "describe", False):
             from bioplaus.parallel import main_parallel
 
-            return main_parallel(ns, _config_flags(ns))
+            return main_parallel(ns, _config_flags(ns))  # refuses --ranks on rank 0 alone
         if getattr(ns, "ranks", None) is not None and not getattr(ns, "describe", False):
-            raise UsageError("--ranks only goes with --describe --parallel layers (mpiexec sets the ranks of a run)")
+            from bioplaus.parallel import RANKS_ONLY_WITH_DESCRIBE
+
+            raise UsageError(RANKS_ONLY_WITH_DESCRIBE)
         if getattr(ns, "stages", None) is not None and not getattr(ns, "parallel", None):
             raise UsageError("--stages needs --parallel layers")
         if getattr(ns, "resume", None) is not None:

@@ -452,6 +452,9 @@ def _local_rank(comm) -> int:
         return comm.Get_rank()
 
 
+RANKS_ONLY_WITH_DESCRIBE = "--ranks only goes with --describe --parallel layers (mpiexec sets the ranks of a run)"
+
+
 def main_parallel(ns, flags: dict) -> int:
     """``--parallel layers`` on every rank: rank 0 checks the input and runs the run loop over a
     :class:`PipelineTrainer`; the others are :func:`worker` s. Returns this rank's exit status."""
@@ -502,6 +505,8 @@ def _rank0(comm, size: int, local: int, ns, flags: dict, runner) -> int:
     status = runner.EXIT_USAGE
     try:
         try:
+            if getattr(ns, "ranks", None) is not None:
+                raise BadInput(RANKS_ONLY_WITH_DESCRIBE)
             if getattr(ns, "resume", None) is not None:
                 for key in ("recipe", "out", "overwrite"):
                     if getattr(ns, key, None):

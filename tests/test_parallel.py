@@ -224,6 +224,7 @@ def test_a_killed_rank_ends_the_others_and_the_run_resumes(sequential, tmp_path)
     (["--variant", "predsim", "--num-layers", "3", "--stages", "1,1"], 3, "--stages gives 2 stages but there are 3"),
     (["--variant", "predsim", "--num-layers", "3", "--stages", "1,1"], 2, "does not split"),
     (["--variant", "predsim", "--lr", "nan"], 2, "finite"),
+    (["--variant", "predsim", "--ranks", "3"], 2, "--ranks only goes with --describe"),  # mpiexec -n sets them
 ])
 def test_bad_pipelines_are_refused(args, ranks, match, tmp_path):
     out = tmp_path / "x.h5"
