@@ -119,7 +119,12 @@ def make_folders(folder: str | os.PathLike) -> list[str]:
     created: list[str] = []
     try:
         for d in reversed(missing):
-            os.mkdir(d)
+            try:
+                os.mkdir(d)
+            except FileExistsError:  # made meanwhile by another process (two runs into a new runs/): theirs
+                if not os.path.isdir(d):
+                    raise
+                continue
             created.insert(0, d)
     except OSError:
         remove_folders(created)

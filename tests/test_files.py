@@ -220,3 +220,27 @@ def test_remove_stale_temps_removes_only_this_runs_temporary_files(tmp_path):
     assert (tmp_path / "run.h5").read_bytes() == b"data"  # the link's target untouched
     assert remove_stale_temps(log) == []
     assert remove_stale_temps(str(tmp_path / "missing" / "run.h5")) == []  # no folder: nothing to do
+
+
+def test_make_folders_returns_what_it_made_and_undoes_it_on_a_failure(tmp_path, monkeypatch):
+    made = files.make_folders(tmp_path / "a" / "b")
+    assert made == [str(tmp_path / "a" / "b"), str(tmp_path / "a")] and (tmp_path / "a" / "b").is_dir()
+    assert files.make_folders(tmp_path / "a" / "b") == []
+    files.remove_folders(made)
+    assert not (tmp_path / "a").exists()
+
+    real_mkdir = os.mkdir
+
+    def raced(path, *args):  # another process makes "x" between the look and the mkdir
+        if os.path.basename(path) == "x":
+            real_mkdir(path)
+            raise FileExistsError(17, "File exists", path)
+        if os.path.basename(path) == "bad":
+            raise PermissionError(13, "Permission denied", path)
+        return real_mkdir(path, *args)
+
+    monkeypatch.setattr(os, "mkdir", raced)
+    assert files.make_folders(tmp_path / "x" / "y") == [str(tmp_path / "x" / "y")]  # "x" is theirs
+    with pytest.raises(PermissionError):
+        files.make_folders(tmp_path / "new" / "bad" / "c")
+    assert not (tmp_path / "new").exists()  # the folder it made before the failure is gone again
