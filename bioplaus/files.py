@@ -95,30 +95,30 @@ def _limits(folder: str) -> tuple[int, int]:
         return 255, 4096
 
 
-def _existing_ancestor(folder: str) -> str:
+def _missing_folders(folder: str) -> list[str]:
+    """``folder`` and those of its parents that do not exist, innermost first."""
+    missing = []
     while not os.path.lexists(folder):
+        missing.append(folder)
         parent = os.path.dirname(folder)
         if parent == folder:
             break
         folder = parent
-    return folder
+    return missing
+
+
+def _existing_ancestor(folder: str) -> str:
+    missing = _missing_folders(folder)
+    return os.path.dirname(missing[-1]) if missing else folder
 
 
 # ------------------------------------------------------------------------------ folders
 def make_folders(folder: str | os.PathLike) -> list[str]:
     """Create ``folder`` and its missing parents; return those created, innermost first, for
     :func:`remove_folders`. On a failure the ones created are removed again and the OSError raised."""
-    missing = []
-    d = os.path.abspath(folder)
-    while not os.path.lexists(d):
-        missing.append(d)
-        parent = os.path.dirname(d)
-        if parent == d:
-            break
-        d = parent
     created: list[str] = []
     try:
-        for d in reversed(missing):
+        for d in reversed(_missing_folders(os.path.abspath(folder))):
             try:
                 os.mkdir(d)
             except FileExistsError:  # made meanwhile by another process (two runs into a new runs/): theirs
@@ -149,32 +149,25 @@ def check_folder_writable(path: str, flag: str) -> None:
         raise PathError(f"cannot write {path}: {probe} is not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise PathError(f"cannot write {path}: {probe} is not writable")
-    if probe == folder and not _accepts_files(folder):
-        raise PathError(f"cannot write {path}: {folder} does not accept new files")
-    if probe != folder and not _accepts_folders(probe):
-        raise PathError(f"cannot write {path}: {probe} does not accept new folders")
+    what = "files" if probe == folder else "folders"  # the folder is there, or must be made in probe
+    if not _accepts_new(probe, what):
+        raise PathError(f"cannot write {path}: {probe} does not accept new {what}")
 
 
-def _accepts_files(folder: str) -> bool:
-    """Really create (and remove) an empty temporary file there: /proc and the like pass os.access."""
+def _accepts_new(folder: str, what: str) -> bool:
+    """Really create (and remove) an empty temporary file or folder there: /proc and the like pass
+    os.access."""
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".bioplaus-probe.", suffix=".tmp")
-    except OSError:
-        return False
-    os.close(fd)
-    with contextlib.suppress(OSError):
-        os.unlink(tmp)
-    return True
-
-
-def _accepts_folders(folder: str) -> bool:
-    """Really create (and remove) an empty temporary folder there, for a log whose folder is missing."""
-    try:
-        tmp = tempfile.mkdtemp(dir=folder, prefix=".bioplaus-probe.")
+        if what == "folders":
+            tmp, remove = tempfile.mkdtemp(dir=folder, prefix=".bioplaus-probe."), os.rmdir
+        else:
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".bioplaus-probe.", suffix=".tmp")
+            os.close(fd)
+            remove = os.unlink
     except OSError:
         return False
     with contextlib.suppress(OSError):
-        os.rmdir(tmp)
+        remove(tmp)
     return True
 
 

@@ -331,7 +331,7 @@ def test_bad_input_is_refused_and_nothing_is_written(tmp_path, capsys, extra, wo
 def test_out_dir_that_is_a_file_and_report_without_logs(tmp_path, capsys):
     afile = tmp_path / "afile"
     afile.write_text("x")
-    assert "is a file" in _refused(sweep_argv(afile), capsys)
+    assert f"{afile} is not a folder" in _refused(sweep_argv(afile), capsys)
     assert "no run logs" in _refused(["--report", str(tmp_path)], capsys)
     assert "not a folder" in _refused(["--report", str(tmp_path / "missing")], capsys)
     assert "--out-dir DIR is needed" in _refused(["--recipes", RECIPES[0]], capsys)

@@ -82,8 +82,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ---------------------------------------------------------------------- the command line
 def _check_out_dir(path: str) -> None:
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise SweepError(f"--out-dir {path} is a file, not a folder")
     try:
         check_folder_writable(os.path.join(path, "*.h5"), "--out-dir")
     except PathError as exc:
@@ -144,16 +142,14 @@ def _start_out_dir(out_dir: str, argv: Sequence[str], pool, threads: int | None,
     sentence said and anything this call created removed (a folder that refuses new entries, such as
     one under /proc, passes the read-only checks)."""
     made: list[str] = []
-    record = os.path.join(out_dir, "sweeps.jsonl")
-    existed = os.path.lexists(record)
     try:
         made = make_folders(out_dir)
         _record(out_dir, argv, pool, threads, ranks)
         return None
     except OSError as exc:
-        if made and not existed:
+        if made:  # a folder this call made: the record in it is this call's too
             with contextlib.suppress(OSError):
-                os.unlink(record)
+                os.unlink(os.path.join(out_dir, "sweeps.jsonl"))
         remove_folders(made)
         if is_storage_failure(exc):
             print(f"error: {sentence(f'cannot write into {out_dir}: {exc.strerror or exc}')} Nothing was "
