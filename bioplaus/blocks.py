@@ -114,7 +114,8 @@ def block_forward(x, p: dict, running: dict, spec: BlockSpec, train: bool, mask,
         x = x.reshape(x.shape[0], -1)  # (N, D_in)
         a, cache["enc"] = ops.dense_forward(x, p["W"], p["b"])  # (N, D_out)
     else:
-        a, cache["enc"] = ops.conv2d_forward(x, p["W"], p["b"], spec.stride, spec.pad)  # (N, C, H, W)
+        a, cache["enc"] = ops.conv2d_forward(x, p["W"], p["b"], spec.stride, spec.pad,
+                                             spec.conv_algorithm)  # (N, C, H, W)
     new_running = running
     if "gamma" in p:  # BN and φ fused; a is the encoder's fresh output: BN normalises it in place (memory)
         h, cache["bn_act"], mean, var = ops.bn_act_forward(

@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--classes-per-batch-until-epoch", dest="classes_per_batch_until_epoch", type=int, metavar="EPOCH")
     add("--seed", type=int, metavar="S")
     add("--device", metavar="NAME", help="auto (default), cpu or gpu")
+    add("--conv-algorithm", dest="conv_algorithm", metavar="NAME",
+        help="3x3 convolutions by im2col + one GEMM, or by winograd (F(4x4, 3x3): fewer multiplications, "
+             "float32 results within about 1e-5); auto (default): winograd on a GPU, im2col on the CPU")
     add("--data-dir", dest="data_dir", metavar="DIR")
     add("--loss-unsup", dest="loss_unsup", metavar="KIND", help="none, sim or recon: an unsupervised local loss "
         "in every block (the authors' switch), weighted by --alpha")

@@ -22,9 +22,10 @@ NONLINS = ("relu", "leakyrelu")
 LOSS_UNSUP = ("none", "sim", "recon")
 OPTIMS = ("adam", "amsgrad", "sgd")
 DEVICES = ("auto", "cpu", "gpu")
+CONV_ALGORITHMS = ("auto", "im2col", "winograd")  # how 3x3 stride-1 convolutions are computed (ops.conv)
 INT_MAX = 2**31 - 1  # every integer setting fits a 32-bit int (HDF5 attributes, array shapes)
 SEED_MAX = 2**32 - 1  # seeds key 32-bit random streams
-__all__ = ["DEVICES", "NONLINS", "OPTIMS", "VARIANTS", "Config", "ConfigError"]
+__all__ = ["CONV_ALGORITHMS", "DEVICES", "NONLINS", "OPTIMS", "VARIANTS", "Config", "ConfigError"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class Config:
     classes_per_batch_until_epoch: int = 0
     seed: int = 1
     device: str = "auto"
+    conv_algorithm: str = "auto"  # auto: Winograd F(4x4, 3x3) on a GPU, im2col on the CPU
     data_dir: str | None = None
     probe_every: int = 0  # every k epochs, log the angle between each block's update and backprop's
     loss_unsup: str = "none"  # the authors' unsupervised local loss: none, sim (S(h) vs S(x)) or recon
@@ -105,6 +107,8 @@ class Config:
             raise ConfigError(f"unknown optimizer {self.optim!r}; choose adam, amsgrad or sgd")
         if self.device not in DEVICES:
             raise ConfigError(f"unknown device {self.device!r}; choose auto, cpu or gpu")
+        if self.conv_algorithm not in CONV_ALGORITHMS:
+            raise ConfigError(f"unknown --conv-algorithm {self.conv_algorithm!r}; choose auto, im2col or winograd")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):

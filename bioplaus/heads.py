@@ -199,7 +199,8 @@ class SimHead(Head):
     def forward(self, h, t: Targets, p: dict, f: dict) -> HeadResult:
         if self.learned:
             if h.ndim == 4:
-                z, proj_cache = ops.conv2d_forward(h, p["sim_W"], None, 1, 1)  # (N, C, H, W)
+                algorithm = t.spec.conv_algorithm if t.spec is not None else "auto"
+                z, proj_cache = ops.conv2d_forward(h, p["sim_W"], None, 1, 1, algorithm)  # (N, C, H, W)
             else:
                 z, proj_cache = ops.dense_forward(h, p["sim_W"], None)  # (N, D)
         else:

@@ -50,6 +50,7 @@ class BlockSpec:
     dec_window: tuple[int, int] = (1, 1)
     dec_pad: tuple[int, int] = (0, 0)
     dec_features: int = 0  # flattened size of the (pooled) h read by the pred decoder / sim-bpf
+    conv_algorithm: str = "auto"  # how its 3x3 convolutions (and its sim head's) are computed: ops.conv
 
     @property
     def out_features(self) -> int:
@@ -112,7 +113,8 @@ def build_spec(cfg, input_shape: tuple[int, int, int], num_classes: int) -> NetS
             size = (size + 2 * pad - kernel) // stride + 1
             blocks.append(
                 BlockSpec(f"conv{len(blocks) + 1}", "conv", c_in, c_out, kernel, stride, pad, size,
-                          **_decoder_fields("conv", c_out, size, cfg.dim_in_decoder))
+                          **_decoder_fields("conv", c_out, size, cfg.dim_in_decoder),
+                          conv_algorithm=cfg.conv_algorithm)
             )
             c_in = c_out
         features = blocks[-1].out_features

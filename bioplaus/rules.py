@@ -426,7 +426,7 @@ def _carry(rule: Rule, spec: BlockSpec, W, fb: dict):
         return None
     if spec.kind == "dense":
         return lambda da, enc_cache: da @ M  # NOT A GRADIENT: M stands in for W
-    return lambda da, enc_cache: ops.conv2d_input_grad(da, M, enc_cache[6], spec.stride, spec.pad)  # NOT A GRADIENT
+    return lambda da, enc_cache: ops.conv2d_input_grad(da, M, enc_cache.shape, spec.stride, spec.pad)  # NOT A GRADIENT
 
 
 # ------------------------------------------------------------------------------ training steps

@@ -72,6 +72,23 @@ def gradcheck(xp, forward, backward, args, wrt, seed=0, tol=TOL, eps=1e-6):
     return out, grads
 
 
+def naive_conv(x, W, b, stride, pad):
+    """The convolution as its definition reads, one output position at a time (float64 reference)."""
+    N, _, H, Wd = x.shape
+    F, _, kh, kw = W.shape
+    xpad = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    Ho, Wo = (H + 2 * pad - kh) // stride + 1, (Wd + 2 * pad - kw) // stride + 1
+    out = np.zeros((N, F, Ho, Wo))
+    for i in range(Ho):
+        for j in range(Wo):
+            patch = xpad[:, :, i * stride : i * stride + kh, j * stride : j * stride + kw]
+            out[:, :, i, j] = np.einsum("ncpq,fcpq->nf", patch, W)
+    if b is not None:
+        out += b[None, :, None, None]
+    return out
+
+
+
 # ------------------------------------------------------------------------------ pinned arithmetic
 # Numbers stored in the repository (golden runs, a checkpoint of an older bioplaus) are compared bit for
 # bit; float32 results depend on the CPU's kernels (OpenBLAS picks its GEMM by CPU model, NumPy its

@@ -56,6 +56,7 @@ NUMERIC = [
     (["--lr-decay-milestones", "5", "3"], "increasing"),
     (["--optim", "adagrad"], "unknown optimizer"), (["--nonlin", "tanh"], "unknown nonlinearity"),
     (["--device", "tpu"], "unknown device"), (["--variant", "backprop"], "unknown variant"),
+    (["--conv-algorithm", "fft"], "unknown --conv-algorithm"),
     (["--model", "resnet"], "unknown model"), (["--dataset", "imagenet"], "imagenet"),
     (["--epochs", "2.5"], "invalid int"), (["--lr", "fast"], "invalid float"),
     (["--data-dir", ""], "--data-dir"),

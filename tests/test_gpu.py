@@ -12,98 +12,31 @@ a failure; run by sims/benchmarks/gpu_check.sh).
 from __future__ import annotations
 
 import numpy as np
+import parity
 import pytest
 
-from bioplaus import ops
 from bioplaus.backend import NUMPY, get_backend, gpu_available
 from bioplaus.config import VARIANTS, Config
 from bioplaus.models import build_spec
-from bioplaus.rules import evaluate_batch, init_network, train_step
+from bioplaus.rules import init_network, train_step
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA device")]
-
-N = 32
-
-
-def _config(variant, kind, dropout=0.0):
-    model = {"model": "mlp", "num_layers": 2, "num_hidden": 64} if kind == "mlp" else \
-        {"model": "vgg6b", "feat_mult": 0.125, "num_layers": 1, "num_hidden": 64, "dim_in_decoder": 512}
-    return Config(variant=variant, nonlin="leakyrelu", dropout=dropout, **model).resolve()
-
-
-def _host_masks(cfg, spec):
-    """Dropout masks drawn once on the host, handed to both backends."""
-    rng = np.random.default_rng(7)
-    masks = []
-    for b in spec.blocks:
-        shape = (N, b.c_out, b.size, b.size) if b.kind == "conv" else (N, b.c_out)
-        masks.append(ops.dropout_mask(rng, shape, cfg.dropout, np.float32, channelwise=b.kind == "conv"))
-    return masks
-
-
-def _batch():
-    rng = np.random.default_rng(0)
-    return rng.normal(size=(N, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, N)
-
-
-def _step(backend, variant, kind):
-    cfg = _config(variant, kind, dropout=0.2)
-    spec = build_spec(cfg, (1, 28, 28), 10)
-    net = init_network(spec, cfg, backend)  # drawn on the host: identical
-    x, y = _batch()
-    masks = [None if m is None else backend.asarray(m) for m in _host_masks(cfg, spec)]
-    grads = {}
-    _out, _running, loss, correct, stats = train_step(net, variant, cfg.beta, backend.asarray(x), backend.asarray(y),
-                                                masks, lambda i, g: grads.__setitem__(i, dict(g)))
-    return grads, loss, correct, stats
-
-
-def _assert_layer_close(ours: dict, ref: dict, xp, tol: float, what) -> None:
-    assert ours.keys() == ref.keys(), what
-    scale = max([1e-12] + [float(np.abs(g).max()) for g in ref.values()])  # the layer's largest gradient
-    for key, g in ref.items():
-        got = ours[key]
-        assert isinstance(got, xp.ndarray) and got.dtype == np.float32, (what, key)
-        err = float(np.abs(get_backend("gpu").to_host(got) - g).max()) / scale
-        assert err < tol, (what, key, err)
 
 
 @pytest.mark.parametrize("kind", ["mlp", "conv"])
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_one_step_agrees_with_numpy(variant, kind):
     gpu = get_backend("gpu")
-    ours, loss, correct, stats = _step(gpu, variant, kind)
-    ref, ref_loss, ref_correct, ref_stats = _step(NUMPY, variant, kind)
-    assert ours.keys() == ref.keys()
-    for i in ref:
-        _assert_layer_close(ours[i], ref[i], gpu.xp, 2e-3, (variant, kind, i))
-    assert abs(float(loss) - float(ref_loss)) < 1e-4 * max(1.0, abs(float(ref_loss)))
-    assert int(correct) == int(ref_correct)
-    for s, r in zip(stats, ref_stats):
-        assert s.keys() == r.keys()
-        for key in r:
-            assert abs(float(s[key]) - float(r[key])) <= 1e-3 * max(1.0, abs(float(r[key]))), key
+    parity.assert_steps_agree(parity.step(gpu, variant, kind), parity.step(NUMPY, variant, kind), gpu.xp,
+                              (variant, kind))
 
 
 @pytest.mark.parametrize("kind", ["mlp", "conv"])
 @pytest.mark.parametrize("variant", ["glob", "predsim", "predsim-bpf"])
 def test_evaluation_agrees_with_numpy(variant, kind):
     """Eval mode: running BN statistics (moved away from 0/1 by a few train steps), no dropout."""
-    results = []
-    for backend in (get_backend("gpu"), NUMPY):
-        cfg = _config(variant, kind)
-        net = init_network(build_spec(cfg, (1, 28, 28), 10), cfg, backend)
-        x, y = (backend.asarray(a) for a in _batch())
-        for _ in range(2):
-            net.running = train_step(net, variant, cfg.beta, x, y, [None] * len(net.specs), lambda i, g: None).running
-        _out, _running, loss, correct, stats = evaluate_batch(net, variant, x * 0.5, y)
-        results.append((float(loss), int(correct), [{k: float(v) for k, v in s.items()} for s in stats]))
-    (gl, gc, gs), (cl, cc, cs) = results
-    assert abs(gl - cl) < 1e-4 * max(1.0, abs(cl)) and gc == cc
-    for s, r in zip(gs, cs):
-        assert s.keys() == r.keys()
-        for key in r:
-            assert abs(s[key] - r[key]) <= 1e-3 * max(1.0, abs(r[key])), key
+    parity.assert_evaluations_agree(parity.evaluation(get_backend("gpu"), variant, kind),
+                                    parity.evaluation(NUMPY, variant, kind))
 
 
 @pytest.mark.parametrize("kind", ["mlp", "conv"])
@@ -111,12 +44,12 @@ def test_no_host_transfer_inside_a_training_step(monkeypatch, kind):
     import cupy
 
     gpu = get_backend("gpu")
-    cfg = _config("predsim-bpf", kind, dropout=0.1)
+    cfg = parity.config("predsim-bpf", kind, dropout=0.1)
     spec = build_spec(cfg, (1, 28, 28), 10)
     net = init_network(spec, cfg, gpu)
-    x = cupy.random.standard_normal((N, 1, 28, 28), dtype=cupy.float32)
-    y = cupy.random.randint(0, 10, N)
-    masks = [gpu.asarray(m) for m in _host_masks(cfg, spec)]
+    x = cupy.random.standard_normal((parity.N, 1, 28, 28), dtype=cupy.float32)
+    y = cupy.random.randint(0, 10, parity.N)
+    masks = [gpu.asarray(m) for m in parity.host_masks(cfg, spec)]
     train_step(net, cfg.variant, cfg.beta, x, y, masks, lambda i, g: None)  # kernels compiled, caches filled
     transfers = []
 

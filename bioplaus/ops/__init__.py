@@ -33,6 +33,7 @@ from bioplaus.ops.pool import (
 )
 from bioplaus.ops.shape import flatten_backward, flatten_forward
 from bioplaus.ops.similarity import label_similarity, similarity_backward, similarity_forward
+from bioplaus.ops.winograd import winograd_conv3x3_backward, winograd_conv3x3_forward
 
 __all__ = [
     "IM2COL_MAX_BYTES",
@@ -67,4 +68,6 @@ __all__ = [
     "similarity_forward",
     "softmax_cross_entropy",
     "softmax_cross_entropy_forward",
+    "winograd_conv3x3_backward",
+    "winograd_conv3x3_forward",
 ]

@@ -4,26 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import gradcheck, host, rand, rel_error
+from helpers import gradcheck, host, naive_conv, rand, rel_error
 
 from bioplaus import ops
 from bioplaus.ops import conv as conv_module
-
-
-def naive_conv(x, W, b, stride, pad):
-    N, _, H, Wd = x.shape
-    F, _, kh, kw = W.shape
-    xpad = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    Ho, Wo = (H + 2 * pad - kh) // stride + 1, (Wd + 2 * pad - kw) // stride + 1
-    out = np.zeros((N, F, Ho, Wo))
-    for i in range(Ho):
-        for j in range(Wo):
-            patch = xpad[:, :, i * stride : i * stride + kh, j * stride : j * stride + kw]
-            out[:, :, i, j] = np.einsum("ncpq,fcpq->nf", patch, W)
-    if b is not None:
-        out += b[None, :, None, None]
-    return out
-
 
 CONV_CASES = [
     # N, C, H, W, F, k, stride, pad

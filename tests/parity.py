@@ -1,0 +1,104 @@
+"""One training step of a small net on two code paths, compared to float32 rounding.
+
+Shared by ``test_gpu.py`` (CuPy on a GPU against NumPy) and ``test_device_paths.py`` (NumPy on the
+GPU's code paths against NumPy on the CPU's). Both sides start from identical weights (drawn on the
+host) and use the same host-drawn dropout masks; each gradient is compared with the largest gradient
+of its layer, since batch norm makes a bias gradient exactly zero up to rounding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from helpers import host
+
+from bioplaus import ops
+from bioplaus.config import Config
+from bioplaus.models import build_spec
+from bioplaus.rules import evaluate_batch, init_network, train_step
+
+N = 32
+STEP_TOL = 2e-3  # of the layer's largest gradient
+LOSS_TOL = 1e-4
+STAT_TOL = 1e-3
+
+
+def config(variant, kind, dropout=0.0, **settings):
+    """A two-block mlp, or vgg6b at 1/8 width (four 3x3 convs, 28x28 down to 3x3) with one dense block."""
+    model = {"model": "mlp", "num_layers": 2, "num_hidden": 64} if kind == "mlp" else \
+        {"model": "vgg6b", "feat_mult": 0.125, "num_layers": 1, "num_hidden": 64, "dim_in_decoder": 512}
+    return Config(variant=variant, nonlin="leakyrelu", dropout=dropout, **model, **settings).resolve()
+
+
+def host_masks(cfg, spec):
+    """Dropout masks drawn once on the host, handed to both backends."""
+    rng = np.random.default_rng(7)
+    masks = []
+    for b in spec.blocks:
+        shape = (N, b.c_out, b.size, b.size) if b.kind == "conv" else (N, b.c_out)
+        masks.append(ops.dropout_mask(rng, shape, cfg.dropout, np.float32, channelwise=b.kind == "conv"))
+    return masks
+
+
+def batch():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(N, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, N)
+
+
+def step(backend, variant, kind, **settings):
+    """``(grads per block, loss, correct, stats)`` of one training step with dropout 0.2."""
+    cfg = config(variant, kind, dropout=0.2, **settings)
+    spec = build_spec(cfg, (1, 28, 28), 10)
+    net = init_network(spec, cfg, backend)  # drawn on the host: identical
+    x, y = batch()
+    masks = [None if m is None else backend.asarray(m) for m in host_masks(cfg, spec)]
+    grads = {}
+    _out, _running, loss, correct, stats = train_step(net, variant, cfg.beta, backend.asarray(x), backend.asarray(y),
+                                                masks, lambda i, g: grads.__setitem__(i, dict(g)))
+    return grads, loss, correct, stats
+
+
+def evaluation(backend, variant, kind):
+    """``(loss, correct, stats)`` in eval mode, after two training steps moved BN's running statistics."""
+    cfg = config(variant, kind)
+    net = init_network(build_spec(cfg, (1, 28, 28), 10), cfg, backend)
+    x, y = (backend.asarray(a) for a in batch())
+    for _ in range(2):
+        net.running = train_step(net, variant, cfg.beta, x, y, [None] * len(net.specs), lambda i, g: None).running
+    _out, _running, loss, correct, stats = evaluate_batch(net, variant, x * 0.5, y)
+    return float(loss), int(correct), [{k: float(v) for k, v in s.items()} for s in stats]
+
+
+def assert_layer_close(ours: dict, ref: dict, xp, tol: float, what) -> None:
+    assert ours.keys() == ref.keys(), what
+    scale = max([1e-12] + [float(np.abs(host(g)).max()) for g in ref.values()])  # the layer's largest gradient
+    for key, g in ref.items():
+        got = ours[key]
+        assert isinstance(got, xp.ndarray) and got.dtype == np.float32, (what, key)
+        err = float(np.abs(host(got) - host(g)).max()) / scale
+        assert err < tol, (what, key, err)
+
+
+def assert_steps_agree(ours, ref, xp, what) -> None:
+    """Two results of :func:`step`: gradients, loss, correct count and every local statistic."""
+    grads, loss, correct, stats = ours
+    ref_grads, ref_loss, ref_correct, ref_stats = ref
+    assert grads.keys() == ref_grads.keys()
+    for i in ref_grads:
+        assert_layer_close(grads[i], ref_grads[i], xp, STEP_TOL, (*what, i))
+    assert abs(float(loss) - float(ref_loss)) < LOSS_TOL * max(1.0, abs(float(ref_loss)))
+    assert int(correct) == int(ref_correct)
+    assert_stats_close(stats, ref_stats)
+
+
+def assert_stats_close(stats, ref_stats) -> None:
+    assert len(stats) == len(ref_stats)
+    for s, r in zip(stats, ref_stats):
+        assert s.keys() == r.keys()
+        for key in r:
+            assert abs(float(s[key]) - float(r[key])) <= STAT_TOL * max(1.0, abs(float(r[key]))), key
+
+
+def assert_evaluations_agree(ours, ref) -> None:
+    (loss, correct, stats), (ref_loss, ref_correct, ref_stats) = ours, ref
+    assert abs(loss - ref_loss) < LOSS_TOL * max(1.0, abs(ref_loss)) and correct == ref_correct
+    assert_stats_close(stats, ref_stats)
