@@ -4,14 +4,17 @@
 interleaved after a warm-up, medians, one ratio per pair; each side's GPU memory peak during a step
 (ours: the high-water mark of CuPy's pool in use, tracked by an allocator hook; the twin's:
 ``torch.cuda.max_memory_allocated``); the projected wall time of the paper's CIFAR-10 vgg8b recipe
-(400 epochs of 50,000 images) from the measured step time. Prints one table.
+(400 epochs of 50,000 images) from the measured step time. Prints one table. For the VGGs a third
+side runs our step with the device's 3x3 convolutions by im2col + one GEMM instead of Winograd's
+F(4x4, 3x3) (``--conv-algorithm im2col``), interleaved with the other two: the column ``im2col ms``.
 
 Like with like: PyTorch runs cuDNN convolutions and matmuls in TF32 by default and CuPy does not, so
 both sides run true float32 here (``torch.backends.*.allow_tf32 = False``); ``--tf32`` lets both use
 TF32 instead (``CUPY_TF32=1`` must then be set before CuPy is imported: this script does it).
 
 ``--profile``: where our step's time goes, per op (each op timed between two device syncs, so the
-sum is a little above the free-running step), for the listed cases.
+sum is a little above the free-running step), for the listed cases. ``--profile-conv``: one conv's
+forward and backward by im2col, by Winograd (F(2x2) and F(4x4)) and by cuDNN, and im2col's parts.
 
     python3 sims/benchmarks/bench_gpu.py --json gpu.json --profile vgg8b:predsim   # on the GPU machine
     python3 sims/benchmarks/bench_gpu.py --device cpu --small                      # a dry run on a CPU
@@ -53,6 +56,7 @@ from bench_train import LR, bioplaus_step, case_config, step_flops
 from bioplaus.backend import get_backend
 from bioplaus.blocks import LEAKY_SLOPE
 from bioplaus.models import build_spec
+from bioplaus.ops import conv, winograd
 
 BATCH = 128
 SHAPE = (3, 32, 32)
@@ -139,18 +143,24 @@ def bench(device, model, variant, repeat, warmup, small, tf32) -> dict:
     y = rng.integers(0, 10, BATCH)
     backend = get_backend(device)
     a, b = bioplaus_step(cfg, spec, x, y, backend), theirs(device, cfg, spec, x, y, tf32)
+    sides = [(a, []), (b, [])]
+    if model != "mlp" and backend.is_gpu:  # ours again, its convolutions by im2col
+        im2col_cfg = cfg.replace(conv_algorithm="im2col")
+        sides.append((bioplaus_step(im2col_cfg, build_spec(im2col_cfg, SHAPE, 10), x, y, backend), []))
     for _ in range(warmup):
-        a(), b()
-    ta, tb = [], []
+        for fn, _acc in sides:
+            fn()
     for r in range(repeat):
-        pair = [(a, ta), (b, tb)]
-        for fn, acc in pair if r % 2 == 0 else pair[::-1]:
+        for fn, acc in sides[r % len(sides):] + sides[:r % len(sides)]:  # each side leads in turn
             acc.append(timed(fn))
-    sa, sb = statistics.median(ta), statistics.median(tb)
+    sa, sb = statistics.median(sides[0][1]), statistics.median(sides[1][1])
+    s_im2col = statistics.median(sides[2][1]) if len(sides) > 2 else None
     flop = step_flops(spec, variant, BATCH, cfg.target_proj_size)
     return {"model": model, "input": "x".join(map(str, SHAPE)), "variant": variant, "device": device,
             "batch": BATCH, "tf32": tf32, "repeat": repeat, "gflop_per_step": flop / 1e9,
             "bioplaus_ms": 1e3 * sa, "torch_ms": 1e3 * sb,
+            "bioplaus_im2col_ms": None if s_im2col is None else 1e3 * s_im2col,
+            "conv_algorithm": "winograd" if s_im2col is not None else "im2col",
             "bioplaus_samples_per_s": BATCH / sa, "torch_samples_per_s": BATCH / sb, "ratio": sb / sa,
             "bioplaus_tflops": flop / sa / 1e12, "torch_tflops": flop / sb / 1e12,
             "bioplaus_peak_mb": _mb(our_peak_bytes(backend, a)), "torch_peak_mb": _mb(b.peak_bytes()),
@@ -213,9 +223,8 @@ def profile(device, model, variant, small, steps: int = 3) -> list[tuple[str, fl
 
 def profile_conv(device, N=128, C=128, F=256, size=32, repeat=10) -> list[tuple[str, float]]:
     """The parts of one 3x3 pad-1 convolution (vgg8b's conv2 shape by default), forward and the
-    backward of a local rule's encoder (dW only) and of a sim head (dW and dx), against cuDNN's."""
-    from bioplaus.ops import conv
-
+    backward of a local rule's encoder (dW only) and of a sim head (dW and dx), by im2col and by
+    Winograd, against cuDNN's."""
     backend = get_backend(device)
     xp = backend.xp
     rng = np.random.default_rng(0)
@@ -238,7 +247,8 @@ def profile_conv(device, N=128, C=128, F=256, size=32, repeat=10) -> list[tuple[
     a2 = W2 @ cols
     d2 = dout.transpose(1, 0, 2, 3).reshape(F, -1)
     dxt = xp.zeros_like(xt)
-    cache = conv.conv2d_forward(x, W, None, 1, 1)[1]
+    cache = conv.conv2d_forward(x, W, None, 1, 1, "im2col")[1]
+    wino = {m: winograd.winograd_conv3x3_forward(x, W, 1, m)[1] for m in winograd.TILES}
     rows = [
         ("pad + channel-major copy", clock(lambda: conv._pad_channel_major(x, 1))),
         ("im2col", clock(lambda: conv._im2col(xt, 3, 3, 1, size, size))),
@@ -248,10 +258,17 @@ def profile_conv(device, N=128, C=128, F=256, size=32, repeat=10) -> list[tuple[
         ("dW GEMM d2 @ cols.T", clock(lambda: d2 @ cols.T)),
         ("dcols GEMM W2.T @ d2", clock(lambda: W2.T @ d2)),
         ("col2im", clock(lambda: conv._col2im_add(dxt, cols, 3, 3, 1, size, size))),
-        ("conv2d_forward", clock(lambda: conv.conv2d_forward(x, W, None, 1, 1))),
+        ("conv2d_forward (im2col)", clock(lambda: conv.conv2d_forward(x, W, None, 1, 1, "im2col"))),
         ("conv2d_backward, dW only", clock(lambda: conv.conv2d_backward(dout, cache, need_dx=False))),
         ("conv2d_backward, dW and dx", clock(lambda: conv.conv2d_backward(dout, cache, need_dx=True))),
     ]
+    for m in winograd.TILES:
+        rows += [
+            (f"winograd F({m}x{m}) forward", clock(lambda m=m: winograd.winograd_conv3x3_forward(x, W, 1, m))),
+            (f"winograd F({m}x{m}) dW only", clock(
+                lambda m=m: winograd.winograd_conv3x3_backward(dout, wino[m], need_dx=False))),
+            (f"winograd F({m}x{m}) dW and dx", clock(lambda m=m: winograd.winograd_conv3x3_backward(dout, wino[m]))),
+        ]
     if device == "gpu":
         import torch
 
@@ -313,7 +330,8 @@ def main(argv=None) -> int:
                 continue
             r = rows[-1]
             print(f"  done {m} {v}: ours {r['bioplaus_ms']:.1f} ms, torch {r['torch_ms']:.1f} ms", flush=True)
-    print(f"{'model':7s} {'variant':12s} {'GFLOP':>6s} {'ours ms':>8s} {'torch ms':>8s} {'ours/s':>7s} {'torch/s':>7s} "
+    print(f"{'model':7s} {'variant':12s} {'GFLOP':>6s} {'ours ms':>8s} {'im2col ms':>9s} {'torch ms':>8s} "
+          f"{'ours/s':>7s} {'torch/s':>7s} "
           f"{'ratio':>6s} {'TFLOP/s':>7s} {'ours MB':>8s} {'torch MB':>8s} {'vgg8b recipe':>12s}")
     for r in rows:
         if "error" in r:
@@ -321,10 +339,12 @@ def main(argv=None) -> int:
             continue
         hours = f"{r['recipe_hours_projected']:.1f} h" if r["recipe_hours_projected"] is not None else "-"
         mb = lambda v: f"{v:8.0f}" if v is not None else f"{'-':>8s}"
-        print(f"{r['model']:7s} {r['variant']:12s} {r['gflop_per_step']:6.1f} {r['bioplaus_ms']:8.2f} "
+        im2col = f"{r['bioplaus_im2col_ms']:9.2f}" if r["bioplaus_im2col_ms"] is not None else f"{'-':>9s}"
+        print(f"{r['model']:7s} {r['variant']:12s} {r['gflop_per_step']:6.1f} {r['bioplaus_ms']:8.2f} {im2col} "
               f"{r['torch_ms']:8.2f} {r['bioplaus_samples_per_s']:7.0f} {r['torch_samples_per_s']:7.0f} "
               f"{r['ratio']:5.2f}x {r['bioplaus_tflops']:7.2f} {mb(r['bioplaus_peak_mb'])} {mb(r['torch_peak_mb'])} "
               f"{hours:>12s}")
+    print("ours: 3x3 convs by Winograd F(4x4) on a GPU; im2col ms: ours with them by im2col + GEMM, interleaved")
     print("ratio = bioplaus samples/s / torch samples/s (>1: bioplaus faster); MB = GPU memory peak during a step; "
           f"recipe = 400 epochs x {CIFAR10_STEPS_PER_EPOCH} steps at our step time", flush=True)
     for case in filter(None, args.profile.split(",")):
@@ -336,9 +356,10 @@ def main(argv=None) -> int:
         except Exception as exc:  # noqa: BLE001
             print(f"  FAILED: {type(exc).__name__}: {exc}")
     if args.profile_conv:
-        print("\nparts of one 3x3 convolution, 128x128x32x32 -> 256 channels, float32 (ms):")
+        print("\nparts of one 3x3 convolution, 128x128x32x32 -> 256 channels, float32 (ms):" if not args.small
+              else "\nparts of one 3x3 convolution, 128x16x32x32 -> 32 channels (--small), float32 (ms):")
         try:
-            for name, ms in profile_conv(args.device):
+            for name, ms in profile_conv(args.device, **({"C": 16, "F": 32} if args.small else {})):
                 print(f"  {name:28s} {ms:8.2f}")
         except Exception as exc:  # noqa: BLE001
             print(f"  FAILED: {type(exc).__name__}: {exc}")

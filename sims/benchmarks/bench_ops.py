@@ -13,7 +13,10 @@ timed forward + backward on one feature map and reported in ms and as multiples 
 map (``np.copyto``, the machine's memory speed, timed next to them).
 Also times building the im2col buffer two ways (kh*kw per-offset copies vs the op's one copy of a
 strided window view), and a whole conv forward + backward at vgg's layer sizes with either (interleaved,
-median of --repeat, same numbers checked), the layout choice the conv op rests on.
+median of --repeat, same numbers checked), the layout choice the conv op rests on. Then vgg's 3x3
+convolutions by im2col against Winograd's F(2x2, 3x3) and F(4x4, 3x3) (``--conv-algorithm winograd``),
+forward + backward interleaved, median of --repeat, with each one's largest float32 error against the
+float64 convolution (relative to the largest output).
 
 BLAS kernels: benchmarks are run with ``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` unset in the
 benchmark's command alone (they force older OpenBLAS kernels; a user's machine has no such override):
@@ -27,6 +30,7 @@ Tests and CI leave the variables as they are. The header prints the machine, num
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -216,6 +220,49 @@ def bench_im2col_in_conv(N: int, layers, repeat: int) -> list[dict]:
     return rows
 
 
+def _conv_by_im2col(x, W, dout):
+    out, cache = conv_module.conv2d_forward(x, W, None, 1, 1, "im2col")
+    conv_module.conv2d_backward(dout, cache)
+    return out
+
+
+def _conv_by_winograd(x, W, dout, m):
+    from bioplaus.ops import winograd
+
+    out, cache = winograd.winograd_conv3x3_forward(x, W, 1, m)
+    winograd.winograd_conv3x3_backward(dout, cache)
+    return out
+
+
+def bench_conv_algorithms(N: int, layers, repeat: int) -> list[dict]:
+    """conv forward + backward (dW and dx) by im2col and by Winograd, interleaved, median of ``repeat``."""
+    from bioplaus.ops import winograd
+
+    rng = np.random.default_rng(6)
+    rows = []
+    for C, F, size in layers:
+        x64 = rng.standard_normal((N, C, size, size))
+        W64 = rng.standard_normal((F, C, 3, 3)) / np.sqrt(9 * C)
+        x, W = x64.astype(np.float32), W64.astype(np.float32)
+        dout = np.ones((N, F, size, size), np.float32)
+        ref = conv_module.conv2d_forward(x64, W64, None, 1, 1, "im2col")[0]
+
+        sides = {"im2col": functools.partial(_conv_by_im2col, x, W, dout),
+                 **{f"F({m}x{m})": functools.partial(_conv_by_winograd, x, W, dout, m) for m in winograd.TILES}}
+        times = {k: [] for k in sides}
+        errors = {}
+        for rep in range(repeat + 1):  # the first round warms up
+            for name, fn in sides.items():
+                t0 = time.perf_counter()
+                out = fn()
+                if rep:
+                    times[name].append(time.perf_counter() - t0)
+                errors[name] = float(np.abs(out - ref).max() / np.abs(ref).max())
+        rows.append({"name": f"conv {C}->{F} at {size}x{size}", **{f"{k}_s": float(np.median(v)) for k, v in times.items()},
+                     **{f"{k}_error": v for k, v in errors.items()}})
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=machine.NOTE)
     ap.add_argument("--quick", action="store_true", help="batch 32 and a 1024^3 GEMM, for a smoke run")
@@ -243,6 +290,7 @@ def main(argv=None) -> int:
     conv_layers = [(16, 32, 16)] if args.quick else [(3, 128, 32), (128, 256, 32), (256, 256, 16), (256, 512, 16),
                                                       (512, 512, 8), (512, 512, 4)]
     im2col_in_conv = bench_im2col_in_conv(N, conv_layers, repeat)
+    algorithms = bench_conv_algorithms(N, [c for c in conv_layers if c[0] > 3], repeat)
     memory_bound = bench_memory_bound(N, repeat)
 
     env = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS")}
@@ -267,13 +315,20 @@ def main(argv=None) -> int:
         print(f"{r['name']:42s} {1e3 * r['per_offset']:14.1f} {1e3 * r['strided_view']:10.1f} "
               f"{r['strided_view'] / r['per_offset']:6.2f}  {'yes' if r['same'] else 'NO'}")
     print(f"im2col buffer limit: {conv_module.IM2COL_MAX_BYTES / 2**20:.0f} MB per chunk")
+    print(f"{'3x3 conv forward + backward, median ms':42s} {'im2col':>8s} {'F(2x2)':>8s} {'F(4x4)':>8s} {'gain':>6s}"
+          f"  float32 error: im2col, F(2x2), F(4x4)")
+    for r in algorithms:
+        print(f"{r['name']:42s} {1e3 * r['im2col_s']:8.1f} {1e3 * r['F(2x2)_s']:8.1f} {1e3 * r['F(4x4)_s']:8.1f} "
+              f"{r['im2col_s'] / r['F(4x4)_s']:5.2f}x  {r['im2col_error']:.1e}, {r['F(2x2)_error']:.1e}, "
+              f"{r['F(4x4)_error']:.1e}")
+    print("gain = im2col / F(4x4) (--conv-algorithm winograd)")
     print(f"{'memory-bound op (forward + backward)':42s} {'ms':>8s} {'x copy':>7s}")
     for r in memory_bound:
         print(f"{r['name']:42s} {1e3 * r['seconds']:8.1f} {r['copies']:7.1f}")
     if args.json:
         machine.write_json(args.json, {"matmul_gflops": gemm, "env": env, "machine": facts, "batch": N, "ops": rows,
                                        "im2col": im2col, "im2col_in_conv": im2col_in_conv,
-                                       "memory_bound": memory_bound})
+                                       "memory_bound": memory_bound, "conv_algorithms": algorithms})
         print(f"wrote {args.json}")
     return 0
 

@@ -10,7 +10,9 @@ For {mlp 3x1024 on 28x28, vgg8b on 32x32x3, vgg8b on 28x28x1} x {glob, predsim, 
 with threadpoolctl, given to ``torch.set_num_threads``; ``--threads N`` sets both). After a warm-up
 (mlp; a vgg8b step is long enough without), bioplaus, the twin and a 1024^3 float32 GEMM are timed in
 turn (interleaved, A/B order alternating, so a busy neighbour on a shared machine slows all three
-alike) ``--repeat`` times; the table shows medians and the ratio of samples/s.
+alike) ``--repeat`` times; the table shows medians and the ratio of samples/s. For the VGGs a fourth
+side, interleaved with them, is our step with ``--conv-algorithm winograd`` (3x3 convolutions by
+Winograd's F(4x4, 3x3) instead of im2col, the CPU's default): the columns ``wino ms`` and ``gain``.
 
 NOTE (shared machines): torch's OpenMP threads spin-wait by default, which on an oversubscribed
 2-core machine makes the twin 3-8x slower than it is, so this script sets ``OMP_WAIT_POLICY=PASSIVE``.
@@ -173,16 +175,22 @@ def bench_case(model: str, shape, variant: str, repeat: int, warmup: int) -> dic
     y = rng.integers(0, 10, BATCH)
     ours, theirs = bioplaus_step(cfg, spec, x, y), torch_step(cfg, spec, x, y)
     gemm, gemm_flop = gemm_seconds()
+    t_ours, t_theirs, t_wino, t_gemm = [], [], [], []
+    sides = [(ours, t_ours), (theirs, t_theirs)]
+    if model != "mlp":
+        wino_cfg = cfg.replace(conv_algorithm="winograd")
+        sides.append((bioplaus_step(wino_cfg, build_spec(wino_cfg, shape, 10), x, y), t_wino))
     for _ in range(warmup):
-        ours(), theirs(), gemm()
-    t_ours, t_theirs, t_gemm = [], [], []
+        for fn, _acc in sides:
+            fn()
+        gemm()
     ours.adam_seconds = 0.0
-    for r in range(repeat):  # interleaved A/B (order alternates), GEMM rate next to them
-        pair = [(ours, t_ours), (theirs, t_theirs)]
-        for fn, acc in (pair if r % 2 == 0 else pair[::-1]):
+    for r in range(repeat):  # interleaved (each side leads in turn), GEMM rate next to them
+        for fn, acc in sides[r % len(sides):] + sides[:r % len(sides)]:
             acc.append(timed(fn))
         t_gemm.append(statistics.median(timed(gemm) for _ in range(5)))  # a 15 ms GEMM: 5 tries per round
     s_ours, s_theirs, s_gemm = (statistics.median(t) for t in (t_ours, t_theirs, t_gemm))
+    s_wino = statistics.median(t_wino) if t_wino else None
     flop = step_flops(spec, variant, BATCH, cfg.target_proj_size)
     gflops, mm = flop / s_ours / 1e9, gemm_flop / s_gemm / 1e9
     return {
@@ -191,6 +199,8 @@ def bench_case(model: str, shape, variant: str, repeat: int, warmup: int) -> dic
         "bioplaus_ms": 1e3 * s_ours, "torch_ms": 1e3 * s_theirs, "bioplaus_adam_ms": 1e3 * ours.adam_seconds / repeat,
         "bioplaus_samples_per_s": BATCH / s_ours, "torch_samples_per_s": BATCH / s_theirs,
         "ratio": s_theirs / s_ours,
+        "bioplaus_winograd_ms": None if s_wino is None else 1e3 * s_wino,
+        "winograd_gain": None if s_wino is None else s_ours / s_wino,
         "bioplaus_gflops": gflops, "matmul_gflops": mm, "pct_of_matmul": 100 * gflops / mm,
         "repeat": repeat,
     }
@@ -241,13 +251,17 @@ def main(argv=None) -> int:
           f"numpy {np.__version__}, torch {torch.__version__}, load (1 min) {load:.2f}; batch {BATCH}, float32; "
           f"medians of interleaved runs")
     head = (f"{'model':6s} {'input':8s} {'variant':12s} {'GFLOP':>6s} {'ours ms':>8s} {'torch ms':>8s} "
-            f"{'Adam ms':>7s} {'ours/s':>7s} {'torch/s':>7s} {'ratio':>6s} {'GFLOP/s':>7s} {'mm GF/s':>7s} {'% mm':>5s}")
+            f"{'Adam ms':>7s} {'ours/s':>7s} {'torch/s':>7s} {'ratio':>6s} {'GFLOP/s':>7s} {'mm GF/s':>7s} {'% mm':>5s} "
+            f"{'wino ms':>8s} {'gain':>6s}")
     print(head)
     for r in rows:
+        wino = (f"{r['bioplaus_winograd_ms']:8.1f} {r['winograd_gain']:5.2f}x" if r["bioplaus_winograd_ms"] is not None
+                else f"{'-':>8s} {'-':>6s}")
         print(f"{r['model']:6s} {r['input']:8s} {r['variant']:12s} {r['gflop_per_step']:6.1f} {r['bioplaus_ms']:8.1f} "
               f"{r['torch_ms']:8.1f} {r['bioplaus_adam_ms']:7.1f} {r['bioplaus_samples_per_s']:7.0f} {r['torch_samples_per_s']:7.0f} "
-              f"{r['ratio']:5.2f}x {r['bioplaus_gflops']:7.1f} {r['matmul_gflops']:7.1f} {r['pct_of_matmul']:4.0f}%")
-    print("ratio = bioplaus samples/s / torch samples/s (>1: bioplaus faster)")
+              f"{r['ratio']:5.2f}x {r['bioplaus_gflops']:7.1f} {r['matmul_gflops']:7.1f} {r['pct_of_matmul']:4.0f}% {wino}")
+    print("ratio = bioplaus samples/s / torch samples/s (>1: bioplaus faster); wino ms: ours with --conv-algorithm "
+          "winograd (gain = ours ms / wino ms)")
     if args.json:
         for r in rows:
             r["load_1min"] = load

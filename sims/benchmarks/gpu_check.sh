@@ -26,10 +26,10 @@ PY=${PYTHON:-python3}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 if [ "${DRY_RUN:-0}" = 1 ]; then
-    DEV=cpu; BENCH="--device cpu --small --repeat 2 --warmup 1 --models mlp,vgg8b --variants predsim"
+    DEV=cpu; BENCH="--device cpu --small --repeat 2 --warmup 1 --models mlp,vgg8b --variants predsim --profile-conv"
     RUN_ARGS="--device cpu --feat-mult 0.125"; TESTS_ENV=""; SMALL="--small"; PAR_FEAT=0.0625
 else
-    DEV=gpu; BENCH="--repeat ${BENCH_REPEAT:-10} --warmup 2 --profile vgg8b:predsim,mlp:predsim-bpf ${BENCH_EXTRA:-}"
+    DEV=gpu; BENCH="--repeat ${BENCH_REPEAT:-10} --warmup 2 --profile vgg8b:predsim,mlp:predsim-bpf --profile-conv ${BENCH_EXTRA:-}"
     RUN_ARGS="--device auto"; TESTS_ENV="BIOPLAUS_REQUIRE_GPU=1"; SMALL=""; PAR_FEAT=0.25
 fi
 status=0
