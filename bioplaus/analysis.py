@@ -48,7 +48,7 @@ DATASET_ALIASES = {
     ),
 }
 # Config fields that do not change what is learned (left out of the recipe comparison).
-_IGNORED_FIELDS = ("dataset", "seed", "device", "conv_algorithm", "data_dir", "probe_every")
+_IGNORED_FIELDS = ("dataset", "seed", "device", "data_dir", "probe_every")
 BPF_VARIANTS = ("pred-bpf", "sim-bpf", "predsim-bpf")
 
 RunLike = Run | str | os.PathLike
@@ -561,7 +561,7 @@ def make_small_runs(variants: Sequence[str], out_dir: str | os.PathLike = ".", e
 
 # ---------------------------------------------------------------------- results tables (sweeps)
 # Fields that do not make runs different settings: a group of runs is one setting over seeds.
-_NOT_SETTING = ("seed", "device", "conv_algorithm", "data_dir")
+_NOT_SETTING = ("seed", "device", "data_dir")
 RESULTS_CSV_COLUMNS = (
     "label", "recipe", "dataset", "paper_dataset", "model", "variant", "seeds", "runs", "seed_list", "test_errors",
     "test_error_mean", "test_error_std", "test_error_min", "paper_test_error", "difference", "epochs",

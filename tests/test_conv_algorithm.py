@@ -79,3 +79,19 @@ def test_the_log_records_it_and_a_resume_keeps_it(tmp_path, capsys):
     resumed = read_run(path)
     assert resumed.config.conv_algorithm == "winograd" and resumed.num_epochs == 2
     assert sorted(os.listdir(tmp_path)) == sorted(["wino.h5", "wino.h5.ckpt.npz", "wino.h5.lock"])
+
+
+def test_results_table_keeps_the_algorithms_apart(tmp_path):
+    """A sweep over --conv-algorithm compares them: one row each, named by it (not one setting over seeds,
+    as runs that differ only in --device are)."""
+    from test_analysis import make_log
+
+    from bioplaus import analysis
+
+    recipe = {"variant": "predsim", "model": "vgg8b", "dataset": "cifar10"}
+    for algorithm in ("im2col", "winograd"):
+        make_log(tmp_path / f"{algorithm}.h5", n_epochs=2, blocks=("conv1", "conv2", "fc1"), conv_algorithm=algorithm,
+                 **{k: v for k, v in recipe.items() if k != "variant"})
+    rows = analysis.results_table(str(tmp_path))
+    assert sorted(r["label"].split(" (")[1] for r in rows) == ["conv_algorithm=im2col)", "conv_algorithm=winograd)"]
+    assert [r["runs"] for r in rows] == [1, 1]
