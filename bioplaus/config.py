@@ -16,13 +16,13 @@ from typing import Any
 
 from bioplaus.errors import ConfigError
 from bioplaus.models import MODELS
+from bioplaus.ops.conv import ALGORITHMS as CONV_ALGORITHMS  # how 3x3 stride-1 convolutions are computed
 from bioplaus.rules import RULES, VARIANTS
 
 NONLINS = ("relu", "leakyrelu")
 LOSS_UNSUP = ("none", "sim", "recon")
 OPTIMS = ("adam", "amsgrad", "sgd")
 DEVICES = ("auto", "cpu", "gpu")
-CONV_ALGORITHMS = ("auto", "im2col", "winograd")  # how 3x3 stride-1 convolutions are computed (ops.conv)
 INT_MAX = 2**31 - 1  # every integer setting fits a 32-bit int (HDF5 attributes, array shapes)
 SEED_MAX = 2**32 - 1  # seeds key 32-bit random streams
 __all__ = ["CONV_ALGORITHMS", "DEVICES", "NONLINS", "OPTIMS", "VARIANTS", "Config", "ConfigError"]
