@@ -20,7 +20,7 @@ results within about 1e-5 of im2col's), the whole batch at once, where its buffe
 device limit below (im2col, chunked, otherwise). "auto" takes it on a device (on an H200, cuDNN's
 Winograd weight gradient took 0.89 ms where im2col + one GEMM took 1.58 ms) and keeps im2col on the
 CPU, where every run log, golden run and resumed run of this engine rests on im2col's numbers
-("winograd" there: a vgg8b predsim step 1.45x faster on 2 cores, sims/benchmarks/bench_ops.py).
+("winograd" there: vgg8b's steps 1.15-1.29x faster on 2 cores, sims/benchmarks/bench_train.py).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ IM2COL_MAX_BYTES = 32 * 2**20  # largest im2col buffer built at once (32 MB meas
 DEVICE_IM2COL_SHARE = 1 / 16
 DEVICE_IM2COL_MAX_BYTES = 2 * 2**30
 ALGORITHMS = ("auto", "im2col", "winograd")
-WINOGRAD_TILE = 4  # F(4x4, 3x3); 2 is F(2x2, 3x3): 2.25x fewer multiplications, 16x smaller rounding error
+WINOGRAD_TILE = 4  # F(4x4, 3x3); 2 is F(2x2, 3x3): 2.25x fewer multiplications, about 20x smaller rounding error
 
 
 class ConvCache(NamedTuple):

@@ -51,7 +51,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parents[1]))
 
 import machine
-from bench_train import LR, bioplaus_step, case_config, step_flops
+from bench_train import LR, bioplaus_step, case_config, in_turn, step_flops
 
 from bioplaus.backend import get_backend
 from bioplaus.blocks import LEAKY_SLOPE
@@ -151,7 +151,7 @@ def bench(device, model, variant, repeat, warmup, small, tf32) -> dict:
         for fn, _acc in sides:
             fn()
     for r in range(repeat):
-        for fn, acc in sides[r % len(sides):] + sides[:r % len(sides)]:  # each side leads in turn
+        for fn, acc in in_turn(sides, r):
             acc.append(timed(fn))
     sa, sb = statistics.median(sides[0][1]), statistics.median(sides[1][1])
     s_im2col = statistics.median(sides[2][1]) if len(sides) > 2 else None
@@ -160,7 +160,6 @@ def bench(device, model, variant, repeat, warmup, small, tf32) -> dict:
             "batch": BATCH, "tf32": tf32, "repeat": repeat, "gflop_per_step": flop / 1e9,
             "bioplaus_ms": 1e3 * sa, "torch_ms": 1e3 * sb,
             "bioplaus_im2col_ms": None if s_im2col is None else 1e3 * s_im2col,
-            "conv_algorithm": "winograd" if s_im2col is not None else "im2col",
             "bioplaus_samples_per_s": BATCH / sa, "torch_samples_per_s": BATCH / sb, "ratio": sb / sa,
             "bioplaus_tflops": flop / sa / 1e12, "torch_tflops": flop / sb / 1e12,
             "bioplaus_peak_mb": _mb(our_peak_bytes(backend, a)), "torch_peak_mb": _mb(b.peak_bytes()),

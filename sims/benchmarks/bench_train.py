@@ -167,6 +167,12 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+def in_turn(sides: list, r: int) -> list:
+    """Round ``r`` of an interleaved comparison: every side once, side ``r mod len`` first."""
+    k = r % len(sides)
+    return sides[k:] + sides[:k]
+
+
 def bench_case(model: str, shape, variant: str, repeat: int, warmup: int) -> dict:
     cfg = case_config(model, variant)
     spec = build_spec(cfg, shape, 10)
@@ -186,7 +192,7 @@ def bench_case(model: str, shape, variant: str, repeat: int, warmup: int) -> dic
         gemm()
     ours.adam_seconds = 0.0
     for r in range(repeat):  # interleaved (each side leads in turn), GEMM rate next to them
-        for fn, acc in sides[r % len(sides):] + sides[:r % len(sides)]:
+        for fn, acc in in_turn(sides, r):
             acc.append(timed(fn))
         t_gemm.append(statistics.median(timed(gemm) for _ in range(5)))  # a 15 ms GEMM: 5 tries per round
     s_ours, s_theirs, s_gemm = (statistics.median(t) for t in (t_ours, t_theirs, t_gemm))
