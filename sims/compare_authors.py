@@ -1,0 +1,479 @@
+#!/usr/bin/env python3
+"""bioplaus beside the authors' own code: the same conv runs, both sides, one table.
+
+    python sims/compare_authors.py --authors PATH_OR_URL --authors-python PY --scratch DIR \\
+        [--side both|authors|ours] [--variants glob pred ...] [--seeds 1] [--threads 1] \\
+        [--data-dir DIR] [--report docs/results/fashion-mnist-vgg8b-short]
+
+What it does, in order (each step skips what is already done, so the same command can be run again
+after a stop):
+
+1. **Prepare** ``DIR/authors/``: the authors' ``train.py`` (anokland/local-loss) is copied from
+   ``--authors`` (a checkout, the file itself, an https address of the raw file, or a git address to
+   clone) and changed only where modern PyTorch requires it (:data:`PATCHES`, each described in
+   words); Fashion-MNIST's four IDX files are laid out where torchvision's ``FashionMNIST`` looks for
+   them (``DIR/authors/data/FashionMNIST/FashionMNIST/raw``), from ``--data-dir`` or the places bioplaus
+   looks (Debian's ``dataset-fashion-mnist``). Nothing of theirs enters this repository.
+2. **Run the authors' side**: ``PY train.py ...`` per variant and seed, with ``OMP_NUM_THREADS`` (and
+   MKL's) set to ``--threads``, its console output time-stamped line by line into
+   ``DIR/authors/logs/<variant>-s<seed>.log`` (the authors' code prints no times: an epoch's seconds
+   are from the end of the previous epoch's test pass to its own "Train" line). A log that did not
+   reach its last epoch is run again from the start.
+3. **Run ours** with ``sims/sweep.py`` (one sweep per variant into ``DIR/ours/<variant>/``, one job,
+   ``--threads-per-job`` = ``--threads``): completed runs are skipped, interrupted ones resumed.
+4. **Report** (``--report PREFIX``): ``PREFIX.md``, ``PREFIX.csv`` (one row per side, variant, seed
+   and epoch) and ``PREFIX.png`` (per-epoch test error, ours beside theirs), from whatever logs exist.
+
+The settings: the paper's ``fashion-mnist-vgg8b-*`` recipes (dropout 0.1, lr 5e-4, Adam, batch 128,
+the recipes' nonlinearities and decoder sizes) made affordable the same way on both sides:
+``--feat-mult 0.25``, 10 epochs, milestones 5 7 9. The backprop-free rows are the authors' ``--bio``
+on the same settings (β 0.01 for predsim, as in the authors' published bpf runs).
+
+Not part of CI: a run of every variant on both sides takes hours on a CPU. Run it with the BLAS
+override variables unset, as the benchmarks are (``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import gzip
+import hashlib
+import io
+import math
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if (ROOT / "bioplaus" / "__init__.py").is_file():
+    sys.path.insert(0, str(ROOT))
+
+EPOCHS = 10
+MILESTONES = (5, 7, 9)
+FEAT_MULT = 0.25
+# Flags every run shares, on the authors' side (their spelling) ...
+AUTHORS_COMMON = ["--model", "vgg8b", "--dataset", "FashionMNIST", "--dropout", "0.1", "--lr", "5e-4",
+                  "--epochs", str(EPOCHS), "--lr-decay-milestones", *map(str, MILESTONES),
+                  "--feat-mult", str(FEAT_MULT), "--no-cuda"]
+# ... and on ours (sims/sweep.py --set, on top of the recipe).
+OURS_COMMON = ["--epochs", str(EPOCHS), "--set", f"feat_mult={FEAT_MULT}",
+               "--set", "lr_decay_milestones=" + " ".join(map(str, MILESTONES))]
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    authors: tuple[str, ...]  # the authors' flags beyond AUTHORS_COMMON
+    recipe: str  # our recipe ...
+    sets: tuple[str, ...] = ()  # ... and the --set values on top of it
+
+
+VARIANTS = {v.name: v for v in (
+    Variant("glob", ("--backprop",), "fashion-mnist-vgg8b-glob"),
+    Variant("pred", ("--loss-sup", "pred", "--dim-in-decoder", "1024"), "fashion-mnist-vgg8b-pred"),
+    Variant("sim", ("--loss-sup", "sim", "--nonlin", "leakyrelu"), "fashion-mnist-vgg8b-sim"),
+    Variant("predsim", ("--loss-sup", "predsim", "--nonlin", "leakyrelu", "--dim-in-decoder", "1024"),
+            "fashion-mnist-vgg8b-predsim"),
+    Variant("pred-bpf", ("--bio", "--loss-sup", "pred", "--dim-in-decoder", "1024"), "fashion-mnist-vgg8b-pred",
+            ("variant=pred-bpf",)),
+    Variant("sim-bpf", ("--bio", "--loss-sup", "sim", "--nonlin", "leakyrelu"), "fashion-mnist-vgg8b-sim",
+            ("variant=sim-bpf",)),
+    Variant("predsim-bpf", ("--bio", "--loss-sup", "predsim", "--nonlin", "leakyrelu", "--dim-in-decoder", "1024",
+                            "--beta", "0.01"), "fashion-mnist-vgg8b-predsim", ("variant=predsim-bpf", "beta=0.01")),
+)}
+
+# Every change made to the authors' train.py: (what and why, the exact text, its replacement).
+PATCHES = (
+    (("Function.saved_variables, which LinearFAFunction.backward reads (the feedback-alignment decoder of "
+     "--bio), was removed from PyTorch; saved_tensors is the same tuple under its current name"),
+     "context.saved_variables", "context.saved_tensors"),
+)
+# The thread count needs no change: torch sizes its pool from OMP_NUM_THREADS, set in the environment.
+
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+class CompareError(Exception):
+    """Bad input: one sentence."""
+
+
+# ---------------------------------------------------------------------- preparing the authors' side
+def fetch_train_py(source: str, scratch: Path) -> bytes:
+    """The authors' train.py from a checkout, the file, an https address or a git address."""
+    path = Path(source)
+    if path.is_dir():
+        path = path / "train.py"
+    if path.is_file():
+        return path.read_bytes()
+    if re.match(r"^https?://", source) and source.endswith(".py"):
+        with urllib.request.urlopen(source, timeout=60) as resp:
+            return resp.read()
+    if re.match(r"^(https?://|git@|file://)", source) or source.endswith(".git"):
+        clone = scratch / "authors" / "checkout"
+        if not clone.is_dir():
+            subprocess.run(["git", "clone", "--depth", "1", source, str(clone)], check=True)
+        return (clone / "train.py").read_bytes()
+    raise CompareError(f"--authors {source} is neither a folder with train.py, the file, nor an address")
+
+
+def patch(text: str) -> str:
+    for why, old, new in PATCHES:
+        if old not in text:
+            raise CompareError(f"the authors' train.py has no {old!r} to change ({why.split(',')[0]}); "
+                               "is it anokland/local-loss's?")
+        text = text.replace(old, new)
+    return text
+
+
+def find_fashion_mnist(data_dir: str | None) -> dict:
+    """{IDX file name: path} of full Fashion-MNIST, found (and checked) exactly as a bioplaus run finds it,
+    so both sides read the same files."""
+    from bioplaus.data.fetch import DataError, locate_files
+    from bioplaus.data.registry import get_spec
+
+    try:
+        found, _source = locate_files(get_spec("fashion-mnist"), data_dir, download=False, progress=False)
+    except DataError as exc:
+        raise CompareError(f"full Fashion-MNIST was not found ({exc}); apt-get install dataset-fashion-mnist, "
+                           "or give --data-dir") from None
+    return {Path(name).name.removesuffix(".gz"): Path(path) for name, path in found.items()}
+
+
+def prepare(args, scratch: Path) -> Path:
+    work = scratch / "authors"
+    train_py = work / "train.py"
+    source_record = work / "SOURCE.txt"
+    if not train_py.is_file():
+        original = fetch_train_py(args.authors, scratch)
+        work.mkdir(parents=True, exist_ok=True)
+        train_py.write_text(patch(original.decode("utf-8")), encoding="utf-8")
+        commit = ""
+        with contextlib.suppress(OSError, subprocess.CalledProcessError):
+            if Path(args.authors, ".git").exists():
+                commit = subprocess.run(["git", "-C", args.authors, "rev-parse", "HEAD"], check=True,
+                                        capture_output=True, text=True).stdout.strip()
+        source_record.write_text(f"source: {args.authors}{f' at commit {commit}' if commit else ''}\n"
+                                 f"sha256 of the original train.py: {hashlib.sha256(original).hexdigest()}\n",
+                                 encoding="utf-8")
+    raw = work / "data" / "FashionMNIST" / "FashionMNIST" / "raw"  # root '../data/FashionMNIST' from work/run
+    if not all((raw / f).is_file() for f in IDX_FILES):
+        found = find_fashion_mnist(args.data_dir)
+        raw.mkdir(parents=True, exist_ok=True)
+        for f in IDX_FILES:
+            data = found[f].read_bytes()
+            (raw / f).write_bytes(gzip.decompress(data) if found[f].suffix == ".gz" else data)
+    (work / "run").mkdir(exist_ok=True)
+    return work
+
+
+# ---------------------------------------------------------------------- running
+def authors_log(scratch: Path, variant: str, seed: int) -> Path:
+    return scratch / "authors" / "logs" / f"{variant}-s{seed}.log"
+
+
+def thread_env(threads: int) -> dict:
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[var] = str(threads)
+    return env
+
+
+def authors_command(python: str, variant: Variant, seed: int, save_dir: Path, train_py: str = "train.py") -> list[str]:
+    return [python, "-u", train_py, *AUTHORS_COMMON, *variant.authors, "--seed", str(seed),
+            "--save-dir", str(save_dir)]
+
+
+def run_authors(args, work: Path, variant: Variant, seed: int) -> None:
+    log = authors_log(work.parent, variant.name, seed)
+    if log.is_file() and len(parse_authors(log.read_text(encoding="utf-8"))["test_error"]) >= EPOCHS:
+        print(f"authors {variant.name} seed {seed}: done ({log})")
+        return
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cmd = authors_command(args.authors_python, variant, seed, work / "checkpoints" / f"{variant.name}-s{seed}",
+                          str(work / "train.py"))
+    print(f"authors {variant.name} seed {seed}: {shlex.join(cmd)}", flush=True)
+    with open(log, "w", encoding="utf-8") as out:
+        out.write(f"{time.time():.3f} # command (in {work / 'run'}): {shlex.join(cmd)}\n")
+        proc = subprocess.Popen(cmd, cwd=work / "run", env=thread_env(args.threads), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, bufsize=1)
+        for line in proc.stdout:
+            out.write(f"{time.time():.3f} {line}")
+            out.flush()
+        status = proc.wait()
+        out.write(f"{time.time():.3f} # exit status {status}\n")
+    if status != 0:
+        raise CompareError(f"the authors' {variant.name} run (seed {seed}) exited with status {status}; see {log}")
+
+
+def ours_folder(scratch: Path, variant: str) -> Path:
+    return scratch / "ours" / variant
+
+
+def ours_command(variant: Variant, seeds, threads: int, out_dir: Path) -> list[str]:
+    sets = [a for s in variant.sets for a in ("--set", s)]
+    return [sys.executable, str(ROOT / "sims" / "sweep.py"), "--recipes", variant.recipe, "--seeds", *map(str, seeds),
+            *OURS_COMMON, *sets, "--out-dir", str(out_dir), "--jobs", "1", "--threads-per-job", str(threads)]
+
+
+def run_ours(args, scratch: Path, variant: Variant) -> None:
+    cmd = ours_command(variant, args.seeds, args.threads, ours_folder(scratch, variant.name))
+    print(f"ours {variant.name}: {shlex.join(cmd)}", flush=True)
+    status = subprocess.run(cmd, cwd=ROOT, check=False).returncode
+    if status != 0:
+        raise CompareError(f"our {variant.name} sweep exited with status {status}")
+
+
+# ---------------------------------------------------------------------- reading both sides
+_TRAIN = re.compile(r"^([\d.]+) Train epoch=(\d+), lr=([\d.e+-]+), .*error=([\d.]+)%")
+_TEST = re.compile(r"^([\d.]+) Test loss_global=([\d.naninf+-]+), error=([\d.]+)%")
+_START = re.compile(r"^([\d.]+) Model \S+ has \d+ parameters")
+
+
+def parse_authors(text: str) -> dict:
+    """Per epoch: train and test error (%) and training seconds, from a time-stamped authors' log."""
+    out = {"train_error": [], "test_error": [], "seconds": [], "lr": []}
+    last = None
+    for line in text.splitlines():
+        if m := _START.match(line):
+            last = float(m.group(1))
+        elif m := _TRAIN.match(line):
+            t = float(m.group(1))
+            out["seconds"].append(t - last if last is not None else float("nan"))
+            out["lr"].append(float(m.group(3)))
+            out["train_error"].append(float(m.group(4)))
+        elif m := _TEST.match(line):
+            last = float(m.group(1))
+            out["test_error"].append(float(m.group(3)))
+    n = len(out["test_error"])
+    return {k: v[:n] for k, v in out.items()}
+
+
+def read_sides(scratch: Path, variants, seeds) -> list[dict]:
+    """Rows (side, variant, seed, epoch, train_error, test_error, seconds) of every log found."""
+    from bioplaus.log import LogError, read_run
+
+    rows = []
+    for v in variants:
+        for seed in seeds:
+            log = authors_log(scratch, v, seed)
+            if log.is_file():
+                a = parse_authors(log.read_text(encoding="utf-8"))
+                for e in range(len(a["test_error"])):
+                    rows.append({"side": "authors", "variant": v, "seed": seed, "epoch": e + 1,
+                                 "train_error": a["train_error"][e], "test_error": a["test_error"][e],
+                                 "seconds": a["seconds"][e]})
+            for path in sorted(ours_folder(scratch, v).glob(f"*-s{seed}.h5")):
+                try:
+                    run = read_run(str(path))
+                except LogError:
+                    continue
+                ep = run.epochs
+                for e in range(len(ep["test_error"])):
+                    rows.append({"side": "bioplaus", "variant": v, "seed": seed, "epoch": int(ep["epoch"][e]),
+                                 "train_error": float(ep["train_error"][e]), "test_error": float(ep["test_error"][e]),
+                                 "seconds": float(ep["seconds"][e])})
+    return rows
+
+
+# ---------------------------------------------------------------------- the report
+def _series(rows, side, variant):
+    """{seed: test errors by epoch} of one side and variant."""
+    by_seed: dict = {}
+    for r in rows:
+        if r["side"] == side and r["variant"] == variant:
+            by_seed.setdefault(r["seed"], {})[r["epoch"]] = r
+    return by_seed
+
+
+def _mean(xs):
+    xs = [x for x in xs if not math.isnan(x)]
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def summarise(rows, variants) -> list[dict]:
+    """Per variant: each side's last-epoch and last-3 mean test error (means over the complete seeds),
+    their differences (ours − theirs), s/epoch of each."""
+    out = []
+    for v in variants:
+        s = {"variant": v}
+        for side in ("authors", "bioplaus"):
+            complete = {seed: eps for seed, eps in _series(rows, side, v).items() if len(eps) >= EPOCHS}
+            last = [eps[EPOCHS]["test_error"] for eps in complete.values()]
+            last3 = [_mean([eps[e]["test_error"] for e in range(EPOCHS - 2, EPOCHS + 1)]) for eps in complete.values()]
+            secs = [r["seconds"] for eps in complete.values() for r in eps.values()]
+            s[side] = {"seeds": sorted(complete), "last": _mean(last), "last3": _mean(last3),
+                       "last_by_seed": last, "seconds": _mean(secs)}
+        s["d_last"] = s["bioplaus"]["last"] - s["authors"]["last"]
+        s["d_last3"] = s["bioplaus"]["last3"] - s["authors"]["last3"]
+        s["ok"] = abs(s["d_last"]) <= 0.5 and abs(s["d_last3"]) <= 0.4
+        out.append(s)
+    return out
+
+
+def _f(x, fmt="{:.2f}"):
+    return "–" if math.isnan(x) else fmt.format(x)
+
+
+def markdown(rows, summary, variants, seeds, command: str, source: str) -> str:
+    lines = [
+        "# VGG8B on full Fashion-MNIST, short schedule: bioplaus beside the authors' code", "",
+        ("Both sides: vgg8b with `--feat-mult 0.25`, full Fashion-MNIST (Debian's `dataset-fashion-mnist`), "
+        f"{EPOCHS} epochs, learning rate decayed by 0.25 after epochs {', '.join(map(str, MILESTONES))}, the "
+        "`fashion-mnist-vgg8b-*` recipes' other settings (dropout 0.1, lr 5e-4, Adam, batch 128; leaky ReLU for "
+        "sim and predsim; decoder input 1024 for pred and predsim); the backprop-free rows are the authors' "
+        "`--bio` on the same settings (β 0.01 for predsim-bpf, as in their published bpf runs). Same seeds "
+        f"({', '.join(map(str, seeds))}), one thread a side. Generated by `{command}`."), "",
+        ("| variant | authors: last epoch | ours: last epoch | Δ last (pp) | authors: mean of last 3 | "
+        "ours: mean of last 3 | Δ last 3 (pp) | authors s/epoch | ours s/epoch | within 0.5 / 0.4 pp |"),
+        "|---|---|---|---|---|---|---|---|---|---|"]
+    for s in summary:
+        a, o = s["authors"], s["bioplaus"]
+        ok = "yes" if s["ok"] else ("–" if math.isnan(s["d_last"]) else "**no**")
+        lines.append(f"| {s['variant']} | {_f(a['last'])} | {_f(o['last'])} | {_f(s['d_last'], '{:+.2f}')} | "
+                     f"{_f(a['last3'])} | {_f(o['last3'])} | {_f(s['d_last3'], '{:+.2f}')} | "
+                     f"{_f(a['seconds'], '{:.0f}')} | {_f(o['seconds'], '{:.0f}')} | {ok} |")
+    lines += ["", ("Test error in %, means over the seeds that completed both sides' 10 epochs; Δ = ours − "
+              "the authors'. s/epoch: training time of an epoch (evaluation not counted), mean over epochs."), "",
+              "## Every epoch", ""]
+    for v in variants:
+        sides = {side: _series(rows, side, v) for side in ("authors", "bioplaus")}
+        header = ["epoch"] + [f"{'authors' if side == 'authors' else 'ours'} s{seed}"
+                              for side in ("authors", "bioplaus") for seed in sorted(sides[side])]
+        if len(header) == 1:
+            continue
+        lines += [f"### {v}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for e in range(1, EPOCHS + 1):
+            cells = [str(e)]
+            for side in ("authors", "bioplaus"):
+                for seed in sorted(sides[side]):
+                    r = sides[side][seed].get(e)
+                    cells.append(_f(r["test_error"]) if r else "")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## Commands", "",
+              ("The authors' side, per variant (run in `authors/run/` of the scratch folder, `OMP_NUM_THREADS` "
+              "set to the thread count):"), "", "```bash"]
+    for v in variants:
+        lines.append(shlex.join(authors_command("python", VARIANTS[v], seeds[0], Path("CKPT")))
+                     .replace(f"--seed {seeds[0]}", "--seed S"))
+    lines += ["```", "", "Ours, per variant:", "", "```bash"]
+    for v in variants:
+        cmd = ours_command(VARIANTS[v], seeds, 1, Path(f"OUT/{v}"))
+        lines.append(shlex.join(["python", "sims/sweep.py", *cmd[2:]]))
+    lines += ["```", "", f"The authors' code: {source}. Changed only where modern PyTorch requires it:", ""]
+    lines += [f"- `{old}` → `{new}`: {why}." for why, old, new in PATCHES]
+    lines += [("- nothing else: the thread count comes from `OMP_NUM_THREADS`, the data from torchvision's own "
+              "`FashionMNIST` reading the four IDX files laid out where it looks, checkpoints go to `--save-dir`."), ""]
+    return "\n".join(lines)
+
+
+def figure(rows, variants):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = 4
+    nrows = -(-len(variants) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.6 * nrows), squeeze=False, sharex=True)
+    palette = plt.get_cmap("tab10").colors
+    for i, (ax, v) in enumerate(zip(axes.ravel(), variants)):
+        color = palette[list(VARIANTS).index(v) % len(palette)] if v in VARIANTS else palette[i % len(palette)]
+        for side, style in (("authors", "--"), ("bioplaus", "-")):
+            for seed, eps in sorted(_series(rows, side, v).items()):
+                es = sorted(eps)
+                ax.plot(es, [eps[e]["test_error"] for e in es], style, color=color, marker="o", ms=2.5,
+                        label=f"{'authors' if side == 'authors' else 'bioplaus'} s{seed}")
+        ax.set_title(v)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in axes.ravel()[len(variants):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("test error (%)")
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch")
+    fig.suptitle(f"vgg8b ×{FEAT_MULT:g} on Fashion-MNIST, {EPOCHS} epochs: bioplaus (solid) and the authors' "
+                 "code (dashed)")
+    fig.tight_layout()
+    return fig
+
+
+def write_report(args, scratch: Path, command: str) -> None:
+    from bioplaus import files
+    from bioplaus.analysis import figure_png
+
+    rows = read_sides(scratch, args.variants, args.seeds)
+    if not rows:
+        raise CompareError(f"no logs of either side in {scratch}")
+    summary = summarise(rows, args.variants)
+    source = (scratch / "authors" / "SOURCE.txt").read_text(encoding="utf-8").strip().replace("\n", "; ") \
+        if (scratch / "authors" / "SOURCE.txt").is_file() else args.authors
+    text = markdown(rows, summary, args.variants, args.seeds, command, source)
+    buf = io.StringIO()
+    fields = ["side", "variant", "seed", "epoch", "train_error", "test_error", "seconds"]
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    prefix = args.report
+    outputs = [files.Output.markdown(prefix + ".md", command, text),
+               files.Output(prefix + ".csv", buf.getvalue().encode(), (",".join(fields).encode(),)),
+               files.Output.png(prefix + ".png", figure_png(figure(rows, args.variants), dpi=150))]
+    for path in files.write_outputs(outputs, "--report"):
+        print(f"wrote {path}")
+    for s in summary:
+        print(f"{s['variant']:12s} authors {_f(s['authors']['last'])} ours {_f(s['bioplaus']['last'])} "
+              f"Δ {_f(s['d_last'], '{:+.2f}')}  last-3 Δ {_f(s['d_last3'], '{:+.2f}')}")
+
+
+# ---------------------------------------------------------------------- command line
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--authors", help="the authors' code: a checkout of anokland/local-loss, its train.py, an "
+                        "https address of train.py, or a git address")
+    parser.add_argument("--authors-python", default="python3", help="a Python with torch and torchvision")
+    parser.add_argument("--scratch", required=True, help="the folder both sides work in")
+    parser.add_argument("--side", choices=("both", "authors", "ours", "none"), default="both")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1])
+    parser.add_argument("--threads", type=int, default=1, help="threads of each run, on either side")
+    parser.add_argument("--data-dir", help="a folder with Fashion-MNIST's four IDX files (default: where bioplaus "
+                        "looks)")
+    parser.add_argument("--report", metavar="PREFIX", help="write PREFIX.md, .csv and .png from the logs")
+    args = parser.parse_args(argv)
+    scratch = Path(args.scratch).resolve()
+    command = shlex.join(["python", "sims/compare_authors.py", *(argv if argv is not None else sys.argv[1:])])
+    try:
+        if args.side in ("both", "authors"):
+            if not args.authors and not (scratch / "authors" / "train.py").is_file():
+                raise CompareError("--authors is needed to prepare the authors' side")
+            work = prepare(args, scratch)
+        for v in args.variants:
+            if args.side in ("both", "authors"):
+                for seed in args.seeds:
+                    run_authors(args, work, VARIANTS[v], seed)
+            if args.side in ("both", "ours"):
+                run_ours(args, scratch, VARIANTS[v])
+        if args.report:
+            write_report(args, scratch, command)
+    except CompareError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to carry on", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())
