@@ -1,0 +1,166 @@
+"""The figures command (``python sims/figures.py``): train one small run per variant, then draw the
+README figures from their logs.
+
+    python sims/figures.py                              # the README's setting (a few minutes on a CPU)
+    python sims/figures.py --epochs 20 --num-hidden 1024 --num-layers 3
+    python sims/figures.py --logs runs/my-runs/         # draw from existing logs, train nothing
+
+Writes ``errors.png``, ``layer_dynamics.png``, ``depth.png``, ``angles.png``, ``similarity.png`` and
+``paper_comparison.md`` to ``--out-dir`` (default ``docs/figures``). The run logs go to a new folder
+``runs/small-runs-*`` (never overwritten) and are kept; the figures read only them.
+
+Every input is checked before anything is trained or written: bad input is one sentence and exit
+status 2 with nothing made. A file at an output's path is replaced only when bioplaus wrote it (its
+mark, see :mod:`bioplaus.files`); any other file there is refused. Exit statuses: 0 done, 1 a training
+run diverged, 2 bad input, 74 a full disk or other storage failure, 130 interrupted (a training run's
+status is passed on; no figure is written then, and its log is kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from bioplaus import analysis, files
+from bioplaus.errors import sentence
+from bioplaus.log import LogError
+from bioplaus.rules import RULES
+from bioplaus.runner import BadInput
+
+DEFAULT_VARIANTS = ("glob", "pred", "sim", "predsim", "predsim-bpf")
+FIGURES = ("errors.png", "layer_dynamics.png", "depth.png", "angles.png", "similarity.png")
+TABLE = "paper_comparison.md"
+EXIT_OK, EXIT_USAGE, EXIT_IO, EXIT_INTERRUPTED = 0, 2, 74, 130
+DPI_RANGE = (10, 600)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's errors -> one sentence, exit 2
+        raise BadInput(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), help="variants to train and compare")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--num-layers", type=int, default=2)
+    p.add_argument("--num-hidden", type=int, default=128)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--device", default="cpu", choices=("auto", "cpu", "gpu"))
+    p.add_argument("--runs-dir", default="runs", help="folder under which a new small-runs-* folder is made")
+    p.add_argument("--logs", nargs="+", help="draw from these logs (paths, globs, folders) instead of training")
+    p.add_argument("--out-dir", default=os.path.join("docs", "figures"))
+    p.add_argument("--similarity-variant", default="predsim",
+                   help="the run whose S(h) is drawn (the last run when no run has this variant)")
+    p.add_argument("--layer-variant", default="predsim",
+                   help="the run whose per-block dynamics are drawn (the last run when no run has this variant)")
+    p.add_argument("--dpi", type=int, default=80, help=f"resolution, {DPI_RANGE[0]} to {DPI_RANGE[1]}")
+    return p
+
+
+def _pick(runs, variant: str):
+    for r in runs:
+        if r.config.variant == variant:
+            return r
+    return runs[-1]
+
+
+def output_paths(out_dir: str) -> list[tuple[str, tuple[bytes, ...]]]:
+    """Every file this command may write into ``out_dir``, with the mark an earlier one of ours carries."""
+    return ([(os.path.join(out_dir, name), files.PNG_MARKS) for name in FIGURES]
+            + [(os.path.join(out_dir, TABLE), files.TEXT_MARKS)])
+
+
+def render(runs, out_dir: str, similarity_variant: str = "predsim", layer_variant: str = "predsim",
+           dpi: int = 80) -> list[files.Output]:
+    """The README figures of ``runs`` and the paper table, as outputs for ``out_dir`` (nothing written)."""
+    outputs = []
+
+    def add(fig, name: str, scale: float = 1.0) -> None:
+        outputs.append(files.Output.png(os.path.join(out_dir, name), analysis.figure_png(fig, round(dpi * scale))))
+
+    add(analysis.plot_errors(runs), "errors.png")
+    add(analysis.plot_layer_dynamics(_pick(runs, layer_variant), split="test"), "layer_dynamics.png")
+    add(analysis.plot_depth(runs), "depth.png")
+    add(analysis.plot_angles(runs), "angles.png")
+    with_probe = [r for r in runs if r.probe.get("similarity")]
+    if with_probe:
+        # noisy 128x128 images compress badly: a lower resolution keeps the PNG small
+        add(analysis.plot_similarity(_pick(with_probe, similarity_variant)), "similarity.png", scale=0.75)
+    table = analysis.comparison_markdown(analysis.paper_comparison(runs)) + "\n"
+    outputs.append(files.Output.markdown(os.path.join(out_dir, TABLE), "python sims/figures.py", table))
+    return outputs
+
+
+def draw(runs, out_dir: str, similarity_variant: str = "predsim", layer_variant: str = "predsim",
+         dpi: int = 80) -> list[str]:
+    """Draw the README figures of ``runs`` into ``out_dir``; returns the written paths. Raises
+    :class:`bioplaus.files.PathError` (nothing written) when an output's path holds a file bioplaus did not write."""
+    return files.write_outputs(render(runs, out_dir, similarity_variant, layer_variant, dpi), "--out-dir")
+
+
+def _check(args: argparse.Namespace) -> None:
+    """Every check that reads only; raises BadInput or PathError."""
+    for flag, value, low in (("--epochs", args.epochs, 1), ("--num-layers", args.num_layers, 1),
+                             ("--num-hidden", args.num_hidden, 1), ("--seed", args.seed, 0)):
+        if value < low:
+            raise BadInput(f"{flag} must be at least {low}, not {value}")
+    if not DPI_RANGE[0] <= args.dpi <= DPI_RANGE[1]:
+        raise BadInput(f"--dpi must be between {DPI_RANGE[0]} and {DPI_RANGE[1]}, not {args.dpi}")
+    known = tuple(RULES)
+    for flag, value in (("--similarity-variant", args.similarity_variant), ("--layer-variant", args.layer_variant)):
+        if value not in known:
+            raise BadInput(f"{flag}: unknown variant {value!r}; choose one of {', '.join(known)}")
+    if len(set(args.variants)) < len(args.variants):
+        raise BadInput("--variants repeats a variant")
+    files.check_outputs(output_paths(args.out_dir), "--out-dir")
+    if not args.logs:
+        files.check_folder_writable(os.path.join(args.runs_dir, "small-runs-*"), "--runs-dir")
+
+
+def _load(sources: Sequence[str]):
+    try:
+        return analysis.load_runs(*sources)
+    except ValueError as exc:  # nothing matched
+        raise BadInput(str(exc)) from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no window, whatever backend the environment names
+    try:
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:  # --help
+            return int(exc.code or 0)
+        _check(args)
+        if args.logs:
+            runs = _load(args.logs)
+        else:  # make_small_runs checks every run's configuration before it makes a folder
+            paths = analysis.make_small_runs(args.variants, out_dir=args.runs_dir, epochs=args.epochs,
+                                             num_layers=args.num_layers, num_hidden=args.num_hidden,
+                                             probe_every=1, seed=args.seed, extra={"device": args.device})
+            runs = _load(paths)
+        written = draw(runs, args.out_dir, args.similarity_variant, args.layer_variant, args.dpi)
+    except (BadInput, files.PathError, LogError) as exc:
+        print(f"error: {sentence(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
+    except analysis.RunFailed as exc:  # a training run that diverged, was interrupted or met a full disk
+        print(f"error: {sentence(str(exc))} No figure was written; the logs are kept.", file=sys.stderr)
+        return exc.result.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; each figure file is whole (the old one or the new one), and the logs of finished "
+              "runs are kept", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as exc:
+        if not files.is_storage_failure(exc):
+            raise
+        print(f"error: {sentence(f'cannot write the figures: {exc.strerror or exc}')}", file=sys.stderr)
+        return EXIT_IO
+    for path in written:
+        print(f"wrote {path}")
+    print("from the logs: " + " ".join(r.path for r in runs))
+    return EXIT_OK
