@@ -171,11 +171,26 @@ _pool: ThreadPoolExecutor | None = None
 
 
 THREAD_LIMITS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+_threads: int | None = None  # set by a run's --threads (bioplaus.threads.limit)
+
+
+def set_cpu_threads(count: int | None) -> int | None:
+    """Use ``count`` threads for the element-wise passes (None: as :func:`cpu_threads` finds); returns the
+    previous setting. The pool is made anew at its next use."""
+    global _threads, _pool
+    previous, _threads = _threads, count
+    if _pool is not None and count != previous:
+        _pool.shutdown(wait=True)
+        _pool = None
+    return previous
 
 
 def cpu_threads() -> int:
-    """Threads for the element-wise passes: the cores this process may run on, or fewer when the
-    environment limits the BLAS threads (``OMP_NUM_THREADS=1`` and the like keep them to one too)."""
+    """Threads for the element-wise passes: a run's ``--threads``, else the cores this process may run on,
+    or fewer when the environment limits the BLAS threads (``OMP_NUM_THREADS=1`` and the like keep them to
+    one too)."""
+    if _threads is not None:
+        return _threads
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     for name in THREAD_LIMITS:
         value = os.environ.get(name, "")

@@ -26,31 +26,43 @@ from bioplaus.rules import FeedbackAlignment, compose, get_rule
 FLOAT = 4  # bytes per float32
 
 
-def head_parameters(spec: NetSpec, cfg) -> int:
-    """Weights of the local heads, fixed and feedback matrices of every block (and the output layer's)."""
+def head_parameter_table(spec: NetSpec, cfg) -> list[tuple[str, dict[str, int], dict[str, int]]]:
+    """Per block (and ``out``): the local heads' trained weights and the fixed matrices, by part, beside the
+    forward network's own parameters: ``[(name, {part: count trained}, {part: count fixed}), ...]``."""
     rule = compose(cfg)
-    K, T, total = spec.num_classes, cfg.target_proj_size, 0
+    K, T = spec.num_classes, cfg.target_proj_size
+    rows = []
     for i, b in enumerate(spec.blocks):
         w = b.c_out * b.c_in * (b.kernel * b.kernel if b.kind == "conv" else 1)
+        trained: dict[str, int] = {}
+        fixed: dict[str, int] = {}
         has_sim_W = False
         for head in rule.heads:
             if head.name == "pred":
                 outs = T if head.feedback else K
-                total += outs * b.dec_features + outs + (outs * b.dec_features if head.feedback else 0)
+                trained["pred decoder"] = outs * b.dec_features + outs
+                if head.feedback:
+                    fixed["pred feedback B"] = outs * b.dec_features
             elif getattr(head, "learned", False) and not has_sim_W:  # a learned projection (shared)
-                total += b.c_out * b.c_out * (9 if b.kind == "conv" else 1)
+                trained["sim projection"] = b.c_out * b.c_out * (9 if b.kind == "conv" else 1)
                 has_sim_W = True
             elif isinstance(head, ReconHead) and i > 0:
-                total += w + b.c_in  # a reconstruction decoder
+                trained["recon decoder"] = w + b.c_in
         if rule.uses_projection:
-            total += K * T
+            fixed["label projection P"] = K * T
         if isinstance(rule.carrier, FeedbackAlignment):  # fa and kolen-pollack keep a B per layer
-            total += w
+            fixed["feedback B"] = w
         if rule.direct is not None:
-            total += K * b.out_features
+            fixed["direct feedback D"] = K * b.out_features
+        rows.append((b.name, trained, fixed))
     if isinstance(rule.carrier, FeedbackAlignment):
-        total += K * spec.out_features_in
-    return total
+        rows.append(("out", {}, {"feedback B": K * spec.out_features_in}))
+    return rows
+
+
+def head_parameters(spec: NetSpec, cfg) -> int:
+    """Weights of the local heads, fixed and feedback matrices of every block (and the output layer's)."""
+    return sum(sum(t.values()) + sum(f.values()) for _, t, f in head_parameter_table(spec, cfg))
 
 
 def estimate_bytes(cfg, spec: NetSpec, num_train: int, on_gpu: bool = False) -> int:

@@ -2,8 +2,15 @@
 
 Field names follow the authors' command-line flags (``--lr-decay-milestones`` ->
 ``lr_decay_milestones``) so their recipes carry over unchanged. ``Config.from_dict`` rejects
-unknown keys and wrong types; ``Config.resolve`` fills the variant-dependent defaults
-(β) and checks combinations. The resolved configuration is written whole into the run log.
+unknown keys and wrong types; ``Config.resolve`` fills the defaults that depend on other fields
+(β on the variant, the learning-rate milestones on ``epochs``) and checks combinations. The resolved
+configuration is written whole into the run log, so a log keeps the schedule it ran with.
+
+The default schedule follows ``epochs`` in the paper's shape: the rate decays after 1/2, 3/4, 7/8 and
+15/16 of the run (100 150 175 188 of 200 epochs), each rounded half up, without repeats and without
+any that is not below ``epochs`` (a decay after the last epoch changes nothing). A recipe's (or a
+logged run's) milestones given a new length are scaled as fractions of its own epochs
+(:func:`scale_milestones`); where the layers of a configuration meet is :mod:`bioplaus.settings`.
 """
 
 from __future__ import annotations
@@ -25,7 +32,53 @@ OPTIMS = ("adam", "amsgrad", "sgd")
 DEVICES = ("auto", "cpu", "gpu")
 INT_MAX = 2**31 - 1  # every integer setting fits a 32-bit int (HDF5 attributes, array shapes)
 SEED_MAX = 2**32 - 1  # seeds key 32-bit random streams
-__all__ = ["CONV_ALGORITHMS", "DEVICES", "NONLINS", "OPTIMS", "VARIANTS", "Config", "ConfigError"]
+__all__ = ["CONV_ALGORITHMS", "DEVICES", "NONLINS", "OPTIMS", "VARIANTS", "Config", "ConfigError",
+           "default_milestones", "scale_milestones"]
+
+# The paper's schedule as fractions of the run (decay after 100 150 175 188 of its 200 epochs).
+SCHEDULE_SHAPE = ((1, 2), (3, 4), (7, 8), (15, 16))
+SCHEDULE_SHAPE_TEXT = "1/2, 3/4, 7/8 and 15/16 of --epochs (the paper's 100 150 175 188 of 200)"
+
+
+def _beta_text() -> str:
+    betas: dict[float, list[str]] = {}
+    for name, rule in RULES.items():
+        betas.setdefault(rule.default_beta, []).append(name)
+    usual = max(betas, key=lambda b: len(betas[b]))
+    others = "; ".join(f"{b:g} for {', '.join(v)}" for b, v in betas.items() if b != usual)
+    return f"the variant's: {usual:g}" + (f" ({others})" if others else "")
+
+
+# What a field left at None means (the resolved value depends on other fields).
+UNSET_MEANING = {
+    "beta": _beta_text(),
+    "num_layers": "3 for the mlp (the paper's 3x1024), 1 after a vgg's convolutions",
+    "lr_decay_milestones": "after " + SCHEDULE_SHAPE_TEXT,
+    "data_dir": "none: $BIOPLAUS_DATA, the per-user cache, the system's dataset folders, then a download",
+}
+
+
+def _below(values, epochs: int) -> tuple[int, ...]:
+    """``values`` in order, without repeats and without any outside [1, epochs)."""
+    out: list[int] = []
+    for v in values:
+        if 1 <= v < epochs and v not in out:
+            out.append(v)
+    return tuple(out)
+
+
+def default_milestones(epochs: int) -> tuple[int, ...]:
+    """The paper's schedule shape over ``epochs``: after 1/2, 3/4, 7/8, 15/16 of it, rounded half up
+    (integers only: round(epochs·n/d) = floor((2·epochs·n + d) / 2d)); 200 -> (100, 150, 175, 188)."""
+    return _below(((2 * epochs * n + d) // (2 * d) for n, d in SCHEDULE_SHAPE), epochs)
+
+
+def scale_milestones(milestones, from_epochs: int, to_epochs: int) -> tuple[int, ...]:
+    """Milestones written for a run of ``from_epochs`` as the same fractions of ``to_epochs`` (rounded
+    half up, repeats and any not below ``to_epochs`` dropped): (100, 150, 175, 188) of 200 -> (5, 8, 9) of 10."""
+    if from_epochs < 1:
+        return _below(milestones, to_epochs)
+    return _below(((2 * m * to_epochs + from_epochs) // (2 * from_epochs) for m in milestones), to_epochs)
 
 
 @dataclass(frozen=True)
@@ -36,7 +89,7 @@ class Config:
     epochs: int = 10
     batch_size: int = 128
     lr: float = 5e-4
-    lr_decay_milestones: tuple[int, ...] = (5, 8)
+    lr_decay_milestones: tuple[int, ...] | None = None  # None: the paper's shape over epochs (default_milestones)
     lr_decay_fact: float = 0.25
     optim: str = "adam"
     momentum: float = 0.0
@@ -92,6 +145,8 @@ class Config:
             cfg = dataclasses.replace(cfg, beta=RULES[cfg.variant].default_beta)
         if cfg.num_layers is None:
             cfg = dataclasses.replace(cfg, num_layers=cfg.dense_layers)
+        if cfg.lr_decay_milestones is None:
+            cfg = dataclasses.replace(cfg, lr_decay_milestones=default_milestones(cfg.epochs))
         cfg.validate()
         return cfg
 
@@ -140,9 +195,10 @@ class Config:
             raise ConfigError("--feat-mult must be positive")
         if self.model == "mlp" and self.feat_mult != 1.0:
             raise ConfigError("--feat-mult scales convolution channels and has no meaning for the mlp")
-        if any(m < 1 for m in self.lr_decay_milestones):
+        milestones = self.lr_decay_milestones or ()
+        if any(m < 1 for m in milestones):
             raise ConfigError("--lr-decay-milestones are epochs after which the rate decays: each at least 1")
-        if list(self.lr_decay_milestones) != sorted(self.lr_decay_milestones):
+        if list(milestones) != sorted(milestones):
             raise ConfigError("--lr-decay-milestones must be in increasing order")
         if self.classes_per_batch < 0 or self.classes_per_batch_until_epoch < 0:
             raise ConfigError("--classes-per-batch and its end epoch must not be negative")
@@ -182,14 +238,36 @@ class Config:
             return self.num_layers
         return 3 if self.model == "mlp" else 1
 
+    @property
+    def milestones(self) -> tuple[int, ...]:
+        """The milestones in effect: as set, or the default shape over ``epochs``."""
+        if self.lr_decay_milestones is None:
+            return default_milestones(self.epochs)
+        return self.lr_decay_milestones
+
+    def check_milestones_below_epochs(self) -> None:
+        """Milestones a user typed must fall inside the run: a decay after its last epoch changes nothing."""
+        late = [m for m in self.milestones if m >= self.epochs]
+        if late:
+            raise ConfigError(f"--lr-decay-milestones {late[0]} is not below --epochs {self.epochs}: the rate would "
+                              f"decay only after the run's last epoch; give milestones below {self.epochs} (none "
+                              "for a constant rate), or leave them out for the default, "
+                              f"{' '.join(map(str, default_milestones(self.epochs))) or 'none'}")
+
+    def schedule_text(self) -> str:
+        """``5e-04, x0.25 after epochs 5 8 9``: the learning rate and its decays, for the run's header."""
+        when = " ".join(map(str, self.milestones))
+        return f"{self.lr:g}, x{self.lr_decay_fact:g} after epochs {when}" if when else f"{self.lr:g}, constant"
+
     def lr_at(self, epoch: int) -> float:
         """Learning rate of 1-based ``epoch``: decayed once for every milestone m < epoch."""
-        passed = sum(1 for m in self.lr_decay_milestones if epoch - 1 >= m)
+        passed = sum(1 for m in self.milestones if epoch - 1 >= m)
         return self.lr * self.lr_decay_fact**passed
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["lr_decay_milestones"] = list(self.lr_decay_milestones)
+        if self.lr_decay_milestones is not None:
+            d["lr_decay_milestones"] = list(self.lr_decay_milestones)
         return d
 
     def to_json(self) -> str:

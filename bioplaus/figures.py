@@ -41,8 +41,8 @@ class _Parser(argparse.ArgumentParser):
         raise BadInput(message)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    p = _Parser(prog=prog, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), help="variants to train and compare")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--num-layers", type=int, default=2)
@@ -127,13 +127,14 @@ def _load(sources: Sequence[str]):
         raise BadInput(str(exc)) from None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """The figures command; ``prog``: how the user started it (``bioplaus figures``, ``python sims/figures.py``)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no window, whatever backend the environment names
     try:
         try:
-            args = build_parser().parse_args(argv)
+            args = build_parser(prog).parse_args(argv)
         except SystemExit as exc:  # --help
             return int(exc.code or 0)
         _check(args)

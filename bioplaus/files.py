@@ -1,7 +1,8 @@
 """A run's files on disk, and the rules that keep a user's other files safe.
 
 A run at ``PATH.h5`` owns three files: the log ``PATH.h5``, its checkpoint ``PATH.h5.ckpt.npz`` and
-its lock ``PATH.h5.lock``. Nothing else is ever created, replaced or removed:
+its lock ``PATH.h5.lock`` (and with ``--keep-checkpoint all`` one checkpoint per epoch,
+``PATH.h5.epoch<k>.ckpt.npz``). Nothing else is ever created, replaced or removed:
 
 - every write goes to a fresh temporary file beside its target (``.<name>.<random>.tmp``, created
   exclusively, so no existing file is ever truncated), is fsynced, then renamed over the target;
@@ -28,6 +29,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
+import secrets
 import stat
 import tempfile
 from collections.abc import Callable, Sequence
@@ -62,6 +65,64 @@ def checkpoint_path(log_path: str) -> str:
 
 def lock_path(log_path: str) -> str:
     return os.fspath(log_path) + LOCK_SUFFIX
+
+
+EPOCH_CHECKPOINT = re.compile(r"\.epoch([0-9]+)" + re.escape(CHECKPOINT_SUFFIX))
+
+
+def epoch_checkpoint_path(log_path: str, epoch: int) -> str:
+    """Where ``--keep-checkpoint all`` keeps the checkpoint of ``epoch``: ``<log>.epoch<k>.ckpt.npz``."""
+    return f"{os.fspath(log_path)}.epoch{epoch}{CHECKPOINT_SUFFIX}"
+
+
+def epoch_checkpoints(log_path: str) -> list[str]:
+    """The per-epoch checkpoints beside a log (whatever is at those names), in epoch order."""
+    folder = os.path.dirname(os.path.abspath(log_path))
+    base = os.path.basename(log_path)
+    found = []
+    with contextlib.suppress(OSError):
+        for name in os.listdir(folder):
+            if name.startswith(base) and (m := EPOCH_CHECKPOINT.fullmatch(name[len(base):])):
+                found.append((int(m.group(1)), os.path.join(os.path.dirname(log_path), name)))
+    return [path for _, path in sorted(found)]
+
+
+def check_epoch_checkpoint_names(log_path: str, epochs: int) -> None:
+    """The per-epoch checkpoints of a run of ``epochs`` fit the file system's name limit."""
+    name = os.path.basename(epoch_checkpoint_path(log_path, epochs))
+    name_max, _ = _limits(_existing_ancestor(os.path.dirname(os.path.abspath(log_path))))
+    if len(os.fsencode(name)) + len(".XXXXXXXX.tmp.") + 1 > name_max:
+        raise PathError(f"--keep-checkpoint all: the name of the last epoch's checkpoint, {name[:40]}..., is too "
+                        "long for this file system; choose a shorter --out")
+
+
+def keep_epoch_checkpoint(ckpt: str, target: str) -> None:
+    """Keep the checkpoint just written as ``target`` too: a hard link (no copy, and the next epoch's
+    checkpoint replaces ``ckpt``'s name, not its data), made under a temporary name and renamed over
+    ``target`` (so a kill leaves it whole or absent); a copy where links are not possible."""
+    folder = os.path.dirname(os.path.abspath(target))
+    tmp = os.path.join(folder, _temp_prefix(target) + secrets.token_hex(4) + ".tmp")
+    try:
+        os.link(ckpt, tmp)
+    except OSError as exc:
+        if is_storage_failure(exc):
+            raise
+        with open(ckpt, "rb") as src:
+            atomic_write(target, lambda fh: _copy(src, fh), needed=os.fstat(src.fileno()).st_size)
+        return
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_folder(folder)
+
+
+def _copy(src, dst) -> None:
+    import shutil
+
+    shutil.copyfileobj(src, dst, 1 << 20)
 
 
 def _temp_prefix(path: str) -> str:
@@ -336,11 +397,10 @@ def _fsync_folder(folder: str) -> None:
 def remove_stale_temps(log: str) -> list[str]:
     """Remove the temporary files a killed writer of this run left (ours by name: ``.<name>.XXXXXXXX.tmp``
     for the log or its checkpoint, nothing else: not another run's, not ``run.h5.old.h5``'s); returns them."""
-    import re
-
     folder = os.path.dirname(os.path.abspath(log))
-    ours = re.compile("|".join(re.escape(_temp_prefix(p)) + r"[A-Za-z0-9_]{8}\.tmp"
-                               for p in (log, checkpoint_path(log))))
+    ours = re.compile("|".join([*(re.escape(_temp_prefix(p)) + r"[A-Za-z0-9_]{8}\.tmp" for p in (log, checkpoint_path(log))),
+                                re.escape(_temp_prefix(log)[:-1]) + r"\.epoch[0-9]+" + re.escape(CHECKPOINT_SUFFIX)
+                                + r"\.[A-Za-z0-9_]{8}\.tmp"]))
     removed = []
     with contextlib.suppress(OSError):
         for name in os.listdir(folder):

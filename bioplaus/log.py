@@ -6,7 +6,9 @@ Schema (every dataset carries ``units`` and ``description`` attributes)::
                                       seed, status (running | completed | diverged | interrupted),
                                       config (JSON of the resolved Config), device, created (ISO 8601),
                                       parameters (forward-network parameter count), epochs_planned,
-                                      message (why the run stopped, empty when completed or running)
+                                      message (why the run stopped, empty when completed or running),
+                                      threads (its BLAS threads per process), keep_checkpoint (all, last
+                                      or none; both absent in logs of bioplaus before them)
     /epochs/<series>           (n_epochs,) one entry per completed epoch:
                                       epoch, train_loss, train_error, test_loss, test_error, lr, seconds
     /layers/<layer>/<series>   (n_epochs,) per block and the output layer ('out'):
@@ -279,6 +281,12 @@ class RunLog:
     def set_device(self, device: str) -> None:
         with self._edit() as f:
             f.attrs["device"] = device
+
+    def set_attrs(self, **values) -> None:
+        """Record how the run is made beside its configuration (``threads``, ``keep_checkpoint``)."""
+        with self._edit() as f:
+            for key, value in values.items():
+                f.attrs[key] = value
 
     def truncate(self, n_epochs: int) -> None:
         """Keep only the first ``n_epochs`` epochs (and probe snapshots of those epochs)."""

@@ -413,8 +413,9 @@ def worker(comm, backend_for: Callable[[str], object]) -> int:
 
 
 # ------------------------------------------------------------------------------ the command line
-MPI_HINT = (f"install an MPI and mpi4py with {MPI_INSTALL} and launch it as "
-            "mpiexec -n K python sims/run.py --parallel layers ...")
+def mpi_hint(run: str = "python sims/run.py") -> str:
+    return f"install an MPI and mpi4py with {MPI_INSTALL} and launch it as mpiexec -n K {run} --parallel layers ..."
+
 
 
 def describe_parallel(cfg, data_spec, ranks: int | None, stages: Sequence[int] | None) -> str:
@@ -455,30 +456,40 @@ def _local_rank(comm) -> int:
 RANKS_ONLY_WITH_DESCRIBE = "--ranks only goes with --describe --parallel layers (mpiexec sets the ranks of a run)"
 
 
-def main_parallel(ns, flags: dict) -> int:
+def main_parallel(ns, flags: dict, program=None) -> int:
     """``--parallel layers`` on every rank: rank 0 checks the input and runs the run loop over a
-    :class:`PipelineTrainer`; the others are :func:`worker` s. Returns this rank's exit status."""
+    :class:`PipelineTrainer`; the others are :func:`worker` s. Returns this rank's exit status.
+    Every rank computes with ``--threads`` threads, by default the usable cores / the ranks on its node."""
     from bioplaus import runner
+    from bioplaus import threads as threads_mod
+    from bioplaus.program import DEFAULT
     from bioplaus.runner import BadInput
 
+    program = program or DEFAULT
     try:
         from mpi4py import MPI
     except ImportError:
-        raise BadInput(f"--parallel layers needs MPI: {MPI_HINT}") from None
+        raise BadInput(f"--parallel layers needs MPI: {mpi_hint(program.run)}") from None
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
     if size < 2:
-        raise BadInput(f"--parallel layers runs one stage per MPI rank, and this is one process; {MPI_HINT} "
-                       "with K of 2 or more")
+        raise BadInput(f"--parallel layers runs one stage per MPI rank, and this is one process; "
+                       f"{mpi_hint(program.run)} with K of 2 or more")
     local = _local_rank(comm)
+    processes = threads_mod.local_processes(comm)
     if rank > 0:
         from bioplaus.backend import get_backend
 
-        return worker(comm, lambda device: get_backend(device, local))
-    return _rank0(comm, size, local, ns, flags, runner)
+        try:
+            chosen = threads_mod.choose(getattr(ns, "threads", None), processes)
+        except ValueError:
+            chosen = None  # rank 0 refuses it and releases this rank
+        with threads_mod.limit(chosen):
+            return worker(comm, lambda device: get_backend(device, local))
+    return _rank0(comm, size, local, ns, flags, runner, processes, program)
 
 
-def _rank0(comm, size: int, local: int, ns, flags: dict, runner) -> int:
+def _rank0(comm, size: int, local: int, ns, flags: dict, runner, processes: int = 1, program=None) -> int:
     from bioplaus.rules import get_rule
     from bioplaus.runner import BadInput
 
@@ -507,19 +518,24 @@ def _rank0(comm, size: int, local: int, ns, flags: dict, runner) -> int:
         try:
             if getattr(ns, "ranks", None) is not None:
                 raise BadInput(RANKS_ONLY_WITH_DESCRIBE)
+            kwargs = {"threads": getattr(ns, "threads", None), "processes": processes, "program": program}
             if getattr(ns, "resume", None) is not None:
-                for key in ("recipe", "out", "overwrite"):
+                for key in ("recipe", "out", "overwrite", "config", "config_from"):
                     if getattr(ns, key, None):
-                        raise BadInput(f"--{key} cannot be combined with --resume (the log holds the run's "
-                                       "configuration)")
+                        raise BadInput(f"--{key.replace('_', '-')} cannot be combined with --resume (the log holds "
+                                       "the run's configuration)")
                 prepared = runner.prepare_resume(ns.resume, flags, factory=factory, backend_index=local,
-                                                 check_config=check)
+                                                 check_config=check,
+                                                 keep_checkpoint=getattr(ns, "keep_checkpoint", None), **kwargs)
             else:
-                cfg = runner.config_from(flags, getattr(ns, "recipe", None))
-                check(cfg)
-                prepared = runner.prepare(cfg, getattr(ns, "out", None), getattr(ns, "overwrite", False),
-                                          recipe=getattr(ns, "recipe", None), factory=factory,
-                                          backend_index=local)
+                from bioplaus.cli import new_config
+
+                layered = new_config(ns)
+                check(layered.config)
+                prepared = runner.prepare(layered.config, getattr(ns, "out", None), getattr(ns, "overwrite", False),
+                                          recipe=layered.recipe, factory=factory, backend_index=local,
+                                          schedule=layered.schedule,
+                                          keep_checkpoint=getattr(ns, "keep_checkpoint", "last"), **kwargs)
             trainer = prepared.trainer
             prepared.device = f"{prepared.backend.device}, {size} ranks (layer-parallel)"
             prepared.notes.append("stages: " + "; ".join(

@@ -40,13 +40,17 @@ from typing import Any
 
 import bioplaus
 from bioplaus import files
+from bioplaus import threads as threads_mod
 from bioplaus.config import Config, ConfigError
 from bioplaus.errors import sentence
+from bioplaus.program import DEFAULT as DEFAULT_PROGRAM
+from bioplaus.program import Program
 
 EXIT_OK, EXIT_DIVERGED, EXIT_USAGE, EXIT_STORAGE, EXIT_INTERRUPTED = 0, 1, 2, 74, 130
 EXIT_CODES = {"completed": EXIT_OK, "diverged": EXIT_DIVERGED, "interrupted": EXIT_INTERRUPTED,
               "storage": EXIT_STORAGE}
 RESUME_MAY_CHANGE = ("epochs", "device", "data_dir")  # flags that may differ from the log's on resume
+KEEP_CHECKPOINT = ("all", "last", "none")  # which checkpoints a run keeps (--keep-checkpoint); "last" by default
 PAUSE_HOOK = "BIOPLAUS_TEST_PAUSE_AFTER_LOG"
 
 
@@ -89,6 +93,10 @@ class Prepared:
     recipe: str | None = None
     notes: list[str] = field(default_factory=list)
     device: str | None = None  # what the log records as the device (default: the backend's)
+    schedule: str = ""  # where the learning-rate schedule came from, for the header
+    threads: threads_mod.Threads | None = None  # the run's thread count (None: the process's pools as they are)
+    keep_checkpoint: str = "last"
+    program: Program = DEFAULT_PROGRAM  # how the user started it, for the hints the run prints
 
 
 def _one(exc: BaseException) -> str:
@@ -117,17 +125,24 @@ def resolve(values: dict[str, Any], base: Config | None = None) -> Config:
         raise BadInput(_one(exc)) from exc
 
 
+def new_config(flags: dict[str, Any], recipe: str | None = None, config_file: str | None = None,
+               config_from: str | None = None):
+    """The configuration of a new run (a :class:`bioplaus.settings.Layered`): the defaults, then ``recipe``
+    (one of the paper's) or the configuration logged in ``config_from``, then the TOML file
+    ``config_file``, then ``flags``. Raises :class:`BadInput`."""
+    from bioplaus import settings
+
+    try:
+        file_recipe, file_values = settings.read_run_file(config_file) if config_file is not None else (None, {})
+        logged = settings.read_logged_config(config_from) if config_from is not None else None
+        return settings.layered(flags, file_values, recipe or file_recipe, logged, config_from, config_file)
+    except ConfigError as exc:
+        raise BadInput(_one(exc)) from None
+
+
 def config_from(flags: dict[str, Any], recipe: str | None = None) -> Config:
     """The configuration of a new run: the defaults, then ``recipe`` (one of the paper's), then ``flags``."""
-    base = None
-    if recipe:
-        from bioplaus.recipes import get_recipe
-
-        try:
-            base = Config.from_dict(get_recipe(recipe))
-        except ConfigError as exc:
-            raise BadInput(_one(exc)) from None
-    return resolve(flags, base)
+    return new_config(flags, recipe).config
 
 
 def dataset_spec(cfg: Config):
@@ -193,7 +208,8 @@ def default_out(cfg: Config) -> str:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     stem = os.path.join("runs", f"{cfg.variant}-{cfg.model}-{cfg.dataset}-{stamp}")
     path, k = stem + ".h5", 1
-    while any(os.path.lexists(p) for p in (path, files.checkpoint_path(path), files.lock_path(path))):
+    while any(os.path.lexists(p) for p in (path, files.checkpoint_path(path), files.lock_path(path))) or \
+            files.epoch_checkpoints(path):
         k += 1
         path = f"{stem}-{k}.h5"
     return path
@@ -229,15 +245,39 @@ def check_new_out(out: str, overwrite: bool) -> None:
         if os.path.lexists(ckpt) and not is_checkpoint(ckpt):
             raise files.PathError(f"{ckpt} is not a bioplaus checkpoint; --overwrite replaces only a run's own "
                                   "files, so it is left alone")
+        for kept in files.epoch_checkpoints(out):  # --keep-checkpoint all's, of an earlier run at this path
+            if not overwrite:
+                raise files.PathError(f"{kept} (an epoch's checkpoint) already exists; pass --overwrite to replace "
+                                      "the run there")
+            files.refuse_unless_regular(kept, "a bioplaus checkpoint")
+            if not is_checkpoint(kept):
+                raise files.PathError(f"{kept} is not a bioplaus checkpoint; --overwrite replaces only a run's own "
+                                      "files, so it is left alone")
         files.check_lock_file(out)
         files.check_not_running(out)
     except files.PathError as exc:
         raise BadInput(str(exc)) from None
 
 
+def check_keep_checkpoint(keep: str) -> str:
+    if keep not in KEEP_CHECKPOINT:
+        raise BadInput(f"--keep-checkpoint takes all, last or none, not {keep!r}")
+    return keep
+
+
+def choose_threads(flag: int | None, processes: int = 1) -> threads_mod.Threads:
+    try:
+        return threads_mod.choose(flag, processes)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+
+
 def prepare(cfg: Config | dict, out: str | None = None, overwrite: bool = False, recipe: str | None = None,
-            stages=None, factory=None, backend_index: int | None = None) -> Prepared:
-    """Check a new run completely; returns what :func:`execute` needs. Writes nothing."""
+            stages=None, factory=None, backend_index: int | None = None, *, schedule: str = "",
+            threads: int | None = None, processes: int = 1, keep_checkpoint: str = "last",
+            program: Program = DEFAULT_PROGRAM) -> Prepared:
+    """Check a new run completely; returns what :func:`execute` needs. Writes nothing. ``threads``: the
+    run's thread count (None: see :mod:`bioplaus.threads`, with ``processes`` of this run on this host)."""
     check_environment()
     if isinstance(cfg, dict):
         cfg = resolve(cfg)
@@ -245,26 +285,40 @@ def prepare(cfg: Config | dict, out: str | None = None, overwrite: bool = False,
         cfg = resolve({}, cfg)
     if overwrite and not out:
         raise BadInput("--overwrite needs --out")
+    keep_checkpoint = check_keep_checkpoint(keep_checkpoint)
+    chosen = choose_threads(threads, processes)
     data_spec = dataset_spec(cfg)
     spec = network_spec(cfg, data_spec)
     out = out if out is not None else default_out(cfg)
     check_new_out(out, overwrite)
+    if keep_checkpoint == "all":
+        try:
+            files.check_epoch_checkpoint_names(out, cfg.epochs)
+        except files.PathError as exc:
+            raise BadInput(str(exc)) from None
     backend = get_device(cfg, backend_index)
     check_memory(cfg, spec, data_spec, backend)
     dataset = load_data(cfg)
     trainer = make_trainer(cfg, backend, dataset, stages, factory)
-    return Prepared(cfg, backend, trainer, out, None, overwrite, recipe)
+    return Prepared(cfg, backend, trainer, out, None, overwrite, recipe, schedule=schedule, threads=chosen,
+                    keep_checkpoint=keep_checkpoint, program=program)
 
 
 def prepare_resume(path: str, changes: dict[str, Any] | None = None, stages=None, factory=None,
-                   backend_index: int | None = None, check_config: Callable[[Config], None] | None = None) -> Prepared:
+                   backend_index: int | None = None, check_config: Callable[[Config], None] | None = None, *,
+                   threads: int | None = None, processes: int = 1, keep_checkpoint: str | None = None,
+                   program: Program = DEFAULT_PROGRAM) -> Prepared:
     """Check that the run logged at ``path`` can continue (with ``changes`` to --epochs, --device or
-    --data-dir only); returns what :func:`execute` needs. Writes nothing."""
+    --data-dir only); returns what :func:`execute` needs. Writes nothing. ``keep_checkpoint``: None keeps
+    the log's own setting."""
     from bioplaus.checkpoint import CheckpointError, load_checkpoint, upgrade
     from bioplaus.log import LogError, read_run
 
     check_environment()
     changes = dict(changes or {})
+    if keep_checkpoint is not None:
+        check_keep_checkpoint(keep_checkpoint)
+    chosen = choose_threads(threads, processes)
     try:
         if not path or not path.strip():
             raise files.PathError("--resume needs the path of a run log")
@@ -291,6 +345,8 @@ def prepare_resume(path: str, changes: dict[str, Any] | None = None, stages=None
     if changes.get("epochs", logged.epochs) < logged.epochs:
         raise BadInput(f"--epochs {changes['epochs']} is smaller than the {logged.epochs} epochs planned in {path}")
     cfg = resolve({k: v for k, v in changes.items() if k in RESUME_MAY_CHANGE}, logged)
+    logged_keep = run.attrs.get("keep_checkpoint")
+    keep = keep_checkpoint or (logged_keep if logged_keep in KEEP_CHECKPOINT else "last")
 
     done, status = run.num_epochs, run.status
     if status == "diverged":
@@ -316,6 +372,10 @@ def prepare_resume(path: str, changes: dict[str, Any] | None = None, stages=None
             raise BadInput(f"cannot resume: {_one(exc)}") from exc
         ckpt_epoch = meta["epoch"]
         _check_checkpoint_config(meta, logged, ckpt)
+    if state is None and done > 1:
+        why = " (it was removed when the run completed: --keep-checkpoint none)" if logged_keep == "none" else ""
+        raise BadInput(f"cannot resume: {path} holds {done} epochs but its checkpoint {ckpt} is gone{why}; "
+                       f"start a new run of its configuration with --config-from {path}")
     if done not in (ckpt_epoch, ckpt_epoch + 1):
         raise BadInput(f"cannot resume: {path} holds {done} epochs but its checkpoint {ckpt} holds {ckpt_epoch}")
     data_spec = dataset_spec(cfg)
@@ -335,7 +395,13 @@ def prepare_resume(path: str, changes: dict[str, Any] | None = None, stages=None
         if trainer.epoch != ckpt_epoch:
             raise BadInput(f"cannot resume: the checkpoint {ckpt} holds epoch {trainer.epoch} in its arrays but says "
                            f"{ckpt_epoch}")
-    return Prepared(cfg, backend, trainer, path, (done, ckpt_epoch))
+    if keep == "all":
+        try:
+            files.check_epoch_checkpoint_names(path, cfg.epochs)
+        except files.PathError as exc:
+            raise BadInput(str(exc)) from None
+    return Prepared(cfg, backend, trainer, path, (done, ckpt_epoch), schedule="as logged", threads=chosen,
+                    keep_checkpoint=keep, program=program)
 
 
 def _check_checkpoint_config(meta: dict, logged: Config, ckpt: str) -> None:
@@ -434,7 +500,8 @@ def execute(prepared: Prepared, progress: bool = False, echo: Callable[[str], No
         raise BadInput(str(exc) if isinstance(exc, files.PathError) else f"cannot write {out}: {exc.strerror}") \
             from None
     try:
-        return _execute_locked(prepared, progress, echo, on_epoch, lock, made)
+        with threads_mod.limit(prepared.threads):
+            return _execute_locked(prepared, progress, echo, on_epoch, lock, made)
     finally:
         lock.release()
 
@@ -447,11 +514,13 @@ def _open_log(prepared: Prepared, lock, made):
         try:
             if prepared.overwrite:
                 files.remove_stale_temps(out)
-                ckpt = files.checkpoint_path(out)
-                if files.regular_file(ckpt):  # the old run's checkpoint must not outlive its log
-                    os.unlink(ckpt)
-            return RunLog.create(out, cfg, prepared.device or prepared.backend.device, trainer.num_parameters,
-                                 replace=prepared.overwrite)
+                for ckpt in (files.checkpoint_path(out), *files.epoch_checkpoints(out)):
+                    if files.regular_file(ckpt):  # the old run's checkpoints must not outlive its log
+                        os.unlink(ckpt)
+            log = RunLog.create(out, cfg, prepared.device or prepared.backend.device, trainer.num_parameters,
+                                replace=prepared.overwrite)
+            log.set_attrs(**_run_attrs(prepared))
+            return log
         except (OSError, LogError) as exc:
             if files.is_storage_failure(exc):
                 raise
@@ -467,8 +536,17 @@ def _open_log(prepared: Prepared, lock, made):
         log.truncate(ckpt_epoch)
     log.set_config(cfg)
     log.set_device(prepared.device or prepared.backend.device)
+    log.set_attrs(**_run_attrs(prepared))
     log.set_status("running")
     return log
+
+
+def _run_attrs(prepared: Prepared) -> dict[str, Any]:
+    """How the run is made, beside its configuration: its threads and which checkpoints it keeps."""
+    attrs: dict[str, Any] = {"keep_checkpoint": prepared.keep_checkpoint}
+    if prepared.threads is not None:
+        attrs["threads"] = int(prepared.threads.count)
+    return attrs
 
 
 def _execute_locked(prepared: Prepared, progress, echo, on_epoch, lock, made) -> RunResult:
@@ -478,7 +556,7 @@ def _execute_locked(prepared: Prepared, progress, echo, on_epoch, lock, made) ->
     cfg, trainer, out = prepared.cfg, prepared.trainer, prepared.out
     ckpt = files.checkpoint_path(out)
     log = None
-    resume_hint = f"resume with: python sims/run.py --resume {out}"
+    resume_hint = f"resume with: {prepared.program.run} --resume {out}"
     signals = Signals()
     signals.install()
     try:
@@ -497,10 +575,15 @@ def _execute_locked(prepared: Prepared, progress, echo, on_epoch, lock, made) ->
                     _test_pause(epoch, echo)
                     meta = {"epoch": trainer.epoch, "config": cfg.to_json(), "bioplaus_version": bioplaus.__version__}
                     save_checkpoint(ckpt, trainer.state_dict(), meta)
+                    if prepared.keep_checkpoint == "all":
+                        files.keep_epoch_checkpoint(ckpt, files.epoch_checkpoint_path(out, trainer.epoch))
                 if on_epoch is not None:
                     on_epoch(stats, ev)
                 echo(epoch_line(cfg, stats, ev, trainer.layer_names))
             log.set_status("completed")
+            if prepared.keep_checkpoint == "none":  # the log is complete: nothing is left to resume
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(ckpt)
         except Interrupted as exc:
             message = f"stopped by {exc} after epoch {trainer.epoch}"
             if log is not None:
@@ -523,9 +606,20 @@ def _execute_locked(prepared: Prepared, progress, echo, on_epoch, lock, made) ->
     finally:
         signals.restore()
     echo(f"done: {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}; log: {out}")
-    echo(f"plot it: python sims/figures.py --logs {out} --out-dir figures  (or bioplaus.analysis.load_runs({out!r}) "
-         f"and the notebooks in analysis/); browse it: h5ls -r {out}")
+    echo(_kept(prepared))
+    echo(f"plot it: {prepared.program.figures} --logs {out} --out-dir figures  (or "
+         f"bioplaus.analysis.load_runs({out!r}) and the notebooks in analysis/); browse it: h5ls -r {out}")
     return RunResult(out, "completed", cfg.epochs)
+
+
+def _kept(prepared: Prepared) -> str:
+    out, keep = prepared.out, prepared.keep_checkpoint
+    if keep == "none":
+        return f"checkpoint: removed (--keep-checkpoint none); a new run of this configuration: --config-from {out}"
+    if keep == "all":
+        return (f"checkpoints: {files.checkpoint_path(out)} and one per epoch ({out}.epoch<k>.ckpt.npz); "
+                f"train on: {prepared.program.run} --resume {out} --epochs N")
+    return f"checkpoint: {files.checkpoint_path(out)}; train on: {prepared.program.run} --resume {out} --epochs N"
 
 
 def _try(action) -> bool:
@@ -584,6 +678,12 @@ def summary(prepared: Prepared) -> str:
     lines = [head]
     if prepared.recipe:
         lines.append(f"recipe: {prepared.recipe}")
+    lines.append(f"lr schedule: {cfg.schedule_text()}" + (f" ({prepared.schedule})" if prepared.schedule else ""))
+    if prepared.threads is not None:
+        lines.append(f"threads: {prepared.threads.describe()}")
+        warning = threads_mod.load_warning(prepared.threads)  # the one warning a run gives, in its header
+        if warning:
+            lines.append(warning)
     items = [f"{k}={v}" for k, v in cfg.to_dict().items() if k not in ("variant", "model", "dataset")]
     line = "config:"
     for item in items:
@@ -625,14 +725,18 @@ def epoch_line(cfg: Config, stats: dict, ev: dict, layer_names) -> str:
 
 # ------------------------------------------------------------------------------ from Python
 def run(cfg: Config | dict, out: str | None = None, *, overwrite: bool = False, progress: bool = False,
-        verbose: bool = False, stages=None) -> RunResult:
+        verbose: bool = False, stages=None, threads: int | None = None, keep_checkpoint: str = "last") -> RunResult:
     """Train a run of ``cfg`` (a Config or a dict of its fields) to a log at ``out`` (a fresh
-    ``runs/...h5`` by default). Raises :class:`BadInput` on bad input; returns how the run ended."""
+    ``runs/...h5`` by default). ``threads``: as ``--threads`` (None: see :mod:`bioplaus.threads`).
+    Raises :class:`BadInput` on bad input; returns how the run ended."""
     echo = (lambda line: print(line, flush=True)) if verbose else None
-    return execute(prepare(cfg, out, overwrite, stages=stages), progress=progress, echo=echo)
+    prepared = prepare(cfg, out, overwrite, stages=stages, threads=threads, keep_checkpoint=keep_checkpoint)
+    return execute(prepared, progress=progress, echo=echo)
 
 
-def resume(path: str, *, progress: bool = False, verbose: bool = False, stages=None, **changes) -> RunResult:
+def resume(path: str, *, progress: bool = False, verbose: bool = False, stages=None, threads: int | None = None,
+           keep_checkpoint: str | None = None, **changes) -> RunResult:
     """Continue the run logged at ``path`` (``epochs=``, ``device=``, ``data_dir=`` may change)."""
     echo = (lambda line: print(line, flush=True)) if verbose else None
-    return execute(prepare_resume(path, changes, stages=stages), progress=progress, echo=echo)
+    prepared = prepare_resume(path, changes, stages=stages, threads=threads, keep_checkpoint=keep_checkpoint)
+    return execute(prepared, progress=progress, echo=echo)

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Reproduce the README figures from scratch: ``python sims/figures.py`` (see :mod:`bioplaus.figures`).
 
-A thin wrapper of :func:`bioplaus.figures.main`; ``python sims/figures.py --help`` lists the options.
+A thin wrapper of :func:`bioplaus.figures.main`, the same as the installed ``bioplaus figures``;
+``python sims/figures.py --help`` lists the options.
 """
 
 import os
@@ -12,7 +13,9 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isfile(os.path.join(_ROOT, "bioplaus", "__init__.py")):
     sys.path.insert(0, _ROOT)
 
+from bioplaus.command import quietly
 from bioplaus.figures import main
+from bioplaus.program import scripts_from_argv0
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(quietly(lambda: main(prog=scripts_from_argv0(sys.argv[0]).figures)))

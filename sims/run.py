@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Train one network and log every epoch to HDF5: ``python sims/run.py --variant predsim-bpf``.
 
-A thin wrapper of :func:`bioplaus.cli.main` (also installed as the ``bioplaus-run`` command);
-``python sims/run.py --help`` lists the flags.
+A thin wrapper of :func:`bioplaus.cli.main`, the same as the installed ``bioplaus run`` (and
+``bioplaus-run``); ``python sims/run.py --help`` lists the flags.
 """
 
 import os
@@ -14,6 +14,8 @@ if os.path.isfile(os.path.join(_ROOT, "bioplaus", "__init__.py")):
     sys.path.insert(0, _ROOT)
 
 from bioplaus.cli import main
+from bioplaus.command import quietly
+from bioplaus.program import scripts_from_argv0
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(quietly(lambda: main(program=scripts_from_argv0(sys.argv[0]))))

@@ -6,8 +6,9 @@
     mpiexec -n 9 python -m mpi4py.futures sims/sweep.py --recipes 'cifar10-*' --seeds 1 2 --out-dir runs/c10
     python sims/sweep.py --report runs/fmnist [--layout paper]
 
-Run the same command again after a stop, a crash or a kill: completed runs are skipped, the others
-resumed. ``python sims/sweep.py --help`` lists the options; :mod:`bioplaus.sweep` documents the naming,
+A thin wrapper of :func:`bioplaus.sweep.main`, the same as the installed ``bioplaus sweep`` (whose runs
+start as ``python -m bioplaus run``; these start this checkout's sims/run.py). Run the same command again
+after a stop, a crash or a kill: completed runs are skipped, the others resumed. ``python sims/sweep.py --help`` lists the options; :mod:`bioplaus.sweep` documents the naming,
 the states of a run and the exit statuses.
 """
 
@@ -20,9 +21,11 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isfile(os.path.join(_ROOT, "bioplaus", "__init__.py")):
     sys.path.insert(0, _ROOT)
 
+from bioplaus.command import quietly
+from bioplaus.program import scripts_from_argv0
 from bioplaus.sweep import main
 
 RUN_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "run.py")
 
 if __name__ == "__main__":
-    sys.exit(main(run_script=RUN_SCRIPT))
+    sys.exit(quietly(lambda: main(run_script=RUN_SCRIPT, program=scripts_from_argv0(sys.argv[0]))))

@@ -40,7 +40,7 @@ def pred_sign():
 
 def test_a_rule_defined_outside_the_package_trains_and_logs(pred_sign, tmp_path):
     result = run({"variant": pred_sign, "num_layers": 2, "num_hidden": 64, "epochs": 2, "device": "cpu",
-                  "probe_every": 2}, out=str(tmp_path / "sign.h5"))
+                  "probe_every": 2, "lr_decay_milestones": ()}, out=str(tmp_path / "sign.h5"))  # a constant rate
     assert result.status == "completed" and result.epochs == 2
     log = read_run(result.path)
     assert log.config.variant == "pred-sign"

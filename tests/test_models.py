@@ -73,6 +73,26 @@ def test_describe_ends_with_the_count():
     assert "conv6" in text and "MaxPool" in text
 
 
+def test_describe_labels_the_count_and_lists_the_heads_apart():
+    """The count is the forward network's (the paper's); the local heads and fixed matrices are listed apart."""
+    from bioplaus.budget import head_parameters
+
+    cfg = Config(model="mlp", variant="predsim-bpf").resolve()
+    spec = build_spec(cfg, (1, 28, 28), 10)
+    lines = describe_model(cfg, (1, 28, 28), 10).splitlines()
+    assert lines[-1] == f"parameters: {spec.num_parameters}" and spec.num_parameters == 2_919_434
+    assert lines[-2].startswith("the count below is the forward network's (its blocks and output layer")
+    heads = next(i for i, ln in enumerate(lines) if ln.startswith("local heads"))
+    # predsim-bpf: per block a pred decoder (128 x 1024 + 128) trained; its feedback B and the projection P fixed
+    assert lines[heads] == ("local heads (trained by their own losses) and fixed random matrices of predsim-bpf: "
+                            "393,600 trained, 397,056 fixed")
+    assert lines[heads + 1] == ("  fc1    pred decoder 131,200, pred feedback B 131,072 (fixed), label projection P "
+                                "1,280 (fixed)")
+    assert 393_600 + 397_056 == head_parameters(spec, cfg)
+    glob = describe_model(Config(variant="glob").resolve(), (1, 28, 28), 10)
+    assert "local heads and fixed matrices: none (glob)" in glob
+
+
 def test_dense_layers_default_to_the_authors_choice():
     """3 dense blocks for the mlp (the paper's 3x1024), 1 after a vgg's convolutions; a flag wins."""
     assert Config(model="mlp").resolve().num_layers == 3

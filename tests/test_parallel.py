@@ -38,7 +38,9 @@ except ImportError:
 needs_mpi = pytest.mark.skipif(not HAVE_MPI, reason="needs mpi4py and mpiexec (pip install '.[mpi]')")
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-COMMON = ["--device", "cpu", "--no-progress", "--dropout", "0.1", "--probe-every", "1", "--seed", "3"]
+# a constant rate: a run of 1 epoch extended to 2 keeps its schedule, and must match a straight run of 2
+COMMON = ["--device", "cpu", "--no-progress", "--dropout", "0.1", "--probe-every", "1", "--seed", "3",
+          "--lr-decay-milestones"]
 NETS = {
     "mlp": ["--model", "mlp", "--num-layers", "3", "--num-hidden", "32"],
     "conv": ["--model", "vgg6b", "--feat-mult", "0.0625", "--num-hidden", "32", "--nonlin", "leakyrelu",
@@ -240,7 +242,7 @@ def test_one_process_or_no_mpi_says_how_to_launch(tmp_path):
                timeout=120)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "mpiexec -n K python sims/run.py --parallel layers" in lines[0], proc.stderr
+    assert len(lines) == 1 and f"mpiexec -n K python {RUN} --parallel layers" in lines[0], proc.stderr  # as typed
     assert not any(tmp_path.iterdir())
 
 

@@ -81,7 +81,7 @@ def _finish(proc, out):
     lines = [line for line in err.strip().splitlines() if line]
     assert proc.returncode == 74, err
     assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "resume with: python sims/run.py --resume " + out in lines[0]
+    assert f"resume with: python {RUN} --resume {out}" in lines[0]  # the command as the test typed it
     folder = os.path.dirname(out)
     assert not [f for f in os.listdir(folder) if f.endswith(".tmp")], os.listdir(folder)
     return lines[0]

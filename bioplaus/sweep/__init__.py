@@ -1,9 +1,12 @@
-"""Sweeps: recipes (and flag grids) × seeds, each an ordinary run of ``sims/run.py`` with its own log.
+"""Sweeps: recipes (and flag grids) × seeds, each an ordinary run with its own log.
 
-``python sims/sweep.py --recipes PATTERN [PATTERN ...] --seeds 1 2 3 --out-dir DIR`` expands recipe
-names or glob patterns (``fashion-mnist-mlp-*``), the values of ``--set FLAG=VALUE[,VALUE...]`` and
-the seeds into runs, and starts each one as a subprocess ``python sims/run.py --recipe NAME --seed S
---out DIR/<name>.h5 --no-progress [--epochs N] [flags]`` in a process group of its own (DESIGN.md §8).
+``bioplaus sweep --recipes PATTERN [PATTERN ...] --seeds 1 2 3 --out-dir DIR`` (or ``python sims/sweep.py``
+in a checkout) expands recipe names or glob patterns (``fashion-mnist-mlp-*``), the values of ``--set
+FLAG=VALUE[,VALUE...]`` and the seeds into runs, and starts each one as a subprocess ``python -m bioplaus
+run --recipe NAME --seed S --out DIR/<name>.h5 --no-progress [--epochs N] [flags] --threads T`` (the
+checkout's wrapper starts its ``sims/run.py``) in a process group of its own (DESIGN.md §8). ``--config
+FILE.toml`` gives the sweep's options (a ``[sweep]`` table) and its runs' settings (a ``[run]`` table,
+each key a value for every run or a list for a grid); the options typed win.
 
 **Naming.** A run's log is ``DIR/<recipe>[-<flag><value>...]-s<seed>.h5``. Only flags given several
 values (a grid, ``--set lr=1e-3,5e-4``) appear in the name, in the order typed, the flag spelled with
@@ -30,8 +33,8 @@ unreadable, or a checkpoint without its log      nothing written
 "Another configuration" compares every field but ``device`` and ``data_dir`` (which a resumed run may
 change) and ``epochs`` (see above).
 
-**Running.** ``--jobs J`` runs J at a time on this machine, each child with ``OMP_NUM_THREADS``,
-``OPENBLAS_NUM_THREADS`` and ``MKL_NUM_THREADS`` set to ``--threads-per-job`` (default: the CPUs / J).
+**Running.** ``--jobs J`` runs J at a time on this machine, each child given ``--threads`` of
+``--threads-per-job`` (default: the cores this process may use / J).
 Under ``mpiexec -n K python -m mpi4py.futures sims/sweep.py ...`` (or ``srun``), rank 0 schedules and
 the K-1 other ranks run one run each at a time (``mpi4py.futures.MPIPoolExecutor``), still as
 subprocesses. ``--ranks-per-run K`` starts each run layer-parallel, as ``mpiexec -n K python sims/run.py

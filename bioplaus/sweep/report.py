@@ -29,8 +29,9 @@ def _sweep_records(path: str) -> list[dict]:
     return records
 
 
-def report(folder: str, layout: str = "recipes", out=None) -> int:
-    """``--report DIR``: the results table of every log in DIR, printed and written to DIR/results.{md,csv,png}."""
+def report(folder: str, layout: str = "recipes", out=None, command: str = "python sims/sweep.py --report") -> int:
+    """``--report DIR``: the results table of every log in DIR, printed and written to DIR/results.{md,csv,png}.
+    ``command``: how the user asked for it (the table says so)."""
     import glob
 
     from bioplaus import analysis
@@ -53,8 +54,7 @@ def report(folder: str, layout: str = "recipes", out=None) -> int:
     statuses: dict[str, int] = {}
     for r in runs:
         statuses[r.status] = statuses.get(r.status, 0) + 1
-    command = shlex.join(["python", "sims/sweep.py", "--report", folder, *(["--layout", layout] if layout != "recipes"
-                                                                          else [])])
+    command = " ".join([command, *map(shlex.quote, [folder, *(["--layout", layout] if layout != "recipes" else [])])])
     head = [f"# Results: {folder}", "",
             (f"{len(runs)} run logs ({', '.join(f'{n} {s}' for s, n in sorted(statuses.items()))}); "
             f"report made {_dt.datetime.now().astimezone().isoformat(timespec='seconds')} by `{command}`. "

@@ -45,9 +45,10 @@ def int_option(text: str, what: str, low: int) -> int:
     return value
 
 
-def expand_recipes(patterns: Sequence[str]) -> list[str]:
+def expand_recipes(patterns: Sequence[str], listing: str = "python sims/run.py --list-recipes") -> list[str]:
     """Recipe names matching names or glob patterns, in the order given (each pattern in the
-    recipes' own order), without repeats. Raises SweepError for a pattern that matches nothing."""
+    recipes' own order), without repeats. Raises SweepError for a pattern that matches nothing
+    (naming ``listing``, the command that lists them)."""
     from bioplaus.recipes import list_recipes
 
     names = list_recipes()
@@ -56,11 +57,11 @@ def expand_recipes(patterns: Sequence[str]) -> list[str]:
         hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
         if not hits:
             if any(c in pattern for c in "*?["):
-                raise SweepError(f"no recipe matches {pattern!r}; see python sims/run.py --list-recipes")
+                raise SweepError(f"no recipe matches {pattern!r}; see {listing}")
             import difflib
 
             close = difflib.get_close_matches(pattern, names, n=3, cutoff=0.5)
-            hint = f"; did you mean {' or '.join(close)}?" if close else "; see python sims/run.py --list-recipes"
+            hint = f"; did you mean {' or '.join(close)}?" if close else f"; see {listing}"
             raise SweepError(f"unknown recipe {pattern!r}{hint}")
         out.extend(h for h in hits if h not in out)
     return out
@@ -116,6 +117,63 @@ def _parse_value(field: str, text: str, annotation: str) -> Any:
     return text
 
 
+def _toml_text(value: Any) -> str:
+    """A TOML value as a --set value would be typed (a float in its shortest exact form)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return " ".join(_toml_text(v) for v in value)
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def settings_from_table(table: dict[str, Any], path: str) -> list[Setting]:
+    """The ``[run]`` table of a sweep's configuration file as Settings: ``lr = 1e-3`` one value for every
+    run, ``lr = [1e-3, 5e-4]`` a grid (for the milestones, a list of lists is a grid)."""
+    types = _field_types()
+    out: list[Setting] = []
+    for key, value in table.items():
+        field = key.replace("-", "_")
+        if field in _OWN_OPTION:
+            raise SweepError(f"{key} in the [run] table of {path} is the sweep's own: give it as "
+                             f"{_OWN_OPTION[field].lstrip('-')} in the [sweep] table")
+        if field not in types:
+            import difflib
+
+            close = difflib.get_close_matches(field, list(types), n=2)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            raise SweepError(f"unknown key {key!r} in the [run] table of {path}{hint} (the keys are the run "
+                             "flags' names with underscores)")
+        if any(s.field == field for s in out):
+            raise SweepError(f"{path} gives {field} twice in its [run] table")
+        ann = types[field]
+        if ann.startswith("tuple"):
+            grid = isinstance(value, list) and bool(value) and all(isinstance(v, list) for v in value)
+            values = value if grid else [value]
+        else:
+            values = value if isinstance(value, list) else [value]
+        if not values:
+            raise SweepError(f"{field} in the [run] table of {path} is an empty list; give a value or a list of them")
+        if isinstance(value, dict) or any(isinstance(v, dict) for v in values):
+            raise SweepError(f"{field} in the [run] table of {path} is a table; give a value or a list of them")
+        texts = tuple(_toml_text(v) for v in values)
+        try:
+            parsed = tuple(_parse_value(field, t, ann) for t in texts)
+        except SweepError as exc:
+            raise SweepError(f"{field} in the [run] table of {path}: {str(exc).replace(f'--set {field} ', '')}") \
+                from None
+        if len(set(parsed)) < len(parsed):
+            raise SweepError(f"{field} in the [run] table of {path} repeats a value")
+        out.append(Setting(field, texts, parsed))
+    return out
+
+
+def merge_settings(base: Sequence[Setting], over: Sequence[Setting]) -> list[Setting]:
+    """``base`` (a file's) with each field that ``over`` (the flags') gives replaced, in place; new ones after."""
+    given = {s.field: s for s in over}
+    merged = [given.pop(s.field, s) for s in base]
+    return merged + [s for s in over if s.field in given]
+
+
 def parse_sets(items: Sequence[str]) -> list[Setting]:
     """``FLAG=VALUE[,VALUE...]`` items -> Settings. FLAG is a Config field, with ``_`` or ``-``
     (``num_hidden``, ``--num-hidden``). A list-valued flag takes space-separated integers per value."""
@@ -133,7 +191,7 @@ def parse_sets(items: Sequence[str]) -> list[Setting]:
 
             close = difflib.get_close_matches(field, list(types), n=2)
             hint = f"; did you mean {' or '.join(close)}?" if close else ""
-            raise SweepError(f"--set {key.strip()}: sims/run.py has no flag --{field.replace('_', '-')}{hint}")
+            raise SweepError(f"--set {key.strip()}: a run has no flag --{field.replace('_', '-')}{hint}")
         if any(s.field == field for s in out):
             raise SweepError(f"--set {field} is given twice; give a grid as {field}=A,B")
         texts = tuple(t.strip() for t in rest.split(","))
@@ -150,18 +208,18 @@ def _cli_flags(field: str, value: Any, text: str, recipe_value: Any) -> list[str
     if field == "batch_norm":
         if value:
             if recipe_value is False:
-                raise SweepError("--set batch_norm=true cannot turn batch norm back on: sims/run.py has only "
+                raise SweepError("--set batch_norm=true cannot turn batch norm back on: a run has only "
                                  "--no-batch-norm")
             return []
         return ["--no-batch-norm"]
     if field == "cutout":
         if not value:
             if recipe_value is True:
-                raise SweepError("--set cutout=false cannot turn cutout off: sims/run.py has only --cutout")
+                raise SweepError("--set cutout=false cannot turn cutout off: a run has only --cutout")
             return []
         return ["--cutout"]
     if isinstance(value, bool):
-        raise SweepError(f"--set {field} cannot be passed to sims/run.py")
+        raise SweepError(f"--set {field} cannot be passed to a run")
     if isinstance(value, tuple):
         return [flag, *map(str, value)]
     return [flag, text]
@@ -193,6 +251,8 @@ class RunSpec:
     epochs_flag: int | None  # --epochs, or None: the recipe's
     config: Config  # the resolved configuration the log will hold
     path: str  # DIR/<name>.h5
+    derived_schedule: bool = True  # the milestones are the recipe's (scaled to --epochs), not set by the sweep
+    keep_checkpoint: str | None = None  # --keep-checkpoint for the run (None: its own default, or the log's)
 
     @property
     def group(self) -> str:
@@ -203,10 +263,14 @@ class RunSpec:
         argv = ["--recipe", self.recipe, "--seed", str(self.seed), "--out", self.path, "--no-progress"]
         if self.epochs_flag is not None:
             argv += ["--epochs", str(self.epochs_flag)]
+        if self.keep_checkpoint is not None:
+            argv += ["--keep-checkpoint", self.keep_checkpoint]
         return argv + list(self.flags)
 
     def resume_argv(self) -> list[str]:
         argv = ["--resume", self.path, "--no-progress", "--epochs", str(self.config.epochs)]
+        if self.keep_checkpoint is not None:
+            argv += ["--keep-checkpoint", self.keep_checkpoint]
         c = self.config
         if "--device" in self.flags:
             argv += ["--device", c.device]
@@ -216,10 +280,13 @@ class RunSpec:
 
 
 def build_runs(recipes: Sequence[str], seeds: Sequence[int], epochs: int | None, settings: Sequence[Setting],
-               out_dir: str) -> list[RunSpec]:
+               out_dir: str, keep_checkpoint: str | None = None) -> list[RunSpec]:
     """Every (seed, recipe, grid point) as a RunSpec, seed-major (seed 1 of every recipe first, so a
-    first full table comes early). Raises SweepError for a setting a recipe cannot take."""
+    first full table comes early). Raises SweepError for a setting a recipe cannot take. Each run's
+    configuration is the one sims/run.py makes of the same flags (:func:`bioplaus.settings.layered`: a
+    recipe's schedule scaled to ``epochs``)."""
     from bioplaus.recipes import get_recipe
+    from bioplaus.settings import layered
 
     singles = [s for s in settings if not s.is_grid]
     grids = [s for s in settings if s.is_grid]
@@ -241,7 +308,7 @@ def build_runs(recipes: Sequence[str], seeds: Sequence[int], epochs: int | None,
             if epochs is not None:
                 values["epochs"] = epochs
             try:
-                cfg = Config.from_dict(values, base=base).resolve()
+                cfg = layered(values, recipe=recipe).config
             except ConfigError as exc:
                 where = " ".join(f"{f}={t}" for f, t, _ in point)
                 raise SweepError(f"{recipe}{' with ' + where if where else ''}: {exc}") from exc
@@ -253,7 +320,9 @@ def build_runs(recipes: Sequence[str], seeds: Sequence[int], epochs: int | None,
                 cfg, point, flags = plans[(recipe, i)]
                 name = run_name(recipe, point, seed)
                 runs.append(RunSpec(name=name, recipe=recipe, seed=seed, point=point, flags=flags, epochs_flag=epochs,
-                                    config=cfg.replace(seed=seed), path=os.path.join(out_dir, name + ".h5")))
+                                    config=cfg.replace(seed=seed), path=os.path.join(out_dir, name + ".h5"),
+                                    derived_schedule=all(s.field != "lr_decay_milestones" for s in settings),
+                                    keep_checkpoint=keep_checkpoint))
     seen: dict[str, RunSpec] = {}
     for r in runs:
         if r.name in seen:
@@ -290,7 +359,7 @@ def check_with_cli(runs: Sequence[RunSpec], extra: Sequence[str] = ()) -> None:
             rc = run_main(argv)
         if rc != 0:
             lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
-            msg = lines[-1] if lines else f"sims/run.py exited with status {rc}"
+            msg = lines[-1] if lines else f"the run's check exited with status {rc}"
             msg = msg[len("error:"):].strip() if msg.startswith("error:") else msg
             raise SweepError(f"{r.group}: {msg}")
 
@@ -323,11 +392,12 @@ def lock_held(log_path: str) -> bool:
     return False
 
 
-def _config_difference(have: Config, want: Config) -> str | None:
-    """'lr 0.001 (this sweep: 0.0005)' for the first fields that differ, ignoring device, data_dir, epochs."""
+def _config_difference(have: Config, want: Config, ignore: Sequence[str] = ()) -> str | None:
+    """'lr 0.001 (this sweep: 0.0005)' for the first fields that differ, ignoring device, data_dir, epochs
+    and ``ignore``."""
     a, b = have.to_dict(), want.to_dict()
     diffs = [f"{k} {a[k]!r} (this sweep: {b[k]!r})" for k in a
-             if k not in (*_NOT_IDENTITY, "epochs") and a[k] != b.get(k)]
+             if k not in (*_NOT_IDENTITY, "epochs", *ignore) and a[k] != b.get(k)]
     return ", ".join(diffs[:3]) if diffs else None
 
 
@@ -346,7 +416,9 @@ def inspect(spec: RunSpec) -> Plan:
         run = read_run(spec.path)
     except LogError as exc:
         raise SweepError(f"{spec.path} is not a run log this sweep can use ({exc}); move it away") from exc
-    diff = _config_difference(run.config, spec.config)
+    # A schedule the sweep did not set is the recipe's, scaled to the run's epochs when the log was made:
+    # a log keeps the one it ran with (one made before the scaling, or before --epochs grew, is the same run).
+    diff = _config_difference(run.config, spec.config, ("lr_decay_milestones",) if spec.derived_schedule else ())
     if diff is not None:
         raise SweepError(f"{spec.path} holds another configuration than this sweep makes under that name "
                          f"({diff}); use another --out-dir or move the log away")
@@ -362,9 +434,15 @@ def inspect(spec: RunSpec) -> Plan:
         return Plan(spec, "done", done)
     if busy:
         return Plan(spec, "busy", done, "being written by another process")
+    kept = ""
+    if tuple(run.config.milestones) != tuple(spec.config.milestones):
+        kept = f"; keeps its logged schedule, decays after {' '.join(map(str, run.config.milestones)) or 'none'}"
     if run.status == "completed":
-        return Plan(spec, "extend", done, f"{done} -> {want} epochs")
-    return Plan(spec, "resume", done, f"{run.status} after {done} epoch{'s' if done != 1 else ''}")
+        if not os.path.lexists(ckpt) and done > 1:
+            raise SweepError(f"{spec.path} is completed and its checkpoint is gone (--keep-checkpoint none?), so it "
+                             f"cannot be extended to {want} epochs; use another --out-dir or the same --epochs")
+        return Plan(spec, "extend", done, f"{done} -> {want} epochs{kept}")
+    return Plan(spec, "resume", done, f"{run.status} after {done} epoch{'s' if done != 1 else ''}{kept}")
 
 
 def epochs_in_log(path: str) -> int:

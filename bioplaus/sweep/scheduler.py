@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from bioplaus.analysis import duration_text
-from bioplaus.sweep.processes import THREAD_VARS
 from bioplaus.sweep.runs import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -51,11 +50,14 @@ def seconds_left(left: list[tuple[str, int]], costs: dict[str, list[float]], slo
 class Sweep:
     """Runs the plans on a pool; prints progress; handles signals."""
 
-    def __init__(self, plans: list[Plan], pool, run_script: str, out_dir: str, threads: int | None,
-                 out=sys.stdout, launcher: Sequence[str] = (), run_flags: Sequence[str] = ()) -> None:
+    def __init__(self, plans: list[Plan], pool, run_command: str | Sequence[str], out_dir: str, threads: int | None,
+                 out=sys.stdout, launcher: Sequence[str] = (), run_flags: Sequence[str] = (),
+                 report: str = "python sims/sweep.py --report") -> None:
         self.plans = plans
         self.pool = pool
-        self.run_script = run_script
+        # how a run is started: [python, sims/run.py] or [python, -m, bioplaus, run] (a path alone: sims/run.py)
+        self.run_command = [sys.executable, run_command] if isinstance(run_command, str) else list(run_command)
+        self.report = report
         self.out_dir = out_dir
         self.threads = threads
         self.out = out
@@ -100,9 +102,9 @@ class Sweep:
     def task(self, plan: Plan) -> dict[str, Any]:
         spec = plan.spec
         argv = spec.new_argv() if plan.action == "new" else spec.resume_argv()
-        env = {v: str(self.threads) for v in THREAD_VARS} if self.threads else {}
-        return {"name": spec.name, "argv": [*self.launcher, sys.executable, self.run_script, *argv, *self.run_flags],
-                "env": env,
+        threads = ["--threads", str(self.threads)] if self.threads else []  # each run sets its own pools
+        return {"name": spec.name, "argv": [*self.launcher, *self.run_command, *argv, *threads, *self.run_flags],
+                "env": {},
                 "console": os.path.join(self.out_dir, spec.name + ".out"), "cwd": os.getcwd(),
                 "stop_file": self.stop_file}
 
@@ -242,7 +244,7 @@ class Sweep:
             parts.append(f"{len(failed)} failed ({', '.join(failed)})")
         if unfinished:
             parts.append(f"{len(unfinished)} not finished")
-        self.say("sweep: " + ", ".join(parts) + f"; report: python sims/sweep.py --report {self.out_dir}")
+        self.say("sweep: " + ", ".join(parts) + f"; report: {self.report} {self.out_dir}")
         if self.stop_signal is not None:
             self.say("sweep: interrupted; run the same command again to carry on")
             return EXIT_INTERRUPTED
