@@ -341,7 +341,8 @@ def prepare_resume(path: str, changes: dict[str, Any] | None = None, stages=None
             raise BadInput(_one(exc)) from exc
         if not same:
             raise BadInput(f"--{key.replace('_', '-')} differs from the configuration in {path}; only --epochs "
-                           "(larger), --device, --data-dir and --no-progress may change on --resume")
+                           "(larger), --device, --data-dir, --threads, --keep-checkpoint and --no-progress may change "
+                           "on --resume")
     if changes.get("epochs", logged.epochs) < logged.epochs:
         raise BadInput(f"--epochs {changes['epochs']} is smaller than the {logged.epochs} epochs planned in {path}")
     cfg = resolve({k: v for k, v in changes.items() if k in RESUME_MAY_CHANGE}, logged)
