@@ -110,13 +110,7 @@ def keep_epoch_checkpoint(ckpt: str, target: str) -> None:
         with open(ckpt, "rb") as src:
             atomic_write(target, lambda fh: _copy(src, fh), needed=os.fstat(src.fileno()).st_size)
         return
-    try:
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_folder(folder)
+    _replace(tmp, target, folder)
 
 
 def _copy(src, dst) -> None:
@@ -353,6 +347,17 @@ def atomic_write(path: str, write: Callable, needed: int = 0) -> None:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _replace(tmp, path, folder)
+
+
+def _replace(tmp: str, path: str, folder: str) -> None:
+    """Rename the finished temporary file ``tmp`` over ``path`` (removing ``tmp`` if that fails), and make
+    the rename durable."""
+    try:
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
