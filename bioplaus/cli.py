@@ -208,7 +208,8 @@ def _main(argv: Sequence[str] | None, program: Program, describe: bool) -> int:
             ns = build_parser(program.describe if describe else program.run, describe).parse_args(argv)
         except SystemExit as exc:  # --help
             return int(exc.code or 0)
-        if note:
+        parallel = getattr(ns, "parallel", None) and not getattr(ns, "describe", False)
+        if note and not parallel:  # (under MPI, rank 0 alone says it)
             print(note, file=sys.stderr, flush=True)
         show_toml = describe and getattr(ns, "config", None) is not None
         if describe:
@@ -220,12 +221,13 @@ def _main(argv: Sequence[str] | None, program: Program, describe: bool) -> int:
 
             print(describe_rules())
             return EXIT_OK
-        if getattr(ns, "threads", None) is not None:
-            runner.choose_threads(ns.threads)  # a bad count is refused before anything else
-        if getattr(ns, "parallel", None) and not getattr(ns, "describe", False):
+        if parallel:
             from bioplaus.parallel import main_parallel
 
-            return main_parallel(ns, _config_flags(ns), program)  # refuses --ranks on rank 0 alone
+            # refuses --ranks (and any bad input) on rank 0 alone
+            return main_parallel(ns, _config_flags(ns), program, note)
+        if getattr(ns, "threads", None) is not None:
+            runner.choose_threads(ns.threads)  # a bad count is refused before anything else
         if getattr(ns, "ranks", None) is not None and not getattr(ns, "describe", False):
             from bioplaus.parallel import RANKS_ONLY_WITH_DESCRIBE
 

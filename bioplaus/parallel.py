@@ -456,7 +456,7 @@ def _local_rank(comm) -> int:
 RANKS_ONLY_WITH_DESCRIBE = "--ranks only goes with --describe --parallel layers (mpiexec sets the ranks of a run)"
 
 
-def main_parallel(ns, flags: dict, program=None) -> int:
+def main_parallel(ns, flags: dict, program=None, note: str | None = None) -> int:
     """``--parallel layers`` on every rank: rank 0 checks the input and runs the run loop over a
     :class:`PipelineTrainer`; the others are :func:`worker` s. Returns this rank's exit status.
     Every rank computes with ``--threads`` threads, by default the usable cores / the ranks on its node."""
@@ -486,6 +486,8 @@ def main_parallel(ns, flags: dict, program=None) -> int:
             chosen = None  # rank 0 refuses it and releases this rank
         with threads_mod.limit(chosen):
             return worker(comm, lambda device: get_backend(device, local))
+    if note:  # how the authors' flags were read, said once
+        print(note, file=sys.stderr, flush=True)
     return _rank0(comm, size, local, ns, flags, runner, processes, program)
 
 

@@ -176,6 +176,14 @@ def test_install_and_run_the_main_job(copy, tmp_path):
     logs = [f for f in os.listdir(elsewhere / "runs") if f.endswith(".h5")]
     assert len(logs) == 1 and logs[0].startswith("predsim-bpf-mlp-fashion-mnist-mini-"), logs
     assert read_run(str(elsewhere / "runs" / logs[0])).status == "completed"
+    # the one command: a sweep and its report without the checkout (its runs start as python -m bioplaus run)
+    line = ("bioplaus --version && bioplaus sweep --recipes fashion-mnist-mlp-pred --epochs 1 --out-dir sw "
+            "--set dataset=fashion-mnist-mini --set num_hidden=16 --set num_layers=1 --threads-per-job 1 "
+            "&& bioplaus report sw")
+    status, output = bash(line, cwd=str(elsewhere), env=env, log=str(tmp_path / "command.log"), timeout=900)
+    check_ok(line, str(elsewhere), status, output, str(tmp_path / "command.log"))
+    assert read_run(str(elsewhere / "sw" / "fashion-mnist-mlp-pred-s1.h5")).status == "completed"
+    assert (elsewhere / "sw" / "results.md").is_file() and "report: bioplaus report sw" in output
     probe = ("import os, bioplaus; from bioplaus.recipes import list_recipes; print(bioplaus.__file__); "
              "print(len(list_recipes())); "
              "print(sorted(os.listdir(os.path.join(os.path.dirname(bioplaus.__file__), "
