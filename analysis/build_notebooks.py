@@ -3,7 +3,10 @@
     python analysis/build_notebooks.py          # rewrites analysis/*.ipynb and analysis/labs/*.ipynb
 
 The notebooks are thin over :mod:`bioplaus.analysis` and read only run logs. Each has a parameter
-cell (tagged ``parameters``) with ``LOGS = []``: when no logs are given it makes its own small runs.
+cell (tagged ``parameters``) with ``LOGS = []``: when no logs are given it makes its own small runs, in a
+temporary folder removed when the kernel stops (``RUNS_DIR = None``), so running a notebook leaves nothing
+in the checkout; ``RUNS_DIR`` names a folder where they are kept instead.
+RUNS_DIR = None  # where small runs are made; None: a temporary folder, removed when the kernel stops
 In the labs, a cell tagged ``exercise`` (metadata ``exercise: <name>``) holds a function stub that
 raises NotImplementedError; the check cell after it prints ``<name>: correct`` or
 ``<name>: not yet right ...``. The solutions are in ``analysis/labs/solutions/<name>.py``.
@@ -97,7 +100,7 @@ OPT_VS_GEN = [
 Nøkland & Eidnes (2019) observe that local learning rules optimize the training set *less* well
 than global backprop (higher train error) yet often generalize as well or better (a smaller gap
 between train and test error). This notebook draws that view from run logs: train error (solid)
-and test error (dashed) per epoch, one colour per run.
+and test error (dashed) per epoch, one colour per rule (the same in every plot of bioplaus).
 
 Give your own logs in `LOGS` (paths, globs or folders), or leave it empty to train small runs here
 (a 2x64 MLP on the embedded `fashion-mnist-mini`, a few seconds each).
@@ -105,12 +108,13 @@ Give your own logs in `LOGS` (paths, globs or folders), or leave it empty to tra
     code(SETUP),
     params("""
 LOGS = []  # run logs (paths, globs or folders); empty: make small runs below
+RUNS_DIR = None  # where small runs are made; None: a temporary folder, removed when the kernel stops
 VARIANTS = ["glob", "predsim"]
 EPOCHS = 3
 """),
     code("""
 if not LOGS:
-    LOGS = analysis.make_small_runs(VARIANTS, epochs=EPOCHS, num_layers=2, num_hidden=64)
+    LOGS = analysis.make_small_runs(VARIANTS, epochs=EPOCHS, num_layers=2, num_hidden=64, out_dir=RUNS_DIR)
 runs = analysis.load_runs(LOGS)
 [r.path for r in runs]
 """),
@@ -145,28 +149,33 @@ Logs need `--probe-every 1` for the backprop angle and the similarity matrices.
     code("from bioplaus import analysis"),
     params("""
 LOGS = []  # run logs; empty: make one small run below
+RUNS_DIR = None  # where small runs are made; None: a temporary folder, removed when the kernel stops
 VARIANT = "predsim"
 EPOCHS = 3
 """),
     code("""
 if not LOGS:
-    LOGS = analysis.make_small_runs([VARIANT], epochs=EPOCHS, num_layers=2, num_hidden=64)
+    LOGS = analysis.make_small_runs([VARIANT], epochs=EPOCHS, num_layers=2, num_hidden=64, out_dir=RUNS_DIR)
 runs = analysis.load_runs(LOGS)
 run = runs[0]
 analysis.block_names(run), run.num_epochs
 """),
     md("## Local losses and local errors per block, over epochs"),
-    code('fig = analysis.plot_layer_dynamics(run, split="train")'),
-    code('fig = analysis.plot_layer_dynamics(run, split="test")'),
+    md("""
+A panel for every per-layer series the log holds (here: the local losses and errors, the weight and update
+norms, the angle to backprop), train solid and test dashed; each block is a line, lighter for shallower
+blocks, named at its end. Each panel's title is what the log says the series is.
+"""),
+    code("fig = analysis.plot_layer_dynamics(run)"),
     md("## The same over depth, at the last epoch (one line per run)"),
     code("fig = analysis.plot_depth(runs)"),
     md("""
 ## Alignment
 
-Left: for feedback-alignment heads (`pred-bpf`, `predsim-bpf`), the angle between the decoder's
-weights and the fixed feedback matrix that carries the error instead of them. Right: for any rule,
-the angle between a block's update and the true backprop gradient on the probe batch (90° means
-unrelated, 0° means the same direction).
+One row per angle the log holds, one column per block. For any rule, the angle between a block's update
+and the true backprop gradient on the probe batch (90° means unrelated, 0° means the same direction); for
+feedback-alignment heads (`pred-bpf`, `predsim-bpf`), the angle between the decoder's weights and the fixed
+feedback matrix that carries the error instead of them.
 """),
     code("fig = analysis.plot_angles(runs)"),
     md("## Similarity matrices of the probe batch"),
@@ -185,12 +194,13 @@ run that matches the recipe can be compared number to number.
     code(SETUP),
     params("""
 LOGS = []  # run logs; empty: make small runs below
+RUNS_DIR = None  # where small runs are made; None: a temporary folder, removed when the kernel stops
 VARIANTS = ["glob", "pred"]
 EPOCHS = 2
 """),
     code("""
 if not LOGS:
-    LOGS = analysis.make_small_runs(VARIANTS, epochs=EPOCHS, num_layers=2, num_hidden=64)
+    LOGS = analysis.make_small_runs(VARIANTS, epochs=EPOCHS, num_layers=2, num_hidden=64, out_dir=RUNS_DIR)
 runs = analysis.load_runs(LOGS)
 rows = analysis.paper_comparison(runs)
 display(Markdown(analysis.comparison_markdown(rows)))
@@ -232,11 +242,12 @@ Time: under a minute on a laptop CPU.
     code(CHECK),
     params("""
 LOGS = []  # run logs to use instead of training here
+RUNS_DIR = None  # where small runs are made; None: a temporary folder, removed when the kernel stops
 EPOCHS = 3
 """),
     code("""
 if not LOGS:
-    LOGS = analysis.make_small_runs(["glob", "pred"], epochs=EPOCHS, num_layers=2, num_hidden=64)
+    LOGS = analysis.make_small_runs(["glob", "pred"], epochs=EPOCHS, num_layers=2, num_hidden=64, out_dir=RUNS_DIR)
 runs = analysis.load_runs(LOGS)
 fig = analysis.plot_errors(runs)
 """),
@@ -307,11 +318,12 @@ batch sorted by class), then write the gradient of the sim loss yourself.
     code(CHECK),
     params("""
 LOGS = []  # a run log made with --probe-every 1; empty: train one here
+RUNS_DIR = None  # where small runs are made; None: a temporary folder, removed when the kernel stops
 EPOCHS = 3
 """),
     code("""
 if not LOGS:
-    LOGS = analysis.make_small_runs(["sim"], epochs=EPOCHS, num_layers=1, num_hidden=64)
+    LOGS = analysis.make_small_runs(["sim"], epochs=EPOCHS, num_layers=1, num_hidden=64, out_dir=RUNS_DIR)
 run = analysis.load_runs(LOGS)[0]
 fig = analysis.plot_similarity(run)
 """),
@@ -387,18 +399,19 @@ In this lab you watch the alignment angle during training and write both pieces 
     code(CHECK),
     params("""
 LOGS = []  # a pred-bpf or predsim-bpf run log; empty: train one here
+RUNS_DIR = None  # where small runs are made; None: a temporary folder, removed when the kernel stops
 EPOCHS = 4
 """),
     code("""
 if not LOGS:
-    LOGS = analysis.make_small_runs(["pred-bpf"], epochs=EPOCHS, num_layers=2, num_hidden=64)
+    LOGS = analysis.make_small_runs(["pred-bpf"], epochs=EPOCHS, num_layers=2, num_hidden=64, out_dir=RUNS_DIR)
 runs = analysis.load_runs(LOGS)
 fig = analysis.plot_angles(runs)
 """),
     md("""
-Left: the angle between each block's decoder weights and its feedback matrix `B` (it starts near
-90°: two random matrices are almost orthogonal). Right: the angle between each block's update and
-the true backprop gradient of the output loss.
+One column per block. The top row: the angle between each block's update and the true backprop gradient
+of the output loss. The bottom row: the angle between each block's decoder weights and its feedback matrix
+`B` (it starts near 90°: two random matrices are almost orthogonal).
 """),
     code("fig = analysis.plot_errors(runs)"),
     md("""
@@ -482,12 +495,13 @@ and the weights it stands in for. A few minutes on a laptop CPU with the default
     code(SETUP + "from bioplaus.rules import RULES"),
     params("""
 LOGS = []  # run logs made with --probe-every 1; empty: train one run per rule here
+RUNS_DIR = None  # where small runs are made; None: a temporary folder, removed when the kernel stops
 VARIANTS = list(RULES)
 EPOCHS = 2
 """),
     code("""
 if not LOGS:
-    LOGS = analysis.make_small_runs(VARIANTS, epochs=EPOCHS, num_layers=2, num_hidden=64)
+    LOGS = analysis.make_small_runs(VARIANTS, epochs=EPOCHS, num_layers=2, num_hidden=64, out_dir=RUNS_DIR)
 runs = analysis.load_runs(LOGS)
 rows = analysis.summary_table(runs)
 lines = ["| rule | test error (%) | train error (%) | angle to backprop, fc1 (°) |", "|---|---|---|---|"]
@@ -499,14 +513,24 @@ display(Markdown("\\n".join(lines)))
 """),
     code("fig = analysis.plot_errors(runs)"),
     md("""
-Below: on the left the feedback matrices (feedback alignment's and Kolen-Pollack's B against W, sign(W)
-against W, the bpf decoders' B against their W); on the right every block's update against backprop's.
-Kolen-Pollack's B turns towards W as it receives W's updates; feedback alignment's B stays fixed while W
-learns to align with it.
+Below: one row per angle, one column per layer (`out` is the output layer, whose error a carrier sends down
+to the last block): every block's update against backprop's, the feedback matrices (feedback alignment's
+and Kolen-Pollack's B against W, sign(W) against W), and the bpf decoders' B against their W. Each rule has
+its colour, the same in every plot. Kolen-Pollack's B turns towards W as it receives W's updates; feedback
+alignment's B stays fixed while W learns to align with it.
 """),
     code("""
 fig = analysis.plot_angles([r for r in runs if r.config.variant in ("fa", "kolen-pollack", "sign-symmetry",
                                                                      "pred-bpf", "dfa", "drtp", "predsim")])
+"""),
+    md("""
+Every rule's log holds its own series, and `plot_layer_dynamics` draws a panel for each: feedback alignment
+has no local loss, but its weight and update norms and its two angles per layer:
+"""),
+    code("""
+fa = [r for r in runs if r.config.variant == "fa"]
+if fa:
+    fig = analysis.plot_layer_dynamics(fa[0])
 """),
 ]
 

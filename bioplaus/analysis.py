@@ -21,25 +21,40 @@ What the figures show (Nøkland & Eidnes 2019, §4-5):
   run's configuration differs from the paper's recipe (``bioplaus/recipes.json``).
 
 Plot functions return the matplotlib ``Figure``; they never call ``plt.show``. They accept an
-optional ``ax``/``axes`` to draw into. :func:`make_small_runs` creates small logs for notebooks
-and labs by calling the command line in-process.
+optional ``ax``/``axes`` to draw into. Every plot gives a rule the same colour (:func:`rule_color`),
+draws train solid and test dashed, names each rule once in its legend, tells layers apart by
+position (a shade and a name at the line's end, or a panel each), and draws a panel for each series
+the log holds, titled with the log's own description and labelled with its units
+(:class:`Quantity`), never an empty one. :func:`make_small_runs` creates small logs for notebooks
+and labs (in a temporary folder, removed when the process ends) through the run loop.
+
+Tidy data: :func:`to_xarray` gives a run as an ``xarray.Dataset`` (dims epoch × layer), :func:`to_dataframe`
+runs as a long ``pandas.DataFrame`` (one row per run × epoch × layer × series), :func:`runs_table` /
+:func:`runs_csv` one row per run (the sweep report's ``results.csv``); xarray and pandas are the
+optional extra ``bioplaus[analysis]``.
 """
 
 from __future__ import annotations
 
+import atexit
 import glob as _glob
 import json
 import math
 import os
+import re
+import shutil
 import tempfile
+import textwrap
+import zlib
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from typing import Any
 
 import numpy as np
 
-from bioplaus.log import LAYER_SERIES, Run, read_run
+from bioplaus.log import Run, read_run
 
 # Datasets whose runs compare to another dataset's paper row, and what differs.
 DATASET_ALIASES = {
@@ -130,8 +145,9 @@ def epochs_of(run: Run) -> np.ndarray:
 
 def layer_series(run: Run, series: str) -> np.ndarray:
     """One per-layer series stacked in depth order: (n_blocks, n_epochs), NaN where absent."""
-    if series not in LAYER_SERIES:
-        raise ValueError(f"unknown layer series {series!r}; one of {', '.join(LAYER_SERIES)}")
+    held = list(dict.fromkeys(name for b in run.layers.values() for name in b))
+    if series not in held:
+        raise ValueError(f"{run.path} holds no layer series {series!r}; it holds {', '.join(held) or 'none'}")
     n = run.num_epochs
     rows = [np.asarray(run.layers[b].get(series, np.full(n, np.nan)), dtype=float) for b in block_names(run)]
     return np.stack(rows) if rows else np.zeros((0, n))
@@ -164,6 +180,167 @@ def summary_table(runs: Sequence[RunLike]) -> list[dict[str, Any]]:
     return rows
 
 
+# ---------------------------------------------------------------------- what a log holds
+SPLITS = ("train", "test")  # a per-layer series named train_<quantity> or test_<quantity> is one split of it
+SPLIT_STYLE = {"train": "-", "test": "--", None: "-"}  # line style: train solid, test dashed, the rest solid
+# Format-1 logs describe pred-bpf's local loss like pred's; their rule says what it was (its pred head's
+# error comes back through a fixed feedback matrix, against the label's random binary code).
+CODE_LOSS = "sigmoid binary cross-entropy of the block's decoder against the label's random binary code"
+
+
+def series_info(run: Run, path: str) -> tuple[str, str]:
+    """``(units, description)`` of a series as its log declares them; ``path`` as in the log:
+    ``"epochs/test_error"``, ``"layers/fc1/weight_norm"``. ``("", "")`` where the log says nothing."""
+    return run.info.get(path, ("", ""))
+
+
+def layer_series_names(run: Run) -> list[str]:
+    """The per-layer series the log holds, with at least one value in some layer: losses first, then
+    errors, the other series, and angles (units ``degrees``) last, each group by name."""
+    names: dict[str, None] = {}
+    for series in run.layers.values():
+        for name, values in series.items():
+            if np.isfinite(np.asarray(values, dtype=float)).any():
+                names[name] = None
+
+    return sorted(names, key=lambda name: _panel_order(_split(name)[1], _units(run, name)))
+
+
+def _panel_order(quantity: str, units: str) -> tuple[int, str]:
+    """Losses first, then errors, the other series, and angles last; by name within each."""
+    rank = 0 if quantity.startswith("loss") else 1 if quantity.startswith("error") else 3 if units == "degrees" else 2
+    return rank, quantity
+
+
+def _split(series: str) -> tuple[str | None, str]:
+    """``("test", "loss_pred")`` for ``test_loss_pred``; ``(None, "weight_norm")`` for a series of no split."""
+    head, _, rest = series.partition("_")
+    return (head, rest) if head in SPLITS and rest else (None, series)
+
+
+def _units(run: Run, series: str) -> str:
+    for layer in run.layers:
+        units, _ = series_info(run, f"layers/{layer}/{series}")
+        if units:
+            return units
+    return ""
+
+
+def _description(run: Run, series: str) -> str:
+    description = next((d for layer in run.layers for _, d in [series_info(run, f"layers/{layer}/{series}")] if d), "")
+    if series.endswith("loss_pred") and "binary" not in description:
+        from bioplaus.rules import RULES
+
+        if getattr(RULES.get(run.config.variant), "pred", None) == "feedback":
+            return CODE_LOSS
+    return description
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """What a panel shows: a per-layer series without its split (``loss_pred`` for ``train_loss_pred`` and
+    ``test_loss_pred``), its units and what it is, as the log describes it. Two runs' series share a panel
+    only when all three agree: pred's cross-entropy and pred-bpf's binary-code loss do not."""
+
+    name: str
+    units: str
+    description: str
+
+    @property
+    def title(self) -> str:
+        """The description without where it was measured (``... on the test set``) or asides in brackets."""
+        text = re.sub(r"\s*\([^)]*\)", "", self.description)
+        text = re.sub(r"^mean |\s+on the (training batches|test set)$", "", text)
+        return text or self.name.replace("_", " ")
+
+    @property
+    def ylabel(self) -> str:
+        return self.name + (f" ({self.units})" if self.units not in ("", "1") else "")
+
+
+def layer_quantities(run: Run) -> dict[Quantity, dict[str | None, str]]:
+    """The quantities of a run's per-layer series, in :func:`layer_series_names` order: each maps its splits
+    (``"train"``, ``"test"``, or None) to the series names in the log."""
+    out: dict[Quantity, dict[str | None, str]] = {}
+    by_name: dict[str, dict[str | None, str]] = {}
+    for series in layer_series_names(run):
+        split, name = _split(series)
+        by_name.setdefault(name, {})[split] = series
+    for name, splits in by_name.items():
+        splits = {s: splits[s] for s in (*SPLITS, None) if s in splits}  # train before test
+        main = splits.get("test") or next(iter(splits.values()))
+        out[Quantity(name, _units(run, main), _description(run, main))] = splits
+    return out
+
+
+# ---------------------------------------------------------------------- colours and styles
+# One colour per rule in every plot: the rules of bioplaus.rules.RULES in their order take these in turn
+# (glob, the baseline, black); a "-bpf" rule takes a lighter shade of its rule's colour.
+_PALETTE = ("#000000", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+            "#bcbd22", "#17becf", "#393b79", "#ad494a", "#637939", "#7b4173", "#e7ba52", "#3182bd", "#843c39")
+_BPF = "-bpf"
+TALK_STYLE = {"font.size": 11, "axes.titlesize": 11, "axes.labelsize": 11, "legend.fontsize": 10,
+              "xtick.labelsize": 10, "ytick.labelsize": 10, "lines.linewidth": 2.0, "lines.markersize": 4,
+              "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
+              "legend.frameon": False}  # the figures command's: larger lines and type, no box around legends
+
+
+def rule_color(variant: str) -> str:
+    """The colour of a learning rule, the same in every plot (a hex string). Registered rules take the
+    palette in the order of ``bioplaus.rules.RULES``; ``X-bpf`` is a lighter ``X``; a rule this process does
+    not know (a log of someone's own rule) gets a colour from its name."""
+    from bioplaus.rules import RULES
+
+    if variant.endswith(_BPF) and variant[: -len(_BPF)] in RULES:
+        return _lighter(rule_color(variant[: -len(_BPF)]), 0.45)
+    bases = [v for v in RULES if not (v.endswith(_BPF) and v[: -len(_BPF)] in RULES)]
+    if variant in bases:
+        return _PALETTE[bases.index(variant) % len(_PALETTE)]
+    return _PALETTE[zlib.crc32(variant.encode()) % len(_PALETTE)]
+
+
+def _lighter(color: str, t: float) -> str:
+    """``color`` mixed with white (``t`` = 0: itself, 1: white)."""
+    from matplotlib.colors import to_hex, to_rgb
+
+    return to_hex(tuple(c + (1.0 - c) * t for c in to_rgb(color)))
+
+
+def _depth_shade(color: str, i: int, n: int) -> str:
+    """The i-th of n layers in a rule's colour: the first lightest, the deepest the colour itself."""
+    return color if n < 2 else _lighter(color, 0.6 * (1 - i / (n - 1)))
+
+
+def _rule_handles(variants: Sequence[str], labels: Sequence[str] | None = None) -> list:
+    """Legend entries: each rule once, in its colour (or each label once, where runs of a rule differ)."""
+    from matplotlib.lines import Line2D
+
+    labels = list(labels) if labels is not None else list(variants)
+    seen: dict[str, Any] = {}
+    for v, lab in zip(variants, labels):
+        seen.setdefault(lab, Line2D([], [], color=rule_color(v), label=lab))
+    return list(seen.values())
+
+
+def _split_handles(splits: Iterable[str | None]) -> list:
+    from matplotlib.lines import Line2D
+
+    return [Line2D([], [], color="0.4", ls=SPLIT_STYLE[s], label=s) for s in SPLITS if s in set(splits)]
+
+
+def _setting(runs: Sequence[Run]) -> str:
+    """Dataset and network of the runs, for a title: ``fashion-mnist-mini, mlp 2x128``."""
+    datasets = " / ".join(dict.fromkeys(r.config.dataset for r in runs))
+    models = " / ".join(dict.fromkeys(run_label(r).split(" ", 1)[1] for r in runs))
+    return f"{datasets}, {models}"
+
+
+def _finite(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y, dtype=float)
+    ok = np.isfinite(y)
+    return np.asarray(x)[ok], y[ok]
+
+
 # ---------------------------------------------------------------------- figures
 def _axes(ax, n: int, figsize: tuple[float, float]):
     import matplotlib.pyplot as plt
@@ -177,143 +354,227 @@ def _axes(ax, n: int, figsize: tuple[float, float]):
     return axes[0].figure, axes
 
 
-def _colors(n: int) -> list:
+def _grid(axes, n: int, panel: tuple[float, float] = (3.7, 2.9), max_cols: int = 4):
+    """``n`` panels: the given axes, or a new figure of rows of at most ``max_cols``; unused ones hidden."""
     import matplotlib.pyplot as plt
 
-    cycle = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
-    return [cycle[i % len(cycle)] for i in range(n)]
+    if axes is not None:
+        return _axes(axes, n, (0, 0))
+    cols = max(1, min(max_cols, n))
+    rows = max(1, math.ceil(n / cols))
+    fig, grid = plt.subplots(rows, cols, figsize=(panel[0] * cols, panel[1] * rows + 0.7), squeeze=False)
+    flat = list(grid.ravel())
+    for axis in flat[n:]:
+        axis.set_visible(False)
+    return fig, flat[:n]
+
+
+def _epoch_axis(axis) -> None:
+    axis.set_xlabel("epoch")
+    axis.xaxis.get_major_locator().set_params(integer=True)
+
+
+def _legend_right(fig, handles) -> None:
+    """One legend for the figure, outside the panels on the right."""
+    if handles:
+        fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 0.93), fontsize="small")
 
 
 def plot_errors(runs: RunLike | Sequence[RunLike], ax=None, labels: Sequence[str] | None = None):
-    """Train (solid) and test (dashed) error vs epoch, one colour per run, legend by variant.
+    """Train (solid) and test (dashed) error vs epoch, in each run's rule colour (:func:`rule_color`).
 
-    Draws two lines per run, in run order: train then test; each line's label is
-    ``"<label> train"`` / ``"<label> test"``. Returns the Figure.
+    Two lines per run, in run order: train then test, labelled ``"<label> train"`` / ``"<label> test"``
+    (labels: the variants, or what tells runs of one variant apart). Runs of one variant share its colour
+    and differ by marker. The legend names each label once, then the two line styles. Returns the Figure.
     """
     rs = _runs(runs)
     labels = list(labels) if labels is not None else _labels(rs)
-    fig, (axis,) = _axes(ax, 1, (6.4, 4.2))
-    for r, lab, col in zip(rs, labels, _colors(len(rs))):
+    fig, (axis,) = _axes(ax, 1, (7.5, 4.6))
+    variants = [r.config.variant for r in rs]
+    markers = {}
+    for r, lab in zip(rs, labels):  # a marker only where runs of one rule must be told apart
+        same = [label for v, label in zip(variants, labels) if v == r.config.variant]
+        markers[lab] = "osD^vP*X"[same.index(lab) % 8] if len(set(same)) > 1 else None
+    for r, lab in zip(rs, labels):
         x = epochs_of(r)
-        axis.plot(x, r.epochs["train_error"], "-", color=col, label=f"{lab} train")
-        axis.plot(x, r.epochs["test_error"], "--", color=col, label=f"{lab} test")
-    axis.set_xlabel("epoch")
-    axis.xaxis.get_major_locator().set_params(integer=True)
+        col = rule_color(r.config.variant)
+        for split in SPLITS:
+            axis.plot(x, r.epochs[f"{split}_error"], SPLIT_STYLE[split], color=col, marker=markers[lab], ms=4,
+                      label=f"{lab} {split}")
+    _epoch_axis(axis)
     axis.set_ylabel("error (%)")
-    axis.set_title("optimization (train, solid) vs generalization (test, dashed)")
-    axis.legend(fontsize="small", ncol=2 if len(rs) > 3 else 1)
+    axis.set_title(f"optimization (train, solid) vs generalization (test, dashed)\n{_setting(rs)}")
+    handles = _rule_handles(variants, labels)
+    for h in handles:
+        h.set_marker(markers[h.get_label()] or "")
+    axis.legend(handles=handles + _split_handles(SPLITS), fontsize="small", loc="upper left",
+                bbox_to_anchor=(1.01, 1.0))
     axis.grid(alpha=0.3)
     return fig
 
 
-_DYNAMICS = (("loss_pred", "local prediction loss (nats)"),
-             ("loss_sim", "local similarity loss"),
-             ("error_pred", "local predictor error (%)"))
+def _label_line_end(axis, x: np.ndarray, y: np.ndarray, text: str, color: str) -> None:
+    """Name a line at its last point (layers are told apart by position, not by a legend)."""
+    if len(x):
+        axis.annotate(text, (x[-1], y[-1]), xytext=(4, 0), textcoords="offset points", va="center",
+                      fontsize="small", color=color)
 
 
-def plot_layer_dynamics(run: RunLike, split: str = "test", axes=None):
-    """Each block's local pred loss, sim loss and local predictor error vs epoch (three panels).
+def plot_layer_dynamics(run: RunLike, split: str = "both", axes=None):
+    """A panel for every per-layer series the run's log holds (local losses and errors, weight and
+    update norms, alignment angles: whatever its rule logs), over epochs; train solid, test dashed.
 
-    One line per block (label = block name) in each panel where the run has that quantity; a
-    panel the variant does not have says so. ``split`` is ``"train"`` or ``"test"``. Returns the Figure.
+    Each layer is a line in the rule's colour, lighter for shallower layers, named at its end. Panels are
+    titled with what the log says the series is, and labelled with its name and units (pred-bpf's
+    binary-code loss is not pred's cross-entropy). ``split``: ``"both"``, ``"train"`` or ``"test"`` for
+    the series measured on both. Returns the Figure.
     """
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    if split not in ("both", *SPLITS):
+        raise ValueError(f"split must be 'both', 'train' or 'test', not {split!r}")
     r = _run(run)
-    fig, axs = _axes(axes, 3, (13, 3.8))
+    quantities = layer_quantities(r)
+    fig, axs = _grid(axes, max(1, len(quantities)))
     x = epochs_of(r)
-    names = block_names(r)
-    for axis, (key, ylabel) in zip(axs, _DYNAMICS):
-        data = layer_series(r, f"{split}_{key}")
-        for name, row, col in zip(names, data, _colors(len(names))):
-            if np.isfinite(row).any():
-                axis.plot(x, row, "-o", ms=3, color=col, label=name)
-        if axis.lines:
-            axis.legend(fontsize="small")
-        else:
-            axis.text(0.5, 0.5, f"no {key.replace('_', ' ')} in {r.config.variant}", ha="center",
-                      va="center", transform=axis.transAxes)
-        axis.set_xlabel("epoch")
-        axis.xaxis.get_major_locator().set_params(integer=True)
-        axis.set_ylabel(ylabel)
-        axis.set_title(f"{split} {ylabel.split(' (')[0]}")
+    color = rule_color(r.config.variant)
+    layers = block_names(r) + (["out"] if "out" in r.layers else [])
+    drawn: set[str | None] = set()
+    for axis, (q, splits) in zip(axs, quantities.items()):
+        shown = {s: n for s, n in splits.items() if split == "both" or s in (split, None)} or splits
+        with_data = [b for b in layers if any(np.isfinite(np.asarray(r.layers[b].get(n, []), float)).any()
+                                               for n in shown.values())]
+        for i, b in enumerate(with_data):
+            shade = _depth_shade(color, i, len(with_data))
+            for s, name in shown.items():
+                xs, ys = _finite(x, r.layers[b].get(name, np.full(len(x), np.nan)))
+                axis.plot(xs, ys, SPLIT_STYLE[s], marker="o", ms=3, color=shade, label=f"{b} {s or ''}".strip())
+                drawn.add(s)
+            name = shown.get("test") or next(iter(shown.values()))
+            _label_line_end(axis, *_finite(x, r.layers[b].get(name, np.full(len(x), np.nan))), b, shade)
+        axis.margins(x=0.15)
+        _epoch_axis(axis)
+        axis.set_ylabel(q.ylabel)
+        axis.set_title(textwrap.fill(q.title, 42), fontsize="medium")
         axis.grid(alpha=0.3)
-    fig.suptitle(f"{run_label(r)}: per-block local losses and errors")
+    if not quantities:
+        axs[0].text(0.5, 0.5, "this log holds no per-layer series", ha="center", va="center",
+                    transform=axs[0].transAxes)
+    fig.suptitle(f"{r.config.variant} on {_setting([r])}: each block, per epoch (lighter: shallower)")
     fig.tight_layout()
+    _legend_right(fig, _split_handles(drawn))
     return fig
 
 
 def plot_depth(runs: RunLike | Sequence[RunLike], epoch: int | None = None, split: str = "test", axes=None,
                labels: Sequence[str] | None = None):
-    """Local pred loss, sim loss and predictor error vs block depth at one epoch (1-based; None = last).
-
-    One line per run (x = 1..n_blocks) in each panel where the run has that quantity.
-    Returns the Figure.
+    """Every per-layer quantity the runs' logs hold, over block depth at one epoch (1-based; None: each
+    run's last): one panel per quantity (:class:`Quantity`: runs share a panel only where their logs say
+    it is the same thing), one line per run in its rule's colour. ``split`` picks train or test for the
+    series measured on both. Returns the Figure.
     """
+    if split not in SPLITS:
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
     rs = _runs(runs)
     labels = list(labels) if labels is not None else _labels(rs)
-    fig, axs = _axes(axes, 3, (13, 3.8))
-    for axis, (key, ylabel) in zip(axs, _DYNAMICS):
-        for r, lab, col in zip(rs, labels, _colors(len(rs))):
-            e = r.num_epochs if epoch is None else int(epoch)
-            if not 1 <= e <= r.num_epochs:
-                raise ValueError(f"{r.path} has epochs 1..{r.num_epochs}, not {e}")
-            col_values = layer_series(r, f"{split}_{key}")[:, e - 1]
-            if np.isfinite(col_values).any():
-                axis.plot(np.arange(1, len(col_values) + 1), col_values, "-o", color=col, label=lab)
-        if axis.lines:
-            axis.legend(fontsize="small")
+    panels: dict[Quantity, list[tuple[Run, str, np.ndarray]]] = {}
+    for r, lab in zip(rs, labels):
+        e = r.num_epochs if epoch is None else int(epoch)
+        if not 1 <= e <= r.num_epochs:
+            raise ValueError(f"{r.path} has epochs 1..{r.num_epochs}, not {e}")
+        names = block_names(r)
+        for q, splits in layer_quantities(r).items():
+            name = splits.get(split) or splits.get(None)
+            if name is None:
+                continue
+            values = np.array([np.asarray(r.layers[b].get(name, np.full(r.num_epochs, np.nan)), float)[e - 1]
+                               for b in names])
+            if np.isfinite(values).any():
+                panels.setdefault(q, []).append((r, lab, values))
+    panels = dict(sorted(panels.items(), key=lambda item: (*_panel_order(item[0].name, item[0].units),
+                                                           item[0].description)))
+    fig, axs = _grid(axes, max(1, len(panels)))
+    for axis, (q, lines) in zip(axs, panels.items()):
+        for r, lab, values in lines:
+            xs, ys = _finite(np.arange(1, len(values) + 1), values)
+            axis.plot(xs, ys, "-o", ms=4, color=rule_color(r.config.variant), label=lab)
+        depth = max(len(v) for _, _, v in lines)
+        names = {tuple(block_names(r)) for r, _, _ in lines}
+        axis.set_xticks(np.arange(1, depth + 1))
+        if len(names) == 1:
+            axis.set_xticklabels(next(iter(names)))
         axis.set_xlabel("block (depth)")
-        axis.set_ylabel(ylabel)
-        when = "last epoch" if epoch is None else f"epoch {epoch}"
-        axis.set_title(f"{split} {ylabel.split(' (')[0]}, {when}")
+        axis.set_ylabel(q.ylabel)
+        axis.set_title(textwrap.fill(q.title, 42), fontsize="medium")
         axis.grid(alpha=0.3)
-        axis.xaxis.get_major_locator().set_params(integer=True)
+    when = "the last epoch" if epoch is None else f"epoch {epoch}"
+    fig.suptitle(f"each block at {when} ({split} where measured on both), {_setting(rs)}")
     fig.tight_layout()
+    _legend_right(fig, _rule_handles([r.config.variant for r in rs], labels))
     return fig
 
 
-def plot_angles(runs: RunLike | Sequence[RunLike], axes=None, labels: Sequence[str] | None = None):
-    """Left: the angle between each feedback matrix and the weights it stands in for, per epoch: a bpf
-    decoder's B against its W (``fa_angle``), and a layer's B (feedback alignment, Kolen-Pollack) or
-    sign(W) against W (``fb_angle``); right: the angle between each block's update and the true backprop
-    gradient (probe epochs only). Any rule: a panel says so when its rule logs nothing there.
+def angle_quantities(runs: Sequence[Run]) -> list[Quantity]:
+    """The per-layer quantities in degrees (as the logs' units say) that hold a value in some run."""
+    out: dict[Quantity, None] = {}
+    for r in runs:
+        for q in layer_quantities(r):
+            if q.units == "degrees":
+                out[q] = None
+    return sorted(out, key=lambda q: (*_panel_order(q.name, q.units), q.description))
 
-    One line per (run, layer, series) with data, labelled ``"<run> <layer>"`` (just the layer for one
-    run; ``(decoder)`` marks a bpf decoder's angle). Returns the Figure.
+
+def plot_angles(runs: RunLike | Sequence[RunLike], axes=None, labels: Sequence[str] | None = None):
+    """Every angle the logs hold (units ``degrees``), per epoch: a bpf decoder's weights against its
+    feedback matrix (``fa_angle``), a layer's B or sign(W) against its W (``fb_angle``), each block's update
+    against the true backprop gradient (``bp_angle``, probe epochs only).
+
+    One row per angle, one column per layer (layers are panels), one line per run in its rule's colour;
+    the legend names each rule once. Only angles some run logs get a row. Returns the Figure.
     """
+    import matplotlib.pyplot as plt
+
     rs = _runs(runs)
     labels = list(labels) if labels is not None else _labels(rs)
-    fig, axs = _axes(axes, 2, (11, 3.8))
-    panels = ((("fa_angle", "fb_angle"), "feedback matrix vs the weights it stands in for"),
-              (("bp_angle",), "block update vs backprop gradient"))
-    for axis, (series_names, title) in zip(axs, panels):
-        lines = []
-        for r, lab in zip(rs, labels):
-            layers = block_names(r) + (["out"] if "out" in r.layers else [])
-            for series in series_names:
-                for b in layers:
-                    row = np.asarray(r.layers.get(b, {}).get(series, []), dtype=float)
-                    if row.size and np.isfinite(row).any():
-                        name = b + (" (decoder)" if series == "fa_angle" else "")
-                        lines.append((r, name if len(rs) == 1 else f"{lab} {name}", row))
-        for (r, name, row), col in zip(lines, _colors(len(lines))):
-            ok = np.isfinite(row)
-            axis.plot(epochs_of(r)[ok], row[ok], "-o", ms=3, color=col, label=name)
-        if len(axis.lines) > 4:
-            axis.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        elif axis.lines:
-            axis.legend(fontsize="small")
-        else:
-            axis.text(0.5, 0.5, "not logged (no feedback matrix in this rule)" if "fb_angle" in series_names
-                      else "not logged (--probe-every 0)", ha="center", va="center", transform=axis.transAxes)
-        axis.axhline(90, color="0.6", lw=0.8, ls=":")
-        axis.set_xlabel("epoch")
-        axis.xaxis.get_major_locator().set_params(integer=True)
-        axis.set_ylabel("angle (degrees)")
-        axis.set_title(title)
-        axis.grid(alpha=0.3)
+    quantities = angle_quantities(rs)
+    held = [layer_quantities(r) for r in rs]
+    layers = list(dict.fromkeys(b for r in rs for b in block_names(r) + (["out"] if "out" in r.layers else [])))
+
+    def values(r: Run, b: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+        return _finite(epochs_of(r), r.layers.get(b, {}).get(name, np.full(r.num_epochs, np.nan)))
+
+    cells = {(q, b) for r, qs in zip(rs, held) for q in quantities for b in layers
+             for name in qs.get(q, {}).values() if len(values(r, b, name)[1])}
+    layers = [b for b in layers if any((q, b) in cells for q in quantities)]
+    rows, cols = max(1, len(quantities)), max(1, len(layers))
+    if axes is None:
+        fig, grid = plt.subplots(rows, cols, figsize=(3.3 * cols + 1.2, 2.7 * rows + 0.8), squeeze=False,
+                                 sharex=True)
+    else:
+        fig, flat = _axes(axes, rows * cols, (0, 0))
+        grid = np.array(flat, dtype=object).reshape(rows, cols)
+    for i, q in enumerate(quantities):
+        for j, b in enumerate(layers):
+            axis = grid[i][j]
+            if (q, b) not in cells:
+                axis.set_visible(False)
+                continue
+            for r, lab, qs in zip(rs, labels, held):
+                for s, name in qs.get(q, {}).items():
+                    xs, ys = values(r, b, name)
+                    if len(ys):
+                        axis.plot(xs, ys, SPLIT_STYLE[s], marker="o", ms=3, color=rule_color(r.config.variant),
+                                  label=lab)
+            axis.axhline(90, color="0.6", lw=0.8, ls=":")
+            axis.set_title(b if i == 0 or (quantities[i - 1], b) not in cells else "", fontsize="medium")
+            axis.set_ylabel(textwrap.fill(q.title, 34) + " (°)" if j == 0 or (q, layers[j - 1]) not in cells else "",
+                            fontsize="small")
+            axis.grid(alpha=0.3)
+            _epoch_axis(axis)
+    if not quantities:
+        grid[0][0].text(0.5, 0.5, "no angles in these logs (the probe needs --probe-every 1)", ha="center",
+                        va="center", transform=grid[0][0].transAxes)
+    fig.suptitle(f"alignment angles per layer (90°: unrelated, 0°: the same direction), {_setting(rs)}")
     fig.tight_layout()
+    _legend_right(fig, _rule_handles([r.config.variant for r in rs], labels))
     return fig
 
 
@@ -363,8 +624,10 @@ def plot_similarity(run: RunLike, epochs: Sequence[int] | None = None, layers: S
         for axis in grid[i]:
             axis.set_xticks([])
             axis.set_yticks([])
-    fig.suptitle(f"{run_label(r)}: S(h) on the probe batch (sorted by class) vs S(Y)")
-    fig.colorbar(image, ax=[a for row in grid for a in row], shrink=0.8)
+            axis.spines[:].set_visible(True)  # a frame around every image, whatever the style
+    fig.suptitle(f"{r.config.variant} on {_setting([r])}: S(h) of the probe batch (sorted by class) vs S(Y)")
+    bar = fig.colorbar(image, ax=[a for row in grid for a in row], shrink=0.8)
+    bar.set_label("similarity S (cosine of two examples)")
     return fig
 
 
@@ -501,24 +764,43 @@ def comparison_markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 
 # ---------------------------------------------------------------------- writing figures
-def figure_png(fig, dpi: float = 100) -> bytes:
-    """``fig`` as PNG bytes (tight bounding box) carrying bioplaus's mark (see :mod:`bioplaus.files`);
-    closes ``fig``."""
+FIGURE_FORMATS = ("png", "svg", "pdf")
+
+
+def figure_bytes(fig, fmt: str = "png", dpi: float = 150) -> bytes:
+    """``fig`` as ``fmt`` bytes (png, svg or pdf; tight bounding box) carrying bioplaus's mark where the
+    format has room for one (see :mod:`bioplaus.files`): a PNG ``Software`` text chunk, a comment after an
+    SVG's XML declaration, a PDF's ``/Creator``. No date is written, so the same figure gives the same
+    bytes. Closes ``fig``."""
     import io
 
     import matplotlib
     import matplotlib.pyplot as plt
 
     from bioplaus import __version__
-    from bioplaus.files import PNG_SOFTWARE
+    from bioplaus.files import PNG_SOFTWARE, TEXT_MARK
 
-    buf = io.BytesIO()
+    if fmt not in FIGURE_FORMATS:
+        raise ValueError(f"unknown figure format {fmt!r}; choose one of {', '.join(FIGURE_FORMATS)}")
     software = f"{PNG_SOFTWARE} {__version__} (matplotlib {matplotlib.__version__})"
+    metadata = {"png": {"Software": software}, "svg": {"Creator": software, "Date": None},
+                "pdf": {"Creator": software, "CreationDate": None}}[fmt]
+    buf = io.BytesIO()
     try:
-        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": software})
+        with matplotlib.rc_context({"svg.hashsalt": PNG_SOFTWARE}):  # fixed SVG element ids
+            fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight", metadata=metadata)
     finally:
         plt.close(fig)
-    return buf.getvalue()
+    data = buf.getvalue()
+    if fmt == "svg":  # a comment right after the XML declaration: where files.check_outputs looks
+        declaration, _, rest = data.partition(b"\n")
+        data = declaration + b"\n" + f"{TEXT_MARK} {__version__} (matplotlib {matplotlib.__version__}) -->\n".encode() + rest
+    return data
+
+
+def figure_png(fig, dpi: float = 150) -> bytes:
+    """``fig`` as PNG bytes carrying bioplaus's mark (:func:`figure_bytes`); closes ``fig``."""
+    return figure_bytes(fig, "png", dpi)
 
 
 # ---------------------------------------------------------------------- making small runs
@@ -531,12 +813,15 @@ class RunFailed(RuntimeError):
         self.result = result
 
 
-def make_small_runs(variants: Sequence[str], out_dir: str | os.PathLike = ".", epochs: int = 3,
+def make_small_runs(variants: Sequence[str], out_dir: str | os.PathLike | None = None, epochs: int = 3,
                     num_layers: int = 1, num_hidden: int = 64, probe_every: int = 1, seed: int = 1,
                     extra: dict[str, Any] | None = None, progress: bool = False) -> list[str]:
     """Train one small run per variant with :func:`bioplaus.runner.run` and return the log paths.
 
-    The logs go to a new folder ``small-runs-*`` under ``out_dir`` (nothing is ever overwritten).
+    The logs go to a new folder ``small-runs-*`` under ``out_dir``, kept (nothing is ever overwritten).
+    Without ``out_dir`` (the notebooks and labs) they go to a new temporary folder that is removed when
+    this Python process ends (a notebook's kernel stops), so running a notebook leaves nothing in the
+    checkout; :func:`load_runs` reads logs into memory, so the figures need them only while loading.
     ``extra`` holds further configuration fields (``{"lr": 1e-3}``). Defaults: a 1x64 mlp on the
     embedded fashion-mnist-mini for 3 epochs, CPU, probe every epoch. Raises
     :class:`bioplaus.runner.BadInput` for a configuration that cannot run (before anything is made), and
@@ -547,8 +832,13 @@ def make_small_runs(variants: Sequence[str], out_dir: str | os.PathLike = ".", e
     configs = [resolve({"variant": variant, "epochs": epochs, "num_layers": num_layers, "num_hidden": num_hidden,
                         "probe_every": probe_every, "seed": seed, "device": "cpu", **(extra or {})})
                for variant in variants]  # every configuration is checked before anything is made
-    os.makedirs(out_dir, exist_ok=True)
-    folder = tempfile.mkdtemp(prefix="small-runs-", dir=os.fspath(out_dir))
+    if out_dir is None:
+        folder = tempfile.mkdtemp(prefix="bioplaus-small-runs-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        print(f"training {len(variants)} small run(s) in {folder} (removed when this Python process ends)")
+    else:
+        os.makedirs(out_dir, exist_ok=True)
+        folder = tempfile.mkdtemp(prefix="small-runs-", dir=os.fspath(out_dir))
     paths = []
     for variant, cfg in zip(variants, configs):
         path = os.path.join(folder, f"{variant}.h5")
@@ -559,14 +849,211 @@ def make_small_runs(variants: Sequence[str], out_dir: str | os.PathLike = ".", e
     return paths
 
 
+# ---------------------------------------------------------------------- tidy data (xarray, pandas)
+def _optional(module: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ImportError(f"this needs {module}: pip install 'bioplaus[analysis]'") from None
+
+
+def _layers_of(run: Run) -> list[str]:
+    return block_names(run) + (["out"] if "out" in run.layers else [])
+
+
+def to_xarray(run: RunLike):
+    """A run as an ``xarray.Dataset`` with dims ``epoch`` × ``layer`` (blocks in depth order, then ``out``).
+
+    Variables: every epoch series of the log (dim ``epoch``) and every per-layer series (dims ``epoch``,
+    ``layer``; NaN where a layer has none), each with the ``units`` and ``description`` attributes of the
+    log; and, where the log holds the probe, ``probe_labels`` (``probe_sample``), ``target_similarity``
+    (``probe_sample`` × ``probe_sample_2``) and ``similarity`` (``probe_epoch`` × ``layer`` × ``probe_sample``
+    × ``probe_sample_2``). Attributes: the log's root attributes (``config`` as its JSON), ``path``, and
+    every configuration field under its own name (tuples as lists, None as ``""``, booleans as ``0``/``1``,
+    so that ``ds.to_netcdf()`` can write them). Needs ``bioplaus[analysis]``.
+    """
+    xr = _optional("xarray")
+    r = _run(run)
+    layers = _layers_of(r)
+    data_vars: dict[str, Any] = {}
+    for name, values in r.epochs.items():
+        if name != "epoch":
+            units, description = series_info(r, f"epochs/{name}")
+            data_vars[name] = (("epoch",), np.asarray(values, dtype=float), {"units": units, "description": description})
+    for name in dict.fromkeys(n for b in layers for n in r.layers[b]):
+        grid = np.full((r.num_epochs, len(layers)), np.nan)
+        for j, b in enumerate(layers):
+            if name in r.layers[b]:
+                grid[:, j] = r.layers[b][name]
+        key = name if name not in data_vars else f"{name}_per_layer"
+        data_vars[key] = (("epoch", "layer"), grid, {"units": _units(r, name), "description": _description(r, name)})
+    coords: dict[str, Any] = {"epoch": epochs_of(r).astype(int), "layer": layers}
+    p = r.probe
+    if p.get("similarity") and "labels" in p:
+        n = len(p["labels"])
+        S = np.full((len(p["epochs"]), len(layers), n, n), np.nan, dtype=np.float32)
+        for j, b in enumerate(layers):
+            if b in p["similarity"]:
+                S[:, j] = p["similarity"][b]
+        data_vars["probe_labels"] = (("probe_sample",), np.asarray(p["labels"]),
+                                     {"units": "1", "description": "class labels of the fixed probe batch"})
+        data_vars["target_similarity"] = (("probe_sample", "probe_sample_2"), np.asarray(p["target_similarity"]),
+                                          {"units": "1", "description": "label similarity matrix S(Y) of the probe batch"})
+        data_vars["similarity"] = (("probe_epoch", "layer", "probe_sample", "probe_sample_2"), S,
+                                   {"units": "1", "description": "each block's similarity matrix S(h) on the probe batch"})
+        coords["probe_epoch"] = np.asarray(p["epochs"]).astype(int)
+    attrs: dict[str, Any] = {**r.attrs, "path": r.path}
+    for key, value in r.config.to_dict().items():
+        attrs[key] = _netcdf_value(value)
+    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+
+
+def _netcdf_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return value
+
+
+def to_dataframe(runs: RunLike | Sequence[RunLike], dropna: bool = True):
+    """Runs as one long (tidy) ``pandas.DataFrame``: one row per run × epoch × layer × series.
+
+    Columns: ``run`` (the log's path), ``variant``, ``model``, ``dataset``, ``seed``, ``epoch``, ``layer`` (a
+    block, ``out``, or missing for the run's own epoch series), ``series`` (its name in the log),
+    ``split`` (``train``/``test`` for a series named so, else missing), ``quantity`` (the name without the
+    split: ``error`` for ``train_error`` and ``test_error``), ``value`` and ``units``. With ``dropna``
+    (the default) entries the log leaves NaN (a series a rule does not have, the probe's angle between
+    probe epochs) are left out. Ready for ``groupby`` or seaborn (``relplot(df, x="epoch", y="value",
+    hue="variant", style="split", col="quantity")``). Needs ``bioplaus[analysis]``.
+    """
+    pd = _optional("pandas")
+    columns: dict[str, list] = {k: [] for k in ("run", "variant", "model", "dataset", "seed", "epoch", "layer",
+                                                "series", "split", "quantity", "value", "units")}
+
+    def add(r: Run, layer: str | None, name: str, values: np.ndarray, units: str) -> None:
+        values = np.asarray(values, dtype=float)
+        keep = np.isfinite(values) if dropna else np.ones(len(values), bool)
+        split, quantity = _split(name)
+        n = int(keep.sum())
+        for key, value in (("run", r.path), ("variant", r.config.variant), ("model", r.config.model),
+                           ("dataset", r.config.dataset), ("seed", r.config.seed), ("layer", layer),
+                           ("series", name), ("split", split), ("quantity", quantity), ("units", units)):
+            columns[key].extend([value] * n)
+        columns["epoch"].extend(epochs_of(r).astype(int)[keep].tolist())
+        columns["value"].extend(values[keep].tolist())
+
+    for r in _runs(runs):
+        for name, values in r.epochs.items():
+            if name != "epoch":
+                add(r, None, name, values, series_info(r, f"epochs/{name}")[0])
+        for b in _layers_of(r):
+            for name, values in r.layers[b].items():
+                add(r, b, name, values, series_info(r, f"layers/{b}/{name}")[0])
+    return pd.DataFrame(columns)
+
+
+# ---------------------------------------------------------------------- one row per run (the sweep's CSV)
+RUNS_CSV_KEY = ("run", "recipe", "dataset", "model", "variant", "seed")  # the first columns, always these
+_NOT_OVERRIDE = ("dataset", "model", "variant", "seed", "epochs", "device", "data_dir")  # own columns, or no setting
+
+
+def _base_config(run: Run, recipe: str | None):
+    """What the run's settings are compared with: its paper recipe's, else the defaults for its rule and model."""
+    from bioplaus.config import Config, ConfigError
+    from bioplaus.recipes import get_recipe
+
+    c = run.config
+    try:
+        values = get_recipe(recipe) if recipe else {"variant": c.variant, "model": c.model}
+        return Config.from_dict({**values, "dataset": c.dataset}).resolve()
+    except (ConfigError, ValueError):
+        return Config(variant=c.variant, model=c.model, dataset=c.dataset)
+
+
+def _same_setting(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, (int, float)) and not isinstance(b, bool):
+        return math.isclose(a, b)
+    return a == b
+
+
+def _cell(value: Any) -> Any:
+    """One value per CSV cell: a schedule as its epochs joined by spaces, None as an empty cell."""
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value))
+    return "" if value is None else value
+
+
+def runs_table(runs: RunLike | Sequence[RunLike], last_k: int = 5) -> list[dict[str, Any]]:
+    """One row per run log, one value per cell (the sweep report's ``results.csv``, :func:`runs_csv`).
+
+    Columns, in order: ``run`` (the log's name without ``.h5``), ``recipe`` (the paper's recipe the run is
+    compared with, see :func:`paper_comparison`, or empty), ``dataset``, ``model``, ``variant``, ``seed``;
+    then one column per setting that some run overrides (that differs from its recipe, or from the
+    defaults where no recipe fits: ``lr``, ``num_hidden``, ...), each holding every run's own value (a
+    schedule as ``"100 150 175 188"``); then ``status``, ``epochs`` (completed), ``epochs_planned``,
+    ``seconds`` (summed training time of the epochs in the log), ``test_error`` (the last epoch's, %),
+    ``test_error_last<k>`` (the mean of the last ``last_k`` epochs'), ``best_test_error``, ``train_error``
+    (last), ``paper_test_error``, ``device`` and ``path``. Missing numbers are NaN.
+    """
+    from bioplaus.config import Config
+
+    if last_k < 1:
+        raise ValueError(f"last_k must be at least 1, not {last_k}")
+    rs = _collect(runs)
+    comps = [paper_comparison(r)[0] for r in rs]
+    overrides: dict[str, None] = {}
+    for r, comp in zip(rs, comps):
+        base = _base_config(r, comp["recipe"])
+        for key in Config.field_names():
+            if key not in _NOT_OVERRIDE and not _same_setting(getattr(r.config, key), getattr(base, key)):
+                overrides[key] = None
+    ordered = [k for k in Config.field_names() if k in overrides]
+    rows = []
+    for r, comp in zip(rs, comps):
+        te = np.asarray(r.epochs.get("test_error", []), dtype=float)
+        tr = np.asarray(r.epochs.get("train_error", []), dtype=float)
+        row: dict[str, Any] = {
+            "run": os.path.basename(r.path).removesuffix(".h5"), "recipe": comp["recipe"] or "",
+            "dataset": r.config.dataset, "model": r.config.model, "variant": r.config.variant, "seed": r.config.seed,
+        }
+        row.update({k: _cell(getattr(r.config, k)) for k in ordered})
+        row.update({
+            "status": r.status, "epochs": r.num_epochs, "epochs_planned": r.attrs.get("epochs_planned", r.config.epochs),
+            "seconds": float(np.nansum(np.asarray(r.epochs.get("seconds", []), dtype=float))),
+            "test_error": float(te[-1]) if len(te) else math.nan,
+            f"test_error_last{last_k}": float(np.mean(te[-last_k:])) if len(te) else math.nan,
+            "best_test_error": float(np.nanmin(te)) if np.isfinite(te).any() else math.nan,
+            "train_error": float(tr[-1]) if len(tr) else math.nan,
+            "paper_test_error": math.nan if comp["paper_test_error"] is None else comp["paper_test_error"],
+            "device": str(r.attrs.get("device", "")), "path": r.path,
+        })
+        rows.append(row)
+    return rows
+
+
+def runs_csv(rows: Sequence[dict[str, Any]]) -> str:
+    """:func:`runs_table` rows as CSV that ``pandas.read_csv`` reads with no options: a header of the columns,
+    numbers written exactly (``repr``), a missing number as an empty cell, booleans as True/False."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    header = list(rows[0]) if rows else list(RUNS_CSV_KEY)
+    w.writerow(header)
+    for row in rows:
+        w.writerow(["" if isinstance(row[c], float) and math.isnan(row[c]) else row[c] for c in header])
+    return buf.getvalue()
+
+
 # ---------------------------------------------------------------------- results tables (sweeps)
 # Fields that do not make runs different settings: a group of runs is one setting over seeds.
 _NOT_SETTING = ("seed", "device", "data_dir")
-RESULTS_CSV_COLUMNS = (
-    "label", "recipe", "dataset", "paper_dataset", "model", "variant", "seeds", "runs", "seed_list", "test_errors",
-    "test_error_mean", "test_error_std", "test_error_min", "paper_test_error", "difference", "epochs",
-    "seconds_per_run", "device", "matches_recipe", "differences", "notes", "paths",
-)
 
 
 def _collect(runs: RunLike | Sequence[RunLike]) -> list[Run]:
@@ -752,32 +1239,12 @@ def results_paper_markdown(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def results_csv(rows: Sequence[dict[str, Any]]) -> str:
-    """:func:`results_table` rows as CSV (columns ``RESULTS_CSV_COLUMNS``). Numbers are written exactly
-    (``repr``); a missing number (no paper value, one seed's std) is an empty field; lists are joined with
-    spaces (``differences``, ``notes``: with ``; ``)."""
-    import csv
-    import io
-
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(RESULTS_CSV_COLUMNS)
-    for row in rows:
-        values = []
-        for col in RESULTS_CSV_COLUMNS:
-            v = row[col]
-            if isinstance(v, list):
-                v = ("; " if col in ("differences", "notes") else " ").join(map(str, v))
-            elif v is None or (isinstance(v, float) and math.isnan(v)):
-                v = ""
-            values.append(v)
-        w.writerow(values)
-    return buf.getvalue()
-
-
 def plot_results(rows: Sequence[dict[str, Any]], ax=None):
     """Measured vs the paper: one line per :func:`results_table` row, the final test error of each seed (small
-    dots), their mean ± std (error bar) and the paper's number (red cross). Returns the Figure."""
+    dots), their mean ± std (error bar, in the rule's colour) and the paper's number (black cross). Returns
+    the Figure."""
+    from matplotlib.lines import Line2D
+
     fig, (axis,) = _axes(ax, 1, (8.5, 1.6 + 0.38 * max(1, len(rows))))
     y = np.arange(len(rows))[::-1]
     for yi, row in zip(y, rows):
@@ -785,19 +1252,20 @@ def plot_results(rows: Sequence[dict[str, Any]], ax=None):
         if errs:
             axis.plot(errs, [yi] * len(errs), "o", ms=3, color="0.6", zorder=2)
             std = row["test_error_std"] if not math.isnan(row["test_error_std"]) else 0.0
-            axis.errorbar([row["test_error_mean"]], [yi], xerr=[std], fmt="o", color="C0", capsize=3, zorder=3)
+            axis.errorbar([row["test_error_mean"]], [yi], xerr=[std], fmt="o", color=rule_color(row["variant"]),
+                          capsize=3, zorder=3)
         if row["paper_test_error"] is not None:
-            axis.plot([row["paper_test_error"]], [yi], "x", color="C3", ms=8, mew=2, zorder=4)
+            axis.plot([row["paper_test_error"]], [yi], "x", color="black", ms=8, mew=2, zorder=4)
     axis.set_yticks(y)
     axis.set_yticklabels([row["label"] + ("" if row["matches_recipe"] else " *") for row in rows], fontsize="small")
     axis.set_xlabel("test error (%)")
-    axis.set_title("measured (mean ± std over seeds, seeds in grey) vs paper (x); * differs from the recipe",
-                   fontsize="small")
-    from matplotlib.lines import Line2D
-
-    axis.legend(handles=[Line2D([], [], marker="o", color="C0", ls="", label="measured mean ± std"),
+    datasets = ", ".join(dict.fromkeys(row["dataset"] for row in rows))
+    axis.set_title(f"{datasets}: measured (mean ± std over seeds, in the rule's colour; seeds grey) vs the paper "
+                   "(x); * differs from the recipe", fontsize="small")
+    variants = list(dict.fromkeys(row["variant"] for row in rows))
+    axis.legend(handles=[*(Line2D([], [], marker="o", color=rule_color(v), ls="", label=v) for v in variants),
                          Line2D([], [], marker="o", color="0.6", ms=3, ls="", label="one seed"),
-                         Line2D([], [], marker="x", color="C3", mew=2, ls="", label="paper")],
+                         Line2D([], [], marker="x", color="black", mew=2, ls="", label="paper")],
                 fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     axis.grid(alpha=0.3, axis="x")
     axis.set_ylim(-0.7, len(rows) - 0.3)

@@ -16,6 +16,8 @@ marked ``interrupted`` and ``--resume`` continues from the last completed epoch)
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -130,6 +132,8 @@ def build_parser(prog: str = DEFAULT_PROGRAM.run, describe: bool = False) -> arg
         run.add_argument("--resume", metavar="PATH.h5", help="continue an interrupted run from its last checkpoint")
         run.add_argument("--describe", action="store_true", help="print the model and its parameter count, then exit")
         run.add_argument("--no-progress", dest="no_progress", action="store_true", help="no progress bars")
+        run.add_argument("--tensorboard", metavar="DIR", help="after every epoch, write the log's series as "
+                         "TensorBoard events to DIR/<log name>/ (needs bioplaus[tensorboard])")
         run.add_argument("--threads", type=int, metavar="N",
                          help="BLAS and element-wise threads of this process (default: the cores this process may "
                               "use / the processes of this run on this host; an OMP_NUM_THREADS, "
@@ -170,7 +174,7 @@ def _show_defaults(group: argparse._ArgumentGroup) -> None:
 
 
 _ACTION_KEYS = {"recipe", "list_recipes", "list_variants", "out", "overwrite", "resume", "describe", "no_progress",
-                "parallel", "stages", "ranks", "config", "config_from", "threads", "keep_checkpoint"}
+                "parallel", "stages", "ranks", "config", "config_from", "threads", "keep_checkpoint", "tensorboard"}
 
 
 def _config_flags(ns: argparse.Namespace) -> dict[str, Any]:
@@ -234,6 +238,7 @@ def _main(argv: Sequence[str] | None, program: Program, describe: bool) -> int:
             raise UsageError(RANKS_ONLY_WITH_DESCRIBE)
         if getattr(ns, "stages", None) is not None and not getattr(ns, "parallel", None):
             raise UsageError("--stages needs --parallel layers")
+        check_tensorboard(ns)
         if getattr(ns, "resume", None) is not None:
             prepared = _prepare_resume(ns, program)
         else:
@@ -241,7 +246,9 @@ def _main(argv: Sequence[str] | None, program: Program, describe: bool) -> int:
         if prepared is None:  # --describe
             return EXIT_OK
         progress = not getattr(ns, "no_progress", False)
-        result = runner.execute(prepared, progress=progress, echo=lambda line: print(line, flush=True))
+        with tensorboard_hook(ns, prepared.out) as on_epoch:
+            result = runner.execute(prepared, progress=progress, echo=lambda line: print(line, flush=True),
+                                    on_epoch=on_epoch)
     except (UsageError, BadInput) as exc:
         print(f"error: {sentence(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
@@ -249,6 +256,38 @@ def _main(argv: Sequence[str] | None, program: Program, describe: bool) -> int:
         print("interrupted before training started; nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED
     return result.exit_code
+
+
+def check_tensorboard(ns: argparse.Namespace) -> None:
+    """``--tensorboard DIR``: tensorboardX is there and DIR is (or can be made) a writable folder; raises
+    BadInput before anything is written."""
+    folder = getattr(ns, "tensorboard", None)
+    if folder is None:
+        return
+    from bioplaus import files
+    from bioplaus.tensorboard import TensorBoardMissing, check_available
+
+    try:
+        check_available()
+        files.check_folder_writable(os.path.join(folder, "events"), "--tensorboard")
+    except (TensorBoardMissing, files.PathError) as exc:
+        raise BadInput(f"--tensorboard: {exc}") from None
+
+
+@contextlib.contextmanager
+def tensorboard_hook(ns: argparse.Namespace, log: str):
+    """The run loop's per-epoch hook that exports ``log`` to ``--tensorboard DIR`` (None without the flag)."""
+    folder = getattr(ns, "tensorboard", None)
+    if folder is None:
+        yield None
+        return
+    from bioplaus.tensorboard import Exporter
+
+    exporter = Exporter(log, folder)
+    try:
+        yield exporter
+    finally:
+        exporter.close()
 
 
 def list_recipes(patterns: Sequence[str] = ()) -> int:

@@ -1,13 +1,16 @@
 """The figures command (``python sims/figures.py``): train one small run per variant, then draw the
 README figures from their logs.
 
-    python sims/figures.py                              # the README's setting (a few minutes on a CPU)
-    python sims/figures.py --epochs 20 --num-hidden 1024 --num-layers 3
+    python sims/figures.py                              # the README's setting (seconds on a CPU), into figures/
+    python sims/figures.py --out-dir docs/figures       # redraw the README's own figures
+    python sims/figures.py --epochs 20 --num-hidden 1024 --num-layers 3 --format png,pdf
     python sims/figures.py --logs runs/my-runs/         # draw from existing logs, train nothing
 
-Writes ``errors.png``, ``layer_dynamics.png``, ``depth.png``, ``angles.png``, ``similarity.png`` and
-``paper_comparison.md`` to ``--out-dir`` (default ``docs/figures``). The run logs go to a new folder
-``runs/small-runs-*`` (never overwritten) and are kept; the figures read only them.
+Writes ``errors``, ``layer_dynamics``, ``depth``, ``angles`` and ``similarity`` in each ``--format`` (png,
+svg, pdf; default png, at ``--dpi`` 150) and ``paper_comparison.md`` to ``--out-dir`` (default ``figures``;
+the tracked ``docs/figures`` only when named). The run logs go to a new folder ``runs/small-runs-*``
+(never overwritten) and are kept; the figures read only them. The figures use the talk style of
+:data:`bioplaus.analysis.TALK_STYLE`.
 
 Every input is checked before anything is trained or written: bad input is one sentence and exit
 status 2 with nothing made. A file at an output's path is replaced only when bioplaus wrote it (its
@@ -30,10 +33,12 @@ from bioplaus.rules import RULES
 from bioplaus.runner import BadInput
 
 DEFAULT_VARIANTS = ("glob", "pred", "sim", "predsim", "predsim-bpf")
-FIGURES = ("errors.png", "layer_dynamics.png", "depth.png", "angles.png", "similarity.png")
+FIGURES = ("errors", "layer_dynamics", "depth", "angles", "similarity")  # each written in every --format
 TABLE = "paper_comparison.md"
+DEFAULT_OUT_DIR = "figures"  # not docs/figures: the README's figures are redrawn only when named
 EXIT_OK, EXIT_USAGE, EXIT_IO, EXIT_INTERRUPTED = 0, 2, 74, 130
 DPI_RANGE = (10, 600)
+DEFAULT_DPI = 150
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,12 +56,17 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "gpu"))
     p.add_argument("--runs-dir", default="runs", help="folder under which a new small-runs-* folder is made")
     p.add_argument("--logs", nargs="+", help="draw from these logs (paths, globs, folders) instead of training")
-    p.add_argument("--out-dir", default=os.path.join("docs", "figures"))
+    p.add_argument("--out-dir", default=DEFAULT_OUT_DIR,
+                   help=f"where the figures go (default {DEFAULT_OUT_DIR}; --out-dir docs/figures redraws the README's)")
+    p.add_argument("--format", default="png", help="figure formats, comma-separated: "
+                   + ", ".join(analysis.FIGURE_FORMATS) + " (default png)")
     p.add_argument("--similarity-variant", default="predsim",
                    help="the run whose S(h) is drawn (the last run when no run has this variant)")
     p.add_argument("--layer-variant", default="predsim",
                    help="the run whose per-block dynamics are drawn (the last run when no run has this variant)")
-    p.add_argument("--dpi", type=int, default=80, help=f"resolution, {DPI_RANGE[0]} to {DPI_RANGE[1]}")
+    p.add_argument("--dpi", type=int, default=DEFAULT_DPI,
+                   help=f"resolution of PNGs (and of images inside SVG and PDF), {DPI_RANGE[0]} to {DPI_RANGE[1]} "
+                        f"(default {DEFAULT_DPI})")
     return p
 
 
@@ -67,38 +77,53 @@ def _pick(runs, variant: str):
     return runs[-1]
 
 
-def output_paths(out_dir: str) -> list[tuple[str, tuple[bytes, ...]]]:
+def formats_of(text: str) -> tuple[str, ...]:
+    """``"png,pdf"`` -> ``("png", "pdf")``; raises BadInput for a format bioplaus does not write."""
+    formats = tuple(dict.fromkeys(part.strip().lower() for part in text.split(",")))
+    for fmt in formats:
+        if fmt not in analysis.FIGURE_FORMATS:
+            raise BadInput(f"--format: unknown format {fmt!r}; choose from {', '.join(analysis.FIGURE_FORMATS)}")
+    return formats
+
+
+def output_paths(out_dir: str, formats: Sequence[str] = ("png",)) -> list[tuple[str, tuple[bytes, ...]]]:
     """Every file this command may write into ``out_dir``, with the mark an earlier one of ours carries."""
-    return ([(os.path.join(out_dir, name), files.PNG_MARKS) for name in FIGURES]
+    return ([(os.path.join(out_dir, f"{name}.{fmt}"), files.FIGURE_MARKS[fmt]) for name in FIGURES for fmt in formats]
             + [(os.path.join(out_dir, TABLE), files.TEXT_MARKS)])
 
 
 def render(runs, out_dir: str, similarity_variant: str = "predsim", layer_variant: str = "predsim",
-           dpi: int = 80) -> list[files.Output]:
-    """The README figures of ``runs`` and the paper table, as outputs for ``out_dir`` (nothing written)."""
+           dpi: int = DEFAULT_DPI, formats: Sequence[str] = ("png",)) -> list[files.Output]:
+    """The README figures of ``runs`` (in each format) and the paper table, as outputs for ``out_dir``
+    (nothing written). The angles figure is left out when no run logs an angle, the similarity grid when no
+    run logs the probe's matrices."""
+    import matplotlib
+
     outputs = []
+    with matplotlib.rc_context(analysis.TALK_STYLE):
+        def add(draw, name: str) -> None:
+            for fmt in formats:  # a figure per format: savefig closes it
+                outputs.append(files.Output.figure(os.path.join(out_dir, f"{name}.{fmt}"),
+                                                   analysis.figure_bytes(draw(), fmt, dpi), fmt))
 
-    def add(fig, name: str, scale: float = 1.0) -> None:
-        outputs.append(files.Output.png(os.path.join(out_dir, name), analysis.figure_png(fig, round(dpi * scale))))
-
-    add(analysis.plot_errors(runs), "errors.png")
-    add(analysis.plot_layer_dynamics(_pick(runs, layer_variant), split="test"), "layer_dynamics.png")
-    add(analysis.plot_depth(runs), "depth.png")
-    add(analysis.plot_angles(runs), "angles.png")
-    with_probe = [r for r in runs if r.probe.get("similarity")]
-    if with_probe:
-        # noisy 128x128 images compress badly: a lower resolution keeps the PNG small
-        add(analysis.plot_similarity(_pick(with_probe, similarity_variant)), "similarity.png", scale=0.75)
+        add(lambda: analysis.plot_errors(runs), "errors")
+        add(lambda: analysis.plot_layer_dynamics(_pick(runs, layer_variant)), "layer_dynamics")
+        add(lambda: analysis.plot_depth(runs), "depth")
+        if analysis.angle_quantities(runs):
+            add(lambda: analysis.plot_angles(runs), "angles")
+        with_probe = [r for r in runs if r.probe.get("similarity")]
+        if with_probe:
+            add(lambda: analysis.plot_similarity(_pick(with_probe, similarity_variant)), "similarity")
     table = analysis.comparison_markdown(analysis.paper_comparison(runs)) + "\n"
     outputs.append(files.Output.markdown(os.path.join(out_dir, TABLE), "python sims/figures.py", table))
     return outputs
 
 
 def draw(runs, out_dir: str, similarity_variant: str = "predsim", layer_variant: str = "predsim",
-         dpi: int = 80) -> list[str]:
+         dpi: int = DEFAULT_DPI, formats: Sequence[str] = ("png",)) -> list[str]:
     """Draw the README figures of ``runs`` into ``out_dir``; returns the written paths. Raises
     :class:`bioplaus.files.PathError` (nothing written) when an output's path holds a file bioplaus did not write."""
-    return files.write_outputs(render(runs, out_dir, similarity_variant, layer_variant, dpi), "--out-dir")
+    return files.write_outputs(render(runs, out_dir, similarity_variant, layer_variant, dpi, formats), "--out-dir")
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -115,7 +140,7 @@ def _check(args: argparse.Namespace) -> None:
             raise BadInput(f"{flag}: unknown variant {value!r}; choose one of {', '.join(known)}")
     if len(set(args.variants)) < len(args.variants):
         raise BadInput("--variants repeats a variant")
-    files.check_outputs(output_paths(args.out_dir), "--out-dir")
+    files.check_outputs(output_paths(args.out_dir, formats_of(args.format)), "--out-dir")
     if not args.logs:
         files.check_folder_writable(os.path.join(args.runs_dir, "small-runs-*"), "--runs-dir")
 
@@ -145,7 +170,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
                                              num_layers=args.num_layers, num_hidden=args.num_hidden,
                                              probe_every=1, seed=args.seed, extra={"device": args.device})
             runs = _load(paths)
-        written = draw(runs, args.out_dir, args.similarity_variant, args.layer_variant, args.dpi)
+        written = draw(runs, args.out_dir, args.similarity_variant, args.layer_variant, args.dpi,
+                       formats_of(args.format))
     except (BadInput, files.PathError, LogError) as exc:
         print(f"error: {sentence(str(exc))}", file=sys.stderr)
         return EXIT_USAGE

@@ -18,10 +18,11 @@ its lock ``PATH.h5.lock`` (and with ``--keep-checkpoint all`` one checkpoint per
 ``OSError`` raised by :func:`atomic_write` are failures of the storage during a run.
 
 Derived outputs (figures and tables drawn from logs: ``sims/figures.py``, ``sims/sweep.py --report``)
-follow the same rules through :func:`write_outputs`: each carries a mark (a PNG text chunk, a first
-line), and an existing file at an output's path is replaced only when it carries that mark, i.e. when
-bioplaus wrote it; a user's own ``errors.png`` or ``results.md`` is refused, as is anything but a
-regular file. Every output is checked before the first is written.
+follow the same rules through :func:`write_outputs`: each carries a mark (a PNG text chunk, an SVG's
+or a Markdown file's first comment, a PDF's document information ``/Creator``), and an existing file at
+an output's path is replaced only when it carries that mark, i.e. when bioplaus wrote it; a user's own
+``errors.png`` or ``results.md`` is refused, as is anything but a regular file. Every output is checked
+before the first is written.
 """
 
 from __future__ import annotations
@@ -436,8 +437,17 @@ def text_mark(command: str) -> str:
     return f"{TEXT_MARK}: {command}; running it again replaces this file -->\n"
 
 
+class TailMark(bytes):
+    """A mark that its format writes at the end of the file, where it is looked for (the last
+    ``_TAIL_BYTES``): a PDF's document information dictionary follows its pages."""
+
+
+PDF_MARK = TailMark(b"/Creator (" + PNG_SOFTWARE.encode() + b" ")  # matplotlib writes the info dictionary last
+_TAIL_BYTES = 1 << 16  # a PDF's cross-reference table (20 bytes an object) sits between its info and its end
 PNG_MARKS = (PNG_MARK,)
-TEXT_MARKS = (TEXT_MARK.encode(),)
+TEXT_MARKS = (TEXT_MARK.encode(),)  # Markdown, and SVG (a comment after the XML declaration)
+PDF_MARKS = (PDF_MARK,)
+FIGURE_MARKS = {"png": PNG_MARKS, "svg": TEXT_MARKS, "pdf": PDF_MARKS}  # by format (figure_bytes writes them)
 
 
 @dataclass(frozen=True)
@@ -453,6 +463,12 @@ class Output:
     def png(cls, path: str, data: bytes) -> Output:
         """A figure (``data`` from :func:`bioplaus.analysis.figure_png`, which writes the mark)."""
         return cls(path, data, PNG_MARKS)
+
+    @classmethod
+    def figure(cls, path: str, data: bytes, fmt: str) -> Output:
+        """A figure in ``fmt`` (png, svg, pdf; ``data`` from :func:`bioplaus.analysis.figure_bytes`, which
+        writes the mark)."""
+        return cls(path, data, FIGURE_MARKS[fmt])
 
     @classmethod
     def markdown(cls, path: str, command: str, text: str) -> Output:
@@ -476,13 +492,25 @@ def check_outputs(targets: Sequence[tuple[str, Sequence[bytes]]], flag: str) -> 
             raise PathError(f"{path} is {_kind(os.lstat(path).st_mode)}, where {flag} would write a file; "
                             "bioplaus leaves it alone")
         try:
-            with open(path, "rb") as fh:
-                head = fh.read(_HEAD_BYTES)
+            marked = _carries(path, marks)
         except OSError as exc:
             raise PathError(f"cannot read {path}: {exc.strerror.lower()}") from None
-        if not any(m in head for m in marks):
+        if not marked:
             raise PathError(f"{path} was not written by bioplaus, and {flag} would replace it; move it away "
                             f"or choose another {flag}")
+
+
+def _carries(path: str, marks: Sequence[bytes]) -> bool:
+    """Whether the file holds one of ``marks`` where its format puts it: in its head, or, for a
+    :class:`TailMark`, in its tail."""
+    with open(path, "rb") as fh:
+        head = fh.read(_HEAD_BYTES)
+        tail = b""
+        if any(isinstance(m, TailMark) for m in marks):
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - _TAIL_BYTES))
+            tail = fh.read(_TAIL_BYTES)
+    return any(m in (tail if isinstance(m, TailMark) else head) for m in marks)
 
 
 def write_outputs(outputs: Sequence[Output], flag: str) -> list[str]:

@@ -111,6 +111,9 @@ class Run:
     epochs: dict[str, np.ndarray]
     layers: dict[str, dict[str, np.ndarray]]
     probe: dict[str, Any] = field(default_factory=dict)
+    # the (units, description) attributes of each series, by its path in the log: "epochs/test_error",
+    # "layers/fc1/weight_norm"; what analysis labels its axes with
+    info: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     @property
     def status(self) -> str:
@@ -386,6 +389,8 @@ def read_run(path: str) -> Run:
                     probe[key] = np.asarray(pg[key][()])
             if "similarity" in pg:
                 probe["similarity"] = {k: np.asarray(v[()]) for k, v in pg["similarity"].items()}
+            info = {ds.name[1:]: (_text(ds.attrs.get("units", "")), _text(ds.attrs.get("description", "")))
+                    for group in (f["epochs"], *f["layers"].values()) for ds in group.values()}
     except LogError:
         raise
     except (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError) as exc:
@@ -395,13 +400,18 @@ def read_run(path: str) -> Run:
         config.validate()
     except (ValueError, TypeError, ConfigError) as exc:
         raise LogError(f"{path} holds a configuration this bioplaus cannot read ({_first_line(exc)})") from exc
-    run = Run(path=path, attrs=attrs, config=config, epochs=epochs, layers=layers, probe=probe)
+    run = Run(path=path, attrs=attrs, config=config, epochs=epochs, layers=layers, probe=probe, info=info)
     _check_consistent(run)
     return run
 
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [exc.__class__.__name__])[0].rstrip(".")
+
+
+def _text(value: Any) -> str:
+    value = _attr(value)
+    return value if isinstance(value, str) else str(value)
 
 
 def _series_of(ds) -> np.ndarray:

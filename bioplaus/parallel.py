@@ -492,6 +492,7 @@ def main_parallel(ns, flags: dict, program=None, note: str | None = None) -> int
 
 
 def _rank0(comm, size: int, local: int, ns, flags: dict, runner, processes: int = 1, program=None) -> int:
+    from bioplaus.cli import check_tensorboard, tensorboard_hook
     from bioplaus.rules import get_rule
     from bioplaus.runner import BadInput
 
@@ -520,6 +521,7 @@ def _rank0(comm, size: int, local: int, ns, flags: dict, runner, processes: int 
         try:
             if getattr(ns, "ranks", None) is not None:
                 raise BadInput(RANKS_ONLY_WITH_DESCRIBE)
+            check_tensorboard(ns)
             kwargs = {"threads": getattr(ns, "threads", None), "processes": processes, "program": program}
             if getattr(ns, "resume", None) is not None:
                 for key in ("recipe", "out", "overwrite", "config", "config_from"):
@@ -544,7 +546,9 @@ def _rank0(comm, size: int, local: int, ns, flags: dict, runner, processes: int 
                 f"rank {r}: {', '.join(b.name for b in trainer.spec.blocks[a:b])}"
                 for r, (a, b) in enumerate(trainer.bounds)))
             progress = not getattr(ns, "no_progress", False)
-            result = runner.execute(prepared, progress=progress, echo=lambda line: print(line, flush=True))
+            with tensorboard_hook(ns, prepared.out) as on_epoch:
+                result = runner.execute(prepared, progress=progress, echo=lambda line: print(line, flush=True),
+                                        on_epoch=on_epoch)
             status = result.exit_code
         except BadInput as exc:
             print(f"error: {sentence(str(exc))}", file=sys.stderr, flush=True)

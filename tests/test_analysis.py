@@ -117,6 +117,10 @@ def test_block_names_in_depth_order(tmp_path):
     assert analysis.block_names(analysis.load_runs(path)[0]) == ["fc1", "fc2", "fc3", "fc10"]
 
 
+def _visible(fig):
+    return [ax for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]
+
+
 def test_plot_errors_lines_are_the_logged_series(two_runs):
     runs = analysis.load_runs([p for p, _ in two_runs])
     fig = analysis.plot_errors(runs)
@@ -125,21 +129,26 @@ def test_plot_errors_lines_are_the_logged_series(two_runs):
     assert len(lines) == 4
     assert [ln.get_label() for ln in lines] == ["glob train", "glob test", "predsim-bpf train", "predsim-bpf test"]
     assert [ln.get_linestyle() for ln in lines] == ["-", "--", "-", "--"]
-    assert lines[0].get_color() == lines[1].get_color() != lines[2].get_color() == lines[3].get_color()
+    assert [ln.get_color() for ln in lines] == [analysis.rule_color("glob")] * 2 + [analysis.rule_color("predsim-bpf")] * 2
     for k, (_, w) in enumerate(two_runs):
         np.testing.assert_allclose(lines[2 * k].get_ydata(), w["epochs"]["train_error"])
         np.testing.assert_allclose(lines[2 * k + 1].get_ydata(), w["epochs"]["test_error"])
         np.testing.assert_allclose(lines[2 * k].get_xdata(), [1, 2, 3, 4])
     assert ax.get_xlabel() == "epoch" and ax.get_ylabel() == "error (%)"
     assert "train" in ax.get_title() and "test" in ax.get_title()
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == [ln.get_label() for ln in lines]
+    assert "fashion-mnist-mini" in ax.get_title() and "mlp 2x32" in ax.get_title()  # dataset and model
+    # each rule once, then the two line styles: not one entry per line
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["glob", "predsim-bpf", "train", "test"]
 
 
 def test_plot_errors_same_variant_labels_differ(tmp_path):
     a, _ = make_log(tmp_path / "a.h5", "pred", seed=1)
     b, _ = make_log(tmp_path / "b.h5", "pred", seed=2, blocks=("fc1",))
-    labels = [ln.get_label() for ln in analysis.plot_errors([a, b]).axes[0].get_lines()]
+    lines = analysis.plot_errors([a, b]).axes[0].get_lines()
+    labels = [ln.get_label() for ln in lines]
     assert len(set(labels)) == 4 and labels[0].startswith("pred mlp 2x32") and labels[2].startswith("pred mlp 1x32")
+    assert {ln.get_color() for ln in lines} == {analysis.rule_color("pred")}  # one rule, one colour
+    assert lines[0].get_marker() == lines[1].get_marker() != lines[2].get_marker()  # told apart by marker
 
 
 def test_plot_errors_into_given_axes(two_runs):
@@ -148,65 +157,97 @@ def test_plot_errors_into_given_axes(two_runs):
     assert len(ax.get_lines()) == 2
 
 
-def test_plot_layer_dynamics(two_runs):
-    path, w = two_runs[1]
-    fig = analysis.plot_layer_dynamics(path, split="test")
-    assert len(fig.axes) == 3
-    for ax, key in zip(fig.axes, ("test_loss_pred", "test_loss_sim", "test_error_pred")):
+def test_plot_layer_dynamics_a_panel_per_series_the_log_holds(two_runs):
+    path, w = two_runs[1]  # predsim-bpf: its pred loss is the binary-code loss
+    run = analysis.load_runs(path)[0]
+    fig = analysis.plot_layer_dynamics(path)
+    axes = _visible(fig)
+    expected = ["loss_pred (nats)", "loss_sim", "error_pred (%)", "update_norm", "weight_norm", "bp_angle (degrees)",
+                "fa_angle (degrees)"]
+    assert [ax.get_ylabel() for ax in axes] == expected
+    assert "binary code" in axes[0].get_title()  # pred-bpf's loss says what it is
+    assert "similarity" in axes[1].get_title() and "predictor" in axes[2].get_title()
+    for ax, key in zip(axes[:3], ("loss_pred", "loss_sim", "error_pred")):
         lines = ax.get_lines()
-        assert [ln.get_label() for ln in lines] == ["fc1", "fc2"]
-        for ln, b in zip(lines, ("fc1", "fc2")):
-            np.testing.assert_allclose(ln.get_ydata(), w["layers"][b][key])
-        assert ax.get_xlabel() == "epoch" and ax.get_title().startswith("test ")
-    train = analysis.plot_layer_dynamics(path, split="train")
-    np.testing.assert_allclose(train.axes[0].get_lines()[1].get_ydata(), w["layers"]["fc2"]["train_loss_pred"])
+        assert [ln.get_label() for ln in lines] == ["fc1 train", "fc1 test", "fc2 train", "fc2 test"]
+        assert [ln.get_linestyle() for ln in lines] == ["-", "--", "-", "--"]
+        for ln in lines:
+            block, split = ln.get_label().split()
+            values = w["layers"][block].get(f"{split}_{key}")
+            if values is not None:
+                np.testing.assert_allclose(ln.get_ydata(), values)
+        assert [t.get_text() for t in ax.texts] == ["fc1", "fc2"]  # layers named at the lines' ends
+        assert ax.get_xlabel() == "epoch"
+        # one hue per rule; the deepest block in it, shallower ones lighter
+        assert lines[2].get_color() == analysis.rule_color("predsim-bpf") != lines[0].get_color()
+    bp = axes[5].get_lines()
+    np.testing.assert_allclose(bp[0].get_xdata(), [2, 4])  # probe epochs only: NaN epochs left out
+    np.testing.assert_allclose(bp[0].get_ydata(), np.asarray(w["layers"]["fc1"]["bp_angle"])[[1, 3]])
+    assert "predsim-bpf" in fig._suptitle.get_text() and "fashion-mnist-mini" in fig._suptitle.get_text()
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["train", "test"]
+    test_only = _visible(analysis.plot_layer_dynamics(path, split="test"))
+    assert [ln.get_label() for ln in test_only[0].get_lines()] == ["fc1 test", "fc2 test"]
+    assert len(test_only[3].get_lines()) == 2  # a series of no split is drawn whatever the split
     with pytest.raises(ValueError):
         analysis.plot_layer_dynamics(path, split="valid")
+    assert [q.name for q in analysis.layer_quantities(run)] == [a.split(" ")[0] for a in expected]
 
 
-def test_plot_layer_dynamics_missing_quantity_says_so(tmp_path):
+def test_plot_layer_dynamics_draws_only_what_the_log_holds(tmp_path):
     cfg = Config(variant="glob", epochs=2, num_layers=1, num_hidden=8).resolve()
     log = RunLog.create(str(tmp_path / "g.h5"), cfg, "cpu", 10)
     for e in (1, 2):
-        log.append_epoch({"epoch": e, "train_error": 50.0, "layers": {"fc1": {"weight_norm": 1.0}}},
+        log.append_epoch({"epoch": e, "train_error": 50.0, "layers": {"fc1": {"weight_norm": 1.0 + e}}},
                          {"test_error": 40.0})
-    fig = analysis.plot_layer_dynamics(str(tmp_path / "g.h5"))
-    assert all(len(ax.get_lines()) == 0 for ax in fig.axes)
-    assert all("glob" in ax.texts[0].get_text() for ax in fig.axes)
+    (ax,) = _visible(analysis.plot_layer_dynamics(str(tmp_path / "g.h5")))  # one panel, not three empty ones
+    assert ax.get_ylabel() == "weight_norm" and "Frobenius norm" in ax.get_title()
+    np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), [2.0, 3.0])
 
 
-def test_plot_depth(two_runs):
-    fig = analysis.plot_depth([p for p, _ in two_runs], epoch=2)
-    assert len(fig.axes) == 3
-    err = fig.axes[2]
-    assert [ln.get_label() for ln in err.get_lines()] == ["glob", "predsim-bpf"]
+def test_plot_depth_separates_what_differs(two_runs, tmp_path):
+    pred, _ = make_log(tmp_path / "p.h5", "pred", seed=3)
+    paths = [p for p, _ in two_runs] + [pred]
+    fig = analysis.plot_depth(paths, epoch=2)
+    axes = _visible(fig)
+    losses = [ax for ax in axes if ax.get_ylabel() == "loss_pred (nats)"]
+    # pred's cross-entropy and predsim-bpf's binary-code loss: two panels, each with its own run
+    assert len(losses) == 2 and len({ax.get_title() for ax in losses}) == 2
+    code, ce = sorted(losses, key=lambda ax: "binary code" not in ax.get_title())
+    assert [ln.get_label() for ln in code.get_lines()] == ["predsim-bpf"]
+    assert [ln.get_label() for ln in ce.get_lines()] == ["glob", "pred"]  # these made-up logs give glob one too
+    err = next(ax for ax in axes if ax.get_ylabel() == "error_pred (%)")
+    assert [ln.get_label() for ln in err.get_lines()] == ["glob", "predsim-bpf", "pred"]
     for ln, (_, w) in zip(err.get_lines(), two_runs):
         np.testing.assert_allclose(ln.get_xdata(), [1, 2])
         np.testing.assert_allclose(ln.get_ydata(), [w["layers"][b]["test_error_pred"][1] for b in ("fc1", "fc2")])
-    assert "epoch 2" in err.get_title() and err.get_xlabel() == "block (depth)"
+        assert ln.get_color() == analysis.rule_color(ln.get_label())
+    assert [t.get_text() for t in err.get_xticklabels()] == ["fc1", "fc2"] and err.get_xlabel() == "block (depth)"
+    assert "epoch 2" in fig._suptitle.get_text() and "mlp 2x32" in fig._suptitle.get_text()
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["glob", "predsim-bpf", "pred"]
     last = analysis.plot_depth(two_runs[0][0])
-    np.testing.assert_allclose(last.axes[0].get_lines()[0].get_ydata(),
+    loss = next(ax for ax in _visible(last) if ax.get_ylabel() == "loss_pred (nats)")
+    np.testing.assert_allclose(loss.get_lines()[0].get_ydata(),
                                [two_runs[0][1]["layers"][b]["test_loss_pred"][-1] for b in ("fc1", "fc2")])
     with pytest.raises(ValueError):
         analysis.plot_depth(two_runs[0][0], epoch=9)
 
 
-def test_plot_angles(two_runs):
+def test_plot_angles_a_row_per_angle_a_column_per_layer(two_runs):
     path, w = two_runs[1]
     fig = analysis.plot_angles(path)
-    fa, bp = fig.axes
-    assert [ln.get_label() for ln in fa.get_lines() if not ln.get_label().startswith("_")] == [
-        "fc1 (decoder)", "fc2 (decoder)"]
-    np.testing.assert_allclose(fa.get_lines()[1].get_ydata(), w["layers"]["fc2"]["fa_angle"])
-    bp_lines = [ln for ln in bp.get_lines() if not ln.get_label().startswith("_")]
-    assert len(bp_lines) == 2
-    # bp_angle exists on probe epochs only (2 and 4): NaN epochs are left out, not drawn as gaps
-    np.testing.assert_allclose(bp_lines[0].get_xdata(), [2, 4])
-    np.testing.assert_allclose(bp_lines[0].get_ydata(), np.asarray(w["layers"]["fc1"]["bp_angle"])[[1, 3]])
-    assert fa.get_ylabel() == "angle (degrees)" and "feedback" in fa.get_title() and "backprop" in bp.get_title()
+    cells = _visible(fig)
+    assert len(cells) == 4  # bp_angle and fa_angle (the log's degrees) x fc1, fc2
+    assert [ax.get_title() for ax in cells] == ["fc1", "fc2", "", ""]
+    assert "backprop" in cells[0].get_ylabel() and "feedback" in cells[2].get_ylabel()
+    bp = [ln for ln in cells[0].get_lines() if not ln.get_label().startswith("_")]
+    np.testing.assert_allclose(bp[0].get_xdata(), [2, 4])
+    np.testing.assert_allclose(bp[0].get_ydata(), np.asarray(w["layers"]["fc1"]["bp_angle"])[[1, 3]])
+    fa = [ln for ln in cells[3].get_lines() if not ln.get_label().startswith("_")]
+    np.testing.assert_allclose(fa[0].get_ydata(), w["layers"]["fc2"]["fa_angle"])
     both = analysis.plot_angles([p for p, _ in two_runs])
-    assert [ln.get_label() for ln in both.axes[1].get_lines() if not ln.get_label().startswith("_")] == [
-        "glob fc1", "glob fc2", "predsim-bpf fc1", "predsim-bpf fc2"]
+    assert [ln.get_label() for ln in _visible(both)[0].get_lines() if not ln.get_label().startswith("_")] == [
+        "glob", "predsim-bpf"]
+    assert [t.get_text() for t in both.legends[0].get_texts()] == ["glob", "predsim-bpf"]
 
 
 def test_plot_similarity_grid_sorted_by_class(two_runs):
@@ -222,6 +263,8 @@ def test_plot_similarity_grid_sorted_by_class(two_runs):
     target = images[2].get_images()[0].get_array()
     sorted_labels = w["labels"][order]
     np.testing.assert_array_equal(target, (sorted_labels[:, None] == sorted_labels[None, :]).astype(np.float32))
+    (bar,) = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert "similarity" in bar.get_ylabel()  # a labelled colorbar
     one = analysis.plot_similarity(path, epochs=[4], layers=["fc2"])
     assert [ax.get_title() for ax in one.axes if ax.get_images()] == ["fc2, epoch 4", "S(Y) target"]
     with pytest.raises(ValueError):
@@ -311,3 +354,76 @@ def test_figures_command_draws_from_logs(two_runs, tmp_path):
     assert all((out / n).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for n in names if n.endswith(".png"))
     table = (out / "paper_comparison.md").read_text()
     assert "| glob |" in table and "| predsim-bpf |" in table
+
+
+# ---------------------------------------------------------------------- every rule, from real (tiny) runs
+@pytest.fixture(scope="module")
+def every_rule(tmp_path_factory):
+    """A 2-epoch log of every rule of bioplaus.rules.RULES (an mlp 2x16 on 256 images, the probe every epoch),
+    written by the real trainer and log: what each rule logs is what it logs in a real run."""
+    import dataclasses
+
+    from bioplaus import runner
+    from bioplaus.backend import NUMPY
+    from bioplaus.data import load_dataset
+    from bioplaus.rules import RULES
+
+    ds = load_dataset("fashion-mnist-mini")
+    ds = dataclasses.replace(ds, x_train=ds.x_train[:256], y_train=ds.y_train[:256], x_test=ds.x_test[:256],
+                             y_test=ds.y_test[:256])
+    folder = tmp_path_factory.mktemp("every-rule")
+    runs = []
+    for variant in RULES:
+        cfg = Config(variant=variant, epochs=2, num_layers=2, num_hidden=16, probe_every=1, device="cpu").resolve()
+        trainer = runner.make_trainer(cfg, NUMPY, ds)
+        log = RunLog.create(str(folder / f"{variant}.h5"), cfg, "cpu", trainer.num_parameters)
+        for _ in range(cfg.epochs):
+            log.append_epoch(trainer.train_epoch(), trainer.evaluate(), trainer.probe())
+        log.set_status("completed")
+        runs.append(analysis.load_runs(log.path)[0])
+    return runs
+
+
+def test_every_rule_gets_a_non_empty_panel_for_each_series_it_logs(every_rule):
+    from bioplaus.rules import RULES
+
+    assert [r.config.variant for r in every_rule] == list(RULES)
+    for run in every_rule:
+        held = analysis.layer_quantities(run)
+        assert held, run.config.variant
+        axes = _visible(analysis.plot_layer_dynamics(run))
+        assert [ax.get_ylabel() for ax in axes] == [q.ylabel for q in held], run.config.variant
+        for ax in axes:
+            assert ax.get_lines() and not ax.texts[0].get_text().startswith("no "), (run.config.variant, ax.get_title())
+        plt.close("all")
+    fa = next(r for r in every_rule if r.config.variant == "fa")
+    assert {q.name for q in analysis.layer_quantities(fa)} == {"weight_norm", "update_norm", "bp_angle", "fb_angle"}
+    for fig in (analysis.plot_depth(every_rule), analysis.plot_angles(every_rule)):
+        for ax in _visible(fig):
+            assert [ln for ln in ax.get_lines() if not ln.get_label().startswith("_")], ax.get_title()
+
+
+def test_one_colour_per_rule_in_every_plot(every_rule):
+    from bioplaus.rules import RULES
+
+    colours = {v: analysis.rule_color(v) for v in RULES}
+    assert len(set(colours.values())) == len(RULES)  # every rule its own
+    assert analysis.rule_color("pred-bpf") != colours["pred"]
+    seen: dict[str, set] = {v: set() for v in RULES}
+    figs = [analysis.plot_errors(every_rule), analysis.plot_depth(every_rule), analysis.plot_angles(every_rule)]
+    for fig in figs:
+        for ax in fig.axes:
+            for ln in ax.get_lines():
+                variant = ln.get_label().split(" ")[0]
+                if variant in seen:
+                    seen[variant].add(ln.get_color())
+    for run in every_rule:  # one run's blocks: its rule's colour, the deepest block exactly
+        for ax in _visible(analysis.plot_layer_dynamics(run)):
+            layers = list(dict.fromkeys(ln.get_label().split(" ")[0] for ln in ax.get_lines()))
+            deepest = [ln for ln in ax.get_lines() if ln.get_label().split(" ")[0] == layers[-1]]
+            seen[run.config.variant].update(ln.get_color() for ln in deepest)
+    rows = analysis.results_table(every_rule)
+    bars = analysis.plot_results(rows).axes[0]
+    for row, container in zip(rows, bars.containers):
+        seen[row["variant"]].add(container.lines[0].get_color())
+    assert {v: c for v, c in seen.items()} == {v: {colours[v]} for v in RULES}

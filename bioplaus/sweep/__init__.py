@@ -54,8 +54,9 @@ run hit an I/O failure such as a full disk (no new run is started after one; fre
 same command again); 130: interrupted.
 
 ``python sims/sweep.py --report DIR [--layout recipes|paper]`` reads every ``DIR/*.h5`` and writes
-``DIR/results.md``, ``DIR/results.csv`` and ``DIR/results.png`` (see
-:func:`bioplaus.analysis.results_table`).
+``DIR/results.md`` and ``DIR/results.png`` (one row per setting over its seeds, see
+:func:`bioplaus.analysis.results_table`) and ``DIR/results.csv`` (one row per run, one value per cell, see
+:func:`bioplaus.analysis.runs_table`).
 
 The parts: :mod:`~bioplaus.sweep.runs` (what runs a sweep has, and the plan for each from its log),
 :mod:`~bioplaus.sweep.processes` (starting and stopping one run, here or on an MPI worker),

@@ -93,8 +93,8 @@ def build_parser(program: Program = DEFAULT_PROGRAM) -> argparse.ArgumentParser:
                         "--epochs; none: removed when a run completes)")
     p.add_argument("--dry-run", dest="dry_run", action="store_true", help="print what each run would do and "
                    "exit; writes nothing")
-    p.add_argument("--report", metavar="DIR", help="write DIR/results.md, .csv and .png from the logs in DIR "
-                   "and print the table")
+    p.add_argument("--report", metavar="DIR", help="write DIR/results.md and .png (per setting) and .csv (per "
+                   "run) from the logs in DIR and print the table")
     p.add_argument("--layout", choices=("recipes", "paper"), default="recipes",
                    help="report layout: one row per recipe and setting, or the paper's models x variants")
     return p

@@ -13,6 +13,9 @@ import sys
 from bioplaus import files
 from bioplaus.sweep.runs import EXIT_OK, SweepError
 
+# the header of the per-setting results.csv that bioplaus wrote before it wrote one row per run
+OLD_CSV_MARK = b"label,recipe,dataset,paper_dataset,model,variant,seeds,runs,seed_list,test_errors,"
+
 
 # ---------------------------------------------------------------------- the report
 def _sweep_records(path: str) -> list[dict]:
@@ -79,12 +82,14 @@ def report(folder: str, layout: str = "recipes", out=None, command: str = "pytho
     import matplotlib
 
     matplotlib.use("Agg")
-    csv_text = analysis.results_csv(rows)
+    csv_text = analysis.runs_csv(analysis.runs_table(runs))
     outputs = [
         files.Output.markdown(os.path.join(folder, "results.md"), command, text),
-        # a CSV has no room for a comment: its header line is the mark
-        files.Output(os.path.join(folder, "results.csv"), csv_text.encode(), (csv_text.split("\n", 1)[0].encode(),)),
-        files.Output.png(os.path.join(folder, "results.png"), analysis.figure_png(analysis.plot_results(rows), dpi=100)),
+        # a CSV has no room for a comment: its header's fixed first columns are the mark (or the header of the
+        # per-setting CSV of earlier versions)
+        files.Output(os.path.join(folder, "results.csv"), csv_text.encode(),
+                     (",".join(analysis.RUNS_CSV_KEY).encode() + b",", OLD_CSV_MARK)),
+        files.Output.png(os.path.join(folder, "results.png"), analysis.figure_png(analysis.plot_results(rows))),
     ]
     try:
         written = files.write_outputs(outputs, "--report")
