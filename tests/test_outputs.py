@@ -28,7 +28,7 @@ from bioplaus import sweep as sweep_mod
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FIGURE_FILES = ["angles.png", "depth.png", "errors.png", "layer_dynamics.png", "paper_comparison.md",
-                "similarity.png"]
+                "similarity.png"]  # the default --format png
 
 
 def _figures_module():
@@ -140,6 +140,8 @@ FIGURE_BAD = [
     (["--dpi", "-1"], "--dpi must be between"),
     (["--dpi", "100000"], "--dpi must be between"),
     (["--dpi", "many"], "invalid int value"),
+    (["--format", "png,gif"], "--format: unknown format 'gif'"),
+    (["--format", ""], "--format: unknown format ''"),
     (["--variants", "backprop"], "unknown variant 'backprop'"),
     (["--variants", "pred", "pred"], "repeats"),
     (["--layer-variant", "nope"], "--layer-variant: unknown variant"),
@@ -174,12 +176,77 @@ def test_figures_bad_input(figures, argv, match, tmp_path, monkeypatch, capsys):
 
 
 def test_figures_trains_nothing_when_an_output_is_refused(figures, tmp_path, monkeypatch, capsys):
-    """The outputs are checked before the small runs train: no runs/ folder appears."""
+    """The outputs are checked before the small runs train: no runs/ folder appears. The default folder is
+    figures/, not the tracked docs/figures."""
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "docs" / "figures").mkdir(parents=True)
-    (tmp_path / "docs" / "figures" / "paper_comparison.md").write_text("my notes\n")
+    (tmp_path / "figures").mkdir(parents=True)
+    (tmp_path / "figures" / "paper_comparison.md").write_text("my notes\n")
     _refused(figures, ["--epochs", "1"], tmp_path, capsys, "was not written by bioplaus")
     assert not (tmp_path / "runs").exists()
+    _refused(figures, ["--epochs", "1", "--format", "png,svg,pdf"], tmp_path, capsys, "was not written by bioplaus")
+    (tmp_path / "figures" / "paper_comparison.md").unlink()
+    (tmp_path / "figures" / "errors.pdf").write_bytes(b"%PDF-1.4 a user's own figure")
+    _refused(figures, ["--epochs", "1", "--format", "png,pdf"], tmp_path, capsys, "errors.pdf was not written")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.fixture(scope="module")
+def drawn(tmp_path_factory):
+    """The figures command on two small logs, in every format, with its defaults otherwise."""
+    folder = tmp_path_factory.mktemp("drawn")
+    (folder / "logs").mkdir()
+    a, _ = make_log(folder / "logs" / "a.h5", "glob", seed=1)
+    b, _ = make_log(folder / "logs" / "b.h5", "predsim-bpf", seed=2)
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        assert _figures_module().main(["--logs", a, b, "--format", "png,svg,pdf"]) == 0
+    finally:
+        os.chdir(cwd)
+    return folder
+
+
+def test_figures_default_folder_dpi_and_size(drawn):
+    from PIL import Image
+
+    out = drawn / "figures"  # the default --out-dir
+    stems = ["angles", "depth", "errors", "layer_dynamics", "similarity"]
+    assert sorted(os.listdir(out)) == sorted([f"{s}.{f}" for s in stems for f in ("png", "svg", "pdf")]
+                                             + ["paper_comparison.md"])
+    for stem in stems:
+        with Image.open(out / f"{stem}.png") as image:
+            dpi = image.info["dpi"]
+            width, height = image.size
+        assert round(dpi[0]) == round(dpi[1]) == 150, (stem, dpi)  # 150 dpi by default, not 80
+        assert width >= 1000 and height >= 600, (stem, width, height)  # a slide's width, not 450x327
+    with Image.open(out / "errors.png") as image:
+        assert image.size[0] >= 1100  # 7.5 in at 150 dpi, less the tight box's trim
+
+
+def test_each_format_carries_the_mark_and_replaces_only_its_own(drawn, figures, tmp_path):
+    out = drawn / "figures"
+    for stem in ("errors", "similarity"):
+        png, svg, pdf = ((out / f"{stem}.{f}").read_bytes() for f in ("png", "svg", "pdf"))
+        assert files.PNG_MARK in png[:4096]
+        assert svg.startswith(b"<?xml") and svg.split(b"\n")[1].startswith(files.TEXT_MARK.encode())
+        assert pdf.startswith(b"%PDF") and files.PDF_MARK in pdf[-65536:] and files.PDF_MARK not in pdf[:8192]
+    # each format's mark is what lets a later run replace the file; another file of that name is refused
+    target = tmp_path / "figs"
+    target.mkdir()
+    for fmt in ("png", "svg", "pdf"):
+        ours = (out / f"errors.{fmt}").read_bytes()
+        (target / f"errors.{fmt}").write_bytes(ours)
+        assert files.check_outputs([(str(target / f"errors.{fmt}"), files.FIGURE_MARKS[fmt])], "--out-dir") is None
+        for other in {"png", "svg", "pdf"} - {fmt}:  # a mark of another format does not count
+            (target / f"errors.{other}.x").write_bytes((out / f"errors.{other}").read_bytes())
+            with pytest.raises(files.PathError):
+                files.check_outputs([(str(target / f"errors.{other}.x"), files.FIGURE_MARKS[fmt])], "--out-dir")
+            (target / f"errors.{other}.x").unlink()
+    # the same logs give the same bytes: no date in any format
+    logs = sorted(str(p) for p in (drawn / "logs").glob("*.h5"))
+    assert figures.main(["--logs", *logs, "--format", "svg,pdf", "--out-dir", str(target)]) == 0
+    for fmt in ("svg", "pdf"):
+        assert (target / f"errors.{fmt}").read_bytes() == (out / f"errors.{fmt}").read_bytes()
 
 
 # ---------------------------------------------------------------------- the sweep's report
@@ -230,7 +297,7 @@ def test_figures_passes_on_how_a_training_run_ended(figures, tmp_path, monkeypat
     assert figures.main(["--epochs", "1"]) == code
     err = capsys.readouterr().err
     assert err.startswith(f"error: the glob run ended {status}") and len(err.splitlines()) == 1
-    assert not (tmp_path / "docs").exists()
+    assert not (tmp_path / "figures").exists() and not (tmp_path / "docs").exists()
 
 
 def test_outputs_that_do_not_fit_are_refused_before_any_folder_or_file_is_made(tmp_path, monkeypatch):
@@ -239,3 +306,15 @@ def test_outputs_that_do_not_fit_are_refused_before_any_folder_or_file_is_made(t
     with pytest.raises(files.StorageFull):
         files.write_outputs([_out(tmp_path / "new" / "a.txt", b"x" * 10)], "--out")
     assert listing(tmp_path) == before
+
+
+def test_report_replaces_the_per_setting_csv_of_earlier_versions(logs, capsys):
+    """results.csv was one row per setting; the report's own file of then is still its own to replace."""
+    import pandas as pd
+
+    folder = pathlib.Path(logs[0]).parent
+    (folder / "results.csv").write_text("label,recipe,dataset,paper_dataset,model,variant,seeds,runs,seed_list,"
+                                        "test_errors,test_error_mean\nx,,,,,,1,1,1,1,1\n")
+    assert sweep_mod.main(["--report", str(folder)], out=io.StringIO()) == 0
+    df = pd.read_csv(folder / "results.csv")
+    assert list(df.run) == ["a", "b"] and list(df.variant) == ["glob", "predsim"]

@@ -232,10 +232,13 @@ def test_grid_names_and_report(tmp_path, capsys):
     table = [ln for ln in md.splitlines() if ln.startswith("| fashion-mnist-mlp-pred")]
     assert len(table) == 2 and all(ln.split("|")[2].strip() == "2" for ln in table)
     assert f"{rows[0]['test_error_mean']:.2f} ± {rows[0]['test_error_std']:.2f}" in table[0]
-    with open(out_dir / "results.csv", newline="") as fh:
+    with open(out_dir / "results.csv", newline="") as fh:  # one row per run, the grid's setting a column
         csv_rows = list(csv.DictReader(fh))
-    assert [float(r["test_error_mean"]) for r in csv_rows] == [r["test_error_mean"] for r in rows]
-    assert [int(r["seeds"]) for r in csv_rows] == [2, 2]
+    assert [r["run"] for r in csv_rows] == sorted(logs(out_dir))
+    for r in csv_rows:
+        log = read_run(logs(out_dir)[r["run"]])
+        assert float(r["lr"]) == log.config.lr and int(r["seed"]) == log.config.seed and r["status"] == log.status
+        assert float(r["test_error"]) == log.epochs["test_error"][-1] and int(r["epochs"]) == 2
     assert (out_dir / "results.png").stat().st_size > 1000
 
     paper = analysis.results_paper_markdown(rows)
@@ -407,11 +410,11 @@ def test_script_runs_from_anywhere(tmp_path):
 
 
 def test_csv_writes_empty_fields_for_missing_numbers():
-    row = {c: "" for c in analysis.RESULTS_CSV_COLUMNS}
-    row.update(test_error_std=float("nan"), paper_test_error=None, differences=["a", "b"], paths=["p", "q"])
-    parsed = next(csv.DictReader(io.StringIO(analysis.results_csv([row]))))
-    assert parsed["test_error_std"] == "" and parsed["paper_test_error"] == ""
-    assert parsed["differences"] == "a; b" and parsed["paths"] == "p q"
+    row = {c: "" for c in analysis.RUNS_CSV_KEY}
+    row.update(test_error=float("nan"), paper_test_error=float("nan"), lr_decay_milestones="100 150", cutout=True)
+    parsed = next(csv.DictReader(io.StringIO(analysis.runs_csv([row]))))
+    assert parsed["test_error"] == "" and parsed["paper_test_error"] == ""
+    assert parsed["lr_decay_milestones"] == "100 150" and parsed["cutout"] == "True"
 
 
 def test_an_io_failure_stops_new_runs(tmp_path, capsys):
