@@ -1,4 +1,7 @@
-"""Every analysis notebook and teaching lab runs headless (nbclient), in a fresh folder, without errors.
+"""Every analysis notebook and teaching lab runs headless (nbclient) in its own folder, as Jupyter runs it,
+without errors, and leaves nothing behind: its small runs go to a temporary folder that is gone once its
+kernel has stopped, and the checkout is as it was (no ``small-runs-*``, no lock files, ``git status``
+unchanged).
 
 The kernel is this test run's own Python (a kernel spec written to a temporary JUPYTER_PATH with
 ``sys.executable``), with the repository on PYTHONPATH. Labs run twice: with the solutions from
@@ -8,6 +11,8 @@ given to students, on the logs of the first run (every check prints "not yet rig
 
 import json
 import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -68,6 +73,40 @@ def execute(nb, cwd: Path):
     return nb
 
 
+def tree_state():
+    """What is in the checkout: every file under analysis/ (ignored ones too), the top-level names, and
+    ``git status --porcelain`` where git can read the checkout."""
+    files = sorted(str(p.relative_to(ROOT)) for p in ANALYSIS.rglob("*"))
+    try:
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT,
+                                capture_output=True, text=True, timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        status = None
+    return files, sorted(os.listdir(ROOT)), status
+
+
+def execute_in_place(nb, rel: str, tmp_path: Path, monkeypatch):
+    """Run the notebook in its own folder of the checkout (as Jupyter does) with the kernel's temporary folder
+    in ``tmp_path/tmp``; assert that it left the checkout as it was. Returns the notebook."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir(exist_ok=True)
+    monkeypatch.setenv("TMPDIR", str(tmp))  # the kernel's tempfile folder
+    before = tree_state()
+    execute(nb, (ANALYSIS / rel).parent)
+    assert tree_state() == before, "running the notebook changed the checkout"
+    return nb
+
+
+def made_runs_in(nb, tmp_path: Path) -> list[str]:
+    """The temporary folders the notebook said it trained in; each must be gone now that its kernel stopped."""
+    said = "".join(text_of(c) for c in nb.cells)
+    folders = re.findall(r"small run\(s\) in (\S+) \(removed", said)
+    for folder in folders:
+        assert folder.startswith(str(tmp_path / "tmp")), folder
+        assert not os.path.exists(folder), f"{folder} was not removed when the kernel stopped"
+    return folders
+
+
 def text_of(cell) -> str:
     return "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream")
 
@@ -121,10 +160,9 @@ def test_lab_stubs_hide_the_solutions(rel):
 
 
 @pytest.mark.parametrize("rel", NOTEBOOKS)
-def test_analysis_notebook_runs(rel, tmp_path):
-    nb = execute(load(rel), tmp_path)
-    logs = sorted(tmp_path.glob("small-runs-*/*.h5"))
-    assert logs, "the notebook should have made its own small runs"
+def test_analysis_notebook_runs_and_leaves_the_checkout_clean(rel, tmp_path, monkeypatch):
+    nb = execute_in_place(load(rel), rel, tmp_path, monkeypatch)
+    assert made_runs_in(nb, tmp_path), "the notebook should have made its own small runs"
     if rel == "paper_comparison.ipynb":
         out = "".join(o.get("data", {}).get("text/markdown", "") for c in nb.cells for o in c.get("outputs", []))
         assert "| glob | fashion-mnist-mini | mlp-3x1024 |" in out and "epochs 2 (paper 200)" in out
@@ -133,27 +171,28 @@ def test_analysis_notebook_runs(rel, tmp_path):
 
 
 @pytest.mark.parametrize("rel", LABS)
-def test_lab_checks_pass_when_solved_and_fail_when_blank(rel, tmp_path):
+def test_lab_checks_pass_when_solved_and_fail_when_blank(rel, tmp_path, monkeypatch):
+    """Solved, with RUNS_DIR naming where its small runs are kept (the analysis notebooks above prove the
+    temporary folder); then as given to students, on those logs."""
+    kept = tmp_path / "kept"
     solved = load(rel)
+    set_parameters(solved, f"RUNS_DIR = {str(kept)!r}")
     found = exercises(solved)
     for name, i, _ in found:
         solved.cells[i].source = (SOLUTIONS / f"{name}.py").read_text()
-    solved_dir = tmp_path / "solved"
-    solved_dir.mkdir()
-    execute(solved, solved_dir)
+    execute_in_place(solved, rel, tmp_path, monkeypatch)
     for name, _, j in found:
         out = text_of(solved.cells[j])
         assert f"{name}: correct" in out and "not yet right" not in out, out
     assert images(solved) >= 1
-    logs = sorted(str(p) for p in solved_dir.glob("small-runs-*/*.h5"))
-    assert logs
+    logs = sorted(str(p) for p in kept.glob("small-runs-*/*.h5"))
+    assert logs and not made_runs_in(solved, tmp_path)
 
     blank = load(rel)
     set_parameters(blank, f"LOGS = {logs!r}")
-    blank_dir = tmp_path / "blank"
-    blank_dir.mkdir()
-    execute(blank, blank_dir)  # runs to the end: a blank exercise is reported, not raised
-    assert not list(blank_dir.glob("small-runs-*")), "with LOGS given the notebook should not train"
+    execute_in_place(blank, rel, tmp_path, monkeypatch)  # runs to the end: a blank exercise is reported, not raised
+    assert not made_runs_in(blank, tmp_path), "with LOGS given the notebook should not train"
+    assert sorted(str(p) for p in kept.glob("small-runs-*/*.h5")) == logs
     for name, _, j in found:
         out = text_of(blank.cells[j])
         assert f"{name}: not yet right" in out and f"{name}: correct" not in out, out
