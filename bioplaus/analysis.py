@@ -3,12 +3,13 @@
 What the figures show (Nøkland & Eidnes 2019, §4-5):
 
 - **optimization vs generalization** (:func:`plot_errors`): train error (solid) and test error
-  (dashed) per epoch, one colour per run. Local losses are weaker optimizers than backprop (higher
+  (dashed) per epoch, one colour per rule. Local losses are weaker optimizers than backprop (higher
   train error) but can generalize as well or better (the gap between the two curves is smaller).
-- **layer dynamics** (:func:`plot_layer_dynamics`, :func:`plot_depth`): each block's local losses
-  ``L_pred`` (cross-entropy of its decoder), ``L_sim = mean((S(h') − S(Y))²)`` and the error of its
-  local predictor, over epochs and over depth at one epoch. In local learning deeper blocks should
-  reach lower local error: each block builds on the features of the one below.
+- **layer dynamics** (:func:`plot_layer_dynamics`, :func:`plot_depth`): every per-block series the log
+  holds (its local losses ``L_pred``, the cross-entropy of its decoder, or pred-bpf's binary-code loss,
+  ``L_sim = mean((S(h') − S(Y))²)``, the error of its local predictor, its weight and update norms, its
+  angles), over epochs and over depth at one epoch. In local learning deeper blocks should reach lower
+  local error: each block builds on the features of the one below.
 - **alignment** (:func:`plot_angles`): for feedback-alignment heads the angle between the decoder's
   weights ``W`` and the fixed feedback matrix ``B`` that carries the error instead of ``Wᵀ``
   (``angle = arccos(<W, B> / (|W| |B|))``; it falls below 90° as ``W`` aligns with ``B``), and for any

@@ -1,7 +1,7 @@
 """The figures command (``python sims/figures.py``): train one small run per variant, then draw the
 README figures from their logs.
 
-    python sims/figures.py                              # the README's setting (seconds on a CPU), into figures/
+    python sims/figures.py                              # the README's setting (minutes on a CPU), into figures/
     python sims/figures.py --out-dir docs/figures       # redraw the README's own figures
     python sims/figures.py --epochs 20 --num-hidden 1024 --num-layers 3 --format png,pdf
     python sims/figures.py --logs runs/my-runs/         # draw from existing logs, train nothing
