@@ -250,7 +250,9 @@ class Quantity:
     @property
     def title(self) -> str:
         """The description without where it was measured (``... on the test set``) or asides in brackets."""
-        text = re.sub(r"\s*\([^)]*\)", "", self.description)
+        text, before = self.description, None
+        while text != before:  # innermost brackets first: "(... or sign(W))"
+            text, before = re.sub(r"\s*\([^()]*\)", "", text), text
         text = re.sub(r"^mean |\s+on the (training batches|test set)$", "", text)
         return text or self.name.replace("_", " ")
 

@@ -397,7 +397,10 @@ def test_every_rule_gets_a_non_empty_panel_for_each_series_it_logs(every_rule):
             assert ax.get_lines() and not ax.texts[0].get_text().startswith("no "), (run.config.variant, ax.get_title())
         plt.close("all")
     fa = next(r for r in every_rule if r.config.variant == "fa")
-    assert {q.name for q in analysis.layer_quantities(fa)} == {"weight_norm", "update_norm", "bp_angle", "fb_angle"}
+    held = {q.name: q for q in analysis.layer_quantities(fa)}
+    assert set(held) == {"weight_norm", "update_norm", "bp_angle", "fb_angle"}
+    assert held["fb_angle"].title == "angle between the matrix that carries the error back through the layer and " \
+                                     "the layer's forward weights"  # the log's description, asides dropped
     for fig in (analysis.plot_depth(every_rule), analysis.plot_angles(every_rule)):
         for ax in _visible(fig):
             assert [ln for ln in ax.get_lines() if not ln.get_label().startswith("_")], ax.get_title()
