@@ -39,7 +39,7 @@ def test_a_run_as_an_xarray_dataset(two_logs, tmp_path):
     assert "binary code" in ds["test_loss_pred"].attrs["description"]  # pred-bpf's loss says what it is
     # the configuration and the log's root attributes
     assert ds.attrs["variant"] == "predsim-bpf" and ds.attrs["num_hidden"] == 32 and ds.attrs["lr"] == 5e-4
-    assert ds.attrs["lr_decay_milestones"] == [5, 8] and ds.attrs["batch_norm"] == 1 and ds.attrs["data_dir"] == ""
+    assert ds.attrs["lr_decay_milestones"] == list(run.config.lr_decay_milestones) and ds.attrs["batch_norm"] == 1 and ds.attrs["data_dir"] == ""
     assert ds.attrs["status"] == "completed" and ds.attrs["path"] == path and '"variant"' in ds.attrs["config"]
     # the probe
     order = [2, 4]
@@ -89,10 +89,11 @@ def test_one_row_per_run_csv_reads_with_pandas_as_it_is(tmp_path):
         assert col in df.columns
     assert "optim" not in df.columns and "batch_size" not in df.columns  # as the recipe: no column
     assert list(df.lr) == [1e-3, 1e-3, 5e-4, 5e-4] and df.lr.dtype == float
-    assert list(df.lr_decay_milestones) == ["5 8"] * 4
+    runs = analysis.load_runs(paths)
+    assert list(df.lr_decay_milestones) == [" ".join(map(str, r.config.lr_decay_milestones)) for r in runs]
+    assert " " in df.lr_decay_milestones[0]  # one schedule, one cell
     assert df.seed.dtype == np.int64 and df.epochs.tolist() == [6, 6, 6, 2]
     assert df.status.tolist() == ["completed", "completed", "completed", "interrupted"]
-    runs = analysis.load_runs(paths)
     order = {r.path: r for r in runs}
     for i, path in enumerate(df.path):
         te = np.asarray(order[path].epochs["test_error"])
