@@ -1214,14 +1214,14 @@ def results_markdown(rows: Sequence[dict[str, Any]]) -> str:
 def results_paper_markdown(rows: Sequence[dict[str, Any]]) -> str:
     """:func:`results_table` rows laid out like the paper's tables: per dataset, networks × variants, each
     cell ``mean ± std (paper)``; ``*`` marks a setting that differs from the paper's recipe."""
-    from bioplaus.config import VARIANTS
-
     t = paper_tables()
     out = []
     datasets = list(dict.fromkeys(row["paper_dataset"] for row in rows))
+    paper_columns = [*t["columns"], *t["backprop_free"]["columns"], *t["glob_plus_sim"]["columns"]]
     for dataset in datasets:
         mine = [row for row in rows if row["paper_dataset"] == dataset]
-        variants = [v for v in VARIANTS if any(row["variant"] == v for row in mine)]
+        variants = list(dict.fromkeys([*(v for v in paper_columns if any(row["variant"] == v for row in mine)),
+                                       *(row["variant"] for row in mine)]))  # the paper's order, then the others
         paper_order = [r["model"] for r in t["tables"].get(dataset, {}).get("rows", [])]
         models = sorted(dict.fromkeys(row["model"] for row in mine),
                         key=lambda m: (paper_order.index(m) if m in paper_order else len(paper_order), m))

@@ -1,28 +1,27 @@
-"""A block and its arrays: encoder -> batch norm -> φ -> dropout (-> 2x2 max-pool).
+"""A network's blocks and what each one holds: one state object per block, and the output layer.
 
-Forward, for a block with input ``x``::
+    Block    a block's spec and its arrays, in named groups:
+               params    trained with the block's optimizer: W, b, γ, β and its heads' weights (as the authors)
+               fixed     fixed random matrices of its heads (B, P): never trained, never seen by the optimizer
+               running   batch-norm running statistics
+               feedback  what carries errors in place of the forward weights (feedback alignment's fixed B,
+                         Kolen-Pollack's B that follows W, the direct projections of DFA and DRTP)
+               opt       the optimizer's state of each parameter (step, moments)
+    Output   the output layer: params W (K, D), b (K,), its feedback matrix, its optimizer state
+    Blocks   a contiguous run of blocks (the whole network, or a pipeline stage's share) and the output
+             layer when the run ends the network
 
-    a = W*x + b           dense (N, D_out) or conv (N, C, H, W)
-    z = BN(a)             batch statistics in train mode, running averages in eval mode
-    h = φ(z)              ReLU, or leaky ReLU with slope 0.01     <- local heads read h
-    o = pool(dropout(h))  what the next block receives (element dropout for dense blocks,
-                          whole-channel dropout for conv blocks; max-pool where the VGG list has 'M';
-                          computed as dropout(pool(h)), the same for a per-channel mask, to save memory)
-
-``block_backward`` carries an error ``δh`` back to ``W, b, γ, β`` (and, only when asked, to
-``x``); it is the same for every learning rule. ``output_backward`` carries an error at ``o``
-back to ``h``; only global backprop uses it. Where ``δh`` comes from is the rule's business
-(:mod:`bioplaus.rules`).
-
-Arrays live in :class:`Blocks` (a contiguous run of blocks, the whole network or a pipeline
-stage's share). This module knows nothing of learning rules: which heads a block carries and
-where δh comes from is :mod:`bioplaus.rules`'s business (it imports this module, never the reverse).
+:meth:`State.arrays` turns a state into named arrays (``params/W``, ``opt/W/m``, ...) and
+:meth:`State.load` takes them back: the one place the names of a checkpoint's arrays come from
+(``blocks/<block>/<group>/<name>``, ``out/<group>/<name>``; :mod:`bioplaus.stage`). What a block
+computes is its kind's business (:mod:`bioplaus.kinds`); which heads it carries and where its error
+comes from is the rule's (:mod:`bioplaus.rules`, which imports this module, never the reverse).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,7 +30,7 @@ from bioplaus import ops
 from bioplaus.models import BlockSpec
 
 LEAKY_SLOPE = 0.01
-
+GROUPS = ("params", "fixed", "running", "feedback")  # the array groups of a state, in the checkpoint's order
 
 INIT_STREAM = 0x1417  # initial weights of block i come from the stream (seed, INIT_STREAM, i)
 OUTPUT_STREAM_INDEX = 10_000  # ... and the output layer's from (seed, INIT_STREAM, OUTPUT_STREAM_INDEX)
@@ -43,57 +42,82 @@ def init_stream(seed: int, index: int) -> np.random.Generator:
 
 
 @dataclass
-class Blocks:
-    """A contiguous run of a network's blocks and their arrays, and the output layer when the run
-    ends the network. The whole network is one ``Blocks``; a stage of a pipeline holds a slice.
+class State:
+    """Named groups of arrays (see the module docstring); ``opt`` maps a parameter to its optimizer slots."""
 
-    ``params`` per block: W, b, [gamma, beta] and the block's head weights (trained with the block's
-    optimizer, as in the authors' code); ``fixed`` per block: B, P (fixed random matrices, never
-    trained, never seen by the optimizer); ``running``: batch-norm running statistics;
-    ``feedback`` per block and ``out_feedback``: the matrices that carry errors in place of the
-    forward weights (feedback alignment's fixed B, Kolen-Pollack's B that follows W, the direct
-    projections of DFA and DRTP), never seen by the optimizer either.
-    """
+    params: dict
+    fixed: dict = field(default_factory=dict)
+    running: dict = field(default_factory=dict)
+    feedback: dict = field(default_factory=dict)
+    opt: dict = field(default_factory=dict)
 
-    specs: tuple[BlockSpec, ...]
-    first: int  # index of specs[0] in the network
-    params: list[dict]
-    fixed: list[dict]
-    running: list[dict]
-    out: dict | None  # output layer: W (K, D), b (K,); None unless this run ends the network
-    slope: float  # φ's negative slope: 0.0 (ReLU) or 0.01 (leaky ReLU)
-    num_classes: int
-    feedback: list[dict] = field(default_factory=list)  # per block (empty dicts when the rule has none)
-    out_feedback: dict = field(default_factory=dict)
+    def arrays(self, to_host: Callable = np.asarray, opt: bool = True) -> dict[str, np.ndarray]:
+        """Every array as a host copy (training goes on), named ``<group>/<name>`` and
+        ``opt/<param>/<slot>``; without the optimizer's state when ``opt`` is False."""
+        out: dict[str, np.ndarray] = {}
+        for group in GROUPS:
+            for key, value in getattr(self, group).items():
+                out[f"{group}/{key}"] = np.array(to_host(value))
+        if opt:
+            for key, slots in self.opt.items():
+                for slot, value in slots.items():
+                    out[f"opt/{key}/{slot}"] = np.asarray(value) if np.isscalar(value) else np.array(to_host(value))
+        return out
+
+    def load(self, arrays: Mapping[str, np.ndarray], to_device: Callable) -> None:
+        """Take the arrays named as :meth:`arrays` names them (copied onto the device by ``to_device``);
+        other names are ignored. The caller has checked names, shapes and dtypes."""
+        for name, value in arrays.items():
+            group, _, key = name.partition("/")
+            if group in GROUPS:
+                getattr(self, group)[key] = to_device(value)
+            elif group == "opt":
+                key, _, slot = key.rpartition("/")
+                self.opt.setdefault(key, {})[slot] = value.item() if value.ndim == 0 else to_device(value)
+
+
+@dataclass
+class Block(State):
+    """One block: its spec (shapes and kind) and its arrays."""
+
+    spec: BlockSpec | None = None
 
     @property
-    def dtype(self):
-        return self.params[0]["W"].dtype if self.params else self.out["W"].dtype
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def kind(self):
+        return self.spec.kind
+
+
+@dataclass
+class Blocks:
+    """A contiguous run of a network's blocks (``first``: the index of the first in the network), and the
+    output layer when the run ends the network (``out``, else None). The whole network is one ``Blocks``;
+    a stage of a pipeline holds a slice."""
+
+    blocks: list[Block]
+    first: int
+    out: State | None
+    slope: float  # φ's negative slope: 0.0 (ReLU) or 0.01 (leaky ReLU)
+    num_classes: int
+
+    @property
+    def specs(self) -> tuple[BlockSpec, ...]:
+        return tuple(b.spec for b in self.blocks)
 
     @property
     def names(self) -> list[str]:
-        return [b.name for b in self.specs]
+        return [b.name for b in self.blocks]
+
+    @property
+    def dtype(self):
+        return self.blocks[0].params["W"].dtype if self.blocks else self.out.params["W"].dtype
 
 
 def _uniform(rng: np.random.Generator, shape, bound: float) -> np.ndarray:
     return rng.uniform(-bound, bound, size=shape)
-
-
-def init_block(spec: BlockSpec, batch_norm: bool, rng: np.random.Generator) -> tuple[dict, dict]:
-    """PyTorch-style initialisation of a block's encoder and batch norm, on the host:
-    ``(params {W, b, [gamma, beta]}, running {mean, var})``. W and b uniform in ±1/√fan_in."""
-    if spec.kind == "conv":
-        fan_in = spec.c_in * spec.kernel * spec.kernel
-        w_shape = (spec.c_out, spec.c_in, spec.kernel, spec.kernel)
-    else:
-        fan_in = spec.c_in
-        w_shape = (spec.c_out, spec.c_in)
-    bound = 1.0 / math.sqrt(fan_in)
-    p = {"W": _uniform(rng, w_shape, bound), "b": _uniform(rng, (spec.c_out,), bound)}
-    if batch_norm:
-        p["gamma"] = np.ones(spec.c_out)
-        p["beta"] = np.zeros(spec.c_out)
-    return p, {"mean": np.zeros(spec.c_out), "var": np.ones(spec.c_out)}
 
 
 def init_output(num_features: int, num_classes: int, seed: int, zero_weights: bool) -> dict:
@@ -106,87 +130,7 @@ def init_output(num_features: int, num_classes: int, seed: int, zero_weights: bo
     return {"W": W, "b": _uniform(rng, (num_classes,), bound)}
 
 
-# ---------------------------------------------------------------------------------- block math
-def block_forward(x, p: dict, running: dict, spec: BlockSpec, train: bool, mask, slope: float):
-    """x -> (h, o, cache, new_running). ``mask``: a scaled dropout mask or None."""
-    cache = {"x_shape": x.shape}
-    if spec.kind == "dense":
-        x = x.reshape(x.shape[0], -1)  # (N, D_in)
-        a, cache["enc"] = ops.dense_forward(x, p["W"], p["b"])  # (N, D_out)
-    else:
-        a, cache["enc"] = ops.conv2d_forward(x, p["W"], p["b"], spec.stride, spec.pad,
-                                             spec.conv_algorithm)  # (N, C, H, W)
-    new_running = running
-    if "gamma" in p:  # BN and φ fused; a is the encoder's fresh output: BN normalises it in place (memory)
-        h, cache["bn_act"], mean, var = ops.bn_act_forward(
-            a, p["gamma"], p["beta"], running["mean"], running["var"], train, slope, overwrite=True)
-        new_running = {"mean": mean, "var": var}
-    else:
-        h, cache["act"] = ops.act_forward(a, slope, overwrite=True)  # a is the encoder's fresh output
-    del a  # free the pre-activation before dropout/pool allocate (peak memory)
-    o = h
-    # NOTE (memory): a whole-channel mask is a constant >= 0 per (sample, channel), so
-    # pool(dropout(h)) = dropout(pool(h)); pooling first never makes a dropped copy of the full h
-    pool_first = spec.pool_after and mask is not None and mask.ndim == 4 and mask.shape[2:] == (1, 1)
-    if pool_first:
-        o, cache["pool"] = ops.maxpool2d_forward(o, 2)
-    if mask is not None:  # after a pool, o is the pool's fresh output: dropped in place (memory)
-        o, cache["drop"] = ops.dropout_forward(o, mask, overwrite=pool_first)
-    if spec.pool_after and not pool_first:
-        o, cache["pool"] = ops.maxpool2d_forward(o, 2)
-    cache["pool_first"] = pool_first
-    cache["o_shape"] = o.shape
-    return h, o, cache, new_running
-
-
-def output_backward(do, cache):
-    """Error at the block's output o -> error at h (through pool and dropout). Global backprop only."""
-    do = do.reshape(cache["o_shape"])  # the layer above may have flattened o
-    if cache["pool_first"]:  # o = dropout(pool(h))
-        do = ops.dropout_backward(do, cache["drop"])
-        return ops.maxpool2d_backward(do, cache["pool"])
-    if "pool" in cache:
-        do = ops.maxpool2d_backward(do, cache["pool"])
-    if "drop" in cache:
-        do = ops.dropout_backward(do, cache["drop"])
-    return do
-
-
-def block_backward(dh, cache, spec: BlockSpec, need_dx: bool, overwrite_dh: bool = False,
-                   carry: Callable | None = None):
-    """δh -> (δx or None, grads {W, b, gamma, beta}). The same for every rule.
-
-    ``overwrite_dh=True``: the caller hands over δh (needed by nothing else), so φ's backward may
-    reuse its buffer; the caller's ``cache`` is then used up too: BN's normalised copy is dropped
-    from it before the encoder's backward (peak memory).
-    ``carry(δa, enc_cache) -> δx``: how the error at the encoder's output reaches x when a rule sends
-    it through another matrix than W (feedback alignment and its kin); by default the gradient, Wᵀ.
-    """
-    grads = {}
-    if "bn_act" in cache:
-        bn_cache = cache.pop("bn_act") if overwrite_dh else cache["bn_act"]
-        da, grads["gamma"], grads["beta"] = ops.bn_act_backward(dh, bn_cache, overwrite_dh=overwrite_dh)
-        del bn_cache  # with overwrite_dh, xhat is freed before the encoder's backward (peak memory)
-    else:
-        da = ops.act_backward(dh, cache["act"], overwrite_dh=overwrite_dh)
-    del dh
-    if carry is not None:
-        if spec.kind == "dense":
-            _, grads["W"], grads["b"] = ops.dense_backward(da, cache["enc"], need_dx=False)
-        else:
-            _, grads["W"], grads["b"] = ops.conv2d_backward(da, cache["enc"], need_dx=False)
-        dx = carry(da, cache["enc"]) if need_dx else None
-    elif spec.kind == "dense":
-        dx, grads["W"], grads["b"] = ops.dense_backward(da, cache["enc"], need_dx=need_dx)
-    else:
-        # da is ours (a fresh array, or the handed-over δh): a same-size conv may write δx into it
-        dx, grads["W"], grads["b"] = ops.conv2d_backward(da, cache["enc"], need_dx=need_dx, overwrite_dout=True)
-    if dx is not None:
-        dx = dx.reshape(cache["x_shape"])
-    return dx, grads
-
-
 def output_layer_forward(x, out: dict):
-    """The network's prediction from the last block's output (flattened)."""
+    """The network's prediction from the last block's output (flattened); ``out``: the layer's params."""
     x = x.reshape(x.shape[0], -1)  # (N, D)
     return ops.dense_forward(x, out["W"], out["b"])  # (N, K)

@@ -12,51 +12,60 @@ failure an hour into a run. The estimate counts, in the training dtype (float32)
 
 It is an estimate (within a factor of about 1.5 of what the benchmarks measure), meant to catch
 settings that are off by orders of magnitude, such as ``--feat-mult 1000``.
+
+Every number comes from what the units declare: a block's kind its footprint and its cost, a head the
+shapes of its arrays and its cost, a carrier its matrices (:mod:`bioplaus.kinds`, :mod:`bioplaus.heads`,
+:mod:`bioplaus.rules`); a head defined outside the package is counted like the built-in ones.
 """
 
 from __future__ import annotations
 
+import math
 import os
 
-from bioplaus.heads import ReconHead
 from bioplaus.models import NetSpec
 from bioplaus.ops.conv import DEVICE_IM2COL_MAX_BYTES, IM2COL_MAX_BYTES
-from bioplaus.rules import FeedbackAlignment, compose, get_rule
+from bioplaus.probes import Cost
+from bioplaus.rules import Rule, compose, get_rule
 
 FLOAT = 4  # bytes per float32
 
 
 def head_parameter_table(spec: NetSpec, cfg) -> list[tuple[str, dict[str, int], dict[str, int]]]:
     """Per block (and ``out``): the local heads' trained weights and the fixed matrices, by part, beside the
-    forward network's own parameters: ``[(name, {part: count trained}, {part: count fixed}), ...]``."""
+    forward network's own parameters: ``[(name, {part: count trained}, {part: count fixed}), ...]``. The
+    heads and carriers declare their arrays (``shapes``) and name the parts (an array two heads share is
+    counted once, under the first); a tap inside a block prefixes its parts with its name."""
     rule = compose(cfg)
     K, T = spec.num_classes, cfg.target_proj_size
     rows = []
     for i, b in enumerate(spec.blocks):
-        w = b.c_out * b.c_in * (b.kernel * b.kernel if b.kind == "conv" else 1)
         trained: dict[str, int] = {}
         fixed: dict[str, int] = {}
-        has_sim_W = False
-        for head in rule.heads:
-            if head.name == "pred":
-                outs = T if head.feedback else K
-                trained["pred decoder"] = outs * b.dec_features + outs
-                if head.feedback:
-                    fixed["pred feedback B"] = outs * b.dec_features
-            elif getattr(head, "learned", False) and not has_sim_W:  # a learned projection (shared)
-                trained["sim projection"] = b.c_out * b.c_out * (9 if b.kind == "conv" else 1)
-                has_sim_W = True
-            elif isinstance(head, ReconHead) and i > 0:
-                trained["recon decoder"] = w + b.c_in
-        if rule.uses_projection:
-            fixed["label projection P"] = K * T
-        if isinstance(rule.carrier, FeedbackAlignment):  # fa and kolen-pollack keep a B per layer
-            fixed["feedback B"] = w
+        for k, tap in enumerate(b.kind.taps(b)):
+            seen: set[str] = set()  # the tap's array names: a shared projection once
+            parts = [(head, name, shape, is_fixed) for head in rule.heads if head.applies(tap, i == 0 and k == 0)
+                     for is_fixed, shapes in enumerate(head.shapes(tap, K, T)) for name, shape in shapes.items()]
+            if rule.uses_projection:
+                parts.append((None, "P", (K, T), True))
+            for head, name, shape, is_fixed in parts:
+                if name in seen:
+                    continue
+                seen.add(name)
+                part = tap.name + " " * bool(tap.name) + (head.part(name, bool(is_fixed)) if head is not None
+                                                          else "label projection P")
+                table = fixed if is_fixed else trained
+                table[part] = table.get(part, 0) + math.prod(shape)
+        W_shape = b.kind.weight_shape(b)
+        if rule.carrier is not None and W_shape is not None:  # fa and kolen-pollack keep a B per layer
+            fixed.update({f"feedback {name}": math.prod(s) for name, s in rule.carrier.shapes(W_shape).items()})
         if rule.direct is not None:
-            fixed["direct feedback D"] = K * b.out_features
+            fixed.update({f"direct feedback {name}": math.prod(s)
+                          for name, s in rule.direct.shapes(K, b.out_features).items()})
         rows.append((b.name, trained, fixed))
-    if isinstance(rule.carrier, FeedbackAlignment):
-        rows.append(("out", {}, {"feedback B": K * spec.out_features_in}))
+    out = rule.carrier.shapes((K, spec.out_features_in)) if rule.carrier is not None else {}
+    if out:
+        rows.append(("out", {}, {f"feedback {name}": math.prod(s) for name, s in out.items()}))
     return rows
 
 
@@ -64,24 +73,20 @@ def head_parameters(spec: NetSpec, cfg) -> int:
     """Weights of the local heads, fixed and feedback matrices of every block (and the output layer's)."""
     return sum(sum(t.values()) + sum(f.values()) for _, t, f in head_parameter_table(spec, cfg))
 
-
 def estimate_bytes(cfg, spec: NetSpec, num_train: int, on_gpu: bool = False) -> int:
     """Bytes a training run of ``cfg`` on ``spec`` needs (see the module docstring)."""
     rule = get_rule(cfg.variant)
     P = spec.num_parameters + head_parameters(spec, cfg)
     states = {"adam": 2, "amsgrad": 3, "sgd": 1 if cfg.momentum else 0}[cfg.optim]
-    largest_block = max((b.c_in * b.kernel * b.kernel * b.c_out if b.kind == "conv" else b.c_in * b.c_out)
-                        for b in spec.blocks) if spec.blocks else 0
+    largest_block = max(b.num_parameters(spec.batch_norm) for b in spec.blocks) if spec.blocks else 0
     param_bytes = FLOAT * (P * (1 + states) + largest_block)  # + one block's gradients at a time
     N = cfg.batch_size
-    maps = []  # elements of each block's output map per sample, and of its input
+    maps = []  # elements per sample of each block's input, its hidden output and its largest op's workspace
     c, h, w = spec.input_shape
     prev = c * h * w
     for b in spec.blocks:
-        side = b.size if b.kind == "conv" else 1
-        out = b.c_out * side * side
-        cols = b.c_in * b.kernel * b.kernel * side * side if b.kind == "conv" else 0
-        maps.append((prev, out, cols))
+        footprint = b.kind.footprint(b)
+        maps.append((prev, footprint.hidden, footprint.workspace))
         prev = b.out_features
     limit = DEVICE_IM2COL_MAX_BYTES if on_gpu else IM2COL_MAX_BYTES
     heads = 2 if rule.heads else 0  # a head's map (sim's learned conv output) and its error
@@ -124,28 +129,35 @@ def human(n: float) -> str:
     return f"{n:.1f} EiB"
 
 
-def block_costs(spec: NetSpec, variant: str, batch: int, target_proj_size: int = 128) -> list[float]:
-    """Estimated FLOPs of one training step of each block under a local rule: its encoder forward and
-    weight gradient, its heads forward and backward, and the similarity matrices (memory-bound passes
-    are not counted; they scale with the same feature maps). Used to balance a pipeline's stages."""
-    rule = get_rule(variant)
+def step_costs(spec: NetSpec, rule: Rule | str, batch: int, target_proj_size: int = 128) -> tuple[list[Cost], Cost]:
+    """What one training step of ``rule`` (a Rule or a variant name) costs on a batch: per block, its
+    kind's (the encoder's forward and weight gradient, the error to its input where the rule sends one
+    up, batch norm and φ's passes), its heads' and its carrier's or direct error's; and the output
+    layer's. Counted from the shapes (:class:`bioplaus.probes.Cost`)."""
+    rule = get_rule(rule) if isinstance(rule, str) else rule
     K, N, costs = spec.num_classes, batch, []
     for i, b in enumerate(spec.blocks):
-        pixels = b.size * b.size if b.kind == "conv" else 1
-        k2 = b.kernel * b.kernel if b.kind == "conv" else 1
-        macs = N * pixels * b.c_out * b.c_in * k2
-        total = 2 * macs * (2 if rule.is_local or i == 0 else 3)  # forward + dW (+ dx under backprop)
-        for head in rule.heads:
-            if head.name == "pred":
-                outs = target_proj_size if head.feedback else K
-                total += 2 * N * b.dec_features * outs * 3  # decoder forward, its dW and the error to h
-            else:
-                if head.learned:
-                    total += 2 * N * pixels * b.c_out * b.c_out * (9 if b.kind == "conv" else 1) * 3
-                width = b.c_out if b.kind == "dense" or pixels > 1 else b.dec_features
-                total += 4 * N * N * width  # S forward and backward
-        total += 8 * N * pixels * b.c_out  # batch norm and φ, forward and backward (a few passes)
-        costs.append(float(total))
-    if costs:
-        costs[-1] += 2 * N * spec.out_features_in * K * 2  # the output layer
-    return costs
+        cost = b.kind.cost(b, N, need_dx=rule.carrier is not None and i > 0)
+        for k, tap in enumerate(b.kind.taps(b)):
+            for head in rule.heads:
+                if head.applies(tap, i == 0 and k == 0):
+                    cost += head.cost(tap, N, K, target_proj_size)
+        W_shape = b.kind.weight_shape(b)
+        if rule.carrier is not None and W_shape is not None:
+            cost += rule.carrier.cost(W_shape)
+        if rule.direct is not None:
+            cost += rule.direct.cost(N, K, b.out_features)
+        costs.append(cost)
+    macs = N * spec.out_features_in * K  # the output layer: forward, dW (and the error into the last block)
+    return costs, Cost(macs, macs * (2 if rule.carrier is not None else 1))
+
+
+def block_costs(spec: NetSpec, rule: Rule | str, batch: int, target_proj_size: int = 128) -> list[float]:
+    """The work of one training step of each block under ``rule`` (a Rule or a variant name), the output
+    layer's added to the last: FLOPs of its multiply-adds, plus one per float32 element its memory-bound
+    passes stream (:func:`step_costs`). Used to balance a pipeline's stages."""
+    costs, out = step_costs(spec, rule, batch, target_proj_size)
+    work = [c.flops + c.bytes / FLOAT for c in costs]
+    if work:
+        work[-1] += out.flops + out.bytes / FLOAT
+    return work

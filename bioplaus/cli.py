@@ -23,10 +23,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from bioplaus import runner
-from bioplaus.config import UNSET_MEANING, VARIANTS, Config, ConfigError
+from bioplaus.config import Config, ConfigError, unset_meaning
 from bioplaus.errors import sentence
 from bioplaus.program import DEFAULT as DEFAULT_PROGRAM
 from bioplaus.program import Program
+from bioplaus.rules import VARIANTS
 from bioplaus.runner import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, KEEP_CHECKPOINT, BadInput
 
 EXIT_DIVERGED, EXIT_STORAGE = runner.EXIT_DIVERGED, runner.EXIT_STORAGE
@@ -157,7 +158,7 @@ def _default_text(name: str, const: Any = None, is_switch: bool = False) -> str:
     if is_switch:
         return "on" if value == const else "off"
     if value is None:
-        return UNSET_MEANING.get(name, "none")
+        return unset_meaning(name, "none")
     if isinstance(value, tuple):
         return " ".join(map(str, value)) or "none"
     if isinstance(value, float):

@@ -11,6 +11,11 @@ The default schedule follows ``epochs`` in the paper's shape: the rate decays af
 any that is not below ``epochs`` (a decay after the last epoch changes nothing). A recipe's (or a
 logged run's) milestones given a new length are scaled as fractions of its own epochs
 (:func:`scale_milestones`); where the layers of a configuration meet is :mod:`bioplaus.settings`.
+
+A configuration is data: this module imports nothing of the engine, so the log, the analysis and the
+sweep report read one (:meth:`Config.validate`) without loading it. Resolving one for a run
+(:meth:`Config.resolve`) asks the engine, at that moment, for what it alone knows: the rules (a rule
+registered at run time included) and their default β, the models and the convolution algorithms.
 """
 
 from __future__ import annotations
@@ -22,9 +27,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from bioplaus.errors import ConfigError
-from bioplaus.models import MODELS
-from bioplaus.ops.conv import ALGORITHMS as CONV_ALGORITHMS  # how 3x3 stride-1 convolutions are computed
-from bioplaus.rules import RULES, VARIANTS
 
 NONLINS = ("relu", "leakyrelu")
 LOSS_UNSUP = ("none", "sim", "recon")
@@ -32,8 +34,8 @@ OPTIMS = ("adam", "amsgrad", "sgd")
 DEVICES = ("auto", "cpu", "gpu")
 INT_MAX = 2**31 - 1  # every integer setting fits a 32-bit int (HDF5 attributes, array shapes)
 SEED_MAX = 2**32 - 1  # seeds key 32-bit random streams
-__all__ = ["CONV_ALGORITHMS", "DEVICES", "NONLINS", "OPTIMS", "VARIANTS", "Config", "ConfigError",
-           "default_milestones", "scale_milestones"]
+__all__ = ["DEVICES", "NONLINS", "OPTIMS", "Config", "ConfigError", "default_milestones", "scale_milestones",
+           "unset_meaning"]
 
 # The paper's schedule as fractions of the run (decay after 100 150 175 188 of its 200 epochs).
 SCHEDULE_SHAPE = ((1, 2), (3, 4), (7, 8), (15, 16))
@@ -41,6 +43,8 @@ SCHEDULE_SHAPE_TEXT = "1/2, 3/4, 7/8 and 15/16 of --epochs (the paper's 100 150 
 
 
 def _beta_text() -> str:
+    from bioplaus.rules import RULES  # the engine, asked when the text is wanted (help, a written config)
+
     betas: dict[float, list[str]] = {}
     for name, rule in RULES.items():
         betas.setdefault(rule.default_beta, []).append(name)
@@ -49,13 +53,18 @@ def _beta_text() -> str:
     return f"the variant's: {usual:g}" + (f" ({others})" if others else "")
 
 
-# What a field left at None means (the resolved value depends on other fields).
+# What a field left at None means (the resolved value depends on other fields; β's on the rules:
+# unset_meaning("beta")).
 UNSET_MEANING = {
-    "beta": _beta_text(),
     "num_layers": "3 for the mlp (the paper's 3x1024), 1 after a vgg's convolutions",
     "lr_decay_milestones": "after " + SCHEDULE_SHAPE_TEXT,
     "data_dir": "none: $BIOPLAUS_DATA, the per-user cache, the system's dataset folders, then a download",
 }
+
+
+def unset_meaning(name: str, default: str = "none") -> str:
+    """What leaving field ``name`` unset (None) means, in words."""
+    return _beta_text() if name == "beta" else UNSET_MEANING.get(name, default)
 
 
 def _below(values, epochs: int) -> tuple[int, ...]:
@@ -137,33 +146,44 @@ class Config:
         return Config.from_dict(changes, base=self)
 
     def resolve(self) -> Config:
-        """Fill variant defaults and check every combination; returns a new Config."""
+        """Fill variant defaults and check every combination, against the engine too; returns a new Config."""
+        # the engine, asked here only: reading a configuration (validate) loads none of it
+        from bioplaus.models import MODELS
+        from bioplaus.ops.conv import ALGORITHMS as CONV_ALGORITHMS  # how 3x3 stride-1 convolutions are computed
+        from bioplaus.rules import RULES
+
         cfg = self
         if cfg.variant not in RULES:
             raise ConfigError(f"unknown variant {cfg.variant!r}; choose one of {', '.join(RULES)}")
+        if cfg.model not in MODELS:
+            raise ConfigError(f"unknown model {cfg.model!r}; choose one of {', '.join(MODELS)}")
+        if cfg.conv_algorithm not in CONV_ALGORITHMS:
+            raise ConfigError(f"unknown --conv-algorithm {cfg.conv_algorithm!r}; choose {', '.join(CONV_ALGORITHMS)}")
+        rule = RULES[cfg.variant]
         if cfg.beta is None:  # as the authors ran each variant: predsim mostly sim, predsim-bpf mostly pred-bpf
-            cfg = dataclasses.replace(cfg, beta=RULES[cfg.variant].default_beta)
+            cfg = dataclasses.replace(cfg, beta=rule.default_beta)
         if cfg.num_layers is None:
             cfg = dataclasses.replace(cfg, num_layers=cfg.dense_layers)
         if cfg.lr_decay_milestones is None:
             cfg = dataclasses.replace(cfg, lr_decay_milestones=default_milestones(cfg.epochs))
         cfg.validate()
+        if cfg.loss_unsup != "none" and not rule.heads:
+            raise ConfigError(f"--loss-unsup adds a local loss to every block, and {cfg.variant} has no local "
+                              "losses; use it with pred, sim, predsim, their -bpf or glob+ forms")
         return cfg
 
     def validate(self) -> None:
-        """Every value in range, every combination possible; ConfigError (one sentence) otherwise."""
-        if self.variant not in RULES:
-            raise ConfigError(f"unknown variant {self.variant!r}; choose one of {', '.join(RULES)}")
-        if self.model not in MODELS:
-            raise ConfigError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
+        """Every value in range and every combination possible that the configuration itself can tell
+        (the names the engine defines are checked by :meth:`resolve`); ConfigError (one sentence) otherwise."""
+        for name in ("variant", "model"):
+            if not getattr(self, name).strip():
+                raise ConfigError(f"--{name} needs a name")
         if self.nonlin not in NONLINS:
             raise ConfigError(f"unknown nonlinearity {self.nonlin!r}; choose relu or leakyrelu")
         if self.optim not in OPTIMS:
             raise ConfigError(f"unknown optimizer {self.optim!r}; choose adam, amsgrad or sgd")
         if self.device not in DEVICES:
             raise ConfigError(f"unknown device {self.device!r}; choose auto, cpu or gpu")
-        if self.conv_algorithm not in CONV_ALGORITHMS:
-            raise ConfigError(f"unknown --conv-algorithm {self.conv_algorithm!r}; choose auto, im2col or winograd")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
@@ -218,9 +238,6 @@ class Config:
             raise ConfigError(f"--alpha must be in [0, 1], not {self.alpha:g}")
         if self.alpha and self.loss_unsup == "none":
             raise ConfigError("--alpha weighs the unsupervised local loss: it needs --loss-unsup sim or recon")
-        if self.loss_unsup != "none" and not RULES[self.variant].heads:
-            raise ConfigError(f"--loss-unsup adds a local loss to every block, and {self.variant} has no local "
-                              "losses; use it with pred, sim, predsim, their -bpf or glob+ forms")
 
     def check_dataset(self, num_classes: int, input_shape: tuple[int, ...], num_train: int | None = None) -> None:
         """Combinations that depend on the dataset (its class count, image size)."""

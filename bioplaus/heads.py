@@ -19,18 +19,24 @@ projection ``P`` (classes × target_proj_size, uniform ±1/√classes), shared b
 A head applies its loss weight to the loss gradient (``w · ∂L``), so a rule's δh is the plain sum
 of its heads' errors (:func:`bioplaus.rules.local_error`). Lines that are *not* gradients are marked
 ``# NOT A GRADIENT``.
+
+A head reads one tap of a block (:class:`bioplaus.kinds.Tap`: the block's h, or one of several inside
+a residual block) and declares what it records (:meth:`Head.probes`: its losses, its local predictor's
+error, an alignment angle), its arrays' shapes and what a step of it costs; the trainer, the log, the
+NaN check and the split planner take these from it.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from bioplaus import ops
 from bioplaus.backend import get_array_module
-from bioplaus.models import BlockSpec
+from bioplaus.kinds import Tap
+from bioplaus.probes import ERROR, LAST, MEAN, Cost, Probe
 
 
 class HeadResult(NamedTuple):
@@ -42,15 +48,43 @@ class HeadResult(NamedTuple):
 
 
 class Targets(NamedTuple):
-    """What a block's heads may compare with: the block's input x (a constant), labels y (N,),
-    one-hot Y (N, K); and the block's φ slope and whether it is the network's first block."""
+    """What a tap's heads may compare with: the input of the tap's layer x (a constant), labels y (N,),
+    one-hot Y (N, K); and the block's φ slope, whether x is the network's input, and the tap itself."""
 
     x: object
     y: object
     Y: object
     slope: float = 0.0
     first: bool = False
-    spec: BlockSpec | None = None
+    tap: Tap | None = None
+
+
+class PredCache(NamedTuple):
+    """What :meth:`PredHead.backward` needs: the loss gradient at the logits, the decoder's cache and the
+    shape of what the head read."""
+
+    dlogits: Any  # (N, K) or (N, T)
+    dec: Any  # ops.DenseCache
+    shape: tuple
+
+
+class SimCache(NamedTuple):
+    """What :meth:`SimHead.backward` needs: the loss gradient at S, S's cache (used up by the backward) and
+    the learned projection's cache (None when nothing is learned before S)."""
+
+    dS: Any  # (N, N)
+    similarity: Any
+    proj: Any
+
+
+class ReconCache(NamedTuple):
+    """What :meth:`ReconHead.backward` needs: the loss gradient at x̂, φ's cache, the decoder's cache and
+    whether it is a transposed convolution."""
+
+    dx_hat: Any
+    act: Any
+    dec: Any
+    conv: bool
 
 
 def _uniform(rng: np.random.Generator, shape, bound: float) -> np.ndarray:
@@ -60,20 +94,46 @@ def _uniform(rng: np.random.Generator, shape, bound: float) -> np.ndarray:
 class Head:
     """What every head has (subclasses override): a ``name`` its loss weight is looked up by
     (``pred``, ``sim`` or ``unsup``), whether it reads pool(h) or h, whether it is supervised,
-    whether it needs the block's label projection P; ``init``, ``forward``, ``backward``."""
+    whether it needs the tap's label projection P; ``init``, ``forward``, ``backward``; and what it
+    declares: ``probes`` (the statistics its forward and ``alignment`` give), ``shapes`` of its arrays
+    and the ``cost`` of a step."""
 
     name = "head"
+    label = ""  # what --describe calls its trained weights ("" : its name)
     reads_pooled = False
     supervised = True
     uses_projection = False
 
-    def applies(self, t: Targets) -> bool:
-        """False where the head has nothing to learn (for example reconstruction in the first block)."""
+    def applies(self, tap: Tap, first: bool) -> bool:
+        """False where the head has nothing to learn (reconstruction of the network's input: ``first``)."""
         return True
 
-    def init(self, spec: BlockSpec, num_classes: int, target_proj_size: int, rng):
-        """``(trainable params, fixed arrays)`` of this head in a block, on the host."""
+    def init(self, tap: Tap, num_classes: int, target_proj_size: int, rng):
+        """``(trainable params, fixed arrays)`` of this head at a tap, on the host."""
         return {}, {}
+
+    def probes(self) -> tuple[Probe, ...]:
+        """What its forward's statistics and its ``alignment`` record (the log writes exactly these)."""
+        return ()
+
+    def shapes(self, tap: Tap, num_classes: int, target_proj_size: int) -> tuple[dict, dict]:
+        """``(trainable, fixed)`` array name -> shape at a tap (a head shares an array with another by
+        giving it the same name). By default read off :meth:`init`, with a throwaway stream."""
+        p, f = self.init(tap, num_classes, target_proj_size, np.random.default_rng(0))
+        return {k: np.shape(v) for k, v in p.items()}, {k: np.shape(v) for k, v in f.items()}
+
+    def part(self, array: str, fixed: bool) -> str:
+        """The part of the head ``--describe`` lists an array under: its trained weights together (under
+        ``label``, or its name), each fixed matrix on its own."""
+        label = self.label or self.name
+        return f"{label} {array}" if fixed else label
+
+    def cost(self, tap: Tap, batch: int, num_classes: int, target_proj_size: int) -> Cost:
+        """One step of the head on ``batch`` samples. By default that of a dense layer holding all of its
+        arrays (forward, weight gradient, error to h); the built-in heads count their own."""
+        trainable, fixed = self.shapes(tap, num_classes, target_proj_size)
+        macs = batch * sum(math.prod(s) for s in (*trainable.values(), *fixed.values()))
+        return Cost(macs, 2 * macs)
 
     def forward(self, read, t: Targets, p: dict, f: dict) -> HeadResult:
         raise NotImplementedError
@@ -111,6 +171,7 @@ class PredHead(Head):
     """
 
     name = "pred"
+    label = "pred decoder"
     reads_pooled = True
     supervised = True
 
@@ -121,9 +182,9 @@ class PredHead(Head):
     def __repr__(self) -> str:
         return f"PredHead(feedback={self.feedback})"
 
-    def init(self, spec: BlockSpec, num_classes: int, target_proj_size: int, rng):
+    def init(self, tap: Tap, num_classes: int, target_proj_size: int, rng):
         """Decoder weights start at zero, as the authors' (``(params, fixed)`` on the host)."""
-        D = spec.dec_features
+        D = tap.dec_features
         if not self.feedback:
             return {"dec_W": np.zeros((num_classes, D)), "dec_b": _uniform(rng, (num_classes,), 1.0 / math.sqrt(D))}, {}
         T = target_proj_size
@@ -141,18 +202,40 @@ class PredHead(Head):
             t = (Y @ f["P"] > 0).astype(pooled.dtype)  # (N, T) NOT A GRADIENT: random projection of the labels
             loss, dlogits = ops.sigmoid_bce_with_logits(logits, t)
             correct = _count_code_correct(logits, y, f["P"])
-        return HeadResult(loss, {"correct_pred": correct, "loss_pred": loss}, (dlogits, dec_cache, pooled.shape))
+        stats = {"correct_pred": correct, "loss_pred": loss}
+        return HeadResult(loss, stats, PredCache(dlogits, dec_cache, pooled.shape))
 
-    def backward(self, cache, weight: float, p: dict, f: dict):
+    def backward(self, cache: PredCache, weight: float, p: dict, f: dict):
         """``(δpool(h), grads)`` for the loss weighted by ``weight``."""
-        dlogits, dec_cache, shape = cache
-        dlogits = weight * dlogits
+        dlogits = weight * cache.dlogits
         if not self.feedback:
-            dflat, dW, db = ops.dense_backward(dlogits, dec_cache)  # through dec_W^T
+            dflat, dW, db = ops.dense_backward(dlogits, cache.dec)  # through dec_W^T
         else:
-            _, dW, db = ops.dense_backward(dlogits, dec_cache, need_dx=False)
+            _, dW, db = ops.dense_backward(dlogits, cache.dec, need_dx=False)
             dflat = dlogits @ f["B"]  # (N, D_dec) NOT A GRADIENT: feedback alignment, B instead of dec_W
-        return dflat.reshape(shape), {"dec_W": dW, "dec_b": db}
+        return dflat.reshape(cache.shape), {"dec_W": dW, "dec_b": db}
+
+    def probes(self) -> tuple[Probe, ...]:
+        what = "binary cross-entropy with the random label code" if self.feedback else "cross-entropy"
+        probes = (Probe("loss_pred", "nats", f"local prediction loss of the block ({what} of its decoder)", MEAN,
+                        loss=True),
+                  Probe("error_pred", "%", "error of the block's local predictor", ERROR, key="correct_pred"))
+        if self.feedback:
+            probes += (Probe("fa_angle", "degrees", "angle between the pred decoder's weights and its fixed "
+                             "feedback matrix (bpf), at the end of the epoch", LAST),)
+        return probes
+
+    def part(self, array: str, fixed: bool) -> str:
+        return f"pred feedback {array}" if fixed else self.label
+
+    def shapes(self, tap: Tap, num_classes: int, target_proj_size: int) -> tuple[dict, dict]:
+        D, outs = tap.dec_features, (target_proj_size if self.feedback else num_classes)
+        return {"dec_W": (outs, D), "dec_b": (outs,)}, ({"B": (outs, D)} if self.feedback else {})
+
+    def cost(self, tap: Tap, batch: int, num_classes: int, target_proj_size: int) -> Cost:
+        """The decoder's forward, its weight gradient and the error it sends to pool(h)."""
+        macs = batch * tap.dec_features * (target_proj_size if self.feedback else num_classes)
+        return Cost(macs, 2 * macs)
 
     def alignment(self, p: dict, f: dict) -> dict:
         """The angle between the decoder's weights and the feedback matrix that stands in for them."""
@@ -170,6 +253,7 @@ class SimHead(Head):
     """
 
     name = "sim"
+    label = "sim projection"
     supervised = True
 
     def __init__(self, learned: bool, use_std: bool = True) -> None:
@@ -181,11 +265,11 @@ class SimHead(Head):
     def __repr__(self) -> str:
         return f"SimHead(learned={self.learned}, use_std={self.use_std})"
 
-    def init(self, spec: BlockSpec, num_classes: int, target_proj_size: int, rng):
+    def init(self, tap: Tap, num_classes: int, target_proj_size: int, rng):
         if not self.learned:
             return {}, {}
-        C = spec.c_out
-        if spec.kind == "conv":
+        C = tap.c_out
+        if tap.spatial:
             return {"sim_W": _uniform(rng, (C, C, 3, 3), 1.0 / math.sqrt(9 * C))}, {}
         return {"sim_W": _uniform(rng, (C, C), 1.0 / math.sqrt(C))}, {}
 
@@ -196,10 +280,32 @@ class SimHead(Head):
 
     stat = "loss_sim"
 
+    def probes(self) -> tuple[Probe, ...]:
+        return (Probe(self.stat, "1", "local similarity-matching loss of the block (mean squared difference of "
+                      "S(h) and the labels' similarity matrix)", MEAN, loss=True),)
+
+    def shapes(self, tap: Tap, num_classes: int, target_proj_size: int) -> tuple[dict, dict]:
+        if not self.learned:
+            return {}, {}
+        return {"sim_W": (tap.c_out, tap.c_out, 3, 3) if tap.spatial else (tap.c_out, tap.c_out)}, {}
+
+    def cost(self, tap: Tap, batch: int, num_classes: int, target_proj_size: int) -> Cost:
+        """The learned 3x3 conv (or dense layer) with its weight gradient and error, and S forward and
+        backward on what S reads: (N, C) channel deviations of a map, else the flattened rows."""
+        C, N = tap.c_out, batch
+        pixels = tap.size * tap.size if tap.spatial else 1
+        cost = Cost()
+        if self.learned:
+            macs = N * pixels * C * C * (9 if tap.spatial else 1)
+            cost += Cost(macs, 2 * macs)
+        side_pixels = pixels if not self.reads_pooled else tap.dec_features // C
+        width = C if not tap.spatial or (self.use_std and C > 3 and side_pixels > 1) else C * side_pixels
+        return cost + Cost(N * N * width, N * N * width)  # X Xᵀ; (dR + dRᵀ) X
+
     def forward(self, h, t: Targets, p: dict, f: dict) -> HeadResult:
         if self.learned:
             if h.ndim == 4:
-                algorithm = t.spec.conv_algorithm if t.spec is not None else "auto"
+                algorithm = t.tap.conv_algorithm if t.tap is not None else "auto"
                 z, proj_cache = ops.conv2d_forward(h, p["sim_W"], None, 1, 1, algorithm)  # (N, C, H, W)
             else:
                 z, proj_cache = ops.dense_forward(h, p["sim_W"], None)  # (N, D)
@@ -210,11 +316,12 @@ class SimHead(Head):
         S, s_cache = ops.similarity_forward(z, overwrite=self.learned, use_std=self.use_std)  # (N, N)
         del z  # its cache keeps what S's backward needs (memory: z is a full feature map)
         loss, dS = ops.mse(S, target)
-        return HeadResult(loss, {self.stat: loss}, (dS, s_cache, proj_cache))
+        return HeadResult(loss, {self.stat: loss}, SimCache(dS, s_cache, proj_cache))
 
-    def backward(self, cache, weight: float, p: dict, f: dict):
+    def backward(self, cache: SimCache, weight: float, p: dict, f: dict):
         """``(δ of what the head read, grads)`` for the loss weighted by ``weight``; uses up the cache."""
         dS, s_cache, proj_cache = cache
+        del cache
         dz = ops.similarity_backward(weight * dS, s_cache, overwrite=True)  # s_cache is used up here
         del s_cache
         if not self.learned:
@@ -249,6 +356,10 @@ class InputSimHead(SimHead):
     def _target(self, t: Targets, f: dict):
         return ops.similarity_forward(t.x, use_std=self.use_std)[0]  # (N, N) of the block's input
 
+    def probes(self) -> tuple[Probe, ...]:
+        return (Probe(self.stat, "1", "unsupervised local loss of the block (--loss-unsup sim: S(h) against the "
+                      "similarity matrix of the block's input)", MEAN, loss=True),)
+
 
 class ReconHead(Head):
     """Unsupervised reconstruction (the authors' ``--loss-unsup recon``): a decoder maps h back to the
@@ -261,6 +372,7 @@ class ReconHead(Head):
     """
 
     name = "unsup"
+    label = "recon decoder"
     supervised = False
     reads_pooled = False
     uses_projection = False
@@ -268,36 +380,47 @@ class ReconHead(Head):
     def __repr__(self) -> str:
         return "ReconHead()"
 
-    def applies(self, t: Targets) -> bool:
-        return not t.first
+    def applies(self, tap: Tap, first: bool) -> bool:
+        return not first
 
-    def init(self, spec: BlockSpec, num_classes: int, target_proj_size: int, rng):
-        if spec.kind == "conv":  # PyTorch's ConvTranspose2d(c_out, c_in, k): weight (c_out, c_in, k, k)
-            k = spec.kernel
-            bound = 1.0 / math.sqrt(spec.c_in * k * k)
-            return {"rec_W": _uniform(rng, (spec.c_out, spec.c_in, k, k), bound),
-                    "rec_b": _uniform(rng, (spec.c_in,), bound)}, {}
-        bound = 1.0 / math.sqrt(spec.c_out)  # Linear(c_out, c_in)
-        return {"rec_W": _uniform(rng, (spec.c_in, spec.c_out), bound), "rec_b": _uniform(rng, (spec.c_in,), bound)}, {}
+    def init(self, tap: Tap, num_classes: int, target_proj_size: int, rng):
+        shapes = self.shapes(tap, num_classes, target_proj_size)[0]
+        k = tap.kernel if tap.spatial else 1  # PyTorch's ConvTranspose2d(c_out, c_in, k), or Linear(c_out, c_in)
+        bound = 1.0 / math.sqrt((tap.c_in if tap.spatial else tap.c_out) * k * k)
+        return {"rec_W": _uniform(rng, shapes["rec_W"], bound), "rec_b": _uniform(rng, shapes["rec_b"], bound)}, {}
+
+    def probes(self) -> tuple[Probe, ...]:
+        return (Probe("loss_unsup", "1", "unsupervised local loss of the block (--loss-unsup recon: mean squared "
+                      "error of its reconstruction of the block's input)", MEAN, loss=True),)
+
+    def shapes(self, tap: Tap, num_classes: int, target_proj_size: int) -> tuple[dict, dict]:
+        k = tap.kernel
+        W = (tap.c_out, tap.c_in, k, k) if tap.spatial else (tap.c_in, tap.c_out)
+        return {"rec_W": W, "rec_b": (tap.c_in,)}, {}
+
+    def cost(self, tap: Tap, batch: int, num_classes: int, target_proj_size: int) -> Cost:
+        """The decoder (the block's own layer, transposed) forward, its weight gradient and error to h."""
+        pixels = tap.size * tap.size if tap.spatial else 1
+        macs = batch * pixels * math.prod(self.shapes(tap, num_classes, target_proj_size)[0]["rec_W"])
+        return Cost(macs, 2 * macs)
 
     def forward(self, h, t: Targets, p: dict, f: dict) -> HeadResult:
         x = t.x
         if h.ndim == 4:
-            a, dec_cache = ops.conv2d_transpose_forward(h, p["rec_W"], p["rec_b"], x.shape, t.spec.stride, t.spec.pad)
+            a, dec_cache = ops.conv2d_transpose_forward(h, p["rec_W"], p["rec_b"], x.shape, t.tap.stride, t.tap.pad)
         else:
             x = x.reshape(x.shape[0], -1)
             a, dec_cache = ops.dense_forward(h, p["rec_W"], p["rec_b"])  # (N, D_in)
         x_hat, act_cache = ops.act_forward(a, t.slope)
         loss, dx_hat = ops.mse(x_hat, x)
-        return HeadResult(loss, {"loss_unsup": loss}, (dx_hat, act_cache, dec_cache, h.ndim == 4))
+        return HeadResult(loss, {"loss_unsup": loss}, ReconCache(dx_hat, act_cache, dec_cache, h.ndim == 4))
 
-    def backward(self, cache, weight: float, p: dict, f: dict):
-        dx_hat, act_cache, dec_cache, conv = cache
-        da = ops.act_backward(weight * dx_hat, act_cache, overwrite_dh=True)
-        if conv:
-            dh, dW, db = ops.conv2d_transpose_backward(da, dec_cache)
+    def backward(self, cache: ReconCache, weight: float, p: dict, f: dict):
+        da = ops.act_backward(weight * cache.dx_hat, cache.act, overwrite_dh=True)
+        if cache.conv:
+            dh, dW, db = ops.conv2d_transpose_backward(da, cache.dec)
         else:
-            dh, dW, db = ops.dense_backward(da, dec_cache)
+            dh, dW, db = ops.dense_backward(da, cache.dec)
         return dh, {"rec_W": dW, "rec_b": db}
 
 

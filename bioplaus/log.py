@@ -1,8 +1,8 @@
-"""The HDF5 run log: one file per run, the product's main output (format_version 1).
+"""The HDF5 run log: one file per run, the product's main output (format_version 2).
 
 Schema (every dataset carries ``units`` and ``description`` attributes)::
 
-    /                          attrs: format_version (1), bioplaus_version, variant, model, dataset,
+    /                          attrs: format_version (2), bioplaus_version, variant, model, dataset,
                                       seed, status (running | completed | diverged | interrupted),
                                       config (JSON of the resolved Config), device, created (ISO 8601),
                                       parameters (forward-network parameter count), epochs_planned,
@@ -11,17 +11,22 @@ Schema (every dataset carries ``units`` and ``description`` attributes)::
                                       or none; both absent in logs of bioplaus before them)
     /epochs/<series>           (n_epochs,) one entry per completed epoch:
                                       epoch, train_loss, train_error, test_loss, test_error, lr, seconds
-    /layers/<layer>/<series>   (n_epochs,) per block and the output layer ('out'):
-                                      train_loss_pred, train_loss_sim, train_error_pred,
-                                      test_loss_pred, test_loss_sim, test_error_pred,
-                                      weight_norm, update_norm, fa_angle, fb_angle, bp_angle,
-                                      train_loss_unsup, test_loss_unsup
-                                      (NaN where a variant has no such quantity, and bp_angle on
-                                      epochs without a probe)
+    /layers/<layer>/<series>   (n_epochs,) per block (or tap of a block, ``<block>.<tap>``) and the output
+                                      layer ('out'): exactly the series the run's blocks, heads, carriers
+                                      and probe declare (:mod:`bioplaus.probes`), named ``train_<name>`` and
+                                      ``test_<name>`` for a statistic of every batch (losses, local errors),
+                                      ``<name>`` for one measured at the epoch's end (weight_norm, fa_angle)
+                                      or on the probe batch (bp_angle: NaN on epochs without a probe)
     /probe/epochs              (n_snapshots,) the epochs at which the probe batch was measured
     /probe/labels              (B,) labels of the fixed probe batch
     /probe/target_similarity   (B, B) the label similarity matrix S(Y) of the probe batch
     /probe/similarity/<layer>  (n_snapshots, B, B) S(h) of each block on the probe batch
+
+The layers' series are created, empty, with the log (:meth:`RunLog.create` takes the run's declared
+probes); each epoch appends a value to every one of them (NaN where a record lacks it). Format 1 (bioplaus
+before declared probes) wrote the same series for every layer of every run, NaN where a rule has
+no such quantity; it is read as it is, and a resumed format-1 log is converted (:meth:`RunLog.open_for_resume`):
+the series the run declares stay, the all-NaN ones it does not are dropped, every number is kept.
 
 Crash safety: the writer never modifies the log in place. Each write reads the log into memory,
 edits the in-memory copy with h5py, and writes it out as a new temporary file beside the log,
@@ -48,8 +53,9 @@ import numpy as np
 import bioplaus
 from bioplaus.config import Config, ConfigError
 from bioplaus.files import atomic_write
+from bioplaus.probes import SPLITS, Probe
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 STATUSES = ("running", "completed", "diverged", "interrupted")
 
 # name -> (units, description)
@@ -62,39 +68,13 @@ EPOCH_SERIES: dict[str, tuple[str, str]] = {
     "lr": ("1", "learning rate used during the epoch"),
     "seconds": ("s", "wall-clock seconds spent training the epoch"),
 }
-LAYER_SERIES: dict[str, tuple[str, str]] = {
-    "train_loss_pred": ("nats", "mean local prediction loss of the block on the training batches"),
-    "train_loss_sim": ("1", "mean local similarity-matching loss (mean squared difference) on the training batches"),
-    "train_error_pred": ("%", "error of the block's local predictor on the training batches"),
-    "test_loss_pred": ("nats", "local prediction loss of the block on the test set"),
-    "test_loss_sim": ("1", "local similarity-matching loss of the block on the test set"),
-    "test_error_pred": ("%", "error of the block's local predictor on the test set"),
-    "weight_norm": ("1", "Frobenius norm of the block's forward weights at the end of the epoch"),
-    "update_norm": ("1", "Frobenius norm of the change of the block's forward weights over the epoch"),
-    "fa_angle": ("degrees", "angle between the pred decoder's weights and its fixed feedback matrix (bpf)"),
-    "fb_angle": ("degrees", ("angle between the matrix that carries the error back through the layer (feedback "
-                 "alignment's or Kolen-Pollack's B, or sign(W)) and the layer's forward weights")),
-    "train_loss_unsup": ("1", ("mean unsupervised local loss of the block (--loss-unsup: S(h) against S(x), or the "
-                         "reconstruction of x) on the training batches")),
-    "test_loss_unsup": ("1", "unsupervised local loss of the block on the test set"),
-    "bp_angle": ("degrees", "angle between the block's update and the true backprop gradient on the probe batch"),
-}
-# LAYER_SERIES key -> (source, key in that source's per-layer dict)
-_LAYER_SOURCES = {
-    "train_loss_pred": ("train", "loss_pred"),
-    "train_loss_sim": ("train", "loss_sim"),
-    "train_error_pred": ("train", "error_pred"),
-    "test_loss_pred": ("test", "loss_pred"),
-    "test_loss_sim": ("test", "loss_sim"),
-    "test_error_pred": ("test", "error_pred"),
-    "weight_norm": ("train", "weight_norm"),
-    "update_norm": ("train", "update_norm"),
-    "fa_angle": ("train", "fa_angle"),
-    "fb_angle": ("train", "fb_angle"),
-    "train_loss_unsup": ("train", "loss_unsup"),
-    "test_loss_unsup": ("test", "loss_unsup"),
-    "bp_angle": ("probe", "bp_angle"),
-}
+Series = Mapping[str, Iterable[Probe]]  # what a run records: layer -> its declared probes
+
+
+def declared_series(series: Series) -> dict[str, dict[str, tuple[str, str]]]:
+    """layer -> series name in the log -> (units, description), from the run's declared probes."""
+    return {layer: {name: (probe.units, text) for probe in probes for name, text in probe.series().items()}
+            for layer, probes in series.items()}
 
 
 class LogError(RuntimeError):
@@ -114,6 +94,10 @@ class Run:
     # the (units, description) attributes of each series, by its path in the log: "epochs/test_error",
     # "layers/fc1/weight_norm"; what analysis labels its axes with
     info: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    @property
+    def format_version(self) -> int:
+        return int(self.attrs.get("format_version", 1))
 
     @property
     def status(self) -> str:
@@ -149,17 +133,40 @@ def _described(ds: h5py.Dataset, units: str, description: str) -> None:
     ds.attrs["description"] = description
 
 
-def _append(group: h5py.Group, name: str, value: float, n_before: int, units: str, description: str) -> None:
-    """Append one value to a 1-D resizable series, NaN-padding a series that starts late."""
+def _append(group: h5py.Group, name: str, value: float | None, n_before: int, units: str = "",
+            description: str = "") -> None:
+    """Append one value to a 1-D resizable series (created, described, when missing), NaN-padding a series
+    that starts late; ``value`` None only creates it, holding NaN for the ``n_before`` epochs before."""
     if name not in group:
         ds = group.create_dataset(name, shape=(0,), maxshape=(None,), dtype="f8", chunks=(256,))
         _described(ds, units, description)
     ds = group[name]
     old = ds.shape[0]
-    ds.resize((n_before + 1,))
+    ds.resize((n_before + (value is not None),))
     if old < n_before:
         ds[old:n_before] = np.nan
-    ds[n_before] = value
+    if value is not None:
+        ds[n_before] = value
+
+
+def _value(sources: Mapping[str, Mapping], layer: str, name: str) -> Any:
+    """The record's value of a layer's series: ``train_<x>``/``test_<x>`` from that pass's records, any
+    other name from the training record (measured at the epoch's end) or the probe's."""
+    split, _, key = name.partition("_")
+    if split in SPLITS and key:
+        return (sources[split].get(layer) or {}).get(key)
+    value = (sources["train"].get(layer) or {}).get(name)
+    return value if value is not None else (sources["probe"].get(layer) or {}).get(name)
+
+
+def _check_declared(layers: h5py.Group, sources: Mapping[str, Mapping]) -> None:
+    """Every value a record holds has its series in the log (declared when the log was created)."""
+    for source, records in sources.items():
+        for layer, values in records.items():
+            have = set(layers[layer]) if layer in layers else set()
+            for key in values or {}:
+                if key not in have and f"{source}_{key}" not in have:
+                    raise ValueError(f"the {source} record holds {layer}/{key}, a series the run did not declare")
 
 
 class RunLog:
@@ -170,9 +177,11 @@ class RunLog:
 
     # ------------------------------------------------------------------ creating
     @classmethod
-    def create(cls, path: str, cfg: Config, device: str, parameters: int, replace: bool = False) -> RunLog:
-        """A new log at ``path``, status ``running``, no epochs yet. ``path`` must not exist unless
-        ``replace`` (the caller checked that it is a run log that may go)."""
+    def create(cls, path: str, cfg: Config, device: str, parameters: int, replace: bool = False,
+               series: Series | None = None) -> RunLog:
+        """A new log at ``path``, status ``running``, no epochs yet, with an empty series for every probe
+        the run declares (``series``: layer -> probes; the trainer's ``series``). ``path`` must not exist
+        unless ``replace`` (the caller checked that it is a run log that may go)."""
         path = os.fspath(path)
         if os.path.lexists(path) and not replace:
             raise LogError(f"{path} already exists")
@@ -193,16 +202,26 @@ class RunLog:
             a["epochs_planned"] = int(cfg.epochs)
             a["message"] = ""
             f.create_group("epochs")
-            f.create_group("layers")
+            layers = f.create_group("layers")
             f.create_group("probe")
+            for layer, names in declared_series(series or {}).items():
+                lg = layers.require_group(layer)
+                for name, (units, description) in names.items():
+                    _append(lg, name, None, 0, units, description)
         _write_image(path, buf)
         return cls(path)
 
     @classmethod
-    def open_for_resume(cls, path: str) -> RunLog:
-        """A writer for an existing log; raises LogError if it is missing or not a run log."""
-        read_attrs(path)  # validates
-        return cls(path)
+    def open_for_resume(cls, path: str, series: Series | None = None) -> RunLog:
+        """A writer for an existing log; raises LogError if it is missing or not a run log. A log of format
+        1 is converted to this format when the run's ``series`` are given: the declared series stay (with
+        their declared units and descriptions), the all-NaN series the run does not declare go."""
+        attrs = read_attrs(path)  # validates
+        log = cls(path)
+        if attrs["format_version"] < FORMAT_VERSION and series is not None:
+            with log._edit() as f:
+                _convert(f, declared_series(series))
+        return log
 
     # ------------------------------------------------------------------ writing
     def _edit(self):
@@ -230,13 +249,10 @@ class RunLog:
                 "test": ev.get("layers") or {},
                 "probe": (probe or {}).get("layers") or {},
             }
-            names = list(dict.fromkeys([*sources["train"], *sources["test"], *sources["probe"], *f["layers"]]))
-            for layer in names:
-                lg = f["layers"].require_group(layer)
-                for series, (units, desc) in LAYER_SERIES.items():
-                    src, key = _LAYER_SOURCES[series]
-                    value = (sources[src].get(layer) or {}).get(key)
-                    _append(lg, series, _num(value), n, units, desc)
+            _check_declared(f["layers"], sources)
+            for layer, lg in f["layers"].items():
+                for name in _series(lg):
+                    _append(lg, name, _num(_value(sources, layer, name)), n)
 
             if probe is not None and probe.get("similarity"):
                 self._append_probe(f["probe"], int(stats["epoch"]), probe)
@@ -294,13 +310,10 @@ class RunLog:
     def truncate(self, n_epochs: int) -> None:
         """Keep only the first ``n_epochs`` epochs (and probe snapshots of those epochs)."""
         with self._edit() as f:
-            for ds in _series(f["epochs"]):
-                if ds.shape[0] > n_epochs:
-                    ds.resize((n_epochs,))
-            for lg in f["layers"].values():
-                for ds in _series(lg):
-                    if ds.shape[0] > n_epochs:
-                        ds.resize((n_epochs,))
+            for group in (f["epochs"], *f["layers"].values()):
+                for name in _series(group):
+                    if group[name].shape[0] > n_epochs:
+                        group[name].resize((n_epochs,))
             pg = f["probe"]
             if "epochs" in pg:
                 keep = int(np.sum(pg["epochs"][()] <= n_epochs))
@@ -313,8 +326,29 @@ class RunLog:
             return int(f["epochs"]["epoch"].shape[0]) if "epoch" in f["epochs"] else 0
 
 
-def _series(group: h5py.Group) -> Iterable[h5py.Dataset]:
-    return [v for v in group.values() if isinstance(v, h5py.Dataset)]
+def _series(group: h5py.Group) -> Iterable[str]:
+    return [k for k, v in group.items() if isinstance(v, h5py.Dataset)]
+
+
+def _convert(f: h5py.File, declared: dict[str, dict[str, tuple[str, str]]]) -> None:
+    """A format-1 log in memory -> this format: each layer keeps the series the run declares (described
+    as declared; one it lacks is added, NaN), and loses those it does not declare that hold only NaN."""
+    n = f["epochs"]["epoch"].shape[0] if "epoch" in f["epochs"] else 0
+    for layer in list(f["layers"]):
+        lg, names = f["layers"][layer], declared.get(layer, {})
+        for name in _series(lg):
+            if name in names:
+                _described(lg[name], *names[name])
+            elif np.all(np.isnan(lg[name][()])):
+                del lg[name]
+        if not len(lg):
+            del f["layers"][layer]
+    for layer, names in declared.items():
+        lg = f["layers"].require_group(layer)
+        for name, (units, description) in names.items():
+            if name not in lg:
+                _append(lg, name, None, n, units, description)
+    f.attrs["format_version"] = FORMAT_VERSION
 
 
 def _write_image(path: str, buf: io.BytesIO) -> None:

@@ -1,20 +1,27 @@
 """Architectures: the authors' mlp and VGG-like nets as plain specifications.
 
-A network is a list of blocks (dense or 3x3/7x7 convolution -> batch norm -> φ -> dropout, an
-optional 2x2 max-pool after a conv block) followed by one dense output layer. This module only
-describes shapes; :mod:`bioplaus.blocks` holds the arrays and the math.
+A network is a list of blocks followed by one dense output layer. This module only describes shapes and
+names each block's kind: what a kind of block computes, holds and costs is its :mod:`bioplaus.kinds`
+object's business (``spec.kind``). The built-in kinds: ``dense`` and ``conv`` (encoder -> batch norm
+-> φ -> dropout, an optional 2x2 max-pool after a conv block).
 
 The VGG channel lists are the authors' (``'M'`` = 2x2 max-pool); ``feat_mult`` scales every
 channel count; inputs larger than 64 px (STL-10) start with a 7x7 stride-2 convolution; after the
 conv stack come ``num_layers`` dense blocks of ``num_hidden`` units. Parameter counts (encoders,
 batch norm and output layer; no local heads) reproduce the paper's tables.
+
+A model is a function from the configuration and the input shape to its blocks; :func:`register_model`
+adds one (a network of a new block kind, say) under a name ``--model`` accepts.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 from bioplaus.errors import ConfigError
+from bioplaus.kinds import BlockKind, get_kind
 from bioplaus.ops.pool import decoder_pool_shape
 
 VGG_CFGS: dict[str, list] = {
@@ -30,15 +37,15 @@ VGG_CFGS: dict[str, list] = {
     "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
               512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
 }
-MODELS = ("mlp", *VGG_CFGS)
 
 
 @dataclass(frozen=True)
 class BlockSpec:
-    """Shapes of one block. Conv: ``c_in``/``c_out`` channels, ``size`` its output side."""
+    """Shapes of one block and its kind (a :class:`bioplaus.kinds.BlockKind`, given by object or by its
+    registered name). Conv: ``c_in``/``c_out`` channels, ``size`` its output side; dense: features, size 1."""
 
     name: str
-    kind: str  # "conv" or "dense"
+    kind: BlockKind  # a registered kind, or its name ("dense", "conv"): stored as the kind object
     c_in: int  # input channels (conv) or input features (dense)
     c_out: int
     kernel: int = 1
@@ -52,16 +59,18 @@ class BlockSpec:
     dec_features: int = 0  # flattened size of the (pooled) h read by the pred decoder / sim-bpf
     conv_algorithm: str = "auto"  # how its 3x3 convolutions (and its sim head's) are computed: ops.conv
 
+    def __post_init__(self) -> None:
+        if isinstance(self.kind, str):
+            object.__setattr__(self, "kind", get_kind(self.kind))
+
     @property
     def out_features(self) -> int:
-        """Size of this block's output after its optional pool, flattened."""
-        side = self.size // 2 if self.pool_after else self.size
-        return self.c_out * side * side
+        """Size of this block's output (after its optional pool), flattened."""
+        return math.prod(self.kind.output_shape(self))
 
     def num_parameters(self, batch_norm: bool) -> int:
-        """Encoder weights and bias, plus BN scale and shift."""
-        w = self.c_out * self.c_in * (self.kernel * self.kernel if self.kind == "conv" else 1)
-        return w + self.c_out + (2 * self.c_out if batch_norm else 0)
+        """The block's forward parameters (its kind's count: encoder weights and bias, BN scale and shift)."""
+        return self.kind.num_parameters(self, batch_norm)
 
 
 @dataclass(frozen=True)
@@ -80,11 +89,66 @@ class NetSpec:
         return sum(b.num_parameters(self.batch_norm) for b in self.blocks) + head
 
 
-def _decoder_fields(kind: str, channels: int, size: int, dim_in_decoder: int) -> dict:
-    if kind == "dense":
-        return {"dec_features": channels}
+def decoder_fields(channels: int, size: int, dim_in_decoder: int) -> dict:
+    """The pooling of a block's h (channels × size × size; size 1 for a dense h) before the heads that read
+    pool(h): the ``dec_window``, ``dec_pad`` and ``dec_features`` fields of its spec."""
     window, pad, (oh, ow) = decoder_pool_shape(channels, size, dim_in_decoder)
     return {"dec_window": tuple(window), "dec_pad": tuple(pad), "dec_features": channels * oh * ow}
+
+
+def dense_blocks(cfg, features: int) -> list[BlockSpec]:
+    """``cfg.dense_layers`` dense blocks of ``cfg.num_hidden`` units after ``features`` inputs."""
+    blocks = []
+    for i in range(cfg.dense_layers):
+        blocks.append(BlockSpec(f"fc{i + 1}", "dense", features, cfg.num_hidden,
+                                **decoder_fields(cfg.num_hidden, 1, cfg.dim_in_decoder)))
+        features = cfg.num_hidden
+    return blocks
+
+
+def mlp(cfg, input_shape: tuple[int, int, int]) -> list[BlockSpec]:
+    """``num_layers`` dense blocks of ``num_hidden`` units on the flattened input."""
+    return dense_blocks(cfg, math.prod(input_shape))
+
+
+def vgg(cfg, input_shape: tuple[int, int, int]) -> list[BlockSpec]:
+    """The conv blocks of ``VGG_CFGS[cfg.model]`` (3x3 convs pad 1, 'M' a 2x2 max-pool; a 7x7 stride-2 first
+    conv on inputs larger than 64 px), then ``num_layers`` dense blocks."""
+    channels, height, _ = input_shape
+    blocks: list[BlockSpec] = []
+    c_in, size = channels, height
+    for item in VGG_CFGS[cfg.model]:
+        if item == "M":
+            if not blocks or blocks[-1].pool_after or blocks[-1].size < 2:
+                raise ConfigError(f"{cfg.model} pools a {size}x{size} map; the input is too small")
+            blocks[-1] = replace(blocks[-1], pool_after=True)
+            size //= 2
+            continue
+        c_out = int(item * cfg.feat_mult)
+        if c_out < 1:
+            raise ConfigError(f"--feat-mult {cfg.feat_mult:g} leaves conv{len(blocks) + 1} of {cfg.model} with no "
+                              f"channels ({item} x {cfg.feat_mult:g} < 1); use at least {1 / item:g}")
+        first = not blocks
+        kernel, stride, pad = (7, 2, 3) if first and height > 64 else (3, 1, 1)
+        size = (size + 2 * pad - kernel) // stride + 1
+        blocks.append(
+            BlockSpec(f"conv{len(blocks) + 1}", "conv", c_in, c_out, kernel, stride, pad, size,
+                      **decoder_fields(c_out, size, cfg.dim_in_decoder), conv_algorithm=cfg.conv_algorithm)
+        )
+        c_in = c_out
+    return blocks + dense_blocks(cfg, blocks[-1].out_features)
+
+
+Model = Callable[..., Sequence[BlockSpec]]  # (cfg, input_shape (C, H, W)) -> the network's blocks
+MODELS: dict[str, Model] = {"mlp": mlp, **{name: vgg for name in VGG_CFGS}}
+
+
+def register_model(name: str, build: Model) -> None:
+    """Add a network under ``name`` (``--model NAME``): ``build(cfg, input_shape)`` returns its blocks
+    (:class:`BlockSpec` s of any registered kind); the output layer follows the last one."""
+    if not name or name in MODELS:
+        raise ValueError(f"a model named {name!r} exists already" if name else "a model needs a name")
+    MODELS[name] = build
 
 
 def build_spec(cfg, input_shape: tuple[int, int, int], num_classes: int) -> NetSpec:
@@ -92,64 +156,22 @@ def build_spec(cfg, input_shape: tuple[int, int, int], num_classes: int) -> NetS
     channels, height, width = input_shape
     if height != width:
         raise ConfigError(f"models expect square inputs, got {height}x{width}")
-    blocks: list[BlockSpec] = []
-    if cfg.model == "mlp":
-        features = channels * height * width
-    elif cfg.model in VGG_CFGS:
-        c_in, size = channels, height
-        for item in VGG_CFGS[cfg.model]:
-            if item == "M":
-                if not blocks or blocks[-1].pool_after or blocks[-1].size < 2:
-                    raise ConfigError(f"{cfg.model} pools a {size}x{size} map; the input is too small")
-                blocks[-1] = _replace(blocks[-1], pool_after=True)
-                size //= 2
-                continue
-            c_out = int(item * cfg.feat_mult)
-            if c_out < 1:
-                raise ConfigError(f"--feat-mult {cfg.feat_mult:g} leaves conv{len(blocks) + 1} of {cfg.model} with no "
-                                  f"channels ({item} x {cfg.feat_mult:g} < 1); use at least {1 / item:g}")
-            first = not blocks
-            kernel, stride, pad = (7, 2, 3) if first and height > 64 else (3, 1, 1)
-            size = (size + 2 * pad - kernel) // stride + 1
-            blocks.append(
-                BlockSpec(f"conv{len(blocks) + 1}", "conv", c_in, c_out, kernel, stride, pad, size,
-                          **_decoder_fields("conv", c_out, size, cfg.dim_in_decoder),
-                          conv_algorithm=cfg.conv_algorithm)
-            )
-            c_in = c_out
-        features = blocks[-1].out_features
-    else:
+    if cfg.model not in MODELS:
         raise ConfigError(f"unknown model {cfg.model!r}; choose one of {', '.join(MODELS)}")
-    for i in range(cfg.dense_layers):
-        blocks.append(BlockSpec(f"fc{i + 1}", "dense", features, cfg.num_hidden,
-                                **_decoder_fields("dense", cfg.num_hidden, 1, cfg.dim_in_decoder)))
-        features = cfg.num_hidden
-    return NetSpec(cfg.model, tuple(input_shape), num_classes, tuple(blocks), features, cfg.batch_norm)
-
-
-def _replace(spec: BlockSpec, **changes) -> BlockSpec:
-    from dataclasses import replace
-
-    return replace(spec, **changes)
+    blocks = tuple(MODELS[cfg.model](cfg, tuple(input_shape)))
+    features = blocks[-1].out_features if blocks else channels * height * width
+    return NetSpec(cfg.model, tuple(input_shape), num_classes, blocks, features, cfg.batch_norm)
 
 
 def describe_model(cfg, input_shape: tuple[int, int, int], num_classes: int) -> str:
-    """A readable listing of the network; the last line is ``parameters: <int>``."""
+    """A readable listing of the network (each block's kind gives its line); the last line is
+    ``parameters: <int>``."""
     spec = build_spec(cfg, input_shape, num_classes)
     nonlin = "LeakyReLU(0.01)" if cfg.nonlin == "leakyrelu" else "ReLU"
-    bn = "BatchNorm -> " if spec.batch_norm else ""
-    drop = f" -> Dropout({cfg.dropout:g})" if cfg.dropout > 0 else ""
     c, h, w = input_shape
     lines = [f"{cfg.model} on {c}x{h}x{w} input, {num_classes} classes, variant {cfg.variant}"]
     for b in spec.blocks:
-        if b.kind == "conv":
-            enc = f"Conv{b.kernel}x{b.kernel}(s{b.stride}, p{b.pad}) {b.c_in}->{b.c_out} @ {b.size}x{b.size}"
-            d = drop.replace("Dropout", "ChannelDropout") if drop else ""
-        else:
-            enc = f"Dense {b.c_in}->{b.c_out}"
-            d = drop
-        pool = " -> MaxPool2x2" if b.pool_after else ""
-        lines.append(f"  {b.name:6s} {enc} -> {bn}{nonlin}{d}{pool}"
+        lines.append(f"  {b.name:6s} {b.kind.describe(b, spec.batch_norm, nonlin, cfg.dropout)}"
                      f"   [{b.num_parameters(spec.batch_norm):,} params]")
     lines.append(f"  out    Dense {spec.out_features_in}->{num_classes}"
                  f"   [{spec.out_features_in * num_classes + num_classes:,} params]")

@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from bioplaus.blocks import Blocks
+from bioplaus.blocks import Block, Blocks, State
 from bioplaus.budget import block_costs
 from bioplaus.errors import MPI_INSTALL, sentence
 from bioplaus.runner import deferred_signals
@@ -84,7 +84,9 @@ def balanced_split(costs: Sequence[float], ranks: int) -> list[int]:
 
 def plan(spec, cfg, ranks: int, stages: Sequence[int] | None = None) -> tuple[list[int], list[float]]:
     """(blocks per stage, estimated cost per block): ``stages`` as given, or balanced over ``ranks``."""
-    costs = block_costs(spec, cfg.variant, cfg.batch_size, cfg.target_proj_size)
+    from bioplaus.rules import compose
+
+    costs = block_costs(spec, compose(cfg), cfg.batch_size, cfg.target_proj_size)
     if stages:
         if len(stages) != ranks:
             raise ValueError(f"--stages gives {len(stages)} stages but there are {ranks} ranks")
@@ -201,12 +203,9 @@ class Receiver:
 
 
 def _sample_shape(spec, stage_first: int) -> tuple:
-    """Per-sample shape of the input of block ``stage_first`` (the previous block's output)."""
+    """Per-sample shape of the input of block ``stage_first`` (the previous block's output, as its kind says)."""
     b = spec.blocks[stage_first - 1]
-    if b.kind == "dense":
-        return (b.c_out,)
-    side = b.size // 2 if b.pool_after else b.size
-    return (b.c_out, side, side)
+    return tuple(b.kind.output_shape(b))
 
 
 # ------------------------------------------------------------------------------ rank 0
@@ -226,8 +225,8 @@ class PipelineTrainer(TrainerBase):
         self.sender = Sender(comm, 1)
         self.closed = False
         self._counts: dict[str, int] = {}
-        kind, _, nth = os.environ.get(SIGNAL_HOOK, "").partition("@")
-        self._hook = (kind, int(nth or 1)) if kind else None
+        command, _, nth = os.environ.get(SIGNAL_HOOK, "").partition("@")
+        self._hook = (command, int(nth or 1)) if command else None
 
     # Every exchange with the other ranks (a command and its collective, or a command and the start
     # of its stream) runs whole under deferred_signals(): an interrupt between its two halves would
@@ -280,9 +279,10 @@ class PipelineTrainer(TrainerBase):
                      self.stage.train_step, on_batch, self.batches.num_samples)
         host = self._gather_values(train=True)
         self.epoch = epoch
+        series = self.series
         result = epoch_result(epoch, self.stage.lr, host, self.batches.num_samples, time.perf_counter() - start,
-                              [b.name for b in self.spec.blocks])
-        check_finite(result)
+                              series)
+        check_finite(result, series)
         return result
 
     def evaluate(self, split: str = "test") -> dict:
@@ -292,7 +292,7 @@ class PipelineTrainer(TrainerBase):
         n = len(self.dataset.split(split)[1])
         self._stream(("eval", -(-n // size)), self.stage.begin_eval,
                      eval_batches(self.dataset, self.backend, size, split=split), self.stage.eval_step)
-        return eval_result(self._gather_values(train=False), n, [b.name for b in self.spec.blocks])
+        return eval_result(self._gather_values(train=False), n, self.series)
 
     def _gather_arrays(self) -> list[Blocks]:
         """Every stage's arrays, copied onto this rank (for the probe, which needs the whole network)."""
@@ -301,16 +301,16 @@ class PipelineTrainer(TrainerBase):
             parts = self.comm.gather(None, root=0)
         nets = [self.stage.net]
         dev = self.backend.asarray
-
-        def on_device(groups):
-            return [{k: dev(v) for k, v in d.items()} for d in groups]
-
         for (first, stop), part in zip(self.bounds[1:], parts[1:]):
-            out = {k: dev(v) for k, v in part["out"].items()} if part["out"] else None
-            nets.append(Blocks(self.spec.blocks[first:stop], first, on_device(part["params"]),
-                               on_device(part["fixed"]), on_device(part["running"]), out, self.stage.net.slope,
-                               self.stage.net.num_classes, on_device(part["feedback"]),
-                               on_device([part["out_feedback"]])[0]))
+            blocks = []
+            for spec, arrays in zip(self.spec.blocks[first:stop], part["blocks"]):
+                blocks.append(Block({}, spec=spec))
+                blocks[-1].load(arrays, dev)
+            out = None
+            if part["out"] is not None:
+                out = State({})
+                out.load(part["out"], dev)
+            nets.append(Blocks(blocks, first, out, self.stage.net.slope, self.stage.net.num_classes))
         return nets
 
     def probe(self) -> dict:
@@ -369,14 +369,14 @@ def worker(comm, backend_for: Callable[[str], object]) -> int:
     try:
         while True:
             message = comm.bcast(None, root=0)
-            kind = message[0]
-            if kind in ("train", "eval"):
+            command = message[0]
+            if command in ("train", "eval"):
                 count = message[-1]
-                if kind == "train":
+                if command == "train":
                     stage.begin_epoch(message[1])
                 else:
                     stage.begin_eval()
-                step = stage.train_step if kind == "train" else stage.eval_step
+                step = stage.train_step if command == "train" else stage.eval_step
                 for t in range(count):
                     batch = receiver.receive(backend, more=t + 1 < count)
                     if batch is None:  # rank 0 stopped the stream: pass it on
@@ -388,22 +388,17 @@ def worker(comm, backend_for: Callable[[str], object]) -> int:
                         sender.send(backend, o, batch[1])
                 if sender is not None:
                     sender.flush()
-            elif kind == "values":
+            elif command == "values":
                 comm.gather(values_to_host(backend, stage.epoch_values(message[1])), root=0)
-            elif kind == "arrays":
-                to_host = backend.to_host
+            elif command == "arrays":
                 net = stage.net
-                comm.gather({"params": [{k: to_host(v) for k, v in d.items()} for d in net.params],
-                             "fixed": [{k: to_host(v) for k, v in d.items()} for d in net.fixed],
-                             "running": [{k: to_host(v) for k, v in d.items()} for d in net.running],
-                             "feedback": [{k: to_host(v) for k, v in d.items()} for d in net.feedback],
-                             "out_feedback": {k: to_host(v) for k, v in net.out_feedback.items()},
-                             "out": {k: to_host(v) for k, v in net.out.items()} if net.out else None}, root=0)
-            elif kind == "state":
+                comm.gather({"blocks": [b.arrays(backend.to_host, opt=False) for b in net.blocks],
+                             "out": net.out.arrays(backend.to_host, opt=False) if net.out else None}, root=0)
+            elif command == "state":
                 comm.gather(stage.state_dict(), root=0)
-            elif kind == "load":
+            elif command == "load":
                 stage.load_state_dict(message[1])
-            elif kind == "stop":
+            elif command == "stop":
                 return int(message[1])
     except Exception:  # noqa: BLE001 -- a bug on a worker: say where, and end every rank (no hang)
         traceback.print_exc()

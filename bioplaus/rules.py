@@ -2,8 +2,8 @@
 backprop, local learning and the backprop-free rules is in this file.
 
 Every hidden block computes ``h = φ(BN(W*x + b))`` and updates ``W ← opt(W, ∂/∂W)`` from an error
-``δh`` at ``h``; given ``δh`` its own backward is the same for every rule
-(:func:`bioplaus.blocks.block_backward`). The rules differ only in ``δh``, which is the sum of up to
+``δh`` at ``h``; given ``δh`` its own backward is the same for every rule (its kind's
+``backward``, :mod:`bioplaus.kinds`). The rules differ only in ``δh``, which is the sum of up to
 three parts: the error from the layers above (carried down by Wᵀ or a stand-in), an error sent to
 the block directly from the output or the target, and the block's local heads' errors
 (:mod:`bioplaus.heads`)::
@@ -23,7 +23,9 @@ the block directly from the output or the target, and the block's local heads' e
     drtp           δo_l = Y · D_l / N: a fixed projection of the one-hot target (Frenkel et al. 2021)
 
 (δo_l is an error at the block's output o = pool(dropout(h)); it reaches h through the pool and the
-dropout mask.) In the local rules (the paper's six, and drtp) the input ``x`` of each block is a
+dropout mask.) What a block computes is its kind's (:mod:`bioplaus.kinds`): the rules ask it for its
+forward, its backward, the weight a carrier stands in for and its taps (where the heads read h; one in
+a plain block, one per layer in a residual block), and switch on nothing. In the local rules (the paper's six, and drtp) the input ``x`` of each block is a
 constant: no error crosses a block boundary, so a block needs only its input batch, the labels, its
 own arrays and its own random stream, which is what lets a pipeline train every block at once
 (:mod:`bioplaus.stage`). The output layer always learns from the output cross-entropy on the last
@@ -33,6 +35,11 @@ Lines that are *not* gradients are marked ``# NOT A GRADIENT``. In the bpf rules
 rules (fa, dfa, drtp, kolen-pollack) no op ever carries an error through a forward weight (every
 dense/conv backward runs with ``need_dx=False``); sign symmetry carries it through sign(W) only.
 ``tests/test_rules.py`` checks this by spying on the ops.
+
+What happens after an update is the rule's too (:func:`apply_update`: Kolen–Pollack's B receives the
+change W received); the stage only calls it. Heads and carriers declare what they record
+(:func:`declared_probes`), so a rule of one's own is logged and checked without naming its statistics
+anywhere else.
 
 A new rule is one entry in :data:`RULES` (:func:`register` for a rule of one's own) and, when it
 needs a new kind of local learner or error path, one small class beside the heads or the carriers
@@ -51,29 +58,32 @@ import numpy as np
 
 from bioplaus import ops
 from bioplaus.backend import Backend, get_array_module
-from bioplaus.blocks import (
-    Blocks,
-    block_backward,
-    block_forward,
-    init_block,
-    init_output,
-    init_stream,
-    output_backward,
-    output_layer_forward,
-)
+from bioplaus.blocks import Block, Blocks, State, init_output, init_stream, output_layer_forward
 from bioplaus.errors import ConfigError
 from bioplaus.heads import InputSimHead, LabelProjection, PredHead, ReconHead, SimHead, Targets, angle_degrees
-from bioplaus.models import BlockSpec, NetSpec
+from bioplaus.kinds import Tap
+from bioplaus.models import NetSpec
+from bioplaus.probes import LAST, Cost, Probe, unique
 
 FEEDBACK_STREAM = 20_000  # feedback matrices of block i come from init stream FEEDBACK_STREAM + i (output: + 9_999)
 
 
 # ------------------------------------------------------------------------------ error carriers
+FB_ANGLE = Probe("fb_angle", "degrees", "angle between the matrix that carries the error back through the layer "
+                 "(feedback alignment's or Kolen-Pollack's B, or sign(W)) and the layer's forward weights, at the "
+                 "end of the epoch", LAST)
+
+
 class Backprop:
-    """The error at a layer's output reaches its input through ``Wᵀ``: the gradient."""
+    """The error at a layer's output reaches its input through ``Wᵀ``: the gradient.
+
+    A carrier declares what it records (``probes``), the arrays it keeps per layer (``shapes``) and what
+    it adds to a step (``cost``); ``stands_in``: it needs the layer's weight W (its kind's
+    ``weight_shape``) to stand in for."""
 
     name = "backprop"
     learns = False
+    stands_in = False
 
     def init(self, W_shape, rng) -> dict:
         return {}
@@ -84,11 +94,22 @@ class Backprop:
     def alignment(self, W, fb: dict) -> dict:
         return {}
 
+    def probes(self) -> tuple[Probe, ...]:
+        return ()
+
+    def shapes(self, W_shape) -> dict:
+        return {}
+
+    def cost(self, W_shape) -> Cost:
+        """Beyond the layer's own backward (which sends the error through W or its stand-in alike)."""
+        return Cost()
+
 
 class FeedbackAlignment(Backprop):
     """``B_l`` fixed random of W's shape (uniform ±1/√fan_in, as W) carries the error instead of W."""
 
     name = "feedback alignment"
+    stands_in = True
 
     def init(self, W_shape, rng) -> dict:
         fan_in = int(np.prod(W_shape[1:]))
@@ -100,11 +121,18 @@ class FeedbackAlignment(Backprop):
     def alignment(self, W, fb: dict) -> dict:
         return {"fb_angle": angle_degrees(get_array_module(W), fb["B"], W)}
 
+    def probes(self) -> tuple[Probe, ...]:
+        return (FB_ANGLE,)
+
+    def shapes(self, W_shape) -> dict:
+        return {"B": tuple(W_shape)}
+
 
 class SignSymmetry(Backprop):
     """``sign(W_l)`` carries the error: the magnitudes of the forward weights are not transported."""
 
     name = "sign symmetry"
+    stands_in = True
 
     def matrix(self, W, fb: dict):
         return get_array_module(W).sign(W)  # NOT A GRADIENT: only the signs of W travel back
@@ -112,6 +140,12 @@ class SignSymmetry(Backprop):
     def alignment(self, W, fb: dict) -> dict:
         xp = get_array_module(W)
         return {"fb_angle": angle_degrees(xp, xp.sign(W), W)}
+
+    def probes(self) -> tuple[Probe, ...]:
+        return (FB_ANGLE,)
+
+    def cost(self, W_shape) -> Cost:
+        return Cost(bytes=8 * math.prod(W_shape))  # sign(W): read W, write its signs
 
 
 class KolenPollack(FeedbackAlignment):
@@ -127,6 +161,9 @@ class KolenPollack(FeedbackAlignment):
         if weight_decay:
             B -= B.dtype.type(lr * weight_decay) * B
 
+    def cost(self, W_shape) -> Cost:
+        return Cost(bytes=24 * math.prod(W_shape))  # W's copy before the update, ΔW, B += ΔW (and the decay)
+
 
 class DirectFeedback:
     """DFA: the output error ``e = ∂L_out/∂logits`` reaches block l's output through a fixed random
@@ -137,7 +174,13 @@ class DirectFeedback:
 
     def init(self, num_classes: int, out_features: int, rng) -> dict:
         bound = 1 / math.sqrt(num_classes)
-        return {"D": rng.uniform(-bound, bound, size=(num_classes, out_features))}
+        return {"D": rng.uniform(-bound, bound, size=self.shapes(num_classes, out_features)["D"])}
+
+    def shapes(self, num_classes: int, out_features: int) -> dict:
+        return {"D": (num_classes, out_features)}
+
+    def cost(self, batch: int, num_classes: int, out_features: int) -> Cost:
+        return Cost(backward=batch * num_classes * out_features)  # e · D_l
 
     def error(self, e, Y, fb: dict, shape):
         return (e @ fb["D"]).reshape(shape)  # NOT A GRADIENT: a fixed random projection of the output error
@@ -297,7 +340,7 @@ class StepResult(NamedTuple):
     running: list  # each block's new batch-norm running statistics
     loss: object  # output cross-entropy (0-d)
     correct: object  # output layer's correct count (0-d)
-    block_stats: list  # per block: local losses and the local predictor's correct count (0-d)
+    stats: dict  # per layer of the log (a block, or a tap of it): its heads' statistics (0-d), as declared
 
 
 def one_hot(y, num_classes: int, dtype):
@@ -314,43 +357,58 @@ def init_blocks(spec: NetSpec, rule: Rule, seed: int, target_proj_size: int, slo
     stop = len(spec.blocks) if stop is None else stop
     with_output = stop == len(spec.blocks) if with_output is None else with_output
     K = spec.num_classes
-    params, fixed, running, feedback = [], [], [], []
+    blocks = []
     dev = lambda d: {k: backend.asarray(v, dtype=dtype) for k, v in d.items()}
     for i in range(first, stop):
         b = spec.blocks[i]
         rng = init_stream(seed, i)
-        p, r = init_block(b, spec.batch_norm, rng)
+        p, r = b.kind.init(b, spec.batch_norm, rng)
         f: dict = {}
-        supervised = [h for h in rule.heads if h.supervised]
-        for head in supervised:  # drawn in the heads' order, then the label projection, then the rest
-            hp, hf = head.init(b, K, target_proj_size, rng)
-            p.update(hp)
-            f.update(hf)
-        if rule.uses_projection:
-            f["P"] = LabelProjection.init(K, target_proj_size, rng)
-        for head in rule.heads:
-            if not head.supervised and not (isinstance(head, ReconHead) and i == 0):
-                hp, hf = head.init(b, K, target_proj_size, rng)
-                p.update({k: v for k, v in hp.items() if k not in p})  # a shared projection stays shared
-                f.update(hf)
+        for k, tap in enumerate(b.kind.taps(b)):  # each tap's heads, in turn, from the block's stream
+            tp, tf = _init_heads(rule, tap, i == 0 and k == 0, K, target_proj_size, rng)
+            p.update({tap.prefix + name: v for name, v in tp.items()})
+            f.update({tap.prefix + name: v for name, v in tf.items()})
         fb_rng = init_stream(seed, FEEDBACK_STREAM + i)
-        fb = rule.carrier.init(_w_shape(b), fb_rng) if rule.carrier is not None else {}
+        fb = rule.carrier.init(_carried_shape(rule, b), fb_rng) if rule.carrier is not None else {}
         if rule.direct is not None:
             fb.update(rule.direct.init(K, b.out_features, fb_rng))
-        params.append(dev(p))
-        fixed.append(dev(f))
-        running.append(dev(r))
-        feedback.append(dev(fb))
-    out, out_fb = None, {}
+        blocks.append(Block(dev(p), dev(f), dev(r), dev(fb), spec=b))
+    out = None
     if with_output:
-        out = dev(init_output(spec.out_features_in, K, seed, zero_weights=rule.output_starts_at_zero))
+        out = State(dev(init_output(spec.out_features_in, K, seed, zero_weights=rule.output_starts_at_zero)))
         if rule.carrier is not None:
-            out_fb = dev(rule.carrier.init((K, spec.out_features_in), init_stream(seed, FEEDBACK_STREAM + 9_999)))
-    return Blocks(spec.blocks[first:stop], first, params, fixed, running, out, slope, K, feedback, out_fb)
+            out.feedback = dev(rule.carrier.init((K, spec.out_features_in),
+                                                 init_stream(seed, FEEDBACK_STREAM + 9_999)))
+    return Blocks(blocks, first, out, slope, K)
 
 
-def _w_shape(b: BlockSpec) -> tuple:
-    return (b.c_out, b.c_in, b.kernel, b.kernel) if b.kind == "conv" else (b.c_out, b.c_in)
+def _init_heads(rule: Rule, tap: Tap, first: bool, K: int, T: int, rng) -> tuple[dict, dict]:
+    """A tap's head arrays: drawn in the supervised heads' order, then the label projection, then the
+    unsupervised heads (a projection two heads share stays shared)."""
+    p: dict = {}
+    f: dict = {}
+    for head in rule.heads:
+        if head.supervised and head.applies(tap, first):
+            hp, hf = head.init(tap, K, T, rng)
+            p.update(hp)
+            f.update(hf)
+    if rule.uses_projection:
+        f["P"] = LabelProjection.init(K, T, rng)
+    for head in rule.heads:
+        if not head.supervised and head.applies(tap, first):
+            hp, hf = head.init(tap, K, T, rng)
+            p.update({k: v for k, v in hp.items() if k not in p})  # a shared projection stays shared
+            f.update(hf)
+    return p, f
+
+
+def _carried_shape(rule: Rule, b) -> tuple | None:
+    """The weight the rule's carrier stands in for in block ``b`` (ConfigError where its kind has none)."""
+    shape = b.kind.weight_shape(b)
+    if shape is None and rule.carrier.stands_in:
+        raise ConfigError(f"{rule.carrier.name} needs a weight to stand in for, and a {b.kind.name} block "
+                          f"({b.name}) has none; use a local rule or glob")
+    return shape
 
 
 def init_network(spec: NetSpec, cfg, backend: Backend, dtype=np.float32) -> Blocks:
@@ -361,22 +419,52 @@ def init_network(spec: NetSpec, cfg, backend: Backend, dtype=np.float32) -> Bloc
     return init_blocks(spec, compose(cfg), cfg.seed, cfg.target_proj_size, slope, backend, dtype)
 
 
-# ------------------------------------------------------------------------------ local errors
-def local_error(rule: Rule, h, t: Targets, p: dict, f: dict, spec: BlockSpec, weights: dict,
-                backward: bool = True, overwrite_h: bool = False):
-    """The block's local losses and, when ``backward``, its error δh = Σ_heads w·δh_head and the heads'
-    gradients (a weight two heads share gets the sum). Returns ``(δh or None, head_grads, stats)``.
+def tap_arrays(arrays: dict, tap: Tap) -> dict:
+    """A tap's heads' view of a block's arrays, by their own names (the block's dict itself for its only tap)."""
+    if not tap.prefix:
+        return arrays
+    n = len(tap.prefix)
+    return {k[n:]: v for k, v in arrays.items() if k.startswith(tap.prefix)}
 
-    h: the block's output before dropout, (N, D) or (N, C, H, W); ``t``: the block's input and labels.
+
+# ------------------------------------------------------------------------------ declarations
+def declared_probes(spec: NetSpec, rule: Rule) -> dict[str, tuple[Probe, ...]]:
+    """Every statistic a run of ``rule`` on ``spec`` records, by layer of the log: each block's kind's,
+    each tap's heads' (under the tap's layer), the carrier's for each block and the output layer
+    (``out``). The trainer reduces exactly these, the log writes exactly these."""
+    out: dict[str, tuple[Probe, ...]] = {}
+    for i, b in enumerate(spec.blocks):
+        layers: dict[str, list] = {b.name: list(b.kind.probes(b))}
+        for k, tap in enumerate(b.kind.taps(b)):
+            found = layers.setdefault(tap.layer(b.name), [])
+            for head in rule.heads:
+                if head.applies(tap, i == 0 and k == 0):
+                    found.extend(head.probes())
+        if rule.carrier is not None:
+            layers[b.name].extend(rule.carrier.probes())
+        out.update({layer: unique(probes) for layer, probes in layers.items()})
+    if rule.carrier is not None and rule.carrier.probes():
+        out["out"] = unique(rule.carrier.probes())
+    return out
+
+
+# ------------------------------------------------------------------------------ local errors
+def local_error(rule: Rule, h, t: Targets, p: dict, f: dict, weights: dict, backward: bool = True,
+                overwrite_h: bool = False):
+    """The local losses of the heads at one tap (``t.tap``) and, when ``backward``, its error δh =
+    Σ_heads w·δh_head and the heads' gradients (a weight two heads share gets the sum). Returns
+    ``(δh or None, head_grads, stats)``; ``p``/``f``: the tap's arrays (:func:`tap_arrays`).
+
+    h: the tap's output before dropout, (N, D) or (N, C, H, W); ``t``: the tap's input and the labels.
     ``overwrite_h=True``: the caller needs h no more; once the heads have read it, δh may be written
     in its buffer (peak memory).
     """
     xp = get_array_module(h)
-    heads = [head for head in rule.heads if head.applies(t)]
-    # heads that read pool(h) share one pooled copy (conv blocks whose map exceeds dim_in_decoder)
+    heads = [head for head in rule.heads if head.applies(t.tap, t.first)]
+    # heads that read pool(h) share one pooled copy (feature maps that exceed dim_in_decoder)
     pooled, pool_cache = h, None
-    if spec.kind == "conv" and spec.dec_window != (1, 1) and any(head.reads_pooled for head in heads):
-        pooled, pool_cache = ops.avgpool2d_forward(h, spec.dec_window, spec.dec_pad)
+    if t.tap.pooled and any(head.reads_pooled for head in heads):
+        pooled, pool_cache = ops.avgpool2d_forward(h, t.tap.dec_window, t.tap.dec_pad)
     d_pooled = dh = None  # the heads' errors at pool(h) and at h
     grads: dict = {}
     stats: dict = {}
@@ -408,32 +496,57 @@ def local_error(rule: Rule, h, t: Targets, p: dict, f: dict, spec: BlockSpec, we
     return dh, grads, stats
 
 
-def head_alignment(rule: Rule, p: dict, f: dict, fb: dict | None = None) -> dict:
-    """Per-block alignment measures: the bpf decoder's fa_angle; the carrier's fb_angle (the angle
-    between the matrix that carries the error and the forward weights)."""
+def tap_errors(rule: Rule, block: Block, hs, inputs, y, Y, slope: float, first: bool, weights: dict,
+               backward: bool = True, output=None):
+    """:func:`local_error` at every tap of ``block`` (``hs``/``inputs``: its forward's). Returns ``([δh per
+    tap], head grads under the tap's array names, {layer: stats})``. ``output``: the block's output o;
+    a tap's h that is not o may take its δh in its buffer (peak memory)."""
+    dhs, grads, stats = [], {}, {}
+    for k, tap in enumerate(block.kind.taps(block.spec)):
+        h = hs[k]
+        t = Targets(inputs[k], y, Y, slope, first and k == 0, tap)
+        dh, g, st = local_error(rule, h, t, tap_arrays(block.params, tap), tap_arrays(block.fixed, tap), weights,
+                                backward, overwrite_h=output is not None and h is not output)
+        del h, t
+        dhs.append(dh)
+        grads.update({tap.prefix + key: v for key, v in g.items()})
+        stats[tap.layer(block.name)] = st
+    return dhs, grads, stats
+
+
+def alignment(rule: Rule, block: Block, first: bool) -> dict:
+    """``(layer, key) -> value`` (0-d device arrays): the alignment of each tap's heads (a bpf decoder's
+    fa_angle) and of the carrier (the angle between the matrix that carries the error and W)."""
     out: dict = {}
-    for head in rule.heads:
-        out.update(head.alignment(p, f))
+    for k, tap in enumerate(block.kind.taps(block.spec)):
+        p, f = tap_arrays(block.params, tap), tap_arrays(block.fixed, tap)
+        for head in rule.heads:
+            if head.applies(tap, first and k == 0):
+                out.update({(tap.layer(block.name), key): v for key, v in head.alignment(p, f).items()})
     if rule.carrier is not None:
-        out.update(rule.carrier.alignment(p["W"], fb or {}))
+        carried = rule.carrier.alignment(block.params["W"], block.feedback)
+        out.update({(block.name, key): v for key, v in carried.items()})
     return out
 
 
-def _carry(rule: Rule, spec: BlockSpec, W, fb: dict):
-    """How the error at block's encoder output reaches its input under ``rule`` (None: through W)."""
-    M = rule.carrier.matrix(W, fb)
-    if M is None:
-        return None
-    if spec.kind == "dense":
-        return lambda da, enc_cache: da @ M  # NOT A GRADIENT: M stands in for W
-    return lambda da, enc_cache: ops.conv2d_input_grad(da, M, enc_cache.shape, spec.stride, spec.pad)  # NOT A GRADIENT
+# ------------------------------------------------------------------------------ updates
+def apply_update(rule: Rule, state: State, grads: dict, optimizer, lr: float, weight_decay: float) -> None:
+    """Apply a block's (or the output layer's) gradients with its optimizer state, then what the rule
+    does after an update: Kolen–Pollack's B receives the change W received, and W's weight decay."""
+    carrier = rule.carrier
+    W_before = state.params["W"].copy() if carrier is not None and carrier.learns else None
+    for key, grad in grads.items():
+        optimizer.step(state.params[key], grad, state.opt[key], lr)
+    if W_before is not None:  # Kolen-Pollack: the feedback matrix follows W's update
+        carrier.after_update(state.feedback, W_before, state.params["W"], lr, weight_decay)
 
 
 # ------------------------------------------------------------------------------ training steps
 def train_step(net: Blocks, rule: Rule | str, beta: float, x, y, masks: list, update: Update) -> StepResult:
     """One mini-batch under ``rule`` (a Rule or a variant name). Calls ``update(i, grads)`` as soon as
     block i's gradients are ready (immediately after its own backward in local rules; i counts
-    blocks in the network) and ``update(-1, grads)`` for the output layer.
+    blocks in the network) and ``update(-1, grads)`` for the output layer. ``masks``: each block's
+    dropout masks (:func:`bioplaus.kinds.draw_masks`), or None.
 
     ``net`` may be a run of blocks that does not start or end the network (a pipeline stage) under a
     local rule: then ``x`` is the previous stage's output, and without the output layer the result's
@@ -450,96 +563,108 @@ def train_step(net: Blocks, rule: Rule | str, beta: float, x, y, masks: list, up
 
 
 def _local_step(net, rule, x, y, Y, masks, update, weights, w_out) -> StepResult:
-    running, block_stats = [], []
-    for j, spec in enumerate(net.specs):
-        p, f = net.params[j], net.fixed[j]
-        t = Targets(x, y, Y, net.slope, net.first + j == 0, spec)
-        h, x, cache, new_running = block_forward(x, p, net.running[j], spec, True, masks[j], net.slope)
-        dh, head_grads, stats = None, {}, {}
-        if rule.heads:  # h's buffer may take δh unless it is also the block's output (no dropout, no pool)
-            dh, head_grads, stats = local_error(rule, h, t, p, f, spec, weights, overwrite_h=x is not h)
+    running, stats = [], {}
+    for j, block in enumerate(net.blocks):
+        spec, kind = block.spec, block.kind
+        hs, inputs, x, cache, new_running = kind.forward(x, block.params, block.running, spec, True, masks[j],
+                                                         net.slope)
+        dhs, head_grads = [None] * len(hs), {}
+        if rule.heads:  # a tap's h may take its δh in its buffer unless it is also the block's output
+            dhs, head_grads, block_stats = tap_errors(rule, block, hs, inputs, y, Y, net.slope, net.first + j == 0,
+                                                      weights, output=x)
+            stats.update(block_stats)
+        else:
+            stats.update({tap.layer(block.name): {} for tap in kind.taps(spec)})
         if rule.direct is not None:  # drtp: the target, projected, arrives at the block's output
-            d_direct = output_backward(rule.direct.error(None, Y, net.feedback[j], x.shape), cache)
-            dh = d_direct if dh is None else dh + d_direct
-        del h, t  # the block's own backward needs only its cache (memory)
-        # the input is a constant: no error leaves; dh is ours, its buffer may be reused (memory)
-        _, grads = block_backward(dh, cache, spec, need_dx=False, overwrite_dh=True)
+            d_direct = kind.output_backward(rule.direct.error(None, Y, block.feedback, x.shape), cache)
+            dhs[-1] = d_direct if dhs[-1] is None else dhs[-1] + d_direct
+        del hs, inputs  # the block's own backward needs only its cache (memory)
+        # the input is a constant: no error leaves; the errors are ours, their buffers may be reused (memory)
+        _, grads = kind.backward(tuple(dhs), cache, spec, need_dx=False, overwrite_dh=True)
         grads.update(head_grads)
         update(net.first + j, grads)
         running.append(new_running)
-        block_stats.append(stats)
-        del cache, dh  # the block's activations are free once it has updated
+        del cache, dhs  # the block's activations are free once it has updated
     if net.out is None:
-        return StepResult(x, running, None, None, block_stats)
-    logits, out_cache = output_layer_forward(x, net.out)  # x: last block's output, a constant here
+        return StepResult(x, running, None, None, stats)
+    logits, out_cache = output_layer_forward(x, net.out.params)  # x: last block's output, a constant here
     loss, dlogits = ops.softmax_cross_entropy(logits, y)
     _, gW, gb = ops.dense_backward(w_out * dlogits, out_cache, need_dx=False)
     update(-1, {"W": gW, "b": gb})
-    return StepResult(x, running, loss, ops.count_correct(logits, y), block_stats)
+    return StepResult(x, running, loss, ops.count_correct(logits, y), stats)
 
 
 def _global_step(net, rule, x, y, Y, masks, update, weights) -> StepResult:
-    caches, hs, ts, running = [], [], [], []
-    for j, spec in enumerate(net.specs):
-        t = Targets(x, y, Y, net.slope, j == 0, spec)
-        h, x, cache, new_running = block_forward(x, net.params[j], net.running[j], spec, True, masks[j], net.slope)
-        caches.append(cache)
-        hs.append(h if rule.heads else None)  # plain backprop needs only the caches
-        ts.append(t if rule.heads else None)
+    saved, running = [], []
+    for j, block in enumerate(net.blocks):
+        hs, inputs, x, cache, new_running = block.kind.forward(x, block.params, block.running, block.spec, True,
+                                                               masks[j], net.slope)
+        saved.append((cache, hs, inputs) if rule.heads else (cache, None, None))  # plain backprop: the caches
         running.append(new_running)
-    logits, out_cache = output_layer_forward(x, net.out)
+        del hs, inputs
+    logits, out_cache = output_layer_forward(x, net.out.params)
     loss, dlogits = ops.softmax_cross_entropy(logits, y)
     carrier = rule.carrier
-    M_out = carrier.matrix(net.out["W"], net.out_feedback) if carrier is not None else None
+    M_out = carrier.matrix(net.out.params["W"], net.out.feedback) if carrier is not None else None
     if carrier is not None and M_out is None:
         do, gW, gb = ops.dense_backward(dlogits, out_cache)  # error into the last block, through W_out^T
     else:
         _, gW, gb = ops.dense_backward(dlogits, out_cache, need_dx=False)
         do = dlogits @ M_out if carrier is not None else None  # NOT A GRADIENT: M_out stands in for W_out
     update(-1, {"W": gW, "b": gb})
-    block_stats: list = [None] * len(net.specs)
-    for j in reversed(range(len(net.specs))):
-        spec, p = net.specs[j], net.params[j]
+    stats: dict = {}
+    for j in reversed(range(len(net.blocks))):
+        block = net.blocks[j]
+        spec, kind = block.spec, block.kind
+        cache, hs, inputs = saved[j]
         if carrier is not None:
-            dh = output_backward(do, caches[j])
+            dh = kind.output_backward(do, cache)
         else:  # dfa: the output error reaches this block directly
-            dh = output_backward(rule.direct.error(dlogits, Y, net.feedback[j], caches[j]["o_shape"]), caches[j])
-        head_grads, stats = {}, {}
-        if rule.heads:  # glob+sim and kin: the block's local error joins the global one
-            dh_local, head_grads, stats = local_error(rule, hs[j], ts[j], p, net.fixed[j], spec, weights)
-            dh = dh + dh_local
-        carry = _carry(rule, spec, p["W"], net.feedback[j]) if carrier is not None else None
-        # dh is a fresh array (or the fresh δx from the block above): handed over, as the cache is
+            shape = (x.shape[0], *kind.output_shape(spec))
+            dh = kind.output_backward(rule.direct.error(dlogits, Y, block.feedback, shape), cache)
+        dhs, head_grads = [None] * (len(kind.taps(spec)) - 1) + [dh], {}
+        if rule.heads:  # glob+sim and kin: each tap's local error joins the global one
+            local, head_grads, block_stats = tap_errors(rule, block, hs, inputs, y, Y, net.slope, j == 0, weights)
+            dhs = [d if d_local is None else (d_local if d is None else d + d_local) for d, d_local in zip(dhs, local)]
+            stats.update(block_stats)
+            del local
+        del dh, hs, inputs
+        carry = None
+        if carrier is not None and (M := carrier.matrix(block.params["W"], block.feedback)) is not None:
+            carry = kind.carry(spec, M)
+        # the errors are fresh arrays (or the fresh δx from the block above): handed over, as the cache is
         need_dx = j > 0 and carrier is not None
-        do, grads = block_backward(dh, caches[j], spec, need_dx=need_dx, overwrite_dh=True, carry=carry)
+        do, grads = kind.backward(tuple(dhs), cache, spec, need_dx=need_dx, overwrite_dh=True, carry=carry)
         grads.update(head_grads)
         update(net.first + j, grads)
-        block_stats[j] = stats
-        caches[j] = hs[j] = ts[j] = None
-    return StepResult(x, running, loss, ops.count_correct(logits, y), block_stats)
+        saved[j] = None
+        del cache, dhs
+    return StepResult(x, running, loss, ops.count_correct(logits, y), stats)
 
 
 # ------------------------------------------------------------------------------ evaluation
 def evaluate_batch(net: Blocks, rule: Rule | str, x, y) -> StepResult:
-    """Eval mode (running BN statistics, no dropout): each block's local losses and local predictor's
+    """Eval mode (running BN statistics, no dropout): each tap's local losses and local predictor's
     correct count (no gradients), and, with the output layer, its loss and correct count. ``running``
     is the unchanged statistics."""
     rule = _as_rule(rule)
     Y = one_hot(y, net.num_classes, x.dtype)
     weights = {head.name: 1.0 for head in rule.heads}
-    block_stats = []
-    for j, spec in enumerate(net.specs):
-        t = Targets(x, y, Y, net.slope, net.first + j == 0, spec)
-        h, x, _, _ = block_forward(x, net.params[j], net.running[j], spec, False, None, net.slope)
-        stats = {}
+    stats: dict = {}
+    for j, block in enumerate(net.blocks):
+        hs, inputs, x, _, _ = block.kind.forward(x, block.params, block.running, block.spec, False, None, net.slope)
         if rule.heads:
-            _, _, stats = local_error(rule, h, t, net.params[j], net.fixed[j], spec, weights, backward=False)
-        block_stats.append(stats)
+            stats.update(tap_errors(rule, block, hs, inputs, y, Y, net.slope, net.first + j == 0, weights,
+                                    backward=False)[2])
+        else:
+            stats.update({tap.layer(block.name): {} for tap in block.kind.taps(block.spec)})
+        del hs, inputs
+    running = [b.running for b in net.blocks]
     if net.out is None:
-        return StepResult(x, net.running, None, None, block_stats)
-    logits, _ = output_layer_forward(x, net.out)
+        return StepResult(x, running, None, None, stats)
+    logits, _ = output_layer_forward(x, net.out.params)
     loss, _ = ops.softmax_cross_entropy(logits, y)
-    return StepResult(x, net.running, loss, ops.count_correct(logits, y), block_stats)
+    return StepResult(x, running, loss, ops.count_correct(logits, y), stats)
 
 
 def describe_rules(names: Sequence[str] | None = None) -> str:

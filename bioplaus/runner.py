@@ -519,7 +519,7 @@ def _open_log(prepared: Prepared, lock, made):
                     if files.regular_file(ckpt):  # the old run's checkpoints must not outlive its log
                         os.unlink(ckpt)
             log = RunLog.create(out, cfg, prepared.device or prepared.backend.device, trainer.num_parameters,
-                                replace=prepared.overwrite)
+                                replace=prepared.overwrite, series=trainer.series)
             log.set_attrs(**_run_attrs(prepared))
             return log
         except (OSError, LogError) as exc:
@@ -532,7 +532,7 @@ def _open_log(prepared: Prepared, lock, made):
             raise BadInput(f"cannot write {out}: {getattr(exc, 'strerror', None) or _one(exc)}") from None
     done, ckpt_epoch = prepared.resume_from
     files.remove_stale_temps(out)
-    log = RunLog.open_for_resume(out)
+    log = RunLog.open_for_resume(out, series=trainer.series)  # a format-1 log is converted
     if done > ckpt_epoch:  # killed between the log write and the checkpoint write
         log.truncate(ckpt_epoch)
     log.set_config(cfg)
@@ -580,7 +580,7 @@ def _execute_locked(prepared: Prepared, progress, echo, on_epoch, lock, made) ->
                         files.keep_epoch_checkpoint(ckpt, files.epoch_checkpoint_path(out, trainer.epoch))
                 if on_epoch is not None:
                     on_epoch(stats, ev)
-                echo(epoch_line(cfg, stats, ev, trainer.layer_names))
+                echo(epoch_line(cfg, stats, ev, trainer.series))
             log.set_status("completed")
             if prepared.keep_checkpoint == "none":  # the log is complete: nothing is left to resume
                 with contextlib.suppress(FileNotFoundError):
@@ -706,15 +706,18 @@ def _fmt_pct(value: Any) -> str:
     return "-" if math.isnan(v) else f"{v:.2f}%"
 
 
-def epoch_line(cfg: Config, stats: dict, ev: dict, layer_names) -> str:
+def epoch_line(cfg: Config, stats: dict, ev: dict, series: dict) -> str:
+    """The epoch's line; ``local:`` gives each layer's local predictor's test error (the first error a
+    layer's probes declare, as ``series``, the run's probes by layer, says)."""
+    from bioplaus.probes import ERROR
+
     parts = [f"epoch {stats['epoch']}/{cfg.epochs}", f"train {_fmt_pct(stats.get('train_error'))}",
              f"test {_fmt_pct(ev.get('test_error'))}"]
     local = []
-    for name in layer_names:
-        if name == "out":
-            continue
+    for name, probes in series.items():
+        probe = next((p for p in probes if p.reduce == ERROR), None)
         entry = (ev.get("layers") or {}).get(name) or (stats.get("layers") or {}).get(name) or {}
-        err = entry.get("error_pred")
+        err = entry.get(probe.name) if probe is not None else None
         if err is not None and not math.isnan(float(err)):
             local.append(f"{name} {float(err):.1f}%")
     if local:

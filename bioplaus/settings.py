@@ -33,7 +33,7 @@ import stat
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bioplaus.config import UNSET_MEANING, Config, ConfigError, scale_milestones
+from bioplaus.config import Config, ConfigError, scale_milestones, unset_meaning
 
 try:
     import tomllib
@@ -242,7 +242,7 @@ def to_toml(cfg: Config, header: Sequence[str] = ()) -> str:
     for f in dataclasses.fields(Config):
         value = getattr(cfg, f.name)
         if value is None:
-            lines.append(f"# {f.name} is not set: {UNSET_MEANING.get(f.name, 'its default')}")
+            lines.append(f"# {f.name} is not set: {unset_meaning(f.name, 'its default')}")
         else:
             lines.append(f"{f.name} = {toml_value(value)}")
     return "\n".join(lines) + "\n"

@@ -21,15 +21,18 @@ import numpy as np
 
 from bioplaus import ops
 from bioplaus.backend import TRAIN_DTYPE, Backend
-from bioplaus.blocks import Blocks, block_forward
+from bioplaus.blocks import Blocks
 from bioplaus.checkpoint import describe_mismatch
 from bioplaus.config import Config
 from bioplaus.heads import angle_degrees
-from bioplaus.models import build_spec, describe_model
-from bioplaus.rules import REFERENCE_RULE, compose, one_hot, train_step
+from bioplaus.models import NetSpec, build_spec, describe_model
+from bioplaus.probes import PROBE, Probe
+from bioplaus.rules import REFERENCE_RULE, compose, declared_probes, one_hot, train_step
 from bioplaus.stage import Stage
 
 PROBE_SIZE = 128
+BP_ANGLE = Probe("bp_angle", "degrees", "angle between the block's update and the true backprop gradient on the "
+                 "probe batch (probe epochs; NaN on the others)", PROBE)
 
 
 class Diverged(RuntimeError):
@@ -54,13 +57,20 @@ def split_bounds(num_blocks: int, sizes: Sequence[int] | None) -> list[tuple[int
 
 
 def whole_network(nets: Sequence[Blocks]) -> Blocks:
-    """One view of the whole network over consecutive stages' arrays (shared, not copied)."""
+    """One view of the whole network over consecutive stages' blocks (shared, not copied)."""
     if len(nets) == 1:
         return nets[0]
-    return Blocks(tuple(b for n in nets for b in n.specs), 0, [p for n in nets for p in n.params],
-                  [f for n in nets for f in n.fixed], [r for n in nets for r in n.running], nets[-1].out,
-                  nets[0].slope, nets[0].num_classes, [fb for n in nets for fb in n.feedback],
-                  nets[-1].out_feedback)
+    return Blocks([b for n in nets for b in n.blocks], 0, nets[-1].out, nets[0].slope, nets[0].num_classes)
+
+
+def run_series(spec: NetSpec, cfg) -> dict[str, tuple[Probe, ...]]:
+    """Every statistic a run of ``cfg`` records, by layer: what its blocks, heads and carriers declare
+    (:func:`bioplaus.rules.declared_probes`), and the probe's angle when ``--probe-every`` is on."""
+    series = declared_probes(spec, compose(cfg))
+    if cfg.probe_every:
+        for b in spec.blocks:
+            series[b.name] = (*series.get(b.name, ()), BP_ANGLE)
+    return series
 
 
 class TrainerBase:
@@ -87,6 +97,11 @@ class TrainerBase:
     @property
     def num_parameters(self) -> int:
         return self.spec.num_parameters
+
+    @property
+    def series(self) -> dict[str, tuple[Probe, ...]]:
+        """What the run records, by layer of the log (:func:`run_series`)."""
+        return run_series(self.spec, self.cfg)
 
     def probe_batch(self):
         """A fixed batch of test images (up to 128, sorted by class), no augmentation."""
@@ -140,9 +155,10 @@ class Trainer(TrainerBase):
         for stage in self.stages:
             values.update(stage.epoch_values(train=True))
         self.epoch = epoch
+        series = self.series
         result = epoch_result(epoch, self.stages[0].lr, self.to_host(values), total, time.perf_counter() - start,
-                              [b.name for b in self.spec.blocks])
-        check_finite(result)
+                              series)
+        check_finite(result, series)
         return result
 
     def to_host(self, values: dict) -> dict:
@@ -165,7 +181,7 @@ class Trainer(TrainerBase):
         values = {}
         for stage in self.stages:
             values.update(stage.epoch_values(train=False))
-        return eval_result(self.to_host(values), total, [b.name for b in self.spec.blocks])
+        return eval_result(self.to_host(values), total, self.series)
 
     # ------------------------------------------------------------------ probe
     def probe(self) -> dict:
@@ -204,43 +220,44 @@ def values_to_host(backend: Backend, values: dict) -> dict:
     return dict(zip(keys, arr.tolist()))
 
 
-def _layer_stats(host: dict, total: int, names: Sequence[str]) -> dict:
+def _layer_stats(host: dict, total: int, series: dict, train: bool) -> dict:
+    """Each layer's declared statistics of a pass, reduced as each probe says (training: the per-batch
+    ones and those measured at the epoch's end; evaluation: the per-batch ones)."""
     layers: dict = {}
-    for name in names:
-        s = {}
-        for key in ("loss_pred", "loss_sim", "loss_unsup"):
-            if (name, key) in host:
-                s[key] = host[(name, key)] / total
-        if (name, "correct_pred") in host:
-            s["error_pred"] = 100.0 * (1.0 - host[(name, "correct_pred")] / total)
-        for key in ("weight_norm", "update_norm", "fa_angle", "fb_angle"):
-            if (name, key) in host:
-                s[key] = host[(name, key)]
-        layers[name] = s
-    layers["out"] = {key: host[("out", key)] for key in ("fb_angle",) if ("out", key) in host}
+    for layer, probes in series.items():
+        values = {}
+        for probe in probes:
+            if (probe.per_batch or train) and (layer, probe.stat) in host:
+                values[probe.name] = probe.reduced(host[(layer, probe.stat)], total)
+        layers[layer] = values
     return layers
 
 
-def epoch_result(epoch: int, lr: float, host: dict, total: int, seconds: float, names: Sequence[str]) -> dict:
-    """A training epoch's record, as the log takes it."""
+def epoch_result(epoch: int, lr: float, host: dict, total: int, seconds: float, series: dict) -> dict:
+    """A training epoch's record, as the log takes it (``series``: the run's probes by layer)."""
     return {"epoch": epoch, "lr": lr, "train_loss": host["loss"] / total,
             "train_error": 100.0 * (1.0 - host["correct"] / total), "seconds": seconds,
-            "layers": _layer_stats(host, total, names)}
+            "layers": _layer_stats(host, total, series, train=True)}
 
 
-def eval_result(host: dict, total: int, names: Sequence[str]) -> dict:
+def eval_result(host: dict, total: int, series: dict) -> dict:
     return {"test_loss": host["loss"] / total, "test_error": 100.0 * (1.0 - host["correct"] / total),
-            "layers": _layer_stats(host, total, names)}
+            "layers": _layer_stats(host, total, series, train=False)}
 
 
-def check_finite(result: dict) -> None:
-    """Raise :class:`Diverged` when an epoch's output or local loss is NaN or infinite."""
-    for name, s in result["layers"].items():
-        for key in ("loss_pred", "loss_sim", "loss_unsup"):
-            if key in s and not math.isfinite(s[key]):
-                raise Diverged(result["epoch"], f"{name} local {key[5:]}", s[key])
+def check_finite(result: dict, series: dict) -> None:
+    """Raise :class:`Diverged` when an epoch's output loss or any declared local loss is NaN or infinite
+    (the local ones first, in depth order)."""
+    for layer, probes in series.items():
+        values = result["layers"].get(layer, {})
+        for probe in probes:
+            value = values.get(probe.name)
+            if probe.loss and value is not None and not math.isfinite(value):
+                what = probe.name.removeprefix("loss_")
+                raise Diverged(result["epoch"], f"{layer} local {what}", value)
     if not math.isfinite(result["train_loss"]):
         raise Diverged(result["epoch"], "output", result["train_loss"])
+
 
 
 def probe_batch(dataset, backend):
@@ -274,9 +291,9 @@ def probe(net: Blocks, cfg, backend: Backend, x, y) -> dict:
         values[spec.name] = angle_degrees(xp, ours[i]["W"], true[i]["W"])
     sims = {}
     h = x
-    for i, spec in enumerate(net.specs):
-        hi, h, _, _ = block_forward(h, net.params[i], net.running[i], spec, False, None, net.slope)
-        sims[spec.name], _ = ops.similarity_forward(hi)
+    for block in net.blocks:  # S of the block's h (its last tap's)
+        hs, _, h, _, _ = block.kind.forward(h, block.params, block.running, block.spec, False, None, net.slope)
+        sims[block.name], _ = ops.similarity_forward(hs[-1])
     names = list(values)
     angles = backend.to_host(xp.stack([xp.asarray(values[n], dtype=xp.float64) for n in names]))
     Y = one_hot(y, net.num_classes, x.dtype)

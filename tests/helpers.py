@@ -88,6 +88,33 @@ def naive_conv(x, W, b, stride, pad):
     return out
 
 
+# ------------------------------------------------------------------------------ blocks
+def block_forward(x, p, running, spec, train: bool, mask, slope: float):
+    """A one-tap block's forward (its kind's) as ``(h, o, cache, new_running)``; ``mask``: None, one
+    mask, or the block's tuple of masks."""
+    masks = mask if mask is None or isinstance(mask, tuple) else (mask,)
+    hs, _inputs, o, cache, new_running = spec.kind.forward(x, p, running, spec, train, masks, slope)
+    assert len(hs) == 1  # one tap: the block's h
+    return hs[0], o, cache, new_running
+
+
+def block_series() -> tuple:
+    """What the tests' made-up logs declare for a block, whatever their variant: a dense block's norms, a bpf
+    pred head's statistics (with its fa_angle), a learned sim head's loss, and the probe's angle."""
+    from bioplaus.heads import PredHead, SimHead
+    from bioplaus.kinds import DENSE
+    from bioplaus.models import BlockSpec
+    from bioplaus.train import BP_ANGLE
+
+    return (*DENSE.probes(BlockSpec("fc1", "dense", 8, 8)), *PredHead(feedback=True).probes(),
+            *SimHead(learned=True).probes(), BP_ANGLE)
+
+
+def the_tap(spec):
+    """The only tap of a dense or conv block (where its heads read h)."""
+    (tap,) = spec.kind.taps(spec)
+    return tap
+
 
 # ------------------------------------------------------------------------------ pinned arithmetic
 # Numbers stored in the repository (golden runs, a checkpoint of an older bioplaus) are compared bit for

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 from helpers import host
 
-from bioplaus import ops
 from bioplaus.config import Config
+from bioplaus.kinds import draw_masks
 from bioplaus.models import build_spec
 from bioplaus.rules import evaluate_batch, init_network, train_step
 
@@ -32,11 +32,7 @@ def config(variant, kind, dropout=0.0, **settings):
 def host_masks(cfg, spec):
     """Dropout masks drawn once on the host, handed to both backends."""
     rng = np.random.default_rng(7)
-    masks = []
-    for b in spec.blocks:
-        shape = (N, b.c_out, b.size, b.size) if b.kind == "conv" else (N, b.c_out)
-        masks.append(ops.dropout_mask(rng, shape, cfg.dropout, np.float32, channelwise=b.kind == "conv"))
-    return masks
+    return [draw_masks(b, rng, cfg.dropout, N, np.float32) for b in spec.blocks]
 
 
 def batch():
@@ -50,7 +46,7 @@ def step(backend, variant, kind, **settings):
     spec = build_spec(cfg, (1, 28, 28), 10)
     net = init_network(spec, cfg, backend)  # drawn on the host: identical
     x, y = batch()
-    masks = [None if m is None else backend.asarray(m) for m in host_masks(cfg, spec)]
+    masks = [None if m is None else tuple(backend.asarray(a) for a in m) for m in host_masks(cfg, spec)]
     grads = {}
     _out, _running, loss, correct, stats = train_step(net, variant, cfg.beta, backend.asarray(x), backend.asarray(y),
                                                 masks, lambda i, g: grads.__setitem__(i, dict(g)))
@@ -63,9 +59,11 @@ def evaluation(backend, variant, kind):
     net = init_network(build_spec(cfg, (1, 28, 28), 10), cfg, backend)
     x, y = (backend.asarray(a) for a in batch())
     for _ in range(2):
-        net.running = train_step(net, variant, cfg.beta, x, y, [None] * len(net.specs), lambda i, g: None).running
+        running = train_step(net, variant, cfg.beta, x, y, [None] * len(net.specs), lambda i, g: None).running
+        for block, r in zip(net.blocks, running):
+            block.running = r
     _out, _running, loss, correct, stats = evaluate_batch(net, variant, x * 0.5, y)
-    return float(loss), int(correct), [{k: float(v) for k, v in s.items()} for s in stats]
+    return float(loss), int(correct), {layer: {k: float(v) for k, v in s.items()} for layer, s in stats.items()}
 
 
 def assert_layer_close(ours: dict, ref: dict, xp, tol: float, what) -> None:
@@ -91,8 +89,9 @@ def assert_steps_agree(ours, ref, xp, what) -> None:
 
 
 def assert_stats_close(stats, ref_stats) -> None:
-    assert len(stats) == len(ref_stats)
-    for s, r in zip(stats, ref_stats):
+    assert stats.keys() == ref_stats.keys()
+    for layer, r in ref_stats.items():
+        s = stats[layer]
         assert s.keys() == r.keys()
         for key in r:
             assert abs(float(s[key]) - float(r[key])) <= STAT_TOL * max(1.0, abs(float(r[key]))), key

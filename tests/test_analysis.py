@@ -1,6 +1,9 @@
-"""The analysis module on run logs with made-up, known content (written with RunLog directly)."""
+"""The analysis module on run logs with made-up, known content (written with RunLog directly), and on a
+log of format 1 (bioplaus 247cccd, every series of every rule, NaN where a rule has none)."""
 
 import json
+import shutil
+from pathlib import Path
 
 import matplotlib
 
@@ -9,12 +12,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+from helpers import block_series
 
 from bioplaus import analysis
 from bioplaus.config import Config
+from bioplaus.heads import PredHead
 from bioplaus.log import LogError, RunLog
+from bioplaus.models import build_spec
+from bioplaus.train import run_series
 
 B = 8  # probe batch
+FAKE = block_series()  # what the made-up logs declare for each block, whatever their variant
 
 
 def make_log(path, variant="predsim", n_epochs=4, blocks=("fc1", "fc2"), seed=0, probe_every=2, status="completed",
@@ -22,7 +30,7 @@ def make_log(path, variant="predsim", n_epochs=4, blocks=("fc1", "fc2"), seed=0,
     """A run log with random numbers; returns (path, dict of every number written)."""
     cfg = Config(variant=variant, epochs=n_epochs, num_layers=len(blocks), num_hidden=32, probe_every=probe_every,
                  **cfg_kw).resolve()
-    log = RunLog.create(str(path), cfg, "cpu (test)", 1000)
+    log = RunLog.create(str(path), cfg, "cpu (test)", 1000, series={b: FAKE for b in blocks})
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.arange(B) % 3)  # unsorted: the plot must sort them
     written = {"epochs": {k: [] for k in ("train_error", "test_error")},
@@ -195,7 +203,8 @@ def test_plot_layer_dynamics_a_panel_per_series_the_log_holds(two_runs):
 
 def test_plot_layer_dynamics_draws_only_what_the_log_holds(tmp_path):
     cfg = Config(variant="glob", epochs=2, num_layers=1, num_hidden=8).resolve()
-    log = RunLog.create(str(tmp_path / "g.h5"), cfg, "cpu", 10)
+    series = run_series(build_spec(cfg, (1, 28, 28), 10), cfg)
+    log = RunLog.create(str(tmp_path / "g.h5"), cfg, "cpu", 10, series=series)
     for e in (1, 2):
         log.append_epoch({"epoch": e, "train_error": 50.0, "layers": {"fc1": {"weight_norm": 1.0 + e}}},
                          {"test_error": 40.0})
@@ -376,7 +385,7 @@ def every_rule(tmp_path_factory):
     for variant in RULES:
         cfg = Config(variant=variant, epochs=2, num_layers=2, num_hidden=16, probe_every=1, device="cpu").resolve()
         trainer = runner.make_trainer(cfg, NUMPY, ds)
-        log = RunLog.create(str(folder / f"{variant}.h5"), cfg, "cpu", trainer.num_parameters)
+        log = RunLog.create(str(folder / f"{variant}.h5"), cfg, "cpu", trainer.num_parameters, series=trainer.series)
         for _ in range(cfg.epochs):
             log.append_epoch(trainer.train_epoch(), trainer.evaluate(), trainer.probe())
         log.set_status("completed")
@@ -430,3 +439,43 @@ def test_one_colour_per_rule_in_every_plot(every_rule):
     for row, container in zip(rows, bars.containers):
         seen[row["variant"]].add(container.lines[0].get_color())
     assert {v: c for v, c in seen.items()} == {v: {colours[v]} for v in RULES}
+
+
+def test_a_format_1_log_opens_and_draws(tmp_path):
+    """An old log (format 1: ten series for every layer, NaN where predsim-bpf has none) is read as it is;
+    the per-block panels are the series with numbers in them; the figures command draws from it."""
+    from bioplaus.figures import main
+
+    old = tmp_path / "logs" / "v1-run.h5"
+    old.parent.mkdir()
+    shutil.copy(Path(__file__).resolve().parent / "golden" / "v1-run.h5", old)
+    run = analysis.load_runs(str(old))[0]
+    assert run.format_version == 1 and "bp_angle" in run.layers["fc1"]  # all NaN: no probe in this run
+    assert analysis.block_names(run) == ["fc1", "fc2"]
+    held = [q.name for q in analysis.layer_quantities(run)]  # the series with numbers in them
+    assert held == ["loss_pred", "loss_sim", "error_pred", "update_norm", "weight_norm", "fa_angle"]
+    assert analysis.layer_series(run, "fa_angle").shape == (2, 1)
+    with pytest.raises(ValueError, match="no layer series 'loss_typo'"):
+        analysis.layer_series(run, "loss_typo")
+    assert main(["--logs", str(old.parent), "--out-dir", str(tmp_path / "figures")]) == 0
+    assert (tmp_path / "figures" / "layer_dynamics.png").stat().st_size > 0
+
+
+def test_a_new_heads_statistics_get_their_own_panels(tmp_path):
+    """The panels come from the log: a head's loss that no list names (here 'loss_mine') is drawn."""
+    from bioplaus.probes import MEAN, Probe
+
+    cfg = Config(variant="pred", epochs=2, num_layers=1, num_hidden=8).resolve()
+    mine = Probe("loss_mine", "nats", "a head's own loss", MEAN, loss=True)
+    series = {"fc1": (*PredHead(feedback=False).probes(), mine)}
+    log = RunLog.create(str(tmp_path / "m.h5"), cfg, "cpu", 10, series=series)
+    for e in (1, 2):
+        values = {"loss_pred": 1.0 / e, "error_pred": 50.0, "loss_mine": 0.5 / e}
+        log.append_epoch({"epoch": e, "train_error": 50.0, "layers": {"fc1": values}},
+                         {"test_error": 40.0, "layers": {"fc1": values}})
+    run = analysis.load_runs(str(tmp_path / "m.h5"))[0]
+    mine_held = next(q for q in analysis.layer_quantities(run) if q.name == "loss_mine")
+    assert (mine_held.units, mine_held.title) == ("nats", "a head's own loss")
+    axes = _visible(analysis.plot_layer_dynamics(run))
+    panel = next(ax for ax in axes if ax.get_ylabel() == mine_held.ylabel)
+    assert any(np.allclose(ln.get_ydata(), [0.5, 0.25]) for ln in panel.get_lines())

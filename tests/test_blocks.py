@@ -1,6 +1,6 @@
-"""Blocks: the forward's shapes, ``block_backward`` against float64 central differences (dense and conv
-blocks, with and without batch norm), the whole block with dropout and pool, the initialisation's
-bounds and streams, and that the module knows nothing of learning rules.
+"""The dense and conv block kinds: the forward's shapes, the backward against float64 central differences
+(with and without batch norm), the whole block with dropout and pool, the initialisation's bounds and
+streams, and that the block modules know nothing of learning rules.
 """
 
 from __future__ import annotations
@@ -11,26 +11,24 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import numerical_grad, rel_error
+from helpers import block_forward, numerical_grad, rel_error
 
 from bioplaus import ops
-from bioplaus.blocks import (
-    INIT_STREAM,
-    LEAKY_SLOPE,
-    OUTPUT_STREAM_INDEX,
-    block_backward,
-    block_forward,
-    init_block,
-    init_output,
-    init_stream,
-    output_backward,
-)
+from bioplaus.blocks import INIT_STREAM, LEAKY_SLOPE, OUTPUT_STREAM_INDEX, init_output, init_stream
 from bioplaus.models import BlockSpec
 
 DENSE = BlockSpec("fc1", "dense", 12, 7, dec_features=7)
 CONV = BlockSpec("conv1", "conv", 3, 4, 3, 1, 1, 6)  # 3 -> 4 channels, 3x3 pad 1, 6x6 maps
 CONV_POOL = BlockSpec("conv1", "conv", 3, 4, 3, 1, 1, 6, pool_after=True)
 STRIDED = BlockSpec("conv1", "conv", 2, 3, 7, 2, 3, 4)  # the STL-10 stem: 7x7 stride 2 pad 3, 8x8 -> 4x4
+
+
+def block_backward(dh, cache, spec: BlockSpec, need_dx: bool, overwrite_dh: bool = False):
+    return spec.kind.backward((dh,), cache, spec, need_dx, overwrite_dh)
+
+
+def init_block(spec: BlockSpec, batch_norm: bool, rng):
+    return spec.kind.init(spec, batch_norm, rng)
 
 
 def make_block(spec: BlockSpec, batch_norm: bool, seed: int = 0):
@@ -46,7 +44,7 @@ def make_block(spec: BlockSpec, batch_norm: bool, seed: int = 0):
 
 def input_for(spec: BlockSpec, n: int, seed: int = 1):
     rng = np.random.default_rng(seed)
-    if spec.kind == "dense":
+    if spec.kind.name == "dense":
         return rng.standard_normal((n, 3, 2, 2))  # a map: the dense block flattens it (12 features)
     side = (spec.size - 1) * spec.stride + spec.kernel - 2 * spec.pad
     return rng.standard_normal((n, spec.c_in, side, side))
@@ -65,7 +63,7 @@ def test_forward_and_backward_shapes(spec, batch_norm):
     x = input_for(spec, 5)
     h, o, cache, new_running = block_forward(x, p, running, spec, True, None, 0.0)
     side = spec.size
-    h_shape = (5, spec.c_out) if spec.kind == "dense" else (5, spec.c_out, side, side)
+    h_shape = (5, spec.c_out) if spec.kind.name == "dense" else (5, spec.c_out, side, side)
     assert h.shape == h_shape
     assert o.shape == ((5, spec.c_out, side // 2, side // 2) if spec.pool_after else h_shape)
     assert (o is h) == (not spec.pool_after)  # no dropout, no pool: the block's output is h itself
@@ -128,12 +126,12 @@ def test_block_backward_is_the_gradient(spec, batch_norm):
 
 @pytest.mark.parametrize("spec", [CONV_POOL, DENSE], ids=["conv-pool", "dense"])
 def test_whole_block_with_dropout_and_pool(spec):
-    """``output_backward`` then ``block_backward`` is the gradient of ``sum(o * R)``, o = pool(dropout(h)):
+    """The kind's ``output_backward`` then its ``backward`` is the gradient of ``sum(o * R)``, o = pool(dropout(h)):
     a whole-channel mask with a pool (taken as dropout(pool(h))), an element mask without."""
     p, running = make_block(spec, True, seed=6)
     x = input_for(spec, 4, seed=7)
     h = block_forward(x, p, running, spec, True, None, 0.0)[0]
-    mask = ops.dropout_mask(np.random.default_rng(8), h.shape, 0.3, np.float64, channelwise=spec.kind == "conv")
+    mask = ops.dropout_mask(np.random.default_rng(8), h.shape, 0.3, np.float64, channelwise=spec.kind.name == "conv")
     assert 0 < np.count_nonzero(mask) < mask.size  # something is dropped and something kept
     _, o, cache, _ = block_forward(x, p, running, spec, True, mask, 0.0)
     R = np.random.default_rng(9).standard_normal(o.shape)
@@ -141,7 +139,7 @@ def test_whole_block_with_dropout_and_pool(spec):
     def objective():
         return np.sum(block_forward(x, p, running, spec, True, mask, 0.0)[1] * R)
 
-    dh = output_backward(R.reshape(len(R), -1), cache)  # the layer above hands a flattened error
+    dh = spec.kind.output_backward(R.reshape(len(R), -1), cache)  # the layer above hands a flattened error
     assert dh.shape == h.shape
     assert np.all(dh[np.broadcast_to(mask == 0, dh.shape)] == 0)  # dropped units (or channels) get no error
     dx, grads = block_backward(dh, cache, spec, need_dx=True, overwrite_dh=True)
@@ -154,9 +152,9 @@ def test_whole_block_with_dropout_and_pool(spec):
 @pytest.mark.parametrize("spec", [DENSE, CONV, STRIDED], ids=["dense", "conv", "strided"])
 def test_init_block_bounds(spec):
     p, running = init_block(spec, True, init_stream(1, 0))
-    fan_in = spec.c_in * (spec.kernel**2 if spec.kind == "conv" else 1)
+    fan_in = spec.c_in * (spec.kernel**2 if spec.kind.name == "conv" else 1)
     bound = 1.0 / math.sqrt(fan_in)
-    w_shape = (spec.c_out, spec.c_in, spec.kernel, spec.kernel) if spec.kind == "conv" else (spec.c_out, spec.c_in)
+    w_shape = (spec.c_out, spec.c_in, spec.kernel, spec.kernel) if spec.kind.name == "conv" else (spec.c_out, spec.c_in)
     assert p["W"].shape == w_shape and p["b"].shape == (spec.c_out,)
     for k in ("W", "b"):
         assert p[k].dtype == np.float64
@@ -197,7 +195,7 @@ def test_importing_blocks_imports_no_rule_module():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 0, r.stderr
     loaded = set(r.stdout.split())
-    assert "bioplaus.blocks" in loaded
-    below = {"bioplaus", "bioplaus.backend", "bioplaus.errors", "bioplaus.models", "bioplaus.blocks"}
-    above = sorted(m for m in loaded if m not in below and not m.startswith("bioplaus.ops"))
+    assert "bioplaus.blocks" in loaded and "bioplaus.kinds.conv" in loaded
+    below = {"bioplaus", "bioplaus.backend", "bioplaus.errors", "bioplaus.models", "bioplaus.blocks", "bioplaus.probes"}
+    above = sorted(m for m in loaded if m not in below and not m.startswith(("bioplaus.ops", "bioplaus.kinds")))
     assert above == [], f"importing bioplaus.blocks loaded {above}"

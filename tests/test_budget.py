@@ -61,10 +61,9 @@ def test_the_gpu_estimate_allows_a_larger_im2col_buffer():
 # ------------------------------------------------------------------------------ head_parameters
 def allocated_beyond_the_forward_network(net) -> int:
     """Sizes of every array init_network makes that is not a forward W, b, γ, β (or BN statistic)."""
-    total = sum(v.size for p in net.params for k, v in p.items() if k not in FORWARD)
-    total += sum(v.size for f in net.fixed for v in f.values())
-    total += sum(v.size for fb in getattr(net, "feedback", []) for v in fb.values())
-    total += sum(v.size for v in getattr(net, "out_feedback", {}).values())
+    total = sum(v.size for b in net.blocks for k, v in b.params.items() if k not in FORWARD)
+    total += sum(v.size for b in net.blocks for group in (b.fixed, b.feedback) for v in group.values())
+    total += sum(v.size for v in net.out.feedback.values())
     return total
 
 
@@ -83,8 +82,8 @@ def test_head_parameters_count_what_init_network_makes(variant, net):
     spec = spec_of(cfg, shape)
     made = init_network(spec, cfg, NUMPY, dtype=np.float32)
     assert head_parameters(spec, cfg) == allocated_beyond_the_forward_network(made)
-    forward = sum(v.size for p in made.params for k, v in p.items() if k in FORWARD)
-    assert forward + sum(v.size for v in made.out.values()) == spec.num_parameters
+    forward = sum(v.size for b in made.blocks for k, v in b.params.items() if k in FORWARD)
+    assert forward + sum(v.size for v in made.out.params.values()) == spec.num_parameters
     if RULES[variant].heads:
         assert head_parameters(spec, cfg) > 0
 

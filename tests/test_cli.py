@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import block_series
 
 from bioplaus.cli import main
 from bioplaus.config import Config
@@ -215,6 +216,7 @@ class FakeTrainer:
     num_parameters = 42
 
     def __init__(self, diverge_at=None):
+        self.series = {"fc1": block_series()}
         self.epoch = 0
         self.diverge_at = diverge_at
 

@@ -3,6 +3,10 @@
 The rule ``pred-sign``: the pred head's error reaches h through sign(dec_W) instead of dec_W (sign
 symmetry, Liao et al. 2016, applied to a block's local decoder): one small head class and one
 ``register`` call, then it trains through the ordinary run loop and lands in the ordinary log.
+
+A head of one's own with a statistic no module names (``loss_activity``: an activity penalty beside pred)
+declares it (``probes``): the trainer reduces it, the log writes it with its units, the NaN check covers
+it, the analysis draws it and the split planner counts the head, none of them edited.
 """
 
 from __future__ import annotations
@@ -10,9 +14,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bioplaus import ops, rules
-from bioplaus.heads import PredHead, Targets
+from bioplaus import analysis, ops, rules
+from bioplaus.heads import Head, HeadResult, PredHead, Targets
 from bioplaus.log import read_run
+from bioplaus.probes import MEAN, Probe
 from bioplaus.runner import run
 
 
@@ -28,6 +33,31 @@ class SignPredHead(PredHead):
         _, dW, db = ops.dense_backward(dlogits, dec_cache, need_dx=False)
         dflat = dlogits @ np.sign(p["dec_W"])  # NOT A GRADIENT: the decoder's signs carry the error
         return dflat.reshape(shape), {"dec_W": dW, "dec_b": db}
+
+
+class ActivityHead(Head):
+    """An activity penalty:  L = ½ mean(h²),  δh = w · h / h.size.  No weights of its own."""
+
+    name = "activity"
+    poison = 1.0  # the tests' switch: NaN makes the loss NaN (the error stays finite)
+
+    def forward(self, h, t, p, f):
+        loss = 0.5 * (h * h).mean() * h.dtype.type(self.poison)
+        return HeadResult(loss, {"loss_activity": loss}, h)
+
+    def backward(self, cache, weight, p, f):
+        return cache * cache.dtype.type(weight / cache.size), {}
+
+    def probes(self):
+        return (Probe("loss_activity", "1", "half the mean squared activity of the block", MEAN, loss=True),)
+
+
+@pytest.fixture
+def pred_activity():
+    head = ActivityHead()
+    rules.register("pred-activity", rules.Rule("pred, and an activity penalty", (rules.PRED, head)))
+    yield head
+    del rules.RULES["pred-activity"]
 
 
 @pytest.fixture
@@ -63,3 +93,29 @@ def test_its_error_is_the_sign_formula(pred_sign):
     dlogits = (soft - np.eye(3)[y]) / 8
     np.testing.assert_allclose(dh, dlogits @ np.sign(p["dec_W"]), rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(grads["dec_W"], dlogits.T @ h, rtol=1e-12, atol=1e-15)
+
+
+def test_a_head_of_ones_own_is_logged_drawn_checked_and_counted(pred_activity, tmp_path):
+    from bioplaus.config import Config
+    from bioplaus.models import build_spec
+    from bioplaus.parallel import describe_parallel, plan
+
+    settings = {"variant": "pred-activity", "num_layers": 2, "num_hidden": 32, "epochs": 2, "device": "cpu"}
+    result = run(settings, out=str(tmp_path / "act.h5"))
+    assert result.status == "completed"
+    log = read_run(result.path)
+    for split in ("train", "test"):
+        series = log.layers["fc2"][f"{split}_loss_activity"]
+        assert np.all(np.isfinite(series)) and np.all(series > 0)
+    assert log.info["fc1"]["train_loss_activity"] == ("1", "half the mean squared activity of the block, on the "
+                                                      "training batches (train mode)")
+    assert "loss_activity" in [key for key, _ in analysis.local_series([log], "test")]
+    cfg = Config(**settings).resolve()  # the planner of --parallel layers counts the head (and does not crash)
+    spec = build_spec(cfg, (1, 28, 28), 10)
+    assert sum(plan(spec, cfg, 2)[0]) == 2 and "rank 1: fc2 + output layer" in describe_parallel(
+        cfg, type("D", (), {"input_shape": (1, 28, 28), "num_classes": 10})(), 2, None)
+
+    pred_activity.poison = float("nan")  # its loss becomes NaN: the run stops, and says where
+    bad = run({**settings, "epochs": 1}, out=str(tmp_path / "bad.h5"))
+    assert bad.status == "diverged" and "the fc1 local activity loss became nan" in bad.message
+    assert read_run(bad.path).status == "diverged"

@@ -14,8 +14,8 @@ import parity
 import pytest
 
 from bioplaus.backend import NUMPY, device_paths_on_cpu
-from bioplaus.config import VARIANTS
 from bioplaus.ops import winograd
+from bioplaus.rules import VARIANTS
 
 
 @pytest.fixture

@@ -16,9 +16,9 @@ import parity
 import pytest
 
 from bioplaus.backend import NUMPY, get_backend, gpu_available
-from bioplaus.config import VARIANTS, Config
+from bioplaus.config import Config
 from bioplaus.models import build_spec
-from bioplaus.rules import init_network, train_step
+from bioplaus.rules import VARIANTS, init_network, train_step
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA device")]
 

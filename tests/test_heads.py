@@ -186,8 +186,8 @@ def test_alignment_gives_fa_angle_only_for_the_feedback_head():
 # ------------------------------------------------------------------------------ initialisation
 def test_init_shapes_and_bounds():
     rng = np.random.default_rng(10)
-    conv = BlockSpec("conv1", "conv", 3, 8, 3, 1, 1, 4, dec_features=32)
-    dense = BlockSpec("fc1", "dense", 20, 16, dec_features=16)
+    conv, dense = (spec.kind.taps(spec)[0] for spec in (BlockSpec("conv1", "conv", 3, 8, 3, 1, 1, 4, dec_features=32),
+                                                          BlockSpec("fc1", "dense", 20, 16, dec_features=16)))
     p, f = PredHead(feedback=False).init(dense, K, T, rng)
     assert f == {} and np.all(p["dec_W"] == 0) and p["dec_W"].shape == (K, 16)
     assert p["dec_b"].shape == (K,) and 0 < np.max(np.abs(p["dec_b"])) <= 1 / math.sqrt(16)

@@ -34,9 +34,9 @@ import math
 import pytest
 
 from bioplaus.backend import NUMPY
-from bioplaus.config import VARIANTS, Config
+from bioplaus.config import Config
 from bioplaus.data import TrainBatches, load_dataset
-from bioplaus.rules import train_step
+from bioplaus.rules import VARIANTS, train_step
 from bioplaus.train import Trainer
 
 SETUPS = {
@@ -77,9 +77,9 @@ def test_first_loss_is_about_ln_classes(small_data):
     trainer = Trainer(cfg, NUMPY, small_data)
     x, y = next(iter(TrainBatches(small_data, NUMPY, 128, 1).epoch(1)))
     step = train_step(trainer.net, cfg.variant, cfg.beta, x, y, [None, None], lambda i, g: None)
-    loss, stats = step.loss, step.block_stats
+    loss, stats = step.loss, step.stats
     assert abs(float(loss) - math.log(10)) < 0.05
-    assert abs(float(stats[0]["loss_pred"]) - math.log(10)) < 0.2  # zero decoder weights, small random bias
+    assert abs(float(stats["fc1"]["loss_pred"]) - math.log(10)) < 0.2  # zero decoder weights, small random bias
 
 
 def test_a_tiny_set_can_be_overfit(small_data):

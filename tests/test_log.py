@@ -1,10 +1,14 @@
-"""The HDF5 run log: roundtrip, self-description, reading while a writer runs, status, truncation."""
+"""The HDF5 run log: roundtrip, self-description (exactly the declared series, each with units and a
+description), reading while a writer runs, status, truncation, and logs of format 1 (read as they are,
+converted when resumed)."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -12,10 +16,27 @@ import pytest
 
 from bioplaus.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from bioplaus.config import Config
-from bioplaus.log import EPOCH_SERIES, LAYER_SERIES, LogError, RunLog, read_attrs, read_run, read_runs
+from bioplaus.log import (
+    EPOCH_SERIES,
+    FORMAT_VERSION,
+    LogError,
+    RunLog,
+    declared_series,
+    read_attrs,
+    read_run,
+    read_runs,
+)
+from bioplaus.models import build_spec
+from bioplaus.train import run_series
 
-LAYERS = ["fc1", "fc2", "out"]
+LAYERS = ["fc1", "fc2"]
 B = 6
+GOLDEN = Path(__file__).resolve().parent / "golden"
+
+
+def series_of(cfg):
+    """What a run of ``cfg`` on 28x28 images declares, by layer (the trainer's ``series``)."""
+    return run_series(build_spec(cfg, (1, 28, 28), 10), cfg)
 
 
 def fake_epoch(epoch: int, rng: np.random.Generator, with_probe: bool):
@@ -24,22 +45,22 @@ def fake_epoch(epoch: int, rng: np.random.Generator, with_probe: bool):
         "seconds": rng.random(),
         "layers": {name: {"loss_pred": rng.random(), "loss_sim": rng.random(), "error_pred": 100 * rng.random(),
                           "weight_norm": rng.random(), "update_norm": rng.random(), "fa_angle": float("nan")}
-                   for name in LAYERS[:-1]} | {"out": {"weight_norm": rng.random(), "update_norm": rng.random()}},
+                   for name in LAYERS},
     }
     ev = {"test_loss": rng.random(), "test_error": 100 * rng.random(),
           "layers": {name: {"loss_pred": rng.random(), "loss_sim": rng.random(), "error_pred": 100 * rng.random()}
-                     for name in LAYERS[:-1]}}
+                     for name in LAYERS}}
     probe = None
     if with_probe:
-        probe = {"layers": {name: {"bp_angle": 90 * rng.random()} for name in LAYERS[:-1]},
-                 "similarity": {name: rng.random((B, B)).astype(np.float32) for name in LAYERS[:-1]},
+        probe = {"layers": {name: {"bp_angle": 90 * rng.random()} for name in LAYERS},
+                 "similarity": {name: rng.random((B, B)).astype(np.float32) for name in LAYERS},
                  "target_similarity": np.eye(B, dtype=np.float32), "labels": np.arange(B)}
     return stats, ev, probe
 
 
 def write_run(path, n_epochs=3, probe_every=2, seed=0):
     cfg = Config(variant="predsim-bpf", epochs=5, num_layers=2, num_hidden=32, probe_every=probe_every).resolve()
-    log = RunLog.create(str(path), cfg, "cpu (test)", 1234)
+    log = RunLog.create(str(path), cfg, "cpu (test)", 1234, series=series_of(cfg))
     rng = np.random.default_rng(seed)
     written = []
     for e in range(1, n_epochs + 1):
@@ -55,7 +76,7 @@ def test_roundtrip_every_number(tmp_path):
     run = read_run(str(path))
     assert run.config == cfg
     assert run.attrs["status"] == "running" and run.attrs["parameters"] == 1234
-    assert run.attrs["variant"] == "predsim-bpf" and run.attrs["format_version"] == 1
+    assert run.attrs["variant"] == "predsim-bpf" and run.attrs["format_version"] == FORMAT_VERSION == 2
     assert run.attrs["epochs_planned"] == 5 and json.loads(run.attrs["config"])["beta"] == 0.01
     assert run.num_epochs == 3
     np.testing.assert_array_equal(run.epochs["epoch"], [1, 2, 3])
@@ -72,8 +93,7 @@ def test_roundtrip_every_number(tmp_path):
                 assert np.isnan(lay["bp_angle"][i])
             else:
                 assert lay["bp_angle"][i] == probe["layers"][name]["bp_angle"]
-        assert np.isnan(run.layers["out"]["train_loss_pred"][i])
-        assert run.layers["out"]["weight_norm"][i] == stats["layers"]["out"]["weight_norm"]
+    assert set(run.layers) == {"fc1", "fc2"}  # predsim-bpf declares nothing for the output layer
     # one probe snapshot (epoch 2) of each block
     np.testing.assert_array_equal(run.probe["epochs"], [2])
     assert run.probe["similarity"]["fc1"].shape == (1, B, B)
@@ -84,7 +104,8 @@ def test_roundtrip_every_number(tmp_path):
 
 def test_every_dataset_has_units_and_description(tmp_path):
     path = tmp_path / "run.h5"
-    write_run(path)
+    cfg, _, _ = write_run(path)
+    declared = declared_series(series_of(cfg))
     seen = []
     with h5py.File(path, "r") as f:
         def visit(name, obj):
@@ -94,7 +115,13 @@ def test_every_dataset_has_units_and_description(tmp_path):
                 assert len(obj.attrs["description"]) > 10, name
         f.visititems(visit)
         assert set(f["epochs"]) == set(EPOCH_SERIES)
-        assert set(f["layers/fc1"]) == set(LAYER_SERIES)
+        assert set(f["layers"]) == set(declared) == {"fc1", "fc2"}
+        assert set(f["layers/fc1"]) == set(declared["fc1"]) == {  # exactly what predsim-bpf produces
+            "train_loss_pred", "test_loss_pred", "train_error_pred", "test_error_pred", "train_loss_sim",
+            "test_loss_sim", "weight_norm", "update_norm", "fa_angle", "bp_angle"}
+        for name, (units, description) in declared["fc1"].items():
+            attrs = f["layers/fc1"][name].attrs
+            assert (attrs["units"], attrs["description"]) == (units, description)
         for key in ("format_version", "bioplaus_version", "variant", "model", "dataset", "seed", "status",
                     "config", "device", "created", "parameters", "epochs_planned", "message"):
             assert key in f.attrs, key
@@ -127,6 +154,53 @@ def test_truncate_drops_last_epoch_and_its_probe(tmp_path):
     assert all(len(v) == 3 for lay in run.layers.values() for v in lay.values())
     np.testing.assert_array_equal(run.probe["epochs"], [2])
     assert run.probe["similarity"]["fc1"].shape[0] == 1
+
+
+def test_a_new_log_holds_every_declared_series_from_the_start(tmp_path):
+    """Before any epoch, the layers' series are there, empty; an fa run declares its feedback angle for the
+    output layer too, and no local loss anywhere."""
+    cfg = Config(variant="fa", num_layers=2, num_hidden=16, probe_every=0).resolve()
+    RunLog.create(str(tmp_path / "fa.h5"), cfg, "cpu", 1, series=series_of(cfg))
+    run = read_run(str(tmp_path / "fa.h5"))
+    assert run.num_epochs == 0
+    assert {k: sorted(v) for k, v in run.layers.items()} == {
+        "fc1": ["fb_angle", "update_norm", "weight_norm"], "fc2": ["fb_angle", "update_norm", "weight_norm"],
+        "out": ["fb_angle"]}
+    assert run.info["out"]["fb_angle"][0] == "degrees"
+
+
+def test_a_record_of_an_undeclared_series_is_refused_and_nothing_is_written(tmp_path):
+    path = tmp_path / "run.h5"
+    _, log, _ = write_run(path, n_epochs=1, probe_every=0)
+    before = path.read_bytes()
+    stats, ev, _ = fake_epoch(2, np.random.default_rng(3), False)
+    stats["layers"]["fc1"]["loss_other"] = 0.5
+    with pytest.raises(ValueError, match="fc1/loss_other"):
+        log.append_epoch(stats, ev)
+    assert path.read_bytes() == before
+
+
+def test_a_format_1_log_reads_as_it_is_and_converts_on_resume(tmp_path):
+    """golden/v1-run.h5 (bioplaus 247cccd, predsim-bpf, 1 epoch, no probe): the ten series of that time
+    for every layer, NaN where the rule or the run has none. Read: as it is. Opened to resume with the
+    run's series: those stay, number for number, the all-NaN others (and the all-NaN 'out' layer) go;
+    without the series it is left as it was."""
+    old = tmp_path / "old.h5"
+    shutil.copy(GOLDEN / "v1-run.h5", old)
+    v1 = read_run(str(old))
+    assert v1.format_version == 1 and len(v1.layers["fc1"]) == 10 and np.all(np.isnan(v1.layers["fc1"]["bp_angle"]))
+    RunLog.open_for_resume(str(old))
+    assert read_run(str(old)).format_version == 1
+    declared = declared_series(series_of(v1.config))
+    RunLog.open_for_resume(str(old), series=series_of(v1.config))
+    v2 = read_run(str(old))
+    assert v2.format_version == FORMAT_VERSION and v2.num_epochs == v1.num_epochs == 1
+    assert {k: set(v) for k, v in v2.layers.items()} == {k: set(v) for k, v in declared.items()}
+    for layer, series in v2.layers.items():
+        for name, values in series.items():
+            np.testing.assert_array_equal(values, v1.layers[layer][name])
+            assert v2.info[layer][name] == declared[layer][name]
+    assert all(np.isfinite(v2.layers["fc1"][name]).all() for name in ("train_loss_pred", "fa_angle", "weight_norm"))
 
 
 def test_bad_logs_raise_one_sentence(tmp_path):

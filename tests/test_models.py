@@ -39,7 +39,7 @@ def test_mlp_count_is_exact():
 
 def test_vgg8b_shapes():
     spec = build_spec(Config(model="vgg8b", num_layers=1), CIFAR, 10)
-    convs = [b for b in spec.blocks if b.kind == "conv"]
+    convs = [b for b in spec.blocks if b.kind.name == "conv"]
     assert [b.c_out for b in convs] == [128, 256, 256, 512, 512, 512]
     assert [b.size for b in convs] == [32, 32, 16, 16, 8, 4]
     assert [b.pool_after for b in convs] == [False, True, False, True, True, True]
@@ -98,5 +98,5 @@ def test_dense_layers_default_to_the_authors_choice():
     assert Config(model="mlp").resolve().num_layers == 3
     assert Config(model="vgg8b").resolve().num_layers == 1
     assert Config(model="vgg8b", num_layers=2).resolve().num_layers == 2
-    dense = [b for b in build_spec(Config(model="vgg8b"), CIFAR, 10).blocks if b.kind == "dense"]
+    dense = [b for b in build_spec(Config(model="vgg8b"), CIFAR, 10).blocks if b.kind.name == "dense"]
     assert len(dense) == 1

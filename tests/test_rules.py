@@ -17,12 +17,13 @@ import pytest
 
 from bioplaus import ops
 from bioplaus.backend import NUMPY
-from bioplaus.blocks import block_forward, output_layer_forward
+from bioplaus.blocks import output_layer_forward
 from bioplaus.config import Config
 from bioplaus.heads import Targets
+from bioplaus.kinds import draw_masks
 from bioplaus.models import BlockSpec, NetSpec
 from bioplaus.rules import RULES, init_network, local_error, loss_weights, one_hot, train_step
-from tests.helpers import numerical_grad, rel_error
+from tests.helpers import block_forward, numerical_grad, rel_error, the_tap
 
 LOCAL = ["pred", "sim", "predsim", "pred-bpf", "sim-bpf", "predsim-bpf"]
 K = 3  # classes
@@ -53,10 +54,10 @@ def make_net(variant: str, kind: str, seed: int = 0):
     cfg = Config(variant=variant, nonlin="leakyrelu", target_proj_size=5, seed=seed).resolve()
     net = init_network(tiny_spec(kind), cfg, NUMPY, dtype=np.float64)
     rng = np.random.default_rng(seed + 100)
-    for p in net.params:  # zero-initialised decoders would hide errors: randomise everything
-        for k, v in p.items():
+    for block in net.blocks:  # zero-initialised decoders would hide errors: randomise everything
+        for k, v in block.params.items():
             v[...] = rng.normal(size=v.shape) * (0.5 if k.startswith(("dec", "sim")) else 0.4)
-    for k, v in net.out.items():
+    for k, v in net.out.params.items():
         v[...] = rng.normal(size=v.shape) * 0.4
     x = rng.normal(size=(6, *tiny_spec(kind).input_shape))
     y = np.array([0, 1, 2, 0, 1, 1])
@@ -73,32 +74,32 @@ def record_step(net, cfg, x, y, variant=None):
 def block_inputs(net, x):
     """Each block's input under the current weights (train-mode BN, no dropout)."""
     inputs, h_out = [], x
-    for i, spec in enumerate(net.specs):
+    for block in net.blocks:
         inputs.append(h_out)
-        _, h_out, _, _ = block_forward(h_out, net.params[i], net.running[i], spec, True, None, net.slope)
+        _, h_out, _, _ = block_forward(h_out, block.params, block.running, block.spec, True, None, net.slope)
     return inputs, h_out
 
 
 def local_loss(net, cfg, i, x_i, y):
-    spec = net.specs[i]
-    h, _, _, _ = block_forward(x_i, net.params[i], net.running[i], spec, True, None, net.slope)
+    block = net.blocks[i]
+    h, _, _, _ = block_forward(x_i, block.params, block.running, block.spec, True, None, net.slope)
     w_pred, w_sim, _ = loss_weights(cfg.variant, cfg.beta)
     Y = one_hot(y, K, h.dtype)
-    _, _, stats = local_error(RULES[cfg.variant], h, Targets(x_i, y, Y), net.params[i], net.fixed[i], spec,
-                              {"pred": w_pred, "sim": w_sim}, backward=False)
+    _, _, stats = local_error(RULES[cfg.variant], h, Targets(x_i, y, Y, tap=the_tap(block.spec)), block.params,
+                              block.fixed, {"pred": w_pred, "sim": w_sim}, backward=False)
     return w_pred * stats.get("loss_pred", 0.0) + w_sim * stats.get("loss_sim", 0.0)
 
 
 def global_loss(net, x, y, with_sim=False):
     cfg = Config(variant="glob+sim").resolve()
     total, h_out = 0.0, x
-    for i, spec in enumerate(net.specs):
-        h, h_out, _, _ = block_forward(h_out, net.params[i], net.running[i], spec, True, None, net.slope)
+    for block in net.blocks:
+        h, h_out, _, _ = block_forward(h_out, block.params, block.running, block.spec, True, None, net.slope)
         if with_sim:
-            _, _, st = local_error(RULES[cfg.variant], h, Targets(None, y, one_hot(y, K, h.dtype)), net.params[i],
-                                   net.fixed[i], spec, {"sim": 1.0}, backward=False)
+            t = Targets(None, y, one_hot(y, K, h.dtype), tap=the_tap(block.spec))
+            _, _, st = local_error(RULES[cfg.variant], h, t, block.params, block.fixed, {"sim": 1.0}, backward=False)
             total += st["loss_sim"]
-    logits, _ = output_layer_forward(h_out, net.out)
+    logits, _ = output_layer_forward(h_out, net.out.params)
     return total + ops.softmax_cross_entropy(logits, y)[0]
 
 
@@ -107,9 +108,9 @@ def assert_blocks_follow_local_loss(net, cfg, x, y):
     Returns the recorded gradients and the last block's output."""
     grads = record_step(net, cfg, x, y)
     inputs, last = block_inputs(net, x)
-    for i, p in enumerate(net.params):
+    for i, block in enumerate(net.blocks):
         f = partial(local_loss, net, cfg, i, inputs[i], y)
-        for key, value in p.items():
+        for key, value in block.params.items():
             assert_grad(grads[i][key], numerical_grad(f, value), (i, key))
     return grads, last
 
@@ -120,10 +121,10 @@ def test_global_rules_follow_the_gradient(variant, kind):
     cfg, net, x, y = make_net(variant, kind)
     grads = record_step(net, cfg, x, y)
     f = lambda: global_loss(net, x, y, with_sim=variant == "glob+sim")
-    for i, p in enumerate(net.params):
-        for key, value in p.items():
+    for i, block in enumerate(net.blocks):
+        for key, value in block.params.items():
             assert_grad(grads[i][key], numerical_grad(f, value), (i, key))
-    for key, value in net.out.items():
+    for key, value in net.out.params.items():
         assert_grad(grads[-1][key], numerical_grad(f, value), key)
 
 
@@ -134,8 +135,8 @@ def test_local_rules_follow_their_own_loss(variant, kind):
     grads, last = assert_blocks_follow_local_loss(net, cfg, x, y)
     # the output layer learns from the (scaled) output loss on a constant input
     w_out = loss_weights(variant, cfg.beta)[2]
-    g = lambda: w_out * ops.softmax_cross_entropy(output_layer_forward(last, net.out)[0], y)[0]
-    for key, value in net.out.items():
+    g = lambda: w_out * ops.softmax_cross_entropy(output_layer_forward(last, net.out.params)[0], y)[0]
+    for key, value in net.out.params.items():
         assert_grad(grads[-1][key], numerical_grad(g, value), key)
 
 
@@ -143,8 +144,8 @@ def test_local_rules_follow_their_own_loss(variant, kind):
 @pytest.mark.parametrize("variant", ["pred-bpf", "predsim-bpf"])
 def test_feedback_alignment_with_B_equal_to_the_decoder_is_backprop(variant, kind):
     cfg, net, x, y = make_net(variant, kind)
-    for p, f in zip(net.params, net.fixed):
-        f["B"] = p["dec_W"].copy()  # B := dec_W turns feedback alignment into the exact gradient
+    for block in net.blocks:
+        block.fixed["B"] = block.params["dec_W"].copy()  # B := dec_W turns feedback alignment into the exact gradient
     assert_blocks_follow_local_loss(net, cfg, x, y)
 
 
@@ -152,13 +153,13 @@ def test_feedback_alignment_with_B_equal_to_the_decoder_is_backprop(variant, kin
 def test_feedback_alignment_error_is_the_fa_formula(kind):
     _, net, x, y = make_net("pred-bpf", kind)
     inputs, _ = block_inputs(net, x)
-    for i, spec in enumerate(net.specs):
-        p, f = net.params[i], net.fixed[i]
-        h, _, _, _ = block_forward(inputs[i], p, net.running[i], spec, True, None, net.slope)
-        dh, grads, _ = local_error(RULES["pred-bpf"], h, Targets(None, y, one_hot(y, K, h.dtype)), p, f, spec,
-                                   {"pred": 1.0})
+    for i, block in enumerate(net.blocks):
+        spec, p, f = block.spec, block.params, block.fixed
+        h, _, _, _ = block_forward(inputs[i], p, block.running, spec, True, None, net.slope)
+        dh, grads, _ = local_error(RULES["pred-bpf"], h, Targets(None, y, one_hot(y, K, h.dtype), tap=the_tap(spec)),
+                                   p, f, {"pred": 1.0})
         # independent formula: pooled h -> logits; δ = (σ(logits) - t) / (N T); δh = pool^T(δ B)
-        pooled, pc = (ops.avgpool2d_forward(h, spec.dec_window, spec.dec_pad) if spec.kind == "conv"
+        pooled, pc = (ops.avgpool2d_forward(h, spec.dec_window, spec.dec_pad) if spec.kind.name == "conv"
                       else (h, None))
         logits = pooled.reshape(len(h), -1) @ p["dec_W"].T + p["dec_b"]
         t = (one_hot(y, K, h.dtype) @ f["P"] > 0).astype(float)
@@ -177,9 +178,9 @@ def test_feedback_alignment_error_is_the_fa_formula(kind):
 def test_locality_later_blocks_cannot_change_an_earlier_update(variant):
     cfg, net, x, y = make_net(variant, "conv")
     before = record_step(net, cfg, x, y)
-    for key in net.params[1]:
-        net.params[1][key] += 0.3
-    net.out["W"] += 0.3
+    for key in net.blocks[1].params:
+        net.blocks[1].params[key] += 0.3
+    net.out.params["W"] += 0.3
     after = record_step(net, cfg, x, y)
     for key in before[0]:
         assert np.array_equal(before[0][key], after[0][key]), key
@@ -219,25 +220,27 @@ def test_fixed_matrices_are_not_parameters_and_stay_bit_identical():
     from bioplaus.optim import make_optimizer
 
     cfg, net, x, y = make_net("predsim-bpf", "conv")
-    assert all({"B", "P"} <= set(f) for f in net.fixed)
-    assert all(not ({"B", "P"} & set(p)) for p in net.params)
-    fixed_before = [{k: v.copy() for k, v in f.items()} for f in net.fixed]
+    assert all({"B", "P"} <= set(b.fixed) for b in net.blocks)
+    assert all(not ({"B", "P"} & set(b.params)) for b in net.blocks)
+    fixed_before = [{k: v.copy() for k, v in b.fixed.items()} for b in net.blocks]
     opt = make_optimizer("adam")
-    states = [{k: opt.init_state(v) for k, v in p.items()} for p in net.params]
-    out_state = {k: opt.init_state(v) for k, v in net.out.items()}
-    w_before = net.params[0]["W"].copy()
+    for state in (*net.blocks, net.out):
+        state.opt = {k: opt.init_state(v) for k, v in state.params.items()}
+    w_before = net.blocks[0].params["W"].copy()
 
     def update(i, grads):
         assert not ({"B", "P"} & set(grads))
+        state = net.out if i < 0 else net.blocks[i]
         for k, g in grads.items():
-            opt.step((net.out if i < 0 else net.params[i])[k], g, (out_state if i < 0 else states[i])[k], 1e-2)
+            opt.step(state.params[k], g, state.opt[k], 1e-2)
 
     for _ in range(5):
-        net.running = train_step(net, cfg.variant, cfg.beta, x, y, [None] * 3, update).running
-    assert not np.array_equal(net.params[0]["W"], w_before)
-    for f, g in zip(net.fixed, fixed_before):
+        for block, running in zip(net.blocks, train_step(net, cfg.variant, cfg.beta, x, y, [None] * 3, update).running):
+            block.running = running
+    assert not np.array_equal(net.blocks[0].params["W"], w_before)
+    for b, g in zip(net.blocks, fixed_before):
         for k in g:
-            assert np.array_equal(f[k], g[k]) and f[k].tobytes() == g[k].tobytes()
+            assert np.array_equal(b.fixed[k], g[k]) and b.fixed[k].tobytes() == g[k].tobytes()
 
 
 def test_heads_carried_by_each_variant():
@@ -246,31 +249,28 @@ def test_heads_carried_by_each_variant():
               "predsim-bpf": {"dec_W", "dec_b"}}
     for variant, heads in expect.items():
         _, net, _, _ = make_net(variant, "conv")
-        assert set(net.params[0]) - {"W", "b", "gamma", "beta"} == heads, variant
+        assert set(net.blocks[0].params) - {"W", "b", "gamma", "beta"} == heads, variant
 
 
 def test_initialisation_as_the_authors():
     cfg = Config(variant="predsim", seed=3).resolve()
     net = init_network(tiny_spec("mlp"), cfg, NUMPY)
-    assert net.params[0]["W"].dtype == np.float32
-    assert np.all(net.params[0]["dec_W"] == 0) and np.all(net.out["W"] == 0)
-    assert np.all(net.params[0]["gamma"] == 1) and np.all(net.params[0]["beta"] == 0)
-    assert np.abs(net.params[0]["W"]).max() <= 1 / np.sqrt(8)
+    p = net.blocks[0].params
+    assert p["W"].dtype == np.float32
+    assert np.all(p["dec_W"] == 0) and np.all(net.out.params["W"] == 0)
+    assert np.all(p["gamma"] == 1) and np.all(p["beta"] == 0)
+    assert np.abs(p["W"]).max() <= 1 / np.sqrt(8)
     glob = init_network(tiny_spec("mlp"), Config(variant="glob", seed=3).resolve(), NUMPY)
-    assert np.any(glob.out["W"] != 0)
+    assert np.any(glob.out.params["W"] != 0)
     bpf = init_network(tiny_spec("mlp"), Config(variant="pred-bpf", seed=3).resolve(), NUMPY)
-    assert np.all(bpf.params[0]["dec_b"] == 0)
-    assert 0 < np.abs(bpf.fixed[0]["B"]).max() <= 1 / np.sqrt(7)
-    assert 0 < np.abs(bpf.fixed[0]["P"]).max() <= 1 / np.sqrt(K)
+    assert np.all(bpf.blocks[0].params["dec_b"] == 0)
+    assert 0 < np.abs(bpf.blocks[0].fixed["B"]).max() <= 1 / np.sqrt(7)
+    assert 0 < np.abs(bpf.blocks[0].fixed["P"]).max() <= 1 / np.sqrt(K)
 
 
 def make_masks(net, n, p=0.3, seed=7):
     rng = np.random.default_rng(seed)
-    masks = []
-    for spec in net.specs:
-        shape = (n, spec.c_out, spec.size, spec.size) if spec.kind == "conv" else (n, spec.c_out)
-        masks.append(ops.dropout_mask(rng, shape, p, np.float64, channelwise=spec.kind == "conv"))
-    return masks
+    return [draw_masks(spec, rng, p, n, np.float64) for spec in net.specs]
 
 
 def test_glob_with_fixed_dropout_masks_follows_the_gradient():
@@ -282,12 +282,12 @@ def test_glob_with_fixed_dropout_masks_follows_the_gradient():
 
     def loss():
         h_out = x
-        for i, spec in enumerate(net.specs):
-            _, h_out, _, _ = block_forward(h_out, net.params[i], net.running[i], spec, True, masks[i], net.slope)
-        return ops.softmax_cross_entropy(output_layer_forward(h_out, net.out)[0], y)[0]
+        for block, masks_i in zip(net.blocks, masks):
+            _, h_out, _, _ = block_forward(h_out, block.params, block.running, block.spec, True, masks_i, net.slope)
+        return ops.softmax_cross_entropy(output_layer_forward(h_out, net.out.params)[0], y)[0]
 
-    for i, p in enumerate(net.params):
-        for key, value in p.items():
+    for i, block in enumerate(net.blocks):
+        for key, value in block.params.items():
             assert_grad(grads[i][key], numerical_grad(loss, value), (i, key))
 
 
@@ -296,8 +296,8 @@ def test_block_output_is_pool_of_dropout():
     _, net, x, _ = make_net("glob", "conv")
     spec = net.specs[0]
     assert spec.pool_after
-    mask = make_masks(net, len(x), p=0.5)[0]
-    h, o, _, _ = block_forward(x, net.params[0], net.running[0], spec, True, mask, net.slope)
+    (mask,) = make_masks(net, len(x), p=0.5)[0]
+    h, o, _, _ = block_forward(x, net.blocks[0].params, net.blocks[0].running, spec, True, mask, net.slope)
     dropped, _ = ops.dropout_forward(h, mask)
     expect, _ = ops.maxpool2d_forward(dropped, 2)
     assert np.array_equal(o, expect)
@@ -340,15 +340,12 @@ def test_a_float32_step_stays_float32(variant, kind, monkeypatch):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(6, *tiny_spec(kind).input_shape)).astype(np.float32)
     y = np.array([0, 1, 2, 0, 1, 1])
-    masks = []
-    for i, b in enumerate(net.specs):
-        shape = (6, b.c_out, b.size, b.size) if b.kind == "conv" else (6, b.c_out)
-        masks.append(ops.dropout_mask(backend.rng(0, "dropout", i), shape, 0.3, np.float32, channelwise=b.kind == "conv"))
+    masks = [draw_masks(b, backend.rng(0, "dropout", i), 0.3, 6, np.float32) for i, b in enumerate(net.specs)]
     grads = []
     step = train_step(net, variant, cfg.beta, x, y, masks, lambda i, g: grads.append(g))
-    loss, block_stats = step.loss, step.block_stats
+    loss, stats = step.loss, step.stats
     assert seen, "the spy saw no op"
     assert all(dtype == np.float32 for _, dtype in seen), sorted({n for n, d in seen if d != np.float32})
     assert grads and all(g.dtype == np.float32 for gs in grads for g in gs.values())
     assert loss.dtype == np.float32
-    assert all(v.dtype == np.float32 for stats in block_stats for k, v in stats.items() if k.startswith("loss"))
+    assert all(v.dtype == np.float32 for layer in stats.values() for k, v in layer.items() if k.startswith("loss"))

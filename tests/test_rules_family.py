@@ -19,14 +19,14 @@ from test_rules import K, assert_grad, block_inputs, make_net, record_step, tiny
 
 from bioplaus import ops
 from bioplaus.backend import NUMPY
-from bioplaus.blocks import block_forward, output_layer_forward
+from bioplaus.blocks import output_layer_forward
 from bioplaus.config import Config
 from bioplaus.heads import Targets
 from bioplaus.log import read_run
 from bioplaus.models import BlockSpec, NetSpec
 from bioplaus.rules import RULES, compose, init_network, local_error, one_hot
 from bioplaus.runner import run
-from tests.helpers import numerical_grad, rel_error
+from tests.helpers import block_forward, numerical_grad, rel_error, the_tap
 
 NEW = ["fa", "sign-symmetry", "kolen-pollack", "dfa", "drtp", "glob+pred", "glob+predsim"]
 
@@ -43,12 +43,11 @@ def _same(a: dict, b: dict, tol=1e-10):
 @pytest.mark.parametrize("variant", ["fa", "kolen-pollack"])
 def test_feedback_matrix_equal_to_W_is_backprop(variant, kind):
     cfg, net, x, y = make_net(variant, kind)
-    for p, fb in zip(net.params, net.feedback):
-        fb["B"] = p["W"].copy()
-    net.out_feedback["B"] = net.out["W"].copy()
+    for state in (*net.blocks, net.out):
+        state.feedback["B"] = state.params["W"].copy()
     _same(record_step(net, cfg, x, y), record_step(net, cfg, x, y, variant="glob"))
-    for p, fb in zip(net.params, net.feedback):  # and with the random B it is not
-        fb["B"] = np.random.default_rng(1).normal(size=p["W"].shape)
+    for block in net.blocks:  # and with the random B it is not
+        block.feedback["B"] = np.random.default_rng(1).normal(size=block.params["W"].shape)
     ours, theirs = record_step(net, cfg, x, y), record_step(net, cfg, x, y, variant="glob")
     assert rel_error(ours[0]["W"], theirs[0]["W"]) > 1e-3
 
@@ -56,14 +55,14 @@ def test_feedback_matrix_equal_to_W_is_backprop(variant, kind):
 @pytest.mark.parametrize("kind", ["mlp", "conv"])
 def test_sign_symmetry_with_unit_weights_is_backprop(kind):
     cfg, net, x, y = make_net("sign-symmetry", kind)
-    for p in [*net.params, net.out]:
+    for p in [b.params for b in (*net.blocks, net.out)]:
         p["W"][...] = np.where(p["W"] >= 0, 1.0, -1.0) * 0.5  # |W| equal everywhere: sign(W) = 2 W
     ours, theirs = record_step(net, cfg, x, y), record_step(net, cfg, x, y, variant="glob")
     # the errors below the top are scaled by 2 per layer crossed; the top block and the output layer agree
     last = len(net.specs) - 1
     assert rel_error(ours[-1]["W"], theirs[-1]["W"]) < 1e-12
     assert rel_error(ours[last]["W"], 2 * theirs[last]["W"]) < 1e-10
-    for p in [*net.params, net.out]:
+    for p in [b.params for b in (*net.blocks, net.out)]:
         p["W"][...] = np.sign(p["W"])  # W ∈ {±1}: sign(W) = W exactly
     _same(record_step(net, cfg, x, y), record_step(net, cfg, x, y, variant="glob"))
 
@@ -75,8 +74,8 @@ def _plain_mlp(variant: str):
     cfg = Config(variant=variant, nonlin="leakyrelu", seed=2).resolve()
     net = init_network(spec, cfg, NUMPY, dtype=np.float64)
     rng = np.random.default_rng(5)
-    for p in [*net.params, net.out]:
-        for v in p.values():
+    for state in (*net.blocks, net.out):
+        for v in state.params.values():
             v[...] = rng.normal(size=v.shape) * 0.5
     x = rng.normal(size=(6, 2, 2, 2))
     y = np.array([0, 1, 2, 0, 1, 1])
@@ -92,19 +91,19 @@ def test_direct_rules_equal_their_closed_forms(variant):
     dphi = lambda a: np.where(a > 0, 1.0, slope)
     h0 = x.reshape(6, -1)
     acts, inputs = [], []
-    for p in net.params:
+    for block in net.blocks:
         inputs.append(h0)
-        a = h0 @ p["W"].T + p["b"]
+        a = h0 @ block.params["W"].T + block.params["b"]
         acts.append(a)
         h0 = phi(a)
-    logits = h0 @ net.out["W"].T + net.out["b"]
+    logits = h0 @ net.out.params["W"].T + net.out.params["b"]
     soft = np.exp(logits - logits.max(1, keepdims=True))
     soft /= soft.sum(1, keepdims=True)
     Y = np.eye(K)[y]
     e = (soft - Y) / 6
     signal = e if variant == "dfa" else Y / 6
-    for j, p in enumerate(net.params):
-        delta = (signal @ net.feedback[j]["D"]) * dphi(acts[j])  # δa_l = (s D_l) ⊙ φ'(a_l)
+    for j, block in enumerate(net.blocks):
+        delta = (signal @ block.feedback["D"]) * dphi(acts[j])  # δa_l = (s D_l) ⊙ φ'(a_l)
         assert rel_error(grads[j]["W"], delta.T @ inputs[j]) < 1e-12, j
         assert rel_error(grads[j]["b"], delta.sum(0)) < 1e-12, j
     assert rel_error(grads[-1]["W"], e.T @ h0) < 1e-12  # the output layer: its exact gradient
@@ -114,10 +113,10 @@ def test_kolen_pollack_feedback_turns_towards_W(tmp_path):
     cfg = Config(variant="kolen-pollack", num_layers=2, num_hidden=64, epochs=3, device="cpu",
                  weight_decay=1e-3).resolve()
     from bioplaus.models import build_spec
-    from bioplaus.rules import head_alignment
+    from bioplaus.rules import alignment
 
     net = init_network(build_spec(cfg, (1, 28, 28), 10), cfg, NUMPY)
-    start = float(head_alignment(compose(cfg), net.params[0], net.fixed[0], net.feedback[0])["fb_angle"])
+    start = float(alignment(compose(cfg), net.blocks[0], first=True)[("fc1", "fb_angle")])
     assert 85 < start < 95  # two random matrices: nearly orthogonal
     result = run(cfg, out=str(tmp_path / "kp.h5"))
     angles = read_run(result.path).layers["fc1"]["fb_angle"]
@@ -125,18 +124,18 @@ def test_kolen_pollack_feedback_turns_towards_W(tmp_path):
     from bioplaus.checkpoint import load_checkpoint
 
     state, _ = load_checkpoint(result.path + ".ckpt.npz")
-    assert not np.array_equal(state["blocks/fc1/feedback/B"], NUMPY.to_host(net.feedback[0]["B"]))
+    assert not np.array_equal(state["blocks/fc1/feedback/B"], NUMPY.to_host(net.blocks[0].feedback["B"]))
     fa_cfg = cfg.replace(variant="fa", epochs=1)
     fa = run(fa_cfg, out=str(tmp_path / "fa.h5"))
     fa_net = init_network(build_spec(fa_cfg, (1, 28, 28), 10), fa_cfg, NUMPY)
     state, _ = load_checkpoint(fa.path + ".ckpt.npz")
-    np.testing.assert_array_equal(state["blocks/fc1/feedback/B"], fa_net.feedback[0]["B"])  # FA's B stays fixed
+    np.testing.assert_array_equal(state["blocks/fc1/feedback/B"], fa_net.blocks[0].feedback["B"])  # FA's B stays fixed
 
 
 @pytest.mark.parametrize("variant", ["fa", "kolen-pollack", "dfa", "drtp", "sign-symmetry"])
 def test_no_error_through_a_forward_weight(variant, monkeypatch):
     cfg, net, x, y = make_net(variant, "conv")
-    forward = {id(p["W"]) for p in net.params} | {id(net.out["W"])}
+    forward = {id(b.params["W"]) for b in (*net.blocks, net.out)}
     calls = []
     for name in ("dense_backward", "conv2d_backward"):
         real = getattr(ops, name)
@@ -164,10 +163,10 @@ def test_no_error_through_a_forward_weight(variant, monkeypatch):
 def _total_local_loss(net, cfg, i, x_i, y):
     rule = compose(cfg)
     weights, _ = rule.weights(cfg.beta)
-    spec = net.specs[i]
-    h, _, _, _ = block_forward(x_i, net.params[i], net.running[i], spec, True, None, net.slope)
-    t = Targets(x_i, y, one_hot(y, K, h.dtype), net.slope, i == 0, spec)
-    _, _, stats = local_error(rule, h, t, net.params[i], net.fixed[i], spec, weights, backward=False)
+    block = net.blocks[i]
+    h, _, _, _ = block_forward(x_i, block.params, block.running, block.spec, True, None, net.slope)
+    t = Targets(x_i, y, one_hot(y, K, h.dtype), net.slope, i == 0, the_tap(block.spec))
+    _, _, stats = local_error(rule, h, t, block.params, block.fixed, weights, backward=False)
     return sum(weights[name] * stats[f"loss_{name}"] for name in weights if f"loss_{name}" in stats)
 
 
@@ -180,10 +179,10 @@ def test_local_losses_without_detach_follow_the_total_gradient(variant, kind):
     def total():
         inputs, last = block_inputs(net, x)
         local = sum(_total_local_loss(net, cfg, i, inputs[i], y) for i in range(len(net.specs)))
-        return local + ops.softmax_cross_entropy(output_layer_forward(last, net.out)[0], y)[0]  # unscaled
+        return local + ops.softmax_cross_entropy(output_layer_forward(last, net.out.params)[0], y)[0]  # unscaled
 
-    for i, p in enumerate(net.params):
-        for key, value in p.items():
+    for i, block in enumerate(net.blocks):
+        for key, value in block.params.items():
             assert_grad(grads[i][key], numerical_grad(total, value), (i, key))
 
 
@@ -195,15 +194,15 @@ def test_unsupervised_local_losses_follow_their_gradient(unsup, variant, kind):
     cfg = cfg.replace(loss_unsup=unsup, alpha=0.3)
     net = init_network(tiny_spec(kind), cfg, NUMPY, dtype=np.float64)  # with the unsupervised heads' weights
     rng = np.random.default_rng(11)
-    for p in net.params:
-        for k, v in p.items():
+    for block in net.blocks:
+        for k, v in block.params.items():
             v[...] = rng.normal(size=v.shape) * (0.5 if k.startswith(("dec", "sim", "rec")) else 0.4)
     grads = record_step(net, cfg, x, y, variant=compose(cfg))
     inputs, _ = block_inputs(net, x)
     if unsup == "recon":
-        assert "rec_W" not in net.params[0] and "rec_W" in net.params[1]  # not in the first block
-    for i, p in enumerate(net.params):
-        for key, value in p.items():
+        assert "rec_W" not in net.blocks[0].params and "rec_W" in net.blocks[1].params  # not in the first block
+    for i, block in enumerate(net.blocks):
+        for key, value in block.params.items():
             f = lambda i=i: _total_local_loss(net, cfg, i, inputs[i], y)
             assert_grad(grads[i][key], numerical_grad(f, value), (i, key))
 

@@ -63,7 +63,7 @@ class Conv2dFA(torch.autograd.Function):
 
 
 def fa_block(x, p, B, spec, slope):
-    if spec.kind == "dense":
+    if spec.kind.name == "dense":
         a = LinearFA.apply(x.reshape(x.size(0), -1), p["W"], p["b"], B)
     else:
         a = Conv2dFA.apply(x, p["W"], p["b"], B, spec.stride, spec.pad)
@@ -91,11 +91,11 @@ def _compare(grads, params, out, what):
 def test_feedback_alignment_matches_torch(kind):
     cfg, net, x, y = make_net("fa", kind)
     params, _fixed, out = torch_arrays(net)
-    Bs = [torch.tensor(fb["B"]) for fb in net.feedback]
+    Bs = [torch.tensor(b.feedback["B"]) for b in net.blocks]
     o = torch.tensor(x)
     for p, B, spec in zip(params, Bs, net.specs):
         o = fa_block(o, p, B, spec, net.slope)
-    logits = LinearFA.apply(o.reshape(o.size(0), -1), out["W"], out["b"], torch.tensor(net.out_feedback["B"]))
+    logits = LinearFA.apply(o.reshape(o.size(0), -1), out["W"], out["b"], torch.tensor(net.out.feedback["B"]))
     F.cross_entropy(logits, torch.tensor(y)).backward()
     _compare(_grads(net, "fa", cfg, x, y), params, out, ("fa", kind))
 
@@ -117,9 +117,9 @@ def test_direct_rules_match_torch(variant, kind):
     signal = e if variant == "dfa" else Y / len(y)
     o = torch.tensor(x)
     surrogate = 0.0
-    for p, fb, spec in zip(params, net.feedback, net.specs):
-        _, o = block(o.detach(), p, spec, net.slope)  # every block's input is a constant
-        delta = (signal @ torch.tensor(fb["D"])).reshape(o.shape)  # NOT A GRADIENT: the rule's error at o
+    for p, b in zip(params, net.blocks):
+        _, o = block(o.detach(), p, b.spec, net.slope)  # every block's input is a constant
+        delta = (signal @ torch.tensor(b.feedback["D"])).reshape(o.shape)  # NOT A GRADIENT: the rule's error at o
         surrogate = surrogate + (o * delta).sum()
     out_loss = F.cross_entropy(F.linear(o.detach().reshape(o.size(0), -1), out["W"], out["b"]), yt)
     (surrogate + out_loss).backward()

@@ -67,7 +67,7 @@ def similarity_matrix(x):
 
 def block(x, p, spec, slope):
     """-> (h, o): Linear/Conv2d -> BatchNorm (batch statistics) -> LeakyReLU -> [MaxPool2d(2)]."""
-    if spec.kind == "dense":
+    if spec.kind.name == "dense":
         a = F.linear(x.reshape(x.size(0), -1), p["W"], p["b"])
     else:
         a = F.conv2d(x, p["W"], p["b"], stride=spec.stride, padding=spec.pad)
@@ -79,7 +79,7 @@ def local_loss(variant, beta, h, y, p, f, spec):
     bpf = variant.endswith("-bpf")
     Y = F.one_hot(y, K).to(h.dtype)
     pooled = h
-    if spec.kind == "conv" and spec.dec_window != (1, 1):
+    if spec.kind.name == "conv" and spec.dec_window != (1, 1):
         pooled = torch.nn.AvgPool2d(spec.dec_window, padding=spec.dec_pad)(h)
     pred = sim = 0.0
     if variant in PRED:
@@ -93,7 +93,7 @@ def local_loss(variant, beta, h, y, p, f, spec):
         if bpf:
             Rh, Ry = similarity_matrix(pooled), similarity_matrix(Y @ f["P"])
         else:
-            z = F.conv2d(h, p["sim_W"], padding=1) if spec.kind == "conv" else F.linear(h, p["sim_W"])
+            z = F.conv2d(h, p["sim_W"], padding=1) if spec.kind.name == "conv" else F.linear(h, p["sim_W"])
             Rh, Ry = similarity_matrix(z), similarity_matrix(Y)
         sim = F.mse_loss(Rh, Ry)
     if variant.startswith("predsim"):
@@ -104,9 +104,9 @@ def local_loss(variant, beta, h, y, p, f, spec):
 def torch_arrays(net):
     """Leaf tensors copied from net's arrays: (block params, fixed matrices, output params)."""
     leaf = lambda a: torch.tensor(a, requires_grad=True)
-    params = [{k: leaf(v) for k, v in p.items()} for p in net.params]
-    fixed = [{k: torch.tensor(v) for k, v in f.items()} for f in net.fixed]
-    return params, fixed, {k: leaf(v) for k, v in net.out.items()}
+    params = [{k: leaf(v) for k, v in b.params.items()} for b in net.blocks]
+    fixed = [{k: torch.tensor(v) for k, v in b.fixed.items()} for b in net.blocks]
+    return params, fixed, {k: leaf(v) for k, v in net.out.params.items()}
 
 
 def torch_step(variant, beta, net, params, fixed, out, x, y):
@@ -149,7 +149,7 @@ def test_gradients_match_the_authors_torch_semantics(variant, kind):
     loss = bioplaus_step(net, variant, cfg.beta, x, y,
                          lambda i, g: grads.__setitem__(i, {k: v.copy() for k, v in g.items()}))
     assert abs(float(loss) - loss_out.item()) < 1e-12
-    assert sorted(grads) == [-1, *range(len(net.params))]
+    assert sorted(grads) == [-1, *range(len(net.blocks))]
     for i, p in enumerate(params):
         assert set(grads[i]) == set(p), (i, sorted(grads[i]), sorted(p))
         for key, t in p.items():
@@ -166,16 +166,17 @@ def test_adam_steps_match_torch_adam(variant, kind):
     trainer does) vs torch.optim.Adam after the authors' step; the second step uses the bias
     corrections and both moment averages."""
     cfg, net, x, y = make_net(variant, kind)
-    before = [{k: v.copy() for k, v in p.items()} for p in [*net.params, net.out]]
+    states = [*net.blocks, net.out]
+    before = [{k: v.copy() for k, v in s.params.items()} for s in states]
     params, fixed, out = torch_arrays(net)
     torch_opt = torch.optim.Adam([t for p in [*params, out] for t in p.values()], lr=LR)
-    opt, states, grad_gap = make_optimizer("adam"), {}, {}
+    opt, slots, grad_gap = make_optimizer("adam"), {}, {}
 
     def update(i, grads):
-        p, theirs = (net.out, out) if i == -1 else (net.params[i], params[i])
+        p, theirs = (net.out.params, out) if i == -1 else (net.blocks[i].params, params[i])
         for key, g in grads.items():
             assert_close(g, theirs[key].grad.numpy(), (variant, kind, i, key))  # so the slack below is tiny
-            opt.step(p[key], g, states.setdefault((i, key), opt.init_state(p[key])), LR)
+            opt.step(p[key], g, slots.setdefault((i, key), opt.init_state(p[key])), LR)
             grad_gap[i, key] = grad_gap.get((i, key), 0) + np.abs(g - theirs[key].grad.numpy())
 
     for _ in range(2):
@@ -183,9 +184,9 @@ def test_adam_steps_match_torch_adam(variant, kind):
         torch_step(variant, cfg.beta, net, params, fixed, out, x, y)
         bioplaus_step(net, variant, cfg.beta, x, y, update)
         torch_opt.step()
-    for i, (p, theirs, p0) in enumerate(zip([*net.params, net.out], [*params, out], before)):
-        i = -1 if i == len(net.params) else i
-        for key, value in p.items():
+    for i, (state, theirs, p0) in enumerate(zip(states, [*params, out], before)):
+        i = -1 if i == len(net.blocks) else i
+        for key, value in state.params.items():
             assert np.any(value != p0[key]), (i, key)  # it did move
             # where a gradient is 0 to rounding (a bias, or a shift the next batch norm cancels), Adam
             # divides rounding noise by eps: the step moves p by up to lr/eps times the gap in g

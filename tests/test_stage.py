@@ -110,8 +110,8 @@ def test_state_dict_is_keyed_by_block_name(variant, data):
                 assert parts[1] in stage.names and len(parts) >= 4, key
             else:
                 assert stage.is_last and parts[0] == "out", key
-        for name, p in zip(stage.names, stage.net.params):
-            for k, v in p.items():
+        for name, block in zip(stage.names, stage.net.blocks):
+            for k, v in block.params.items():
                 assert np.array_equal(state[f"blocks/{name}/params/{k}"], v)  # the arrays themselves
             assert f"blocks/{name}/running/mean" in state and f"blocks/{name}/opt/W/m" in state
         seen |= {k.split("/")[1] for k in state if k.startswith("blocks/")}

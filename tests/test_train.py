@@ -11,7 +11,10 @@ import pytest
 
 from bioplaus.backend import NUMPY
 from bioplaus.config import Config
+from bioplaus.heads import PredHead, SimHead
+from bioplaus.kinds import DENSE
 from bioplaus.models import BlockSpec, NetSpec
+from bioplaus.probes import MEAN, Probe
 from bioplaus.rules import get_rule, init_blocks
 from bioplaus.train import (
     Diverged,
@@ -24,6 +27,9 @@ from bioplaus.train import (
 )
 
 NAMES = ["fc1", "fc2"]
+BLOCK = DENSE.probes(BlockSpec("fc1", "dense", 6, 6))  # weight_norm, update_norm
+SERIES = {"fc1": (*BLOCK, *PredHead(feedback=True).probes(), *SimHead(learned=False).probes()),
+          "fc2": (*BLOCK, *SimHead(learned=False).probes()), "out": ()}  # what a predsim-bpf run declares
 
 
 # ------------------------------------------------------------------------------ split_bounds
@@ -57,16 +63,16 @@ def test_whole_network_views_the_stages_arrays():
     assert whole.out is nets[1].out and whole.slope == 0.01 and whole.num_classes == 4
     pairs = [(0, 0), (1, 0), (1, 1)]  # (stage, index in the stage) of each block
     for i, (s, j) in enumerate(pairs):  # shared, not copied: an update through the view reaches the stage
-        assert whole.params[i] is nets[s].params[j]
-        assert whole.fixed[i] is nets[s].fixed[j] and whole.running[i] is nets[s].running[j]
-    whole.params[2]["W"][0, 0] = 123.0
-    assert nets[1].params[1]["W"][0, 0] == 123.0
+        assert whole.blocks[i] is nets[s].blocks[j]
+    whole.blocks[2].params["W"][0, 0] = 123.0
+    assert nets[1].blocks[1].params["W"][0, 0] == 123.0
     assert whole_network(nets[:1]) is nets[0]  # one stage is its own view
     one = init_blocks(spec, rule, 1, 5, 0.01, NUMPY, np.float64)  # the same seed, unsplit: the same arrays
     for i in range(3):
-        for k, v in one.params[i].items():
-            if (i, k) != (2, "W"):
-                assert np.array_equal(v, whole.params[i][k]), (i, k)
+        for group in ("params", "fixed", "running"):
+            for k, v in getattr(one.blocks[i], group).items():
+                if (i, k) != (2, "W"):
+                    assert np.array_equal(v, getattr(whole.blocks[i], group)[k]), (i, group, k)
 
 
 # ------------------------------------------------------------------------------ records
@@ -78,7 +84,7 @@ def host_sums(total=200):
 
 
 def test_epoch_result():
-    r = epoch_result(3, 1e-3, host_sums(), 200, 4.5, NAMES)
+    r = epoch_result(3, 1e-3, {**host_sums(), ("fc1", "undeclared"): 1.0}, 200, 4.5, SERIES)
     assert r["epoch"] == 3 and r["lr"] == 1e-3 and r["seconds"] == 4.5
     assert r["train_loss"] == 0.5 and r["train_error"] == 25.0  # 150 of 200 right
     fc1 = r["layers"]["fc1"]
@@ -86,13 +92,14 @@ def test_epoch_result():
     assert fc1["error_pred"] == 75.0  # 50 of 200 right
     assert (fc1["weight_norm"], fc1["update_norm"], fc1["fa_angle"]) == (3.5, 0.25, 80.0)  # taken as they are
     assert r["layers"]["fc2"] == {"weight_norm": 1.5}  # only what was measured
-    assert set(r["layers"]) == {"fc1", "fc2", "out"}
+    assert set(r["layers"]) == {"fc1", "fc2", "out"} and "undeclared" not in fc1  # only what is declared
 
 
 def test_eval_result():
-    r = eval_result({"loss": 46.0, "correct": 90.0, ("fc2", "loss_sim"): 10.0}, 100, NAMES)
+    r = eval_result({"loss": 46.0, "correct": 90.0, ("fc2", "loss_sim"): 10.0, ("fc2", "weight_norm"): 2.0}, 100,
+                    SERIES)
     assert r["test_loss"] == 0.46 and r["test_error"] == pytest.approx(10.0)
-    assert r["layers"]["fc1"] == {} and r["layers"]["fc2"] == {"loss_sim": 0.1}
+    assert r["layers"]["fc1"] == {} and r["layers"]["fc2"] == {"loss_sim": 0.1}  # per-batch statistics only
     assert "train_loss" not in r and "epoch" not in r
 
 
@@ -106,7 +113,7 @@ def test_values_to_host():
 
 # ------------------------------------------------------------------------------ divergence
 def test_check_finite_passes_finite_results():
-    check_finite(epoch_result(1, 1e-3, host_sums(), 200, 1.0, NAMES))
+    check_finite(epoch_result(1, 1e-3, host_sums(), 200, 1.0, SERIES), SERIES)
 
 
 @pytest.mark.parametrize("key,bad,layer", [
@@ -118,9 +125,9 @@ def test_check_finite_passes_finite_results():
 def test_check_finite_names_the_epoch_and_the_layer(key, bad, layer):
     sums = host_sums()
     sums[key] = bad
-    result = epoch_result(4, 1e-3, sums, 200, 1.0, NAMES)
+    result = epoch_result(4, 1e-3, sums, 200, 1.0, SERIES)
     with pytest.raises(Diverged) as info:
-        check_finite(result)
+        check_finite(result, SERIES)
     e = info.value
     assert (e.epoch, e.layer) == (4, layer)
     assert math.isnan(e.value) if math.isnan(bad) else e.value == bad
@@ -133,7 +140,16 @@ def test_a_local_loss_is_checked_before_the_output():
     sums["loss"] = math.nan
     sums[("fc1", "loss_sim")] = math.inf
     with pytest.raises(Diverged, match="fc1 local sim"):
-        check_finite(epoch_result(2, 1e-3, sums, 200, 1.0, NAMES))
+        check_finite(epoch_result(2, 1e-3, sums, 200, 1.0, SERIES), SERIES)
+
+
+def test_every_declared_loss_is_checked_and_nothing_else():
+    """A loss declared by any unit is checked; a statistic that is not a loss (a norm) may be anything."""
+    series = {**SERIES, "fc2": (*SERIES["fc2"], Probe("loss_mine", "1", "a head's own loss", MEAN, loss=True))}
+    sums = {**host_sums(), ("fc2", "weight_norm"): math.inf}
+    check_finite(epoch_result(2, 1e-3, sums, 200, 1.0, series), series)  # an infinite norm is no divergence
+    with pytest.raises(Diverged, match="the fc2 local mine loss became nan"):
+        check_finite(epoch_result(2, 1e-3, {**sums, ("fc2", "loss_mine"): math.nan}, 200, 1.0, series), series)
 
 
 def test_the_trainer_describes_its_network():

@@ -3,8 +3,8 @@
     python sims/benchmarks/bench_memory.py [--model vgg11b] [--batch 128] [--json PATH]
 
 Each variant runs in a fresh subprocess, so one variant's freed memory cannot hide another's peak.
-The child builds the network and its Adam states, then runs ONE training step (forward, the rule's
-updates, Adam) under ``tracemalloc`` (NumPy reports its array allocations to it) and reports:
+The child builds the network and its Adam states (a ``Stage``), then runs ONE training step of the
+engine (``Stage.train_step``: forward, the rule's updates, Adam) under ``tracemalloc`` (NumPy reports its array allocations to it) and reports:
 
 - ``step_peak_mb``: the step's peak of traced memory above what was allocated before it (parameters,
   fixed matrices, Adam states, the input batch) -- the activations, caches and gradients the rule
@@ -49,40 +49,28 @@ VARIANTS = ("glob", "predsim", "predsim-bpf")
 
 
 def child(model: str, variant: str, batch: int) -> dict:
-    from bioplaus import ops
     from bioplaus.backend import get_backend
     from bioplaus.config import Config
     from bioplaus.models import build_spec
-    from bioplaus.optim import Adam
-    from bioplaus.rules import init_network, train_step
+    from bioplaus.stage import Stage
 
     tracemalloc.start()
     nonlin = "leakyrelu" if "sim" in variant else "relu"
-    cfg = Config(variant=variant, model=model, num_layers=1, dropout=0.2, nonlin=nonlin,
+    cfg = Config(variant=variant, model=model, num_layers=1, dropout=0.2, nonlin=nonlin, lr=1e-4,
                  dim_in_decoder=2048).resolve()
     backend = get_backend("cpu")
     spec = build_spec(cfg, (3, 32, 32), 10)
-    net = init_network(spec, cfg, backend)
-    opt = Adam()
-    states = [{k: opt.init_state(v) for k, v in p.items()} for p in net.params]
-    states_out = {k: opt.init_state(v) for k, v in net.out.items()}
+    stage = Stage(cfg, spec, backend)  # the engine's own step: its masks, its updates (Adam), its arrays
+    stage.begin_epoch(1)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, 3, 32, 32), dtype=np.float32)
     y = rng.integers(0, 10, batch)
-    rngs = [backend.rng(cfg.seed, "dropout", i, 1) for i in range(len(spec.blocks))]
-
-    def update(i, grads):
-        params, st = (net.out, states_out) if i < 0 else (net.params[i], states[i])
-        for key, g in grads.items():
-            opt.step(params[key], g, st[key], 1e-4)
 
     before = tracemalloc.get_traced_memory()[0]
     tracemalloc.reset_peak()
     t0 = time.perf_counter()
-    masks = [ops.dropout_mask(r, (batch, b.c_out, b.size, b.size) if b.kind == "conv" else (batch, b.c_out),
-                              cfg.dropout, x.dtype, channelwise=b.kind == "conv") for b, r in zip(spec.blocks, rngs)]
-    step = train_step(net, variant, cfg.beta, x, y, masks, update)
-    net.running, loss = step.running, step.loss
+    stage.train_step(x, y)
+    loss = stage.train_sums.loss / batch
     seconds = time.perf_counter() - t0
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()

@@ -4,9 +4,9 @@
                                           [--inputs 1x28x28] [--json PATH]
 
 For {mlp 3x1024 on 28x28, vgg8b on 32x32x3, vgg8b on 28x28x1} x {glob, predsim, predsim-bpf}, batch
-128, float32: one step = forward, the rule's updates and Adam (bioplaus: ``rules.train_step`` with
-``optim.Adam`` and the dropout masks drawn as the trainer draws them; the twin:
-``sims/benchmarks/torch_twin.py``). Both use the same number of threads (numpy's BLAS threads, read
+128, float32: one step = forward, the rule's updates and Adam (bioplaus: the engine's own
+``Stage.train_step``, with the dropout masks it draws and its update, Adam and whatever the rule does
+after an update; the twin: ``sims/benchmarks/torch_twin.py``). Both use the same number of threads (numpy's BLAS threads, read
 with threadpoolctl, given to ``torch.set_num_threads``; ``--threads N`` sets both). After a warm-up
 (mlp; a vgg8b step is long enough without), bioplaus, the twin and a 1024^3 float32 GEMM are timed in
 turn (interleaved, A/B order alternating, so a busy neighbour on a shared machine slows all three
@@ -19,12 +19,13 @@ NOTE (shared machines): torch's OpenMP threads spin-wait by default, which on an
 OpenBLAS's own threads suffer the same way when the load is above the core count; run with
 ``--threads 1`` then (both sides get one thread).
 
-FLOPs of a step are counted from the shapes: forward 2*MACs of every dense/conv layer (encoders,
-heads, the similarity matrices' X Xᵀ), backward 2x forward for a layer whose input gets an error
-(dx and dW) and 1x for one that only needs dW (a local rule's encoder, the first layer, the
-output layer in local rules). ``% mm`` = achieved GFLOP/s / the GEMM's GFLOP/s measured next to it.
-``Adam ms``: the part of our step spent in the optimizer (memory-bound: every parameter, its
-gradient and both moments pass through memory once per step), a mean over the timed steps.
+FLOPs of a step are counted from the shapes, as the blocks' kinds, the heads and the carriers declare
+them (``budget.step_costs``): forward 2*MACs of every dense/conv layer (encoders, heads, the similarity
+matrices' X Xᵀ), backward 2x forward for a layer whose input gets an error (dx and dW) and 1x for one
+that only needs dW (a local rule's encoder, the first layer, the output layer in local rules). ``% mm``
+= achieved GFLOP/s / the GEMM's GFLOP/s measured next to it. ``Adam ms``: the part of our step spent in
+the updates (the optimizer, memory-bound: every parameter, its gradient and both moments pass through
+memory once per step; and a rule's after-update, none in these rules), a mean over the timed steps.
 
 BLAS kernels: benchmarks are run with ``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` unset in the
 benchmark's command alone (they force older OpenBLAS kernels; a user's machine has no such override):
@@ -56,13 +57,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import machine
 
-from bioplaus import ops
 from bioplaus.backend import get_backend
 from bioplaus.blocks import LEAKY_SLOPE
+from bioplaus.budget import step_costs
 from bioplaus.config import Config
 from bioplaus.models import NetSpec, build_spec
-from bioplaus.optim import Adam
-from bioplaus.rules import RULES, init_network, train_step
+from bioplaus.stage import Stage
 
 BATCH = 128
 LR = 1e-4
@@ -84,61 +84,37 @@ def case_config(model: str, variant: str) -> Config:
 
 # ------------------------------------------------------------------------------ FLOPs
 def step_flops(spec: NetSpec, variant: str, N: int, target_proj_size: int = 128) -> float:
-    """FLOPs of one training step of ``variant`` on a batch of N, counted from the shapes."""
-    rule = RULES[variant]
-    K = spec.num_classes
-    total = 0.0
-
-    def layer(macs: float, needs_dx: bool) -> float:
-        return 2 * macs * (1 + (2 if needs_dx else 1))  # forward + backward
-
-    for i, b in enumerate(spec.blocks):
-        pixels = b.size * b.size if b.kind == "conv" else 1
-        k2 = b.kernel * b.kernel if b.kind == "conv" else 1
-        total += layer(N * pixels * b.c_out * b.c_in * k2, rule.global_error and i > 0)
-        if rule.pred is not None:
-            outs = K if rule.pred == "exact" else target_proj_size
-            total += layer(N * b.dec_features * outs, True)  # error to h via dec_W^T or B
-        if rule.sim == "learned":
-            total += layer(N * pixels * b.c_out * b.c_out * (9 if b.kind == "conv" else 1), True)
-        if rule.sim is not None:  # S reads (N, C) channel stds of a feature map, else the flattened rows
-            side_pixels = pixels if rule.sim == "learned" else b.dec_features // b.c_out
-            width = b.c_out if (b.kind == "dense" or (b.c_out > 3 and side_pixels > 1)) else b.c_out * side_pixels
-            total += 2 * 2 * N * N * width  # X Xᵀ forward, (dR + dRᵀ) X backward
-    total += layer(N * spec.out_features_in * K, rule.global_error)
-    return total
+    """FLOPs of one training step of ``variant`` on a batch of N, counted from the shapes (the engine's
+    own declared costs: ``budget.step_costs``)."""
+    costs, out = step_costs(spec, variant, N, target_proj_size)
+    return sum(c.flops for c in costs) + out.flops
 
 
 # ------------------------------------------------------------------------------ the two steps
 def bioplaus_step(cfg: Config, spec: NetSpec, x: np.ndarray, y: np.ndarray, backend=None):
-    """A closure running one bioplaus training step (masks drawn, Adam applied) per call; on the
-    CPU unless ``backend`` says otherwise (the step then waits for the device before it returns)."""
+    """A closure running one bioplaus training step per call: the engine's own ``Stage.train_step`` (its
+    dropout masks, its updates; learning rate ``LR``), on the CPU unless ``backend`` says otherwise (the
+    step then waits for the device before it returns). ``step.adam_seconds`` sums the time in updates."""
     backend = backend or get_backend("cpu")
-    net = init_network(spec, cfg, backend)
+    stage = Stage(cfg.replace(lr=LR), spec, backend)
+    stage.begin_epoch(1)  # epoch 1's dropout streams, as the trainer draws them
     x, y = backend.asarray(x), backend.asarray(y)
-    opt = Adam()
-    states = [{k: opt.init_state(v) for k, v in p.items()} for p in net.params]
-    states_out = {k: opt.init_state(v) for k, v in net.out.items()}
-    rngs = [backend.rng(cfg.seed, "dropout", i, 1) for i in range(len(spec.blocks))]
+    update = stage.update
 
-    def update(i, grads):
-        params, st = (net.out, states_out) if i < 0 else (net.params[i], states[i])
+    def timed_update(i, grads):
         t0 = time.perf_counter()
-        for key, g in grads.items():
-            opt.step(params[key], g, st[key], LR)
+        update(i, grads)
         step.adam_seconds += time.perf_counter() - t0  # CPU: Adam's passes are synchronous
 
-    def step():
-        masks = []
-        for b, rng in zip(spec.blocks, rngs):
-            shape = (x.shape[0], b.c_out, b.size, b.size) if b.kind == "conv" else (x.shape[0], b.c_out)
-            masks.append(ops.dropout_mask(rng, shape, cfg.dropout, x.dtype, channelwise=b.kind == "conv"))
-        step = train_step(net, cfg.variant, cfg.beta, x, y, masks, update)
-        net.running, loss = step.running, step.loss
-        backend.synchronize()
-        return loss
+    stage.update = timed_update
 
-    step.adam_seconds = 0.0  # time inside Adam's steps, summed over calls
+    def step():
+        out = stage.train_step(x, y)
+        backend.synchronize()
+        return out
+
+    step.adam_seconds = 0.0  # time inside the updates, summed over calls
+    step.stage = stage
     return step
 
 
