@@ -1,7 +1,8 @@
 """The benchmark scripts' header (sims/benchmarks/machine.py): numpy's BLAS, its kernel and threads, and
-a WARNING exactly when OPENBLAS_CORETYPE or OPENBLAS_L2_SIZE is set; every script parses ``--help``.
+a WARNING exactly when OPENBLAS_CORETYPE or OPENBLAS_L2_SIZE is set; every script parses ``--help``; the
+training benchmarks' step is the engine's own.
 
-Fast (seconds): no benchmark runs and nothing is timed. The environment's own values of the two
+Fast (seconds): no benchmark runs and nothing is timed (two steps of a tiny mlp run). The environment's own values of the two
 variables are left as they are; the subprocesses here set or unset them explicitly.
 """
 
@@ -11,6 +12,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -122,3 +124,38 @@ def test_a_benchmark_never_replaces_a_file_with_its_json(tmp_path):
     for script in ("bench_epoch", "bench_gpu", "bench_memory", "bench_ops", "bench_pipeline", "bench_train"):
         text = (BENCH / f"{script}.py").read_text()
         assert "machine.json_path" in text and "write_text" not in text, script
+
+
+def test_the_benchmark_step_is_the_engines_step():
+    """bench_train's (and so bench_gpu's) step is the engine's ``Stage.train_step``, not a copy: two steps of a
+    Kolen-Pollack mlp leave every array as a stage stepped directly leaves it, its B included (the rule's
+    after-update), and B moved. Run in a fresh interpreter (the script sets its threads' environment)."""
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(BENCH)!r})
+        import numpy as np
+        import bench_train
+        from bioplaus.backend import NUMPY
+        from bioplaus.config import Config
+        from bioplaus.models import build_spec
+        from bioplaus.stage import Stage
+
+        cfg = Config(variant="kolen-pollack", num_layers=2, num_hidden=16, dropout=0.1, weight_decay=1e-3).resolve()
+        spec = build_spec(cfg, (1, 28, 28), 10)
+        rng = np.random.default_rng(0)
+        x, y = rng.standard_normal((32, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 32)
+        step = bench_train.bioplaus_step(cfg, spec, x, y)
+        B0 = step.stage.state_dict()["blocks/fc2/feedback/B"]
+        step(), step()
+        stage = Stage(cfg.replace(lr=bench_train.LR), spec, NUMPY)
+        stage.begin_epoch(1)
+        stage.train_step(x, y), stage.train_step(x, y)
+        ours, direct = step.stage.state_dict(), stage.state_dict()
+        assert ours.keys() == direct.keys()
+        assert all(np.array_equal(ours[k], direct[k]) for k in ours)
+        assert not np.array_equal(ours["blocks/fc2/feedback/B"], B0) and step.adam_seconds > 0
+        print("same")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False,
+                         cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.strip() == "same", out.stderr[-2000:]

@@ -199,3 +199,36 @@ def test_importing_blocks_imports_no_rule_module():
     below = {"bioplaus", "bioplaus.backend", "bioplaus.errors", "bioplaus.models", "bioplaus.blocks", "bioplaus.probes"}
     above = sorted(m for m in loaded if m not in below and not m.startswith(("bioplaus.ops", "bioplaus.kinds")))
     assert above == [], f"importing bioplaus.blocks loaded {above}"
+
+
+# ------------------------------------------------------------------------------ what a kind declares
+@pytest.mark.parametrize("spec", [DENSE, CONV, CONV_POOL, STRIDED], ids=["dense", "conv", "conv-pool", "strided"])
+def test_a_kind_declares_what_its_math_does(spec):
+    """Shapes, masks, parameter count, footprint, cost and probes, as the kind declares them, against what
+    its init and forward actually make."""
+    from bioplaus.kinds import draw_masks
+
+    kind = spec.kind
+    p, running = make_block(spec, True)
+    n = 5
+    masks = draw_masks(spec, np.random.default_rng(3), 0.3, n, np.float64)
+    assert len(masks) == len(kind.mask_shapes(spec, n)) == 1 and draw_masks(spec, None, 0.0, n, np.float64) is None
+    x = input_for(spec, n)
+    hs, inputs, o, _, _ = kind.forward(x, p, running, spec, True, masks, 0.0)
+    assert len(inputs) == 1 and inputs[0] is x  # one tap, whose layer reads the block's input
+    assert o.shape[1:] == kind.output_shape(spec) and math.prod(o.shape[1:]) == spec.out_features
+    assert p["W"].shape == kind.weight_shape(spec)
+    assert kind.num_parameters(spec, True) == sum(v.size for v in p.values())
+    assert kind.num_parameters(spec, False) == sum(v.size for k, v in p.items() if k in ("W", "b"))
+    (tap,) = kind.taps(spec)
+    assert (tap.prefix, tap.layer(spec.name), tap.c_out, tap.spatial) == ("", spec.name, spec.c_out, hs[0].ndim == 4)
+    assert kind.footprint(spec).hidden == math.prod(hs[0].shape[1:])
+    cost, with_dx = kind.cost(spec, n, need_dx=False), kind.cost(spec, n, need_dx=True)
+    assert cost.forward == n * p["W"].size * spec.size**2 == cost.backward  # forward; the weight gradient
+    assert with_dx.backward == 2 * cost.backward and cost.bytes > 0
+    assert [probe.name for probe in kind.probes(spec)] == ["weight_norm", "update_norm"]
+    start = kind.snapshot(p)
+    p["W"] += 0.5
+    values = kind.probe_values(p, start)
+    assert float(values["update_norm"]) == pytest.approx(0.5 * math.sqrt(p["W"].size))
+    assert float(values["weight_norm"]) == pytest.approx(np.linalg.norm(p["W"]))

@@ -1,12 +1,16 @@
 """The configuration: ``from_dict`` refuses unknown keys and wrong types, ``resolve`` fills each variant's
-β from the rule table and every variant resolves, a configuration survives JSON exactly, and the
-dataset-dependent checks.
+β from the rule table and every variant resolves (a rule registered at run time too), a configuration
+survives JSON exactly, the dataset-dependent checks, and that reading one loads no engine.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -124,3 +128,35 @@ def test_check_dataset():
 def test_lr_schedule():
     cfg = Config(lr=1.0, lr_decay_milestones=(2, 4), lr_decay_fact=0.5)
     assert [cfg.lr_at(e) for e in range(1, 7)] == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+
+
+# ------------------------------------------------------------------------------ the engine, not loaded
+def test_reading_logs_and_configurations_loads_no_engine():
+    """The log, the analysis and the sweep's report read a configuration (and a whole log, and a results
+    table) without importing the rules, the models, the block kinds or the ops; resolving one asks them."""
+    golden = Path(__file__).resolve().parent / "golden" / "v1-run.h5"
+    code = textwrap.dedent(f"""
+        import sys
+        import bioplaus.analysis, bioplaus.log, bioplaus.sweep.report
+        from bioplaus.config import Config
+        run = bioplaus.log.read_run({str(golden)!r})
+        bioplaus.analysis.results_markdown(bioplaus.analysis.results_table([{str(golden)!r}]))
+        Config.from_json(run.attrs["config"]).validate()
+        engine = ("bioplaus.rules", "bioplaus.ops", "bioplaus.models", "bioplaus.kinds", "bioplaus.blocks")
+        print(" ".join(sorted(m for m in sys.modules if m.startswith(engine))) or "none")
+        Config(variant="predsim").resolve()
+        print("bioplaus.rules" in sys.modules)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["none", "True"]
+
+
+def test_a_rule_registered_at_run_time_is_accepted():
+    rules.register("pred-copy", rules.RULES["pred"])
+    try:
+        assert Config(variant="pred-copy").resolve().beta == rules.RULES["pred"].default_beta
+    finally:
+        del rules.RULES["pred-copy"]
+    with pytest.raises(ConfigError, match="unknown variant 'pred-copy'"):
+        Config(variant="pred-copy").resolve()

@@ -208,3 +208,26 @@ def test_head_flags():
     assert PredHead(feedback=False).uses_projection is False and PredHead(feedback=True).uses_projection is True
     assert SimHead(learned=True).reads_pooled is False and SimHead(learned=False).reads_pooled is True
     assert SimHead(learned=False).uses_projection is True and PredHead(feedback=False).reads_pooled is True
+
+
+# ------------------------------------------------------------------------------ what a head declares
+@pytest.mark.parametrize("head", [*EXACT, PredHead(feedback=True)], ids=repr)
+@pytest.mark.parametrize("spec", [BlockSpec("conv1", "conv", 3, 8, 3, 1, 1, 4, dec_window=(2, 2), dec_features=32),
+                                  BlockSpec("fc1", "dense", 20, 16, dec_features=16)], ids=["conv", "dense"])
+def test_a_head_declares_its_arrays_statistics_and_cost(head, spec):
+    """``shapes`` are init's; the per-batch probes read exactly the statistics forward gives, the others
+    name what ``alignment`` gives; a step costs something."""
+    (tap,) = spec.kind.taps(spec)
+    p, f = head.init(tap, K, T, np.random.default_rng(0))
+    assert head.shapes(tap, K, T) == ({k: v.shape for k, v in p.items()}, {k: v.shape for k, v in f.items()})
+    h = np.random.default_rng(1).standard_normal((N, 8, 4, 4) if tap.spatial else (N, 16))
+    read = h[:, :, ::2, ::2] if head.reads_pooled and tap.spatial else h  # the shape pool(h) has
+    stats = head.forward(read, Targets(None, Y_LABELS, one_hot(Y_LABELS), tap=tap), p, {**f, "P": LabelProjection.init(
+        K, T, np.random.default_rng(2))}).stats
+    probes = head.probes()
+    assert {probe.stat for probe in probes if probe.per_batch} == set(stats)
+    with np.errstate(invalid="ignore"):  # a decoder starts at zero: its angle is NaN until it learns
+        assert {probe.name for probe in probes if not probe.per_batch} == set(head.alignment(p, f))
+    assert all(probe.loss == probe.name.startswith("loss_") for probe in probes)
+    cost = head.cost(tap, N, K, T)
+    assert cost.forward > 0 and cost.backward > 0
