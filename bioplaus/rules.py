@@ -431,7 +431,8 @@ def tap_arrays(arrays: dict, tap: Tap) -> dict:
 def declared_probes(spec: NetSpec, rule: Rule) -> dict[str, tuple[Probe, ...]]:
     """Every statistic a run of ``rule`` on ``spec`` records, by layer of the log: each block's kind's,
     each tap's heads' (under the tap's layer), the carrier's for each block and the output layer
-    (``out``). The trainer reduces exactly these, the log writes exactly these."""
+    (``out``); a layer that records nothing is left out. The trainer reduces exactly these, the log writes
+    exactly these."""
     out: dict[str, tuple[Probe, ...]] = {}
     for i, b in enumerate(spec.blocks):
         layers: dict[str, list] = {b.name: list(b.kind.probes(b))}
@@ -442,7 +443,7 @@ def declared_probes(spec: NetSpec, rule: Rule) -> dict[str, tuple[Probe, ...]]:
                     found.extend(head.probes())
         if rule.carrier is not None:
             layers[b.name].extend(rule.carrier.probes())
-        out.update({layer: unique(probes) for layer, probes in layers.items()})
+        out.update({layer: unique(probes) for layer, probes in layers.items() if probes})
     if rule.carrier is not None and rule.carrier.probes():
         out["out"] = unique(rule.carrier.probes())
     return out

@@ -48,7 +48,7 @@ class Sums:
             self.loss = self.loss + loss * n
             self.correct = self.correct + correct
         for layer, layer_stats in stats.items():
-            sums, counts = self.layers[layer], self.counts[layer]
+            sums, counts = self.layers.get(layer, {}), self.counts.get(layer, {})
             for key, value in layer_stats.items():
                 if key in counts:  # what the layer's probes read; losses are batch means: weight by n
                     sums[key] = sums.get(key, 0) + (value if counts[key] else value * n)

@@ -28,11 +28,10 @@ class SignPredHead(PredHead):
         super().__init__(feedback=False)
 
     def backward(self, cache, weight, p, f):
-        dlogits, dec_cache, shape = cache
-        dlogits = weight * dlogits
-        _, dW, db = ops.dense_backward(dlogits, dec_cache, need_dx=False)
+        dlogits = weight * cache.dlogits  # PredCache(dlogits, dec, shape), a named cache
+        _, dW, db = ops.dense_backward(dlogits, cache.dec, need_dx=False)
         dflat = dlogits @ np.sign(p["dec_W"])  # NOT A GRADIENT: the decoder's signs carry the error
-        return dflat.reshape(shape), {"dec_W": dW, "dec_b": db}
+        return dflat.reshape(cache.shape), {"dec_W": dW, "dec_b": db}
 
 
 class ActivityHead(Head):

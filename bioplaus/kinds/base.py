@@ -35,14 +35,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from bioplaus import ops
 from bioplaus.errors import ConfigError
 from bioplaus.probes import Cost, Probe
 
-if TYPE_CHECKING:  # the shapes' description; models imports this module, not the other way round
-    from bioplaus.models import BlockSpec
+BlockSpec = Any  # a bioplaus.models.BlockSpec: models imports the kinds (a spec names its kind), never the reverse
 
 
 class Tap(NamedTuple):
