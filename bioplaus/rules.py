@@ -25,11 +25,12 @@ the block directly from the output or the target, and the block's local heads' e
 (δo_l is an error at the block's output o = pool(dropout(h)); it reaches h through the pool and the
 dropout mask.) What a block computes is its kind's (:mod:`bioplaus.kinds`): the rules ask it for its
 forward, its backward, the weight a carrier stands in for and its taps (where the heads read h; one in
-a plain block, one per layer in a residual block), and switch on nothing. In the local rules (the paper's six, and drtp) the input ``x`` of each block is a
-constant: no error crosses a block boundary, so a block needs only its input batch, the labels, its
-own arrays and its own random stream, which is what lets a pipeline train every block at once
-(:mod:`bioplaus.stage`). The output layer always learns from the output cross-entropy on the last
-block's output (scaled by 1−β in the predsim variants, as the authors did).
+a plain block, one per layer in a residual block), and switch on nothing. In the local rules (the
+paper's six, and drtp) the input ``x`` of each block is a constant: no error crosses a block boundary,
+so a block needs only its input batch, the labels, its own arrays and its own random stream, which is
+what lets a pipeline train every block at once (:mod:`bioplaus.stage`). The output layer always
+learns from the output cross-entropy on the last block's output (scaled by 1−β in the predsim
+variants, as the authors did).
 
 Lines that are *not* gradients are marked ``# NOT A GRADIENT``. In the bpf rules and the feedback
 rules (fa, dfa, drtp, kolen-pollack) no op ever carries an error through a forward weight (every

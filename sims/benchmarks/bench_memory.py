@@ -4,7 +4,8 @@
 
 Each variant runs in a fresh subprocess, so one variant's freed memory cannot hide another's peak.
 The child builds the network and its Adam states (a ``Stage``), then runs ONE training step of the
-engine (``Stage.train_step``: forward, the rule's updates, Adam) under ``tracemalloc`` (NumPy reports its array allocations to it) and reports:
+engine (``Stage.train_step``: forward, the rule's updates, Adam) under ``tracemalloc`` (NumPy reports
+its array allocations to it) and reports:
 
 - ``step_peak_mb``: the step's peak of traced memory above what was allocated before it (parameters,
   fixed matrices, Adam states, the input batch) -- the activations, caches and gradients the rule

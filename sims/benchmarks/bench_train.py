@@ -6,8 +6,9 @@
 For {mlp 3x1024 on 28x28, vgg8b on 32x32x3, vgg8b on 28x28x1} x {glob, predsim, predsim-bpf}, batch
 128, float32: one step = forward, the rule's updates and Adam (bioplaus: the engine's own
 ``Stage.train_step``, with the dropout masks it draws and its update, Adam and whatever the rule does
-after an update; the twin: ``sims/benchmarks/torch_twin.py``). Both use the same number of threads (numpy's BLAS threads, read
-with threadpoolctl, given to ``torch.set_num_threads``; ``--threads N`` sets both). After a warm-up
+after an update; the twin: ``sims/benchmarks/torch_twin.py``). Both use the same number of threads
+(numpy's BLAS threads, read with threadpoolctl, given to ``torch.set_num_threads``; ``--threads N``
+sets both). After a warm-up
 (mlp; a vgg8b step is long enough without), bioplaus, the twin and a 1024^3 float32 GEMM are timed in
 turn (interleaved, A/B order alternating, so a busy neighbour on a shared machine slows all three
 alike) ``--repeat`` times; the table shows medians and the ratio of samples/s. For the VGGs a fourth
