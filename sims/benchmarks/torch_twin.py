@@ -14,7 +14,9 @@ label code (sigmoid BCE) whose error reaches h through a fixed random matrix B (
 alignment, a custom autograd function); sim-bpf = similarity of the pooled h vs S(Y·P).
 
 Shapes come from :func:`bioplaus.models.build_spec`, so the twin and the engine have identical
-layers. Only this benchmark imports torch; the ``bioplaus`` package never does.
+layers; the twin builds its own PyTorch layers for the dense and conv kinds by their names (an
+independent implementation asks nothing of the engine's kind objects). Only this benchmark imports
+torch; the ``bioplaus`` package never does.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class TwinBlock(nn.Module):
     def __init__(self, spec, rule, num_classes: int, target_proj_size: int, batch_norm: bool):
         super().__init__()
         self.spec, self.rule = spec, rule
-        if spec.kind == "conv":
+        if spec.kind.name == "conv":
             self.enc = nn.Conv2d(spec.c_in, spec.c_out, spec.kernel, spec.stride, spec.pad)
             self.bn = nn.BatchNorm2d(spec.c_out) if batch_norm else None
         else:
@@ -72,14 +74,14 @@ class TwinBlock(nn.Module):
             nn.init.zeros_(self.dec.bias)
             self.register_buffer("B", torch.empty(target_proj_size, D).uniform_(-D**-0.5, D**-0.5))
         if rule.sim == "learned":
-            self.sim = (nn.Conv2d(spec.c_out, spec.c_out, 3, 1, 1, bias=False) if spec.kind == "conv"
+            self.sim = (nn.Conv2d(spec.c_out, spec.c_out, 3, 1, 1, bias=False) if spec.kind.name == "conv"
                         else nn.Linear(spec.c_out, spec.c_out, bias=False))
         if rule.pred == "feedback" or rule.sim == "direct":
             self.register_buffer("P", torch.empty(num_classes, target_proj_size).uniform_(
                 -num_classes**-0.5, num_classes**-0.5))
 
     def forward(self, x, p_drop: float, slope: float):
-        if self.spec.kind == "dense":
+        if self.spec.kind.name == "dense":
             x = x.reshape(x.size(0), -1)
         a = self.enc(x)
         if self.bn is not None:
@@ -87,7 +89,7 @@ class TwinBlock(nn.Module):
         h = F.leaky_relu(a, slope) if slope else F.relu(a)
         o = h
         if p_drop > 0:
-            o = F.dropout2d(o, p_drop, True) if self.spec.kind == "conv" else F.dropout(o, p_drop, True)
+            o = F.dropout2d(o, p_drop, True) if self.spec.kind.name == "conv" else F.dropout(o, p_drop, True)
         if self.spec.pool_after:
             o = F.max_pool2d(o, 2)
         return h, o
@@ -95,7 +97,7 @@ class TwinBlock(nn.Module):
     def local_loss(self, h, y, Y, w_pred: float, w_sim: float):
         rule, spec = self.rule, self.spec
         pooled = h
-        if spec.kind == "conv" and spec.dec_window != (1, 1) and (rule.pred or rule.sim == "direct"):
+        if spec.kind.name == "conv" and spec.dec_window != (1, 1) and (rule.pred or rule.sim == "direct"):
             pooled = F.avg_pool2d(h, spec.dec_window, spec.dec_window, spec.dec_pad)
         loss = h.new_zeros(())
         if rule.pred == "exact":
