@@ -159,3 +159,25 @@ def test_the_benchmark_step_is_the_engines_step():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False,
                          cwd=ROOT)
     assert out.returncode == 0 and out.stdout.strip() == "same", out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("variant", ["glob", "predsim", "predsim-bpf"])
+def test_the_torch_twin_builds_and_steps_the_same_network(variant):
+    """The twin of bench_train/bench_gpu builds its PyTorch layers from the engine's specs (dense and conv
+    blocks, pooled decoders) with the engine's parameter count, and its step gives a finite loss."""
+    torch = pytest.importorskip("torch")
+    spec_ = importlib.util.spec_from_file_location("bench_torch_twin", BENCH / "torch_twin.py")
+    twin_module = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(twin_module)
+    from bioplaus.config import Config
+    from bioplaus.models import build_spec
+
+    cfg = Config(variant=variant, model="vgg6b", feat_mult=0.0625, num_layers=1, num_hidden=16, dropout=0.1,
+                 dim_in_decoder=64).resolve()
+    spec = build_spec(cfg, (1, 28, 28), 10)
+    twin = twin_module.TorchTwin(spec, variant, cfg.beta, cfg.dropout, 0.0, cfg.target_proj_size)
+    forward = sum(p.numel() for blk in twin.blocks for name, p in blk.named_parameters()
+                  if name.startswith(("enc.", "bn."))) + sum(p.numel() for p in twin.out.parameters())
+    assert forward == spec.num_parameters
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    assert torch.isfinite(twin.step(x, y))
