@@ -6,8 +6,8 @@ Runs one epoch of the recipe through :class:`bioplaus.train.Trainer` on the full
 batches come from ``load_dataset`` + ``TrainBatches``: shuffling, crop/flip augmentation,
 normalisation; per-batch statistics accumulated on the device; the epoch's host sync and weight
 norms at the end). Interleaved with it, every ``--every``-th batch a second, identical trainer runs
-one *pure* training step (``rules.train_step`` with the trainer's dropout masks and Adam, on a batch
-already in memory) and times it; that time is taken out of the epoch's time. So both sides see the
+one *pure* training step (the engine's ``Stage.train_step``, its dropout masks and its updates, on a
+batch already in memory) and times it; that time is taken out of the epoch's time. So both sides see the
 same machine load. Prints the epoch's time per step over the pure step's (target <= 1.15), as means
 (the epoch is a sum) and as medians (robust to a neighbour's burst).
 
