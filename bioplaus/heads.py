@@ -216,13 +216,13 @@ class PredHead(Head):
         return dflat.reshape(cache.shape), {"dec_W": dW, "dec_b": db}
 
     def probes(self) -> tuple[Probe, ...]:
-        what = "binary cross-entropy with the random label code" if self.feedback else "cross-entropy"
-        probes = (Probe("loss_pred", "nats", f"local prediction loss of the block ({what} of its decoder)", MEAN,
-                        loss=True),
+        what = ("sigmoid binary cross-entropy of the block's decoder against the label's random binary code"
+                if self.feedback else "local prediction loss of the block")  # the second as format-1 logs say it
+        probes = (Probe("loss_pred", "nats", what, MEAN, loss=True),
                   Probe("error_pred", "%", "error of the block's local predictor", ERROR, key="correct_pred"))
         if self.feedback:
             probes += (Probe("fa_angle", "degrees", "angle between the pred decoder's weights and its fixed "
-                             "feedback matrix (bpf), at the end of the epoch", LAST),)
+                             "feedback matrix (bpf)", LAST),)
         return probes
 
     def part(self, array: str, fixed: bool) -> str:
@@ -281,8 +281,7 @@ class SimHead(Head):
     stat = "loss_sim"
 
     def probes(self) -> tuple[Probe, ...]:
-        return (Probe(self.stat, "1", "local similarity-matching loss of the block (mean squared difference of "
-                      "S(h) and the labels' similarity matrix)", MEAN, loss=True),)
+        return (Probe(self.stat, "1", "local similarity-matching loss of the block", MEAN, loss=True),)
 
     def shapes(self, tap: Tap, num_classes: int, target_proj_size: int) -> tuple[dict, dict]:
         if not self.learned:

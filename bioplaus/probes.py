@@ -34,7 +34,7 @@ from typing import NamedTuple
 MEAN, ERROR, LAST, PROBE = "mean", "error", "last", "probe"
 REDUCTIONS = (MEAN, ERROR, LAST, PROBE)
 SPLITS = ("train", "test")  # the passes a per-batch probe is measured on, and the prefixes of its series
-_SPLIT_TEXT = {"train": "on the training batches (train mode)", "test": "on the test set (eval mode)"}
+_SPLIT_TEXT = {"train": "on the training batches", "test": "on the test set"}  # as format-1 logs said it
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class Probe:
     def series(self) -> dict[str, str]:
         """The log's series of this probe: name -> description."""
         if self.per_batch:
-            return {f"{split}_{self.name}": f"{self.description}, {_SPLIT_TEXT[split]}" for split in SPLITS}
+            return {f"{split}_{self.name}": f"{self.description} {_SPLIT_TEXT[split]}" for split in SPLITS}
         return {self.name: self.description}
 
     def reduced(self, total: float, samples: int) -> float:

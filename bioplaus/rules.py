@@ -71,8 +71,7 @@ FEEDBACK_STREAM = 20_000  # feedback matrices of block i come from init stream F
 
 # ------------------------------------------------------------------------------ error carriers
 FB_ANGLE = Probe("fb_angle", "degrees", "angle between the matrix that carries the error back through the layer "
-                 "(feedback alignment's or Kolen-Pollack's B, or sign(W)) and the layer's forward weights, at the "
-                 "end of the epoch", LAST)
+                 "(feedback alignment's or Kolen-Pollack's B, or sign(W)) and the layer's forward weights", LAST)
 
 
 class Backprop:

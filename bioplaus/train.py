@@ -32,7 +32,7 @@ from bioplaus.stage import Stage
 
 PROBE_SIZE = 128
 BP_ANGLE = Probe("bp_angle", "degrees", "angle between the block's update and the true backprop gradient on the "
-                 "probe batch (probe epochs; NaN on the others)", PROBE)
+                 "probe batch", PROBE)  # NaN on epochs without a probe
 
 
 class Diverged(RuntimeError):

@@ -98,16 +98,18 @@ def block_forward(x, p, running, spec, train: bool, mask, slope: float):
     return hs[0], o, cache, new_running
 
 
-def block_series() -> tuple:
-    """What the tests' made-up logs declare for a block, whatever their variant: a dense block's norms, a bpf
-    pred head's statistics (with its fa_angle), a learned sim head's loss, and the probe's angle."""
+def block_series(feedback: bool = True) -> tuple:
+    """What the tests' made-up logs declare for a block, whatever their variant: a dense block's norms, a pred
+    head's statistics (a bpf one's with ``feedback``), a bpf decoder's fa_angle in any case, a learned sim
+    head's loss, and the probe's angle."""
     from bioplaus.heads import PredHead, SimHead
     from bioplaus.kinds import DENSE
     from bioplaus.models import BlockSpec
+    from bioplaus.probes import unique
     from bioplaus.train import BP_ANGLE
 
-    return (*DENSE.probes(BlockSpec("fc1", "dense", 8, 8)), *PredHead(feedback=True).probes(),
-            *SimHead(learned=True).probes(), BP_ANGLE)
+    return unique((*DENSE.probes(BlockSpec("fc1", "dense", 8, 8)), *PredHead(feedback=feedback).probes(),
+                   *PredHead(feedback=True).probes(), *SimHead(learned=True).probes(), BP_ANGLE))
 
 
 def the_tap(spec):

@@ -22,7 +22,6 @@ from bioplaus.models import build_spec
 from bioplaus.train import run_series
 
 B = 8  # probe batch
-FAKE = block_series()  # what the made-up logs declare for each block, whatever their variant
 
 
 def make_log(path, variant="predsim", n_epochs=4, blocks=("fc1", "fc2"), seed=0, probe_every=2, status="completed",
@@ -30,7 +29,8 @@ def make_log(path, variant="predsim", n_epochs=4, blocks=("fc1", "fc2"), seed=0,
     """A run log with random numbers; returns (path, dict of every number written)."""
     cfg = Config(variant=variant, epochs=n_epochs, num_layers=len(blocks), num_hidden=32, probe_every=probe_every,
                  **cfg_kw).resolve()
-    log = RunLog.create(str(path), cfg, "cpu (test)", 1000, series={b: FAKE for b in blocks})
+    fake = block_series(feedback=variant.endswith("-bpf"))  # every made-up log has each block's series; a bpf
+    log = RunLog.create(str(path), cfg, "cpu (test)", 1000, series={b: fake for b in blocks})  # loss is its own
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.arange(B) % 3)  # unsorted: the plot must sort them
     written = {"epochs": {k: [] for k in ("train_error", "test_error")},

@@ -92,7 +92,7 @@ def test_it_trains_logs_its_statistic_and_the_memory_estimate_counts_it(variant,
     assert log.epochs["test_error"][-1] < 70  # chance: 90 %
     skip = log.layers["skip3"]
     assert set(skip) >= {"skip_gain", "bp_angle"} and "weight_norm" not in skip  # what the kind declares
-    assert log.info["skip3"]["skip_gain"][0] == "1" and np.all(np.isfinite(skip["skip_gain"]))
+    assert log.info["layers/skip3/skip_gain"][0] == "1" and np.all(np.isfinite(skip["skip_gain"]))
     assert "weight_norm" in log.layers["fc1"]  # the built-in dense block beside it keeps its own
     if variant == "predsim":
         assert np.all(np.isfinite(skip["train_loss_sim"])) and skip["test_error_pred"][-1] < 70

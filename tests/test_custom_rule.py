@@ -106,9 +106,9 @@ def test_a_head_of_ones_own_is_logged_drawn_checked_and_counted(pred_activity, t
     for split in ("train", "test"):
         series = log.layers["fc2"][f"{split}_loss_activity"]
         assert np.all(np.isfinite(series)) and np.all(series > 0)
-    described = "half the mean squared activity of the block, on the training batches (train mode)"
-    assert log.info["fc1"]["train_loss_activity"] == ("1", described)
-    assert "loss_activity" in [key for key, _ in analysis.local_series([log], "test")]
+    described = "half the mean squared activity of the block on the training batches"
+    assert log.info["layers/fc1/train_loss_activity"] == ("1", described)
+    assert "loss_activity" in [q.name for q in analysis.layer_quantities(log)]  # a panel of its own
     cfg = Config(**settings).resolve()  # the planner of --parallel layers counts the head (and does not crash)
     spec = build_spec(cfg, (1, 28, 28), 10)
     assert sum(plan(spec, cfg, 2)[0]) == 2 and "rank 1: fc2 + output layer" in describe_parallel(

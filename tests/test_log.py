@@ -166,7 +166,7 @@ def test_a_new_log_holds_every_declared_series_from_the_start(tmp_path):
     assert {k: sorted(v) for k, v in run.layers.items()} == {
         "fc1": ["fb_angle", "update_norm", "weight_norm"], "fc2": ["fb_angle", "update_norm", "weight_norm"],
         "out": ["fb_angle"]}
-    assert run.info["out"]["fb_angle"][0] == "degrees"
+    assert run.info["layers/out/fb_angle"][0] == "degrees"
 
 
 def test_a_record_of_an_undeclared_series_is_refused_and_nothing_is_written(tmp_path):
@@ -199,7 +199,7 @@ def test_a_format_1_log_reads_as_it_is_and_converts_on_resume(tmp_path):
     for layer, series in v2.layers.items():
         for name, values in series.items():
             np.testing.assert_array_equal(values, v1.layers[layer][name])
-            assert v2.info[layer][name] == declared[layer][name]
+            assert v2.info[f"layers/{layer}/{name}"] == declared[layer][name]
     assert all(np.isfinite(v2.layers["fc1"][name]).all() for name in ("train_loss_pred", "fa_angle", "weight_norm"))
 
 
