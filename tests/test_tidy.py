@@ -8,7 +8,9 @@ import pytest
 from test_analysis import make_log
 
 from bioplaus import analysis
-from bioplaus.log import EPOCH_SERIES, LAYER_SERIES
+from bioplaus.kinds import DENSE
+from bioplaus.log import EPOCH_SERIES
+from bioplaus.models import BlockSpec
 
 xr = pytest.importorskip("xarray")
 pd = pytest.importorskip("pandas")
@@ -35,7 +37,8 @@ def test_a_run_as_an_xarray_dataset(two_logs, tmp_path):
     for name, (units, description) in EPOCH_SERIES.items():
         if name != "epoch":
             assert ds[name].attrs == {"units": units, "description": description}
-    assert ds["weight_norm"].attrs == dict(zip(("units", "description"), LAYER_SERIES["weight_norm"]))
+    weight_norm = next(p for p in DENSE.probes(BlockSpec("fc1", DENSE, 8, 8)) if p.name == "weight_norm")
+    assert ds["weight_norm"].attrs == {"units": weight_norm.units, "description": weight_norm.description}
     assert "binary code" in ds["test_loss_pred"].attrs["description"]  # pred-bpf's loss says what it is
     # the configuration and the log's root attributes
     assert ds.attrs["variant"] == "predsim-bpf" and ds.attrs["num_hidden"] == 32 and ds.attrs["lr"] == 5e-4
