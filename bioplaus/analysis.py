@@ -232,8 +232,8 @@ def _description(run: Run, series: str) -> str:
     if series.endswith("loss_pred") and "binary" not in description:
         from bioplaus.rules import RULES
 
-        if getattr(RULES.get(run.config.variant), "pred", None) == "feedback":
-            return CODE_LOSS
+        if getattr(RULES.get(run.config.variant), "pred", None) == "feedback":  # where it was measured kept:
+            return description.replace("local prediction loss of the block", CODE_LOSS).removeprefix("mean ")
     return description
 
 

@@ -457,6 +457,11 @@ def test_a_format_1_log_opens_and_draws(tmp_path):
     assert analysis.layer_series(run, "fa_angle").shape == (2, 1)
     with pytest.raises(ValueError, match="no layer series 'loss_typo'"):
         analysis.layer_series(run, "loss_typo")
+    from bioplaus.runner import run as train  # today's log of the same run: format 2, the same panels
+
+    new = train({"variant": "predsim-bpf", "num_layers": 2, "num_hidden": 8, "epochs": 1, "dropout": 0.1, "seed": 4,
+                 "device": "cpu"}, out=str(tmp_path / "new.h5"))
+    assert set(analysis.layer_quantities(analysis.load_runs(new.path)[0])) == set(analysis.layer_quantities(run))
     assert main(["--logs", str(old.parent), "--out-dir", str(tmp_path / "figures")]) == 0
     assert (tmp_path / "figures" / "layer_dynamics.png").stat().st_size > 0
 
