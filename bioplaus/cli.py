@@ -16,8 +16,6 @@ marked ``interrupted`` and ``--resume`` continues from the last completed epoch)
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -230,7 +228,7 @@ def _main(argv: Sequence[str] | None, program: Program, describe: bool) -> int:
             from bioplaus.parallel import main_parallel
 
             # refuses --ranks (and any bad input) on rank 0 alone
-            return main_parallel(ns, _config_flags(ns), program, note)
+            return main_parallel(ns, _config_flags(ns), program, note, new_config=new_config)
         if getattr(ns, "threads", None) is not None:
             runner.choose_threads(ns.threads)  # a bad count is refused before anything else
         if getattr(ns, "ranks", None) is not None and not getattr(ns, "describe", False):
@@ -239,7 +237,7 @@ def _main(argv: Sequence[str] | None, program: Program, describe: bool) -> int:
             raise UsageError(RANKS_ONLY_WITH_DESCRIBE)
         if getattr(ns, "stages", None) is not None and not getattr(ns, "parallel", None):
             raise UsageError("--stages needs --parallel layers")
-        check_tensorboard(ns)
+        runner.check_tensorboard(getattr(ns, "tensorboard", None))
         if getattr(ns, "resume", None) is not None:
             prepared = _prepare_resume(ns, program)
         else:
@@ -247,7 +245,7 @@ def _main(argv: Sequence[str] | None, program: Program, describe: bool) -> int:
         if prepared is None:  # --describe
             return EXIT_OK
         progress = not getattr(ns, "no_progress", False)
-        with tensorboard_hook(ns, prepared.out) as on_epoch:
+        with runner.tensorboard_hook(getattr(ns, "tensorboard", None), prepared.out) as on_epoch:
             result = runner.execute(prepared, progress=progress, echo=lambda line: print(line, flush=True),
                                     on_epoch=on_epoch)
     except (UsageError, BadInput) as exc:
@@ -257,38 +255,6 @@ def _main(argv: Sequence[str] | None, program: Program, describe: bool) -> int:
         print("interrupted before training started; nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED
     return result.exit_code
-
-
-def check_tensorboard(ns: argparse.Namespace) -> None:
-    """``--tensorboard DIR``: tensorboardX is there and DIR is (or can be made) a writable folder; raises
-    BadInput before anything is written."""
-    folder = getattr(ns, "tensorboard", None)
-    if folder is None:
-        return
-    from bioplaus import files
-    from bioplaus.tensorboard import TensorBoardMissing, check_available
-
-    try:
-        check_available()
-        files.check_folder_writable(os.path.join(folder, "events"), "--tensorboard")
-    except (TensorBoardMissing, files.PathError) as exc:
-        raise BadInput(f"--tensorboard: {exc}") from None
-
-
-@contextlib.contextmanager
-def tensorboard_hook(ns: argparse.Namespace, log: str):
-    """The run loop's per-epoch hook that exports ``log`` to ``--tensorboard DIR`` (None without the flag)."""
-    folder = getattr(ns, "tensorboard", None)
-    if folder is None:
-        yield None
-        return
-    from bioplaus.tensorboard import Exporter
-
-    exporter = Exporter(log, folder)
-    try:
-        yield exporter
-    finally:
-        exporter.close()
 
 
 def list_recipes(patterns: Sequence[str] = ()) -> int:
@@ -320,7 +286,7 @@ def _prepare_new(ns: argparse.Namespace, program: Program, show_toml: bool = Fal
         print(config_toml(layered, ns, program), end="")
         return None
     if getattr(ns, "describe", False):
-        from bioplaus.models import describe_model
+        from bioplaus.describe import describe_model
 
         spec = runner.dataset_spec(cfg)
         try:

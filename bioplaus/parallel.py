@@ -451,7 +451,7 @@ def _local_rank(comm) -> int:
 RANKS_ONLY_WITH_DESCRIBE = "--ranks only goes with --describe --parallel layers (mpiexec sets the ranks of a run)"
 
 
-def main_parallel(ns, flags: dict, program=None, note: str | None = None) -> int:
+def main_parallel(ns, flags: dict, program=None, note: str | None = None, new_config=None) -> int:
     """``--parallel layers`` on every rank: rank 0 checks the input and runs the run loop over a
     :class:`PipelineTrainer`; the others are :func:`worker` s. Returns this rank's exit status.
     Every rank computes with ``--threads`` threads, by default the usable cores / the ranks on its node."""
@@ -461,6 +461,9 @@ def main_parallel(ns, flags: dict, program=None, note: str | None = None) -> int
     from bioplaus.runner import BadInput
 
     program = program or DEFAULT
+    if new_config is None:  # the command line hands down its own layering (flags > --config > recipe)
+        def new_config(ns):
+            return runner.new_config(flags, getattr(ns, "recipe", None))
     try:
         from mpi4py import MPI
     except ImportError:
@@ -483,11 +486,11 @@ def main_parallel(ns, flags: dict, program=None, note: str | None = None) -> int
             return worker(comm, lambda device: get_backend(device, local))
     if note:  # how the authors' flags were read, said once
         print(note, file=sys.stderr, flush=True)
-    return _rank0(comm, size, local, ns, flags, runner, processes, program)
+    return _rank0(comm, size, local, ns, flags, runner, processes, program, new_config)
 
 
-def _rank0(comm, size: int, local: int, ns, flags: dict, runner, processes: int = 1, program=None) -> int:
-    from bioplaus.cli import check_tensorboard, tensorboard_hook
+def _rank0(comm, size: int, local: int, ns, flags: dict, runner, processes: int = 1, program=None,
+           new_config=None) -> int:
     from bioplaus.rules import get_rule
     from bioplaus.runner import BadInput
 
@@ -516,7 +519,7 @@ def _rank0(comm, size: int, local: int, ns, flags: dict, runner, processes: int 
         try:
             if getattr(ns, "ranks", None) is not None:
                 raise BadInput(RANKS_ONLY_WITH_DESCRIBE)
-            check_tensorboard(ns)
+            runner.check_tensorboard(getattr(ns, "tensorboard", None))
             kwargs = {"threads": getattr(ns, "threads", None), "processes": processes, "program": program}
             if getattr(ns, "resume", None) is not None:
                 for key in ("recipe", "out", "overwrite", "config", "config_from"):
@@ -527,9 +530,7 @@ def _rank0(comm, size: int, local: int, ns, flags: dict, runner, processes: int 
                                                  check_config=check,
                                                  keep_checkpoint=getattr(ns, "keep_checkpoint", None), **kwargs)
             else:
-                from bioplaus.cli import new_config
-
-                layered = new_config(ns)
+                layered = new_config(ns)  # the command line's layering (flags > --config > recipe), handed down
                 check(layered.config)
                 prepared = runner.prepare(layered.config, getattr(ns, "out", None), getattr(ns, "overwrite", False),
                                           recipe=layered.recipe, factory=factory, backend_index=local,
@@ -541,7 +542,7 @@ def _rank0(comm, size: int, local: int, ns, flags: dict, runner, processes: int 
                 f"rank {r}: {', '.join(b.name for b in trainer.spec.blocks[a:b])}"
                 for r, (a, b) in enumerate(trainer.bounds)))
             progress = not getattr(ns, "no_progress", False)
-            with tensorboard_hook(ns, prepared.out) as on_epoch:
+            with runner.tensorboard_hook(getattr(ns, "tensorboard", None), prepared.out) as on_epoch:
                 result = runner.execute(prepared, progress=progress, echo=lambda line: print(line, flush=True),
                                         on_epoch=on_epoch)
             status = result.exit_code

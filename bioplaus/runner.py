@@ -744,3 +744,33 @@ def resume(path: str, *, progress: bool = False, verbose: bool = False, stages=N
     echo = (lambda line: print(line, flush=True)) if verbose else None
     prepared = prepare_resume(path, changes, stages=stages, threads=threads, keep_checkpoint=keep_checkpoint)
     return execute(prepared, progress=progress, echo=echo)
+
+
+# ---------------------------------------------------------------------- TensorBoard export (an optional extra)
+def check_tensorboard(folder: str | None) -> None:
+    """``--tensorboard DIR``: tensorboardX is there and DIR is (or can be made) a writable folder; raises
+    BadInput before anything is written. Nothing to check without the flag (``folder`` None)."""
+    if folder is None:
+        return
+    from bioplaus.tensorboard import TensorBoardMissing, check_available
+
+    try:
+        check_available()
+        files.check_folder_writable(os.path.join(folder, "events"), "--tensorboard")
+    except (TensorBoardMissing, files.PathError) as exc:
+        raise BadInput(f"--tensorboard: {exc}") from None
+
+
+@contextlib.contextmanager
+def tensorboard_hook(folder: str | None, log: str):
+    """The run loop's per-epoch hook that exports ``log`` to ``--tensorboard DIR`` (None without the flag)."""
+    if folder is None:
+        yield None
+        return
+    from bioplaus.tensorboard import Exporter
+
+    exporter = Exporter(log, folder)
+    try:
+        yield exporter
+    finally:
+        exporter.close()

@@ -24,8 +24,9 @@ from bioplaus.backend import TRAIN_DTYPE, Backend
 from bioplaus.blocks import Blocks
 from bioplaus.checkpoint import describe_mismatch
 from bioplaus.config import Config
+from bioplaus.describe import describe_model
 from bioplaus.heads import angle_degrees
-from bioplaus.models import NetSpec, build_spec, describe_model
+from bioplaus.models import NetSpec, build_spec
 from bioplaus.probes import PROBE, Probe
 from bioplaus.rules import REFERENCE_RULE, compose, declared_probes, one_hot, train_step
 from bioplaus.stage import Stage

@@ -25,9 +25,10 @@ from bioplaus import kinds
 from bioplaus.backend import NUMPY
 from bioplaus.config import Config
 from bioplaus.data import load_dataset
+from bioplaus.describe import describe_model
 from bioplaus.errors import ConfigError
 from bioplaus.log import read_run
-from bioplaus.models import BlockSpec, build_spec, describe_model
+from bioplaus.models import BlockSpec, build_spec
 from bioplaus.runner import run
 from bioplaus.train import Trainer
 

@@ -3,7 +3,8 @@
 import pytest
 
 from bioplaus.config import Config, ConfigError
-from bioplaus.models import VGG_CFGS, build_spec, describe_model
+from bioplaus.describe import describe_model
+from bioplaus.models import VGG_CFGS, build_spec
 
 MNIST = (1, 28, 28)
 CIFAR = (3, 32, 32)
