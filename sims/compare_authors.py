@@ -330,7 +330,7 @@ def _f(x, fmt="{:.2f}"):
     return "–" if math.isnan(x) else fmt.format(x)
 
 
-def markdown(rows, summary, variants, seeds, command: str, source: str) -> str:
+def markdown(rows, summary, variants, seeds, command: str, source: str, environment=()) -> str:
     lines = [
         "# VGG8B on full Fashion-MNIST, short schedule: bioplaus beside the authors' code", "",
         ("Both sides: vgg8b with `--feat-mult 0.25`, full Fashion-MNIST (Debian's `dataset-fashion-mnist`), "
@@ -373,7 +373,7 @@ def markdown(rows, summary, variants, seeds, command: str, source: str) -> str:
                     cells.append(_f(r["test_error"]) if r else "")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-    lines += ["## Commands", "",
+    lines += ["## Where it ran", "", *[f"- {line}" for line in environment], "", "## Commands", "",
               ("The authors' side, per variant (run in `authors/run/` of the scratch folder, `OMP_NUM_THREADS` "
               "set to the thread count):"), "", "```bash"]
     for v in variants:
@@ -423,6 +423,33 @@ def figure(rows, variants):
     return fig
 
 
+def describe_environment(args, scratch: Path) -> list[str]:
+    """Lines naming the machine and both sides' software, from what the runs recorded and the Pythons given."""
+    import json
+    import platform
+
+    import numpy
+
+    import bioplaus
+
+    lines = [f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}"]
+    for v in args.variants:
+        record = ours_folder(scratch, v) / "sweeps.jsonl"
+        if record.is_file():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                first = json.loads(record.read_text(encoding="utf-8").splitlines()[0])
+                lines[0] = f"machine: {first['machine']} (as our first sweep recorded it)"
+                break
+    lines.append(f"ours: bioplaus {bioplaus.__version__}, NumPy {numpy.__version__}, Python {platform.python_version()}")
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        code = "import platform, torch, torchvision; print(torch.__version__, torchvision.__version__, " \
+               "platform.python_version())"
+        probe = subprocess.run([args.authors_python, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout.split()
+        if len(probe) == 3:
+            lines.append(f"the authors' code: PyTorch {probe[0]}, torchvision {probe[1]}, Python {probe[2]}")
+    return lines
+
+
 def write_report(args, scratch: Path, command: str) -> None:
     from bioplaus import files
     from bioplaus.analysis import figure_png
@@ -433,7 +460,7 @@ def write_report(args, scratch: Path, command: str) -> None:
     summary = summarise(rows, args.variants)
     source = (scratch / "authors" / "SOURCE.txt").read_text(encoding="utf-8").strip().replace("\n", "; ") \
         if (scratch / "authors" / "SOURCE.txt").is_file() else args.authors
-    text = markdown(rows, summary, args.variants, args.seeds, command, source)
+    text = markdown(rows, summary, args.variants, args.seeds, command, source, describe_environment(args, scratch))
     buf = io.StringIO()
     fields = ["side", "variant", "seed", "epoch", "train_error", "test_error", "seconds"]
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
