@@ -816,6 +816,21 @@ class RunFailed(RuntimeError):
         self.result = result
 
 
+def small_run_configs(variants: Sequence[str], epochs: int = 3, num_layers: int = 1, num_hidden: int = 64,
+                      probe_every: int = 1, seed: int = 1, extra: dict[str, Any] | None = None) -> list:
+    """The configurations :func:`make_small_runs` trains, each checked as a run checks it before it writes
+    anything (:func:`bioplaus.runner.check_run`: the device, the memory, the data); raises
+    :class:`bioplaus.runner.BadInput`."""
+    from bioplaus.runner import check_run, resolve
+
+    configs = [resolve({"variant": variant, "epochs": epochs, "num_layers": num_layers, "num_hidden": num_hidden,
+                        "probe_every": probe_every, "seed": seed, "device": "cpu", **(extra or {})})
+               for variant in variants]
+    for cfg in configs:
+        check_run(cfg)
+    return configs
+
+
 def make_small_runs(variants: Sequence[str], out_dir: str | os.PathLike | None = None, epochs: int = 3,
                     num_layers: int = 1, num_hidden: int = 64, probe_every: int = 1, seed: int = 1,
                     extra: dict[str, Any] | None = None, progress: bool = False) -> list[str]:
@@ -827,14 +842,13 @@ def make_small_runs(variants: Sequence[str], out_dir: str | os.PathLike | None =
     checkout; :func:`load_runs` reads logs into memory, so the figures need them only while loading.
     ``extra`` holds further configuration fields (``{"lr": 1e-3}``). Defaults: a 1x64 mlp on the
     embedded fashion-mnist-mini for 3 epochs, CPU, probe every epoch. Raises
-    :class:`bioplaus.runner.BadInput` for a configuration that cannot run (before anything is made), and
+    :class:`bioplaus.runner.BadInput` for a configuration that cannot run (every one is checked, with
+    :func:`small_run_configs`, before anything is made), and
     :class:`RunFailed` (a RuntimeError) when a run does not complete.
     """
-    from bioplaus.runner import resolve, run
+    from bioplaus.runner import run
 
-    configs = [resolve({"variant": variant, "epochs": epochs, "num_layers": num_layers, "num_hidden": num_hidden,
-                        "probe_every": probe_every, "seed": seed, "device": "cpu", **(extra or {})})
-               for variant in variants]  # every configuration is checked before anything is made
+    configs = small_run_configs(variants, epochs, num_layers, num_hidden, probe_every, seed, extra)
     if out_dir is None:
         folder = tempfile.mkdtemp(prefix="bioplaus-small-runs-")
         atexit.register(shutil.rmtree, folder, ignore_errors=True)

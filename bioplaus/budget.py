@@ -21,8 +21,8 @@ shapes of its arrays and its cost, a carrier its matrices (:mod:`bioplaus.kinds`
 from __future__ import annotations
 
 import math
-import os
 
+from bioplaus.limits import host_memory, human  # noqa: F401 -- human: re-exported, the estimate's unit
 from bioplaus.models import NetSpec
 from bioplaus.ops.conv import DEVICE_IM2COL_MAX_BYTES, IM2COL_MAX_BYTES
 from bioplaus.probes import Cost
@@ -108,25 +108,7 @@ def available_bytes(backend) -> tuple[int, str]:
     if backend.is_gpu:
         free, _total = backend.xp.cuda.Device().mem_info
         return int(free), "the GPU has"
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024, "this machine has"
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine has"
-    except (ValueError, OSError, AttributeError):
-        return 1 << 62, "this machine has"
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
-        if abs(n) < 1024 or unit == "EiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} EiB"
+    return host_memory(), "this machine has"
 
 
 def step_costs(spec: NetSpec, rule: Rule | str, batch: int, target_proj_size: int = 128) -> tuple[list[Cost], Cost]:

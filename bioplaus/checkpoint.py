@@ -14,6 +14,11 @@ block that owns it, so a checkpoint loads into any split of the network into sta
 Format 1 (before stages) numbered the blocks (``params/0/W``, ``opt/out/W/m``, ...); it is read
 and renamed (:func:`upgrade`), the arrays unchanged.
 
+It is written uncompressed (``np.savez``), so every member's size on disk is its size in memory; a
+reader checks each member's declared shape and dtype against that, and the sum against the memory
+available, before it reads a byte of data (:func:`read_arrays`): a crafted archive cannot make it
+allocate more than the file holds.
+
 It is written atomically (:func:`bioplaus.files.atomic_write`): a kill leaves either the previous
 checkpoint or the new one, never half of one, and never a temporary file in the way of the next.
 
@@ -25,6 +30,7 @@ epoch and recomputes that epoch (randomness is keyed by (seed, epoch), so the re
 from __future__ import annotations
 
 import json
+import math
 import os
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -32,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from bioplaus import limits
 from bioplaus.files import atomic_write, checkpoint_path  # noqa: F401 -- re-exported: where a checkpoint lives
 
 CHECKPOINT_FORMAT = 2
@@ -60,6 +67,49 @@ def save_checkpoint(path: str, state_dict: Mapping[str, Any], meta: Mapping[str,
     atomic_write(path, lambda fh: np.savez(fh, **arrays), needed=needed)
 
 
+def read_arrays(path: str) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` archive written by ``np.savez``, each member's header checked before its
+    data is read: a stored (uncompressed) ``.npy`` of numbers (or text) whose declared shape and dtype
+    account for exactly its size, all of them together within the memory available. Raises
+    CheckpointError (one phrase) otherwise."""
+    arrays = {}
+    try:
+        with zipfile.ZipFile(path) as z:
+            members = []
+            for info in z.infolist():
+                if not info.filename.endswith(".npy") or info.compress_type != zipfile.ZIP_STORED:
+                    raise CheckpointError(f"{path} is not a bioplaus checkpoint (its member {info.filename[:60]!r} "
+                                          "is not a stored .npy array)")
+                with z.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    if version not in ((1, 0), (2, 0)):
+                        raise CheckpointError(f"the checkpoint {path} is damaged ({info.filename} has .npy "
+                                              f"format {version})")
+                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0)
+                    shape, _fortran, dtype = read_header(fh)
+                    header = fh.tell()
+                if dtype.hasobject or dtype.kind not in "fiubU" or len(shape) > 32:
+                    raise CheckpointError(f"the checkpoint {path} is damaged ({info.filename[:-4]} holds {dtype} "
+                                          "values)")
+                nbytes = math.prod(shape) * dtype.itemsize
+                if header + nbytes != info.file_size:
+                    raise CheckpointError(f"the checkpoint {path} is damaged ({info.filename[:-4]} declares "
+                                          f"{limits.human(nbytes)} of data but holds {limits.human(info.file_size)})")
+                members.append((info, nbytes))
+            limits.check_declared(sum(n for _, n in members), f"the checkpoint {path}")
+            for info, _ in members:
+                with z.open(info) as fh:
+                    arrays[info.filename[:-4]] = np.lib.format.read_array(fh, allow_pickle=False)
+    except CheckpointError:
+        raise
+    except limits.TooLarge as exc:
+        raise CheckpointError(str(exc)) from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError, RuntimeError, SyntaxError) as exc:
+        raise CheckpointError(f"the checkpoint {path} is damaged ({exc.__class__.__name__})") from exc
+    return arrays
+
+
 def load_checkpoint(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """``(state_dict, meta)`` from a checkpoint; raises CheckpointError if missing, damaged or not ours.
 
@@ -68,25 +118,19 @@ def load_checkpoint(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"no checkpoint at {path}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {name: z[name] for name in z.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError, RuntimeError) as exc:
-        raise CheckpointError(f"the checkpoint {path} is damaged ({exc.__class__.__name__})") from exc
-    except AttributeError as exc:  # np.load of a non-archive: a plain array
-        raise CheckpointError(f"{path} is not a bioplaus checkpoint") from exc
+    arrays = read_arrays(path)
     if _META_KEY not in arrays:
         raise CheckpointError(f"{path} is not a bioplaus checkpoint")
     try:
-        meta = json.loads(str(arrays.pop(_META_KEY)))
-    except (ValueError, TypeError) as exc:
-        raise CheckpointError(f"the checkpoint {path} is damaged (its metadata is not JSON)") from exc
+        meta = limits.loads(str(arrays.pop(_META_KEY)), "its metadata")
+    except ValueError as exc:
+        raise CheckpointError(f"the checkpoint {path} is damaged ({exc}; its metadata is not JSON)") from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"the checkpoint {path} is damaged (its metadata is not a record)")
     epoch, fmt = meta.get("epoch"), meta.get("checkpoint_format", 1)
     if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
         raise CheckpointError(f"the checkpoint {path} is damaged (its epoch is {epoch!r})")
-    if not isinstance(fmt, int) or fmt < 1:
+    if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
         raise CheckpointError(f"the checkpoint {path} is damaged (its format is {fmt!r})")
     if fmt > CHECKPOINT_FORMAT:
         raise CheckpointError(f"the checkpoint {path} has format {fmt}, newer than this bioplaus reads "

@@ -20,13 +20,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from bioplaus import runner
+from bioplaus import files, runner
 from bioplaus.config import Config, ConfigError, unset_meaning
 from bioplaus.errors import sentence
 from bioplaus.program import DEFAULT as DEFAULT_PROGRAM
 from bioplaus.program import Program
 from bioplaus.rules import VARIANTS
 from bioplaus.runner import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, KEEP_CHECKPOINT, BadInput
+from bioplaus.startup import is_parallel_follower
 
 EXIT_DIVERGED, EXIT_STORAGE = runner.EXIT_DIVERGED, runner.EXIT_STORAGE
 RESUME_MAY_CHANGE = runner.RESUME_MAY_CHANGE
@@ -244,16 +245,21 @@ def _main(argv: Sequence[str] | None, program: Program, describe: bool) -> int:
             prepared = _prepare_new(ns, program, show_toml)
         if prepared is None:  # --describe
             return EXIT_OK
-        progress = not getattr(ns, "no_progress", False)
         with runner.tensorboard_hook(getattr(ns, "tensorboard", None), prepared.out) as on_epoch:
-            result = runner.execute(prepared, progress=progress, echo=lambda line: print(line, flush=True),
+            result = runner.execute(prepared, progress=_progress(ns), echo=lambda line: print(line, flush=True),
                                     on_epoch=on_epoch)
     except (UsageError, BadInput) as exc:
-        print(f"error: {sentence(str(exc))}", file=sys.stderr)
+        if not is_parallel_follower(argv):  # every rank of --parallel parses the same flags: rank 0 says it
+            print(f"error: {sentence(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted before training started; nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as exc:  # a disk that filled while the data downloaded: nothing else was written
+        if not files.is_storage_failure(exc):
+            raise
+        print(f"error: {sentence(exc.strerror or str(exc))}", file=sys.stderr)
+        return EXIT_STORAGE
     return result.exit_code
 
 
@@ -301,7 +307,8 @@ def _prepare_new(ns: argparse.Namespace, program: Program, show_toml: bool = Fal
         return None
     return runner.prepare(cfg, getattr(ns, "out", None), getattr(ns, "overwrite", False),
                           recipe=layered.recipe, schedule=layered.schedule, threads=getattr(ns, "threads", None),
-                          keep_checkpoint=getattr(ns, "keep_checkpoint", "last"), program=program)
+                          keep_checkpoint=getattr(ns, "keep_checkpoint", "last"), program=program,
+                          progress=_progress(ns))
 
 
 def config_toml(layered, ns: argparse.Namespace, program: Program) -> str:
@@ -325,4 +332,10 @@ def _prepare_resume(ns: argparse.Namespace, program: Program):
         if getattr(ns, key, None):
             raise UsageError(f"{_flag(key)} cannot be combined with --resume (the log holds the run's configuration)")
     return runner.prepare_resume(ns.resume, _config_flags(ns), threads=getattr(ns, "threads", None),
-                                 keep_checkpoint=getattr(ns, "keep_checkpoint", None), program=program)
+                                 keep_checkpoint=getattr(ns, "keep_checkpoint", None), program=program,
+                                 progress=_progress(ns))
+
+
+def _progress(ns: argparse.Namespace) -> bool:
+    """Progress bars (the epochs', a download's) unless ``--no-progress``."""
+    return not getattr(ns, "no_progress", False)

@@ -153,14 +153,29 @@ def quietly(entry: Callable[[], int]) -> int:
         return EXIT_BROKEN_PIPE
 
 
+# The module each command's work lives in: imported first, while the signal handlers only note a signal
+# (bioplaus.startup), so that no import is ever cut by one.
+MODULES = {"run": "bioplaus.cli", "describe": "bioplaus.cli", "recipes": "bioplaus.cli", "sweep": "bioplaus.sweep",
+           "report": "bioplaus.sweep", "figures": "bioplaus.figures"}
+
+
+def started(argv: Sequence[str], prefix: str) -> int:
+    """:func:`dispatch` as a program: its command's module imported with the signal handlers in place
+    (:func:`bioplaus.startup.command`: SIGINT or SIGTERM at any moment is status 130 and one line)."""
+    from bioplaus.startup import command
+
+    return command(MODULES.get(argv[0] if argv else "", __name__), lambda _main: dispatch(argv, prefix))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``bioplaus`` console script."""
-    return quietly(lambda: dispatch(sys.argv[1:] if argv is None else argv, "bioplaus"))
+    return quietly(lambda: started(sys.argv[1:] if argv is None else list(argv), "bioplaus"))
 
 
 def run_alias(argv: Sequence[str] | None = None) -> int:
     """The ``bioplaus-run`` console script: ``bioplaus run``, named as typed."""
-    from bioplaus.cli import main as run_main
+    from bioplaus.startup import command
 
     program = Program.command("bioplaus").with_run("bioplaus-run")
-    return quietly(lambda: run_main(sys.argv[1:] if argv is None else argv, program))
+    return quietly(lambda: command("bioplaus.cli", lambda run_main: run_main(sys.argv[1:] if argv is None else argv,
+                                                                            program)))

@@ -190,6 +190,8 @@ class Config:
                 raise ConfigError(f"{_flag(f.name)} must be a finite number, not {value}")
             if isinstance(value, int) and not isinstance(value, bool) and f.name != "seed" and abs(value) > INT_MAX:
                 raise ConfigError(f"{_flag(f.name)} {value} is too large (at most {INT_MAX})")
+            if isinstance(value, tuple) and any(abs(v) > INT_MAX for v in value):
+                raise ConfigError(f"{_flag(f.name)} {max(value, key=abs)} is too large (at most {INT_MAX})")
         positive = ("epochs", "batch_size", "num_hidden", "dim_in_decoder", "target_proj_size")
         for name in positive:
             if getattr(self, name) < 1:
@@ -292,7 +294,13 @@ class Config:
 
     @classmethod
     def from_json(cls, text: str) -> Config:
-        return cls.from_dict(json.loads(text))
+        """A configuration from its JSON (checked for size and depth first: it may come from a file)."""
+        from bioplaus.limits import loads
+
+        values = loads(text, "the configuration")
+        if not isinstance(values, dict):
+            raise ConfigError("the configuration is not a JSON object")
+        return cls.from_dict(values)
 
 
 def _flag(name: str) -> str:
@@ -328,7 +336,10 @@ def _coerce(key: str, value: Any, annotation: str) -> Any:
     if ann.startswith("float"):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{flag} takes a number, not {value!r}")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer too large for a float: not a finite number
+            raise ConfigError(f"{flag} must be a finite number, not {str(value)[:20]}...") from None
     if ann.startswith("str"):
         if not isinstance(value, str):
             raise ConfigError(f"{flag} takes text, not {value!r}")

@@ -22,6 +22,8 @@ status is passed on; no figure is written then, and its log is kept).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import sys
 from collections.abc import Sequence
@@ -127,7 +129,7 @@ def draw(runs, out_dir: str, similarity_variant: str = "predsim", layer_variant:
 
 
 def _check(args: argparse.Namespace) -> None:
-    """Every check that reads only; raises BadInput or PathError."""
+    """Every check of the flags that needs no file system; raises BadInput."""
     for flag, value, low in (("--epochs", args.epochs, 1), ("--num-layers", args.num_layers, 1),
                              ("--num-hidden", args.num_hidden, 1), ("--seed", args.seed, 0)):
         if value < low:
@@ -140,16 +142,61 @@ def _check(args: argparse.Namespace) -> None:
             raise BadInput(f"{flag}: unknown variant {value!r}; choose one of {', '.join(known)}")
     if len(set(args.variants)) < len(args.variants):
         raise BadInput("--variants repeats a variant")
-    files.check_outputs(output_paths(args.out_dir, formats_of(args.format)), "--out-dir")
-    if not args.logs:
-        files.check_folder_writable(os.path.join(args.runs_dir, "small-runs-*"), "--runs-dir")
 
 
 def _load(sources: Sequence[str]):
+    """The logs to draw, each with at least one completed epoch (a run stopped before its first has
+    nothing to draw)."""
     try:
-        return analysis.load_runs(*sources)
+        runs = analysis.load_runs(*sources)
     except ValueError as exc:  # nothing matched
         raise BadInput(str(exc)) from None
+    for r in runs:
+        if not r.num_epochs:
+            raise BadInput(f"{r.path} holds no completed epoch (its run is {r.status or 'unknown'}), so there is "
+                           "nothing to draw from it; leave it out of --logs")
+    return runs
+
+
+def _prepare(args: argparse.Namespace):
+    """Every check, in order: the flags, the outputs' paths (reading only), the logs or the runs to train,
+    then the folders tried for real (which changes their modification time: last). Returns the logs to
+    draw, or None when they are to be trained."""
+    _check(args)
+    targets = output_paths(args.out_dir, formats_of(args.format))
+    files.check_outputs(targets, "--out-dir", probe=False)
+    runs_dir = os.path.join(args.runs_dir, "small-runs-*")
+    if args.logs:
+        runs = _load(args.logs)
+    else:
+        runs = None
+        analysis.small_run_configs(args.variants, epochs=args.epochs, num_layers=args.num_layers,
+                                   num_hidden=args.num_hidden, probe_every=1, seed=args.seed,
+                                   extra={"device": args.device})
+        files.check_folder_writable(runs_dir, "--runs-dir")
+    files.check_outputs(targets, "--out-dir")
+    if runs is None:
+        files.probe_folder(runs_dir, "--runs-dir")
+    return runs
+
+
+def _train(args: argparse.Namespace) -> list[str]:
+    """The small runs, trained in this process. A run that does not complete says how on stderr itself
+    (its log, how to resume); that line is held back and said once, in this command's own sentence (the
+    RunFailed below), so that the command ends with one line whatever stopped it."""
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            paths = analysis.make_small_runs(args.variants, out_dir=args.runs_dir, epochs=args.epochs,
+                                             num_layers=args.num_layers, num_hidden=args.num_hidden,
+                                             probe_every=1, seed=args.seed, extra={"device": args.device})
+    except analysis.RunFailed:
+        raise
+    except BaseException:
+        sys.stderr.write(said.getvalue())
+        raise
+    sys.stderr.write(said.getvalue())
+    return paths
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
@@ -162,13 +209,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             args = build_parser(prog).parse_args(argv)
         except SystemExit as exc:  # --help
             return int(exc.code or 0)
-        _check(args)
-        if args.logs:
-            runs = _load(args.logs)
-        else:  # make_small_runs checks every run's configuration before it makes a folder
-            paths = analysis.make_small_runs(args.variants, out_dir=args.runs_dir, epochs=args.epochs,
-                                             num_layers=args.num_layers, num_hidden=args.num_hidden,
-                                             probe_every=1, seed=args.seed, extra={"device": args.device})
+        runs = _prepare(args)
+        if runs is None:  # make_small_runs checks every run's configuration again before it makes a folder
+            paths = _train(args)
             runs = _load(paths)
         written = draw(runs, args.out_dir, args.similarity_variant, args.layer_variant, args.dpi,
                        formats_of(args.format))

@@ -12,23 +12,33 @@ its lock ``PATH.h5.lock`` (and with ``--keep-checkpoint all`` one checkpoint per
 - the lock file is kept for good (never unlinked): a process that opened it just before an unlink
   could otherwise lock a file that a third process no longer sees, and two writers would run;
 - before a write, the free space is compared with what the write needs, so a full disk is met
-  before HDF5 or NumPy start a file they cannot finish (:class:`StorageFull`).
+  before HDF5 or NumPy start a file they cannot finish (:class:`StorageFull`);
+- every file opened in place (a lock, a console output or a record appended to, a file read back) is
+  opened with :func:`open_regular`: without following a symbolic link, without blocking (a FIFO or a
+  device never hangs the caller), and only when it is a regular file;
+- a refused input touches nothing, not even a folder's modification time: the checks that read come
+  first, and the one check that writes (:func:`probe_folder`: an empty file made and removed, because
+  /proc and the like pass ``os.access``) comes last, just before the first real write.
 
 :class:`PathError` is bad input (one sentence, nothing written); :class:`StorageFull` and other
 ``OSError`` raised by :func:`atomic_write` are failures of the storage during a run.
 
 Derived outputs (figures and tables drawn from logs: ``sims/figures.py``, ``sims/sweep.py --report``)
 follow the same rules through :func:`write_outputs`: each carries a mark (a PNG text chunk, an SVG's
-or a Markdown file's first comment, a PDF's document information ``/Creator``), and an existing file at
-an output's path is replaced only when it carries that mark, i.e. when bioplaus wrote it; a user's own
-``errors.png`` or ``results.md`` is refused, as is anything but a regular file. Every output is checked
-before the first is written.
+or a Markdown file's first comment, a PDF's document information ``/Creator``, a CSV's last column
+holding a digest of the table), and an existing file at an output's path is replaced only when it
+carries that mark, i.e. when bioplaus wrote it; a user's own ``errors.png``, ``results.md`` or
+``results.csv`` is refused, as is anything but a regular file. Every output is checked before the first
+is written.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
+import hashlib
+import io
 import os
 import re
 import secrets
@@ -197,14 +207,24 @@ def remove_folders(folders: Sequence[str | os.PathLike]) -> None:
 
 # ------------------------------------------------------------------------------ checks
 def check_folder_writable(path: str, flag: str) -> None:
-    """The log's folder exists and is writable, or can be created under a writable one (both tried for
-    real, with an empty file or folder made and removed: /proc and the like pass os.access)."""
+    """The folder of ``path`` exists and is writable, or can be created under a writable one: the checks
+    that write nothing. :func:`probe_folder` tries it for real, last."""
     folder = os.path.dirname(os.path.abspath(path))
     probe = _existing_ancestor(folder)
     if not os.path.isdir(probe):
         raise PathError(f"cannot write {path}: {probe} is not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise PathError(f"cannot write {path}: {probe} is not writable")
+
+
+def probe_folder(path: str, flag: str) -> None:
+    """The folder of ``path`` accepts new files (or, where it must be made, its nearest existing parent
+    accepts new folders), tried for real with an empty one made and removed: /proc and the like pass
+    os.access. It is the last check before writing (it touches the folder, whose times it then sets
+    back: see :func:`_accepts_new`)."""
+    check_folder_writable(path, flag)
+    folder = os.path.dirname(os.path.abspath(path))
+    probe = _existing_ancestor(folder)
     what = "files" if probe == folder else "folders"  # the folder is there, or must be made in probe
     if not _accepts_new(probe, what):
         raise PathError(f"cannot write {path}: {probe} does not accept new {what}")
@@ -212,7 +232,13 @@ def check_folder_writable(path: str, flag: str) -> None:
 
 def _accepts_new(folder: str, what: str) -> bool:
     """Really create (and remove) an empty temporary file or folder there: /proc and the like pass
-    os.access."""
+    os.access. The folder's times are then set back to what they were, unless its entries changed
+    meanwhile (another process at work there keeps the times its change gave): a command that checks
+    two folders and refuses the second leaves the first as it found it."""
+    try:
+        before, entries = os.stat(folder), sorted(os.listdir(folder))
+    except OSError:
+        return False
     try:
         if what == "folders":
             tmp, remove = tempfile.mkdtemp(dir=folder, prefix=".bioplaus-probe."), os.rmdir
@@ -224,6 +250,8 @@ def _accepts_new(folder: str, what: str) -> bool:
         return False
     with contextlib.suppress(OSError):
         remove(tmp)
+        if sorted(os.listdir(folder)) == entries:
+            os.utime(folder, ns=(before.st_atime_ns, before.st_mtime_ns))
     return True
 
 
@@ -233,6 +261,55 @@ def _kind(mode: int) -> str:
         if test(mode):
             return name
     return "not a regular file"
+
+
+_OPEN_FLAGS = (getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+               | getattr(os, "O_CLOEXEC", 0))
+
+
+def open_regular(path: str, flags: int, what: str, mode: int = 0o666) -> int:
+    """A descriptor of ``path`` opened with ``flags``, never through a symbolic link and never blocking,
+    and only when it is a regular file (checked on the open descriptor, so nothing can be swapped in
+    between); raises :class:`PathError` (one sentence naming ``what``) otherwise. Other OSErrors
+    (permission, a full disk) are raised as they are."""
+    try:
+        fd = os.open(path, flags | _OPEN_FLAGS, mode)
+    except OSError as exc:
+        # ELOOP: the last part is a symbolic link (O_NOFOLLOW); ENXIO: a FIFO with no reader, or a
+        # device without its driver; EISDIR: a folder opened for writing
+        if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR, errno.ENODEV, errno.EMLINK):
+            try:
+                kind = _kind(os.lstat(path).st_mode)
+            except OSError:
+                kind = "not a regular file"
+            raise PathError(f"{path} is {kind}, not {what}; bioplaus leaves it alone") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise PathError(f"{path} is {_kind(st.st_mode)}, not {what}; bioplaus leaves it alone")
+        if _OPEN_FLAGS & getattr(os, "O_NONBLOCK", 0):  # a regular file: back to ordinary blocking I/O
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular(path: str, what: str, limit: int, tail: bool = False) -> bytes:
+    """The bytes of the regular file ``path`` (:func:`open_regular`), at most ``limit`` of them: the
+    first, or the last when ``tail``. Raises PathError for anything but a regular file."""
+    fd = open_regular(path, os.O_RDONLY, what)
+    with os.fdopen(fd, "rb") as fh:
+        if tail:
+            fh.seek(max(0, os.fstat(fh.fileno()).st_size - limit))
+        return fh.read(limit)
+
+
+def append_regular(path: str, what: str):
+    """A binary file object appending to ``path`` (created if missing), through :func:`open_regular`."""
+    fd = open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, what)
+    return os.fdopen(fd, "ab")
 
 
 def regular_file(path: str) -> bool | None:
@@ -258,58 +335,88 @@ def check_lock_file(log: str) -> None:
     refuse_unless_regular(lock, "a bioplaus lock file")
     if regular_file(lock):
         try:
-            with open(lock, "rb") as fh:
-                head = fh.read(len(LOCK_MARK) + 1)
+            head = read_regular(lock, "a bioplaus lock file", len(LOCK_MARK) + 1)
         except OSError as exc:
             raise PathError(f"cannot read the lock file {lock}: {exc.strerror.lower()}") from None
         if head not in (b"", LOCK_MARK):
             raise PathError(f"{lock} is not a bioplaus lock file; move it away first")
 
 
+def lock_held(lock: str) -> bool:
+    """True when a live process holds the lock file ``lock`` (a run holds ``<log>.lock`` while it writes);
+    False when it is free or missing. The file is opened read-only (looking writes nothing) and through
+    :func:`open_regular`: anything but a regular file there raises PathError."""
+    if fcntl is None or not os.path.lexists(lock):
+        return False
+    try:
+        fd = open_regular(lock, os.O_RDONLY, "a bioplaus lock file")
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock this call took
+    return False
+
+
 def check_not_running(log: str) -> None:
     """Refuse a log that a live process is still writing (its lock is held; a killed run's is not)."""
-    lock = lock_path(log)
-    if fcntl is None or not regular_file(lock):
-        return
-    with open(lock, "rb") as fh:  # opened read-only: checking writes nothing
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise PathError(f"{log} is being written by another running process; wait for it or stop it") from None
+    if lock_held(lock_path(log)):
+        raise PathError(f"{log} is being written by another running process; wait for it or stop it")
 
 
-class RunLock:
-    """An exclusive lock on ``<log>.lock`` for this process's lifetime (the kernel drops it however the
-    process ends). The file stays when the lock is released."""
+class FileLock:
+    """An exclusive lock on the file ``path`` (created if missing, opened with :func:`open_regular`) for this
+    process's lifetime (the kernel drops it however the process ends). The file stays when the lock is
+    released: removing it could let a second holder in."""
 
-    def __init__(self, log: str) -> None:
-        self.path = lock_path(log)
+    def __init__(self, path: str) -> None:
+        self.path = os.fspath(path)
         self._fh = None
         self.created = False
 
-    def acquire(self) -> RunLock:
+    def take(self, wait: bool = False) -> bool:
+        """Take the lock; False when another process holds it (with ``wait``: wait for it instead; a
+        signal's KeyboardInterrupt ends the wait)."""
         if fcntl is None:
-            return self
+            return True
         self.created = not os.path.lexists(self.path)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        fd = open_regular(self.path, os.O_RDWR | os.O_CREAT, "a bioplaus lock file", 0o644)
         fh = os.fdopen(fd, "r+b")
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BaseException as exc:
             fh.close()
-            raise PathError(f"{self.path[: -len(LOCK_SUFFIX)]} is being written by another running process; "
-                            "wait for it or stop it") from None
+            if isinstance(exc, OSError) and not wait:
+                return False
+            raise
         if os.fstat(fh.fileno()).st_size == 0:
             with contextlib.suppress(OSError):
                 fh.write(LOCK_MARK)
                 fh.flush()
         self._fh = fh
-        return self
+        return True
 
     def release(self) -> None:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+
+
+class RunLock(FileLock):
+    """The lock of the run logged at ``log``: ``<log>.lock``, held while the run writes."""
+
+    def __init__(self, log: str) -> None:
+        super().__init__(lock_path(log))
+
+    def acquire(self) -> RunLock:
+        """Take it, or raise PathError (one sentence) when another live process holds it."""
+        if not self.take():
+            raise PathError(f"{self.path[: -len(LOCK_SUFFIX)]} is being written by another running process; "
+                            "wait for it or stop it")
+        return self
 
 
 # ------------------------------------------------------------------------------ writing
@@ -324,7 +431,7 @@ def free_bytes(folder: str) -> int | None:
 def ensure_space(path: str, needed: int) -> None:
     """Raise :class:`StorageFull` when the file system of ``path`` has less than ``needed`` bytes (plus a
     margin) free: the write is then not even started."""
-    folder = os.path.dirname(os.path.abspath(path))
+    folder = _existing_ancestor(os.path.dirname(os.path.abspath(path)))  # where the write will land
     free = free_bytes(folder)
     if free is not None and free < needed + SPACE_MARGIN:
         raise StorageFull(errno.ENOSPC, f"no space left on the file system of {folder} "
@@ -437,6 +544,54 @@ def text_mark(command: str) -> str:
     return f"{TEXT_MARK}: {command}; running it again replaces this file -->\n"
 
 
+# A CSV has no room for a comment that ``pandas.read_csv(path)`` would skip, and its header line is no
+# mark: a table a user saved with the same columns (one made from an earlier report, say) would carry
+# it. So the mark is a last column, CSV_MARK_COLUMN, whose cell in every row reads ``bioplaus <version>,
+# sha256 <16 hex digits>``: the digest of the table without that column. Only a file whose every byte
+# bioplaus wrote carries it; a table edited or made anew by hand does not, and is left alone.
+CSV_MARK_COLUMN = "written_by"
+CSV_MARK_LIMIT = 64 << 20  # a report's table is a few KB; a larger file there is not one of ours
+_CSV_MARK_CELL = re.compile(r"bioplaus \S+, sha256 ([0-9a-f]{16})")
+
+
+def _csv_rows(text: str) -> list[list[str]]:
+    return list(csv.reader(io.StringIO(text, newline="")))
+
+
+def _csv_text(rows: Sequence[Sequence[str]]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    return buf.getvalue()
+
+
+def _csv_digest(rows: Sequence[Sequence[str]]) -> str:
+    return hashlib.sha256(_csv_text(rows).encode("utf-8")).hexdigest()[:16]
+
+
+def csv_marked(text: str) -> bytes:
+    """``text`` (a CSV with a header line) with the mark column added (see CSV_MARK_COLUMN)."""
+    from bioplaus import __version__
+
+    rows = _csv_rows(text)
+    if len(rows) < 2:
+        raise ValueError("a marked CSV needs a header and at least one row")
+    cell = f"bioplaus {__version__}, sha256 {_csv_digest(rows)}"
+    return _csv_text([rows[0] + [CSV_MARK_COLUMN]] + [row + [cell] for row in rows[1:]]).encode("utf-8")
+
+
+def has_csv_mark(data: bytes) -> bool:
+    """True when ``data`` is a whole CSV that :func:`csv_marked` wrote, unchanged."""
+    try:
+        rows = _csv_rows(data.decode("utf-8"))
+    except (UnicodeDecodeError, csv.Error):
+        return False
+    if len(rows) < 2 or rows[0][-1:] != [CSV_MARK_COLUMN] or any(not row for row in rows):
+        return False
+    cells = {row[-1] for row in rows[1:]}
+    found = _CSV_MARK_CELL.fullmatch(cells.pop()) if len(cells) == 1 else None
+    return found is not None and found.group(1) == _csv_digest([row[:-1] for row in rows])
+
+
 class TailMark(bytes):
     """A mark that its format writes at the end of the file, where it is looked for (the last
     ``_TAIL_BYTES``): a PDF's document information dictionary follows its pages."""
@@ -448,16 +603,18 @@ PNG_MARKS = (PNG_MARK,)
 TEXT_MARKS = (TEXT_MARK.encode(),)  # Markdown, and SVG (a comment after the XML declaration)
 PDF_MARKS = (PDF_MARK,)
 FIGURE_MARKS = {"png": PNG_MARKS, "svg": TEXT_MARKS, "pdf": PDF_MARKS}  # by format (figure_bytes writes them)
+CSV_MARKS = (has_csv_mark,)
 
 
 @dataclass(frozen=True)
 class Output:
     """A file a command writes: its path, its bytes, and the marks that show an existing file there is
-    an earlier output of bioplaus (and may be replaced)."""
+    an earlier output of bioplaus (and may be replaced): bytes looked for in the file's head, or a test
+    of its whole content."""
 
     path: str
     data: bytes
-    marks: tuple[bytes, ...]
+    marks: tuple[bytes | Callable[[bytes], bool], ...]
 
     @classmethod
     def png(cls, path: str, data: bytes) -> Output:
@@ -475,11 +632,20 @@ class Output:
         """A Markdown table, its first line the mark naming ``command``."""
         return cls(path, (text_mark(command) + text).encode(), TEXT_MARKS)
 
+    @classmethod
+    def csv(cls, path: str, text: str, legacy: Sequence[Callable[[bytes], bool]] = ()) -> Output:
+        """A CSV table (a header line, then rows), with the mark column added (:func:`csv_marked`).
+        ``legacy``: tests that recognise the unmarked files an earlier bioplaus wrote there."""
+        return cls(path, csv_marked(text), (*CSV_MARKS, *legacy))
 
-def check_outputs(targets: Sequence[tuple[str, Sequence[bytes]]], flag: str) -> None:
+
+def check_outputs(targets: Sequence[tuple[str, Sequence[bytes | Callable[[bytes], bool]]]], flag: str,
+                  probe: bool = True) -> None:
     """Raise :class:`PathError` unless every ``(path, marks)`` can be written: its folder exists and is
-    writable or can be made, and nothing is at the path or a regular file whose head holds a mark."""
-    first_in = {}  # each folder is checked once (the check creates a probe file there)
+    writable or can be made, and nothing is at the path or a regular file that carries a mark. The
+    checks that read come first; with ``probe``, each folder is then tried for real (:func:`probe_folder`),
+    once, last."""
+    first_in = {}
     for path, _ in targets:
         first_in.setdefault(os.path.dirname(os.path.abspath(path)), path)
     for path in first_in.values():
@@ -492,25 +658,32 @@ def check_outputs(targets: Sequence[tuple[str, Sequence[bytes]]], flag: str) -> 
             raise PathError(f"{path} is {_kind(os.lstat(path).st_mode)}, where {flag} would write a file; "
                             "bioplaus leaves it alone")
         try:
-            marked = _carries(path, marks)
+            marked = _carries(path, marks, flag)
         except OSError as exc:
-            raise PathError(f"cannot read {path}: {exc.strerror.lower()}") from None
+            raise PathError(f"cannot read {path}: {(exc.strerror or str(exc)).lower()}") from None
         if not marked:
             raise PathError(f"{path} was not written by bioplaus, and {flag} would replace it; move it away "
                             f"or choose another {flag}")
+    if probe:
+        for path in first_in.values():
+            probe_folder(path, flag)
 
 
-def _carries(path: str, marks: Sequence[bytes]) -> bool:
-    """Whether the file holds one of ``marks`` where its format puts it: in its head, or, for a
-    :class:`TailMark`, in its tail."""
-    with open(path, "rb") as fh:
+def _carries(path: str, marks: Sequence[bytes | Callable[[bytes], bool]], flag: str) -> bool:
+    """Whether the file holds one of ``marks`` where its format puts it: in its head, for a
+    :class:`TailMark` in its tail, and for a test (a CSV's) in its whole content. The file is opened
+    without following a link or blocking (:func:`open_regular`)."""
+    fd = open_regular(path, os.O_RDONLY, f"a file {flag} may replace")
+    with os.fdopen(fd, "rb") as fh:
+        whole = fh.read(CSV_MARK_LIMIT + 1) if any(callable(m) for m in marks) else b""
+        fh.seek(0)
         head = fh.read(_HEAD_BYTES)
         tail = b""
         if any(isinstance(m, TailMark) for m in marks):
             size = fh.seek(0, os.SEEK_END)
             fh.seek(max(0, size - _TAIL_BYTES))
             tail = fh.read(_TAIL_BYTES)
-    return any(m in (tail if isinstance(m, TailMark) else head) for m in marks)
+    return any(m(whole) if callable(m) else m in (tail if isinstance(m, TailMark) else head) for m in marks)
 
 
 def write_outputs(outputs: Sequence[Output], flag: str) -> list[str]:

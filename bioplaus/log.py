@@ -28,7 +28,12 @@ before declared probes) wrote the same series for every layer of every run, NaN 
 no such quantity; it is read as it is, and a resumed format-1 log is converted (:meth:`RunLog.open_for_resume`):
 the series the run declares stay, the all-NaN ones it does not are dropped, every number is kept.
 
-Crash safety: the writer never modifies the log in place. Each write reads the log into memory,
+The status is a fixed-length string (``STATUS_BYTES`` bytes, NUL-padded; h5py returns it as bytes:
+``f.attrs["status"].decode()``, :func:`read_run` does it), so that it can be rewritten where it
+stands when the disk is too full for anything else (:meth:`RunLog.set_status_in_place`): a run that
+meets a full disk marks its log ``interrupted`` even with no room for a new copy of it.
+
+Crash safety: the writer never modifies the log in place (but for that one status field). Each write reads the log into memory,
 edits the in-memory copy with h5py, and writes it out as a new temporary file beside the log,
 fsynced and atomically renamed over it (:func:`bioplaus.files.atomic_write`). A reader therefore
 always sees a complete file holding every completed epoch, whether the writer is between epochs,
@@ -40,7 +45,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import io
-import json
 import math
 import os
 from collections.abc import Iterable, Mapping
@@ -51,12 +55,14 @@ import h5py
 import numpy as np
 
 import bioplaus
+from bioplaus import limits
 from bioplaus.config import Config, ConfigError
-from bioplaus.files import atomic_write
+from bioplaus.files import PathError, atomic_write, open_regular
 from bioplaus.probes import SPLITS, Probe
 
 FORMAT_VERSION = 2
 STATUSES = ("running", "completed", "diverged", "interrupted")
+STATUS_BYTES = 16  # the status attribute's fixed length: room for every status, rewritable in place
 
 # name -> (units, description)
 EPOCH_SERIES: dict[str, tuple[str, str]] = {
@@ -194,7 +200,7 @@ class RunLog:
             a["model"] = cfg.model
             a["dataset"] = cfg.dataset
             a["seed"] = cfg.seed
-            a["status"] = "running"
+            _set_status_attr(f, "running")
             a["config"] = cfg.to_json()
             a["device"] = device
             a["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -288,8 +294,33 @@ class RunLog:
         if status not in STATUSES:
             raise ValueError(f"status must be one of {', '.join(STATUSES)}, not {status!r}")
         with self._edit() as f:
-            f.attrs["status"] = status
+            _set_status_attr(f, status)
             f.attrs["message"] = message
+
+    def set_status_in_place(self, status: str) -> bool:
+        """Rewrite only the status, its fixed bytes where they stand in the file: for a full disk, where
+        :meth:`set_status` has no room for a new copy of the log. The message is not changed. Returns
+        False (the log untouched) when the place cannot be found for sure (a log of an older bioplaus,
+        whose status has no fixed length) or the write fails."""
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {', '.join(STATUSES)}, not {status!r}")
+        try:
+            fd = open_regular(self.path, os.O_RDWR, "a bioplaus run log")
+        except (OSError, PathError):
+            return False
+        try:
+            with os.fdopen(os.dup(fd), "rb") as fh:
+                data = fh.read()
+            where = _status_offset(data, status)
+            if where is None:
+                return False
+            os.pwrite(fd, _status_field(status), where)
+            os.fsync(fd)
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+        return True
 
     def set_config(self, cfg: Config) -> None:
         """Record a resumed run's configuration (only the planned epochs may have grown)."""
@@ -357,6 +388,40 @@ def _write_image(path: str, buf: io.BytesIO) -> None:
     atomic_write(path, lambda fh: fh.write(data), needed=len(data))
 
 
+def _status_field(status: str) -> bytes:
+    return status.encode("ascii").ljust(STATUS_BYTES, b"\0")
+
+
+def _set_status_attr(f: h5py.File, status: str) -> None:
+    f.attrs.create("status", np.array(status.encode("ascii"), dtype=f"S{STATUS_BYTES}"))
+
+
+def _status_offset(data: bytes, status: str) -> int | None:
+    """Where, in the log image ``data``, the bytes of the status field lie: the one place whose
+    replacement by ``status`` gives a log that reads back with that status and every other root
+    attribute unchanged. None when there is not exactly one such place."""
+
+    def attrs_of(image: bytes) -> dict[str, Any] | None:
+        try:
+            with h5py.File(io.BytesIO(image), "r") as f:
+                return {k: _attr(v) for k, v in f.attrs.items()}
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError):
+            return None
+
+    before = attrs_of(data)
+    if before is None or before.get("status") not in STATUSES:
+        return None
+    old = _status_field(before["status"])
+    found = []
+    at = data.find(old)
+    while at >= 0 and len(found) < 2:
+        candidate = data[:at] + _status_field(status) + data[at + STATUS_BYTES:]
+        if attrs_of(candidate) == {**before, "status": status}:
+            found.append(at)
+        at = data.find(old, at + 1)
+    return found[0] if len(found) == 1 else None
+
+
 class _Edit:
     """Context manager: the log read into memory and opened there for writing; on a clean exit the
     edited image is written over the log atomically; on an error the log is left as it was."""
@@ -365,7 +430,7 @@ class _Edit:
         self.path = path
 
     def __enter__(self) -> h5py.File:
-        with open(self.path, "rb") as fh:
+        with os.fdopen(open_regular(self.path, os.O_RDONLY, "a bioplaus run log"), "rb") as fh:
             self.buf = io.BytesIO(fh.read())
         self.file = h5py.File(self.buf, "r+")
         return self.file
@@ -398,39 +463,47 @@ def read_attrs(path: str) -> dict[str, Any]:
         raise LogError(f"{path} is not a readable HDF5 file ({exc.__class__.__name__})") from exc
     if "format_version" not in attrs or "config" not in attrs or not groups_ok:
         raise LogError(f"{path} is not a bioplaus run log")
-    if not isinstance(attrs["format_version"], int) or not isinstance(attrs["config"], str):
+    version = attrs["format_version"]
+    if not isinstance(version, int) or isinstance(version, bool) or not isinstance(attrs["config"], str):
         raise LogError(f"{path} is damaged: its format_version or config attribute has the wrong type")
-    if attrs["format_version"] > FORMAT_VERSION:
-        raise LogError(f"{path} has log format {attrs['format_version']}, newer than this bioplaus reads")
+    if version > FORMAT_VERSION:
+        raise LogError(f"{path} has log format {version}, newer than this bioplaus reads")
+    if version < 1:
+        raise LogError(f"{path} is damaged: its format_version is {version}")
     return attrs
+
+
+PROBE_KEYS = ("epochs", "labels", "target_similarity", "similarity")
 
 
 def read_run(path: str) -> Run:
     """Read a whole run log into memory (safe while a writer is between or even inside epochs).
 
-    A log that is truncated, altered or not ours raises :class:`LogError` with one sentence.
+    A log that is truncated, altered or not ours raises :class:`LogError` with one sentence. Every
+    dataset's kind, shape and size is checked before any is read (:func:`_survey`), so a log that
+    declares more data than it can hold is refused before memory is spent on it.
     """
     path = os.fspath(path)
     attrs = read_attrs(path)
     try:
         with _open_read(path) as f:
-            epochs = {k: _series_of(v) for k, v in f["epochs"].items()}
-            layers = {name: {k: _series_of(v) for k, v in g.items()} for name, g in _groups(f["layers"])}
-            probe: dict[str, Any] = {}
+            limits.check_declared(_survey(f, path), path)
+            epochs = {k: np.asarray(v[()]) for k, v in f["epochs"].items()}
+            layers = {name: {k: np.asarray(v[()]) for k, v in g.items()} for name, g in f["layers"].items()}
             pg = f["probe"]
-            for key in ("epochs", "labels", "target_similarity"):
-                if key in pg:
-                    probe[key] = np.asarray(pg[key][()])
+            probe: dict[str, Any] = {k: np.asarray(pg[k][()]) for k in PROBE_KEYS[:3] if k in pg}
             if "similarity" in pg:
                 probe["similarity"] = {k: np.asarray(v[()]) for k, v in pg["similarity"].items()}
             info = {ds.name[1:]: (_text(ds.attrs.get("units", "")), _text(ds.attrs.get("description", "")))
                     for group in (f["epochs"], *f["layers"].values()) for ds in group.values()}
     except LogError:
         raise
+    except limits.TooLarge as exc:
+        raise LogError(f"{path} is damaged: it {str(exc).removeprefix(path + ' ')}") from None
     except (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError) as exc:
         raise LogError(f"{path} is damaged ({exc.__class__.__name__} while reading it)") from exc
     try:
-        config = Config.from_dict(json.loads(attrs["config"]))
+        config = Config.from_dict(limits.loads(attrs["config"], "its config attribute"))
         config.validate()
     except (ValueError, TypeError, ConfigError) as exc:
         raise LogError(f"{path} holds a configuration this bioplaus cannot read ({_first_line(exc)})") from exc
@@ -448,20 +521,47 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else str(value)
 
 
-def _series_of(ds) -> np.ndarray:
-    if not isinstance(ds, h5py.Dataset):
-        raise LogError(f"{ds.name} should be a series of numbers, but it is a group")
-    value = np.asarray(ds[()])
-    if value.ndim != 1 or value.dtype.kind not in "fiu":
-        raise LogError(f"{ds.name} should be a 1-D series of numbers")
-    return value
+def _survey(f: h5py.File, path: str) -> int:
+    """Check what a log declares, before anything is read: every series a 1-D dataset of numbers, all of
+    one length (the epochs), and a probe group whole (its epochs, labels, target and one (S, B, B) stack
+    per block, or none of them). Returns the bytes reading it will take."""
+    def series(ds, n: int | None) -> int:
+        if not isinstance(ds, h5py.Dataset):
+            raise LogError(f"{path} is damaged: {ds.name} should be a series of numbers, but it is a group")
+        if len(ds.shape) != 1 or ds.dtype.kind not in "fiu":
+            raise LogError(f"{path} is damaged: {ds.name} should be a 1-D series of numbers")
+        if n is not None and ds.shape[0] != n:
+            raise LogError(f"{path} is damaged: its series do not all hold {n} epochs")
+        return ds.shape[0] * ds.dtype.itemsize
 
-
-def _groups(group: h5py.Group):
-    for name, item in group.items():
-        if not isinstance(item, h5py.Group):
-            raise LogError(f"{item.name} should be a group of series")
-        yield name, item
+    eg = f["epochs"]
+    epoch = eg.get("epoch")
+    n = epoch.shape[0] if isinstance(epoch, h5py.Dataset) and len(epoch.shape) == 1 else 0
+    total = sum(series(ds, n) for ds in eg.values())
+    for lg in f["layers"].values():
+        if not isinstance(lg, h5py.Group):
+            raise LogError(f"{path} is damaged: {lg.name} should be a group of series")
+        total += sum(series(ds, n) for ds in lg.values())
+    pg = f["probe"]
+    here = [k for k in PROBE_KEYS if k in pg]
+    if not here:
+        return total
+    if len(here) < len(PROBE_KEYS):
+        missing = [k for k in PROBE_KEYS if k not in pg]
+        raise LogError(f"{path} is damaged: its probe group has {', '.join(here)} but not {', '.join(missing)}")
+    snaps, labels, target, sim = (pg[k] for k in PROBE_KEYS)
+    if not all(isinstance(d, h5py.Dataset) for d in (snaps, labels, target)) or not isinstance(sim, h5py.Group):
+        raise LogError(f"{path} is damaged: its probe group holds a group where a dataset belongs, or the reverse")
+    total += series(snaps, None)
+    s, b = snaps.shape[0], labels.shape[0] if len(labels.shape) == 1 else -1
+    shapes = [(labels, (b,)), (target, (b, b))] + [(ds, (s, b, b)) for ds in sim.values()]
+    for ds, want in shapes:
+        if not isinstance(ds, h5py.Dataset) or ds.shape != want or ds.dtype.kind not in "fiu" or b < 0:
+            raise LogError(f"{path} is damaged: {ds.name} does not fit its probe group (expected shape {want})")
+        total += ds.size * ds.dtype.itemsize
+    if s > n:
+        raise LogError(f"{path} is damaged: its probe holds {s} snapshots of {n} epochs")
+    return total
 
 
 def _check_consistent(run: Run) -> None:
@@ -473,11 +573,31 @@ def _check_consistent(run: Run) -> None:
     lengths = {len(v) for v in run.epochs.values()} | {len(v) for s in run.layers.values() for v in s.values()}
     if lengths - {n}:
         raise LogError(f"{where} is damaged: its series do not all hold {n} epochs")
+    missing = [name for name in EPOCH_SERIES if name not in run.epochs]
+    if n and missing:
+        raise LogError(f"{where} is damaged: it has no {missing[0]} series")
     if n and not np.array_equal(run.epochs["epoch"], np.arange(1, n + 1)):
         raise LogError(f"{where} is damaged: its epochs are not numbered 1 to {n}")
     planned = run.attrs.get("epochs_planned")
     if not isinstance(planned, int) or planned < 1 or not math.isfinite(planned):
         raise LogError(f"{where} is damaged: epochs_planned is {planned!r}")
+    snaps = run.probe.get("epochs")
+    if snaps is not None and snaps.size and (np.any(np.diff(snaps) <= 0) or snaps[0] < 1 or snaps[-1] > n):
+        raise LogError(f"{where} is damaged: its probe epochs are not increasing epochs between 1 and {n}")
+
+
+def check_recorded(run: Run) -> None:
+    """The numbers a run carries on from are those it logged: every per-epoch value finite, learning rates
+    positive, errors between 0 and 100 %, losses and seconds not negative (a log edited to hold NaN in
+    ``lr``, say, would otherwise be resumed and "completed"). Raises LogError naming the first bad one."""
+    bounds = {"%": (0.0, 100.0), "nats": (0.0, math.inf), "s": (0.0, math.inf)}
+    for name, (units, _) in EPOCH_SERIES.items():
+        values = np.asarray(run.epochs.get(name, ()), dtype=float)
+        low, high = bounds.get(units, (-math.inf, math.inf))
+        bad = ~np.isfinite(values) | (values < low) | (values > high) | ((values <= 0) if name == "lr" else False)
+        if bad.any():
+            e = int(np.argmax(bad))
+            raise LogError(f"{run.path} is damaged: its {name} of epoch {e + 1} is {float(values[e])}")
 
 
 def read_runs(paths: Iterable[str]) -> list[Run]:

@@ -20,7 +20,10 @@ small message per rank), gathers their arrays for the probe and the checkpoint, 
 ordinary log and the ordinary checkpoint (keyed by block name: any K, or the sequential run, resumes
 it). SIGINT/SIGTERM reach rank 0 (mpiexec forwards them to every rank; the others ignore them): it
 stops the stream downstream, marks the log ``interrupted`` and tells every rank to exit with its
-status. A rank that dies makes mpiexec end the others; the log keeps every completed epoch.
+status. A rank that dies makes mpiexec end the others; the log keeps every completed epoch. Before
+the pipeline has started, the ranks other than 0 ignore the signals from their first line, and rank 0
+tells them how to end on every way out (:mod:`bioplaus.startup`, :func:`main_parallel`): a rank that
+left before MPI was up, or before rank 0's first word, would leave the others waiting for ever.
 
 On GPUs each rank takes device (local rank mod devices); arrays cross ranks through host buffers.
 """
@@ -36,10 +39,12 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from bioplaus import startup
 from bioplaus.blocks import Block, Blocks, State
 from bioplaus.budget import block_costs
 from bioplaus.errors import MPI_INSTALL, sentence
-from bioplaus.runner import deferred_signals
+from bioplaus.files import is_storage_failure
+from bioplaus.runner import SIGNAL_HOOK, deferred_signals
 from bioplaus.stage import Stage
 from bioplaus.train import (
     TrainerBase,
@@ -52,9 +57,9 @@ from bioplaus.train import (
 )
 
 TAG_X, TAG_Y = 11, 12
-# Tests only: "KIND@N" makes rank 0 send itself SIGTERM right after its N-th command KIND (train, eval,
-# values, arrays, state) has gone out, the moment an interrupt could split an exchange between ranks.
-SIGNAL_HOOK = "BIOPLAUS_TEST_SIGTERM_AFTER"
+# SIGNAL_HOOK (tests only): "KIND@N" makes rank 0 send itself SIGTERM right after its N-th command KIND
+# (train, eval, values, arrays, state) has gone out, the moment an interrupt could split an exchange
+# between ranks (checked with the other settings: bioplaus.runner.check_environment).
 
 
 # ------------------------------------------------------------------------------ splitting
@@ -398,7 +403,7 @@ def worker(comm, backend_for: Callable[[str], object]) -> int:
                 comm.gather(stage.state_dict(), root=0)
             elif command == "load":
                 stage.load_state_dict(message[1])
-            elif command == "stop":
+            elif command in ("stop", "abort"):  # "abort": rank 0 stopped before it knew the pipeline had started
                 return int(message[1])
     except Exception:  # noqa: BLE001 -- a bug on a worker: say where, and end every rank (no hang)
         traceback.print_exc()
@@ -439,15 +444,6 @@ def refusal(variant: str) -> str:
             "predsim-bpf or drtp")
 
 
-def _local_rank(comm) -> int:
-    from mpi4py import MPI
-
-    try:
-        return comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
-    except Exception:  # noqa: BLE001 -- an MPI without shared-memory splits: the world rank will do
-        return comm.Get_rank()
-
-
 RANKS_ONLY_WITH_DESCRIBE = "--ranks only goes with --describe --parallel layers (mpiexec sets the ranks of a run)"
 
 
@@ -464,26 +460,36 @@ def main_parallel(ns, flags: dict, program=None, note: str | None = None, new_co
     if new_config is None:  # the command line hands down its own layering (flags > --config > recipe)
         def new_config(ns):
             return runner.new_config(flags, getattr(ns, "recipe", None))
+    # MPI's start-up and the first collective are held whole (every rank must pass them, or the others
+    # wait for ever); a signal that arrives meanwhile is taken when they are done, below.
+    startup.hold_signals()
     try:
-        from mpi4py import MPI
-    except ImportError:
-        raise BadInput(f"--parallel layers needs MPI: {mpi_hint(program.run)}") from None
-    comm = MPI.COMM_WORLD
-    rank, size = comm.Get_rank(), comm.Get_size()
-    if size < 2:
-        raise BadInput(f"--parallel layers runs one stage per MPI rank, and this is one process; "
-                       f"{mpi_hint(program.run)} with K of 2 or more")
-    local = _local_rank(comm)
-    processes = threads_mod.local_processes(comm)
+        try:
+            comm, rank, size, local, here = startup.mpi_world()
+        except ImportError:
+            raise BadInput(f"--parallel layers needs MPI: {mpi_hint(program.run)}") from None
+        if size < 2:
+            raise BadInput(f"--parallel layers runs one stage per MPI rank, and this is one process; "
+                           f"{mpi_hint(program.run)} with K of 2 or more")
+    except BaseException:
+        startup.release_signals()
+        raise
+    processes = here or threads_mod.local_processes()  # (no second collective: the launcher's count)
     if rank > 0:
         from bioplaus.backend import get_backend
 
+        startup.release_signals()  # ignored here anyway (bioplaus.startup): rank 0 decides
         try:
             chosen = threads_mod.choose(getattr(ns, "threads", None), processes)
         except ValueError:
             chosen = None  # rank 0 refuses it and releases this rank
         with threads_mod.limit(chosen):
             return worker(comm, lambda device: get_backend(device, local))
+    try:
+        startup.release_signals()
+    except KeyboardInterrupt:  # it came while MPI started: the other ranks wait for "start"
+        comm.bcast(("abort", runner.EXIT_INTERRUPTED), root=0)
+        raise
     if note:  # how the authors' flags were read, said once
         print(note, file=sys.stderr, flush=True)
     return _rank0(comm, size, local, ns, flags, runner, processes, program, new_config)
@@ -515,12 +521,14 @@ def _rank0(comm, size: int, local: int, ns, flags: dict, runner, processes: int 
         return trainer
 
     status = runner.EXIT_USAGE
+    progress = not getattr(ns, "no_progress", False)
     try:
         try:
             if getattr(ns, "ranks", None) is not None:
                 raise BadInput(RANKS_ONLY_WITH_DESCRIBE)
             runner.check_tensorboard(getattr(ns, "tensorboard", None))
-            kwargs = {"threads": getattr(ns, "threads", None), "processes": processes, "program": program}
+            kwargs = {"threads": getattr(ns, "threads", None), "processes": processes, "program": program,
+                      "progress": progress}
             if getattr(ns, "resume", None) is not None:
                 for key in ("recipe", "out", "overwrite", "config", "config_from"):
                     if getattr(ns, key, None):
@@ -541,7 +549,6 @@ def _rank0(comm, size: int, local: int, ns, flags: dict, runner, processes: int 
             prepared.notes.append("stages: " + "; ".join(
                 f"rank {r}: {', '.join(b.name for b in trainer.spec.blocks[a:b])}"
                 for r, (a, b) in enumerate(trainer.bounds)))
-            progress = not getattr(ns, "no_progress", False)
             with runner.tensorboard_hook(getattr(ns, "tensorboard", None), prepared.out) as on_epoch:
                 result = runner.execute(prepared, progress=progress, echo=lambda line: print(line, flush=True),
                                         on_epoch=on_epoch)
@@ -549,11 +556,15 @@ def _rank0(comm, size: int, local: int, ns, flags: dict, runner, processes: int 
         except BadInput as exc:
             print(f"error: {sentence(str(exc))}", file=sys.stderr, flush=True)
             status = runner.EXIT_USAGE
-    except BaseException:
+    except BaseException as exc:
+        # Every way out tells the other ranks how to end: they wait for rank 0's word, and MPI's end
+        # waits for them. An interrupt (before the run loop took over the signals) ends them with 130.
+        ending = runner.EXIT_INTERRUPTED if isinstance(exc, KeyboardInterrupt) or startup.stopped() else (
+            runner.EXIT_STORAGE if isinstance(exc, OSError) and is_storage_failure(exc) else 1)
         if not trainer_box:  # the workers wait for "start": release them
-            comm.bcast(("abort", 1), root=0)
+            comm.bcast(("abort", ending), root=0)
         else:
-            trainer_box[0].close(1)
+            trainer_box[0].close(ending)
         raise
     if trainer_box:
         trainer_box[0].close(status)

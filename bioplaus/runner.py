@@ -21,13 +21,16 @@ log epoch is written first, then the checkpoint (both atomically). It ends with 
 
 Test hook: ``BIOPLAUS_TEST_PAUSE_AFTER_LOG=SECONDS`` (or ``SECONDS@EPOCH``) prints ``logged epoch <k>``
 after each log write and sleeps that long (after every epoch, or only after EPOCH) before the
-checkpoint write, so a test can act between the two.
+checkpoint write, so a test can act between the two. It, and ``BIOPLAUS_TEST_SIGTERM_AFTER``
+(:mod:`bioplaus.parallel`), are checked with the flags: ``inf``, ``nan`` or a number too large is bad
+input before anything is written, not a failure once the log exists.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import math
 import os
 import signal
@@ -52,6 +55,8 @@ EXIT_CODES = {"completed": EXIT_OK, "diverged": EXIT_DIVERGED, "interrupted": EX
 RESUME_MAY_CHANGE = ("epochs", "device", "data_dir")  # flags that may differ from the log's on resume
 KEEP_CHECKPOINT = ("all", "last", "none")  # which checkpoints a run keeps (--keep-checkpoint); "last" by default
 PAUSE_HOOK = "BIOPLAUS_TEST_PAUSE_AFTER_LOG"
+# Tests only (bioplaus.parallel): "KIND@N" sends rank 0 SIGTERM after its N-th command KIND has gone out.
+SIGNAL_HOOK = "BIOPLAUS_TEST_SIGTERM_AFTER"
 
 
 class BadInput(ValueError):
@@ -105,17 +110,28 @@ def _one(exc: BaseException) -> str:
 
 
 # ------------------------------------------------------------------------------ checks (nothing written)
+PAUSE_MAX_S = 3600.0  # the test hook's longest pause: a test acts within seconds
+
+
 def check_environment() -> None:
-    """Settings read from the environment that would otherwise fail mid-run."""
+    """Settings read from the environment that would otherwise fail mid-run (a sleep of ``inf``, a pause
+    of 1e300 seconds, an epoch beyond any run): checked before anything is written."""
     value = os.environ.get(PAUSE_HOOK)
     if value:
-        seconds, _, only = value.partition("@")
+        seconds, at, only = value.partition("@")
         try:
-            ok = float(seconds) >= 0 and (not only or int(only) >= 1)
+            pause = float(seconds)
+            ok = 0 <= pause <= PAUSE_MAX_S and (not at or (only.isdigit() and 1 <= int(only) <= 2**31 - 1))
         except ValueError:
             ok = False
         if not ok:
-            raise BadInput(f"{PAUSE_HOOK}={value!r} is not SECONDS or SECONDS@EPOCH")
+            raise BadInput(f"{PAUSE_HOOK}={value[:40]!r} is not SECONDS or SECONDS@EPOCH (SECONDS from 0 to "
+                           f"{PAUSE_MAX_S:g}, EPOCH from 1)")
+    value = os.environ.get(SIGNAL_HOOK)
+    if value:
+        kind, _, nth = value.partition("@")
+        if not (kind.isalpha() and nth.isdigit() and 1 <= int(nth) <= 2**31 - 1):
+            raise BadInput(f"{SIGNAL_HOOK}={value[:40]!r} is not KIND@N (a command such as train, and N from 1)")
 
 
 def resolve(values: dict[str, Any], base: Config | None = None) -> Config:
@@ -184,13 +200,59 @@ def get_device(cfg: Config, index: int | None = None):
         raise BadInput(_one(exc)) from exc
 
 
-def load_data(cfg: Config):
-    from bioplaus.data import DataError, load_dataset
+def find_data(cfg: Config) -> bool:
+    """Every check of where the run's data comes from that writes nothing: True when it is on disk, False
+    when it would be downloaded."""
+    from bioplaus.data import DataError, check_data
 
     try:
-        return load_dataset(cfg.dataset, data_dir=cfg.data_dir)
+        return check_data(cfg.dataset, data_dir=cfg.data_dir)
     except DataError as exc:
         raise BadInput(_one(exc)) from exc
+
+
+def load_data(cfg: Config, progress: bool = False):
+    """The run's dataset (downloaded if it must be, with a progress bar when ``progress``). A disk that
+    fills during the download raises :class:`bioplaus.files.StorageFull` (exit 74), not bad input."""
+    from bioplaus.data import DataError, load_dataset
+    from bioplaus.data.fetch import DataStorageFull
+
+    try:
+        return load_dataset(cfg.dataset, data_dir=cfg.data_dir, progress=progress)
+    except DataStorageFull as exc:
+        raise files.StorageFull(errno.ENOSPC, _one(exc)) from None
+    except DataError as exc:
+        raise BadInput(_one(exc)) from exc
+
+
+def check_run(cfg: Config, backend_index: int | None = None):
+    """Every check of a run's configuration that writes nothing and reads no data file, in that order:
+    the dataset and the network it makes, the device, the memory, where the data comes from. Returns
+    ``(data_spec, net_spec, backend, data_on_disk)``. A sweep or a figures command runs it for every
+    run it plans before it writes anything."""
+    data_spec = dataset_spec(cfg)
+    spec = network_spec(cfg, data_spec)
+    backend = get_device(cfg, backend_index)
+    check_memory(cfg, spec, data_spec, backend)
+    return data_spec, spec, backend, find_data(cfg)
+
+
+def probe_out(out: str, flag: str) -> None:
+    """The last check before a run writes: the log's folder accepts new files (made and removed for real;
+    it changes the folder's modification time, so every other check comes first)."""
+    try:
+        files.probe_folder(out, flag)
+    except files.PathError as exc:
+        raise BadInput(str(exc)) from None
+
+
+def _load_then_probe(cfg: Config, out: str, flag: str, progress: bool, build):
+    """Load the data (downloading it into the cache if it must: the data layer's own folder), build the
+    trainer (``build(dataset)``), then probe the log's folder: the last check, as it is the only one that
+    touches the folder (the data on disk may still be refused while reading it)."""
+    trainer = build(load_data(cfg, progress))
+    probe_out(out, flag)
+    return trainer
 
 
 def make_trainer(cfg: Config, backend, dataset, stages=None, factory=None):
@@ -275,9 +337,12 @@ def choose_threads(flag: int | None, processes: int = 1) -> threads_mod.Threads:
 def prepare(cfg: Config | dict, out: str | None = None, overwrite: bool = False, recipe: str | None = None,
             stages=None, factory=None, backend_index: int | None = None, *, schedule: str = "",
             threads: int | None = None, processes: int = 1, keep_checkpoint: str = "last",
-            program: Program = DEFAULT_PROGRAM) -> Prepared:
-    """Check a new run completely; returns what :func:`execute` needs. Writes nothing. ``threads``: the
-    run's thread count (None: see :mod:`bioplaus.threads`, with ``processes`` of this run on this host)."""
+            program: Program = DEFAULT_PROGRAM, progress: bool = False) -> Prepared:
+    """Check a new run completely; returns what :func:`execute` needs. Writes nothing (a download of
+    missing data aside, into the cache). ``threads``: the run's thread count (None: see
+    :mod:`bioplaus.threads`, with ``processes`` of this run on this host); ``progress``: a download's bar.
+    The checks that need no file system come first, the folder probe last (:func:`probe_out`), so a
+    refused run leaves even the folder's modification time as it was."""
     check_environment()
     if isinstance(cfg, dict):
         cfg = resolve(cfg)
@@ -288,18 +353,21 @@ def prepare(cfg: Config | dict, out: str | None = None, overwrite: bool = False,
     keep_checkpoint = check_keep_checkpoint(keep_checkpoint)
     chosen = choose_threads(threads, processes)
     data_spec = dataset_spec(cfg)
-    spec = network_spec(cfg, data_spec)
+    network_spec(cfg, data_spec)
     out = out if out is not None else default_out(cfg)
+    try:
+        files.check_name(out, "--out")
+    except files.PathError as exc:
+        raise BadInput(str(exc)) from None
+    _, _, backend, _ = check_run(cfg, backend_index)
     check_new_out(out, overwrite)
     if keep_checkpoint == "all":
         try:
             files.check_epoch_checkpoint_names(out, cfg.epochs)
         except files.PathError as exc:
             raise BadInput(str(exc)) from None
-    backend = get_device(cfg, backend_index)
-    check_memory(cfg, spec, data_spec, backend)
-    dataset = load_data(cfg)
-    trainer = make_trainer(cfg, backend, dataset, stages, factory)
+    trainer = _load_then_probe(cfg, out, "--out", progress,
+                               lambda dataset: make_trainer(cfg, backend, dataset, stages, factory))
     return Prepared(cfg, backend, trainer, out, None, overwrite, recipe, schedule=schedule, threads=chosen,
                     keep_checkpoint=keep_checkpoint, program=program)
 
@@ -307,12 +375,12 @@ def prepare(cfg: Config | dict, out: str | None = None, overwrite: bool = False,
 def prepare_resume(path: str, changes: dict[str, Any] | None = None, stages=None, factory=None,
                    backend_index: int | None = None, check_config: Callable[[Config], None] | None = None, *,
                    threads: int | None = None, processes: int = 1, keep_checkpoint: str | None = None,
-                   program: Program = DEFAULT_PROGRAM) -> Prepared:
+                   program: Program = DEFAULT_PROGRAM, progress: bool = False) -> Prepared:
     """Check that the run logged at ``path`` can continue (with ``changes`` to --epochs, --device or
-    --data-dir only); returns what :func:`execute` needs. Writes nothing. ``keep_checkpoint``: None keeps
-    the log's own setting."""
+    --data-dir only); returns what :func:`execute` needs. Writes nothing (a download aside); the folder
+    probe comes last. ``keep_checkpoint``: None keeps the log's own setting."""
     from bioplaus.checkpoint import CheckpointError, load_checkpoint, upgrade
-    from bioplaus.log import LogError, read_run
+    from bioplaus.log import LogError, check_recorded, read_run
 
     check_environment()
     changes = dict(changes or {})
@@ -325,10 +393,12 @@ def prepare_resume(path: str, changes: dict[str, Any] | None = None, stages=None
         if os.path.isdir(path):
             raise files.PathError(f"--resume {path} is a folder, not a run log")
         files.refuse_unless_regular(path, "a bioplaus run log")
+        files.check_name(path, "--resume")
     except files.PathError as exc:
         raise BadInput(str(exc)) from None
     try:
         run = read_run(path)
+        check_recorded(run)
     except LogError as exc:
         raise BadInput(f"cannot resume: {_one(exc)}") from exc
     logged = run.config
@@ -354,11 +424,13 @@ def prepare_resume(path: str, changes: dict[str, Any] | None = None, stages=None
         raise BadInput(f"{path} diverged ({run.attrs.get('message', '')}); resuming it would diverge again")
     if status == "completed" and cfg.epochs <= done:
         raise BadInput(f"{path} is completed ({done} epochs); pass a larger --epochs to train on")
+    if check_config is not None:
+        check_config(cfg)
+    _, spec, backend, _ = check_run(cfg, backend_index)
     ckpt = files.checkpoint_path(path)
     state, meta, ckpt_epoch = None, None, 0
     try:
         files.refuse_unless_regular(ckpt, "a bioplaus checkpoint")
-        files.check_name(path, "--resume")
         files.check_folder_writable(path, "--resume")
         if not os.access(path, os.W_OK):
             raise files.PathError(f"cannot resume: {path} is not writable")
@@ -379,28 +451,26 @@ def prepare_resume(path: str, changes: dict[str, Any] | None = None, stages=None
                        f"start a new run of its configuration with --config-from {path}")
     if done not in (ckpt_epoch, ckpt_epoch + 1):
         raise BadInput(f"cannot resume: {path} holds {done} epochs but its checkpoint {ckpt} holds {ckpt_epoch}")
-    data_spec = dataset_spec(cfg)
-    spec = network_spec(cfg, data_spec)
-    if check_config is not None:
-        check_config(cfg)
-    backend = get_device(cfg, backend_index)
-    check_memory(cfg, spec, data_spec, backend)
-    dataset = load_data(cfg)
-    trainer = make_trainer(cfg, backend, dataset, stages, factory)
-    if state is not None:
-        state = upgrade(state, meta["checkpoint_format"], [b.name for b in spec.blocks])
-        try:
-            trainer.load_state_dict(state)
-        except (KeyError, ValueError) as exc:
-            raise BadInput(f"cannot resume: the checkpoint {ckpt} does not belong to {path}: {_one(exc)}") from exc
-        if trainer.epoch != ckpt_epoch:
-            raise BadInput(f"cannot resume: the checkpoint {ckpt} holds epoch {trainer.epoch} in its arrays but says "
-                           f"{ckpt_epoch}")
     if keep == "all":
         try:
             files.check_epoch_checkpoint_names(path, cfg.epochs)
         except files.PathError as exc:
             raise BadInput(str(exc)) from None
+
+    def build(dataset):
+        trainer = make_trainer(cfg, backend, dataset, stages, factory)
+        if state is not None:
+            upgraded = upgrade(state, meta["checkpoint_format"], [b.name for b in spec.blocks])
+            try:
+                trainer.load_state_dict(upgraded)
+            except (KeyError, ValueError) as exc:
+                raise BadInput(f"cannot resume: the checkpoint {ckpt} does not belong to {path}: {_one(exc)}") from exc
+            if trainer.epoch != ckpt_epoch:
+                raise BadInput(f"cannot resume: the checkpoint {ckpt} holds epoch {trainer.epoch} in its arrays but "
+                               f"says {ckpt_epoch}")
+        return trainer
+
+    trainer = _load_then_probe(cfg, path, "--resume", progress, build)
     return Prepared(cfg, backend, trainer, path, (done, ckpt_epoch), schedule="as logged", threads=chosen,
                     keep_checkpoint=keep, program=program)
 
@@ -411,7 +481,7 @@ def _check_checkpoint_config(meta: dict, logged: Config, ckpt: str) -> None:
     text = meta.get("config")
     try:
         theirs = Config.from_json(text) if isinstance(text, str) else None
-    except (ValueError, TypeError, ConfigError):
+    except (ValueError, TypeError, ConfigError):  # ValueError: not JSON, too long or too deep (limits.loads)
         theirs = None
     if theirs is None:
         raise BadInput(f"cannot resume: the checkpoint {ckpt} has no readable configuration")
@@ -588,13 +658,14 @@ def _execute_locked(prepared: Prepared, progress, echo, on_epoch, lock, made) ->
         except Interrupted as exc:
             message = f"stopped by {exc} after epoch {trainer.epoch}"
             if log is not None:
-                _try(lambda: log.set_status("interrupted", message))
-            print(f"\ninterrupted by {exc} after epoch {trainer.epoch}; log: {out}\n{resume_hint}",
+                _mark(log, "interrupted", message)
+            print(f"interrupted by {exc} after epoch {trainer.epoch}; log: {out}; {resume_hint}",
                   file=sys.stderr, flush=True)
             return RunResult(out, "interrupted", trainer.epoch, message)
         except Diverged as exc:
-            log.set_status("diverged", str(exc))
-            print(f"diverged: {sentence(str(exc))} log: {out}", file=sys.stderr, flush=True)
+            marked = _mark(log, "diverged", str(exc))
+            print(f"diverged: {sentence(str(exc))} log: {out}" + ("" if marked else " (its status could not be "
+                  "updated: the disk is full)"), file=sys.stderr, flush=True)
             return RunResult(out, "diverged", exc.epoch - 1, str(exc))
         except OSError as exc:
             if not files.is_storage_failure(exc):
@@ -623,11 +694,13 @@ def _kept(prepared: Prepared) -> str:
     return f"checkpoint: {files.checkpoint_path(out)}; train on: {prepared.program.run} --resume {out} --epochs N"
 
 
-def _try(action) -> bool:
+def _mark(log, status: str, message: str) -> bool:
+    """Set the log's status (and why); where the disk has no room for a new copy of the log, rewrite its
+    fixed-size status field in place (the message then stays as it was). False when neither worked."""
     try:
-        action()
+        log.set_status(status, message)
     except OSError:
-        return False
+        return log.set_status_in_place(status)
     return True
 
 
@@ -645,7 +718,7 @@ def _storage_failure(exc: OSError, log, trainer, out: str, resume_hint: str) -> 
     folder = os.path.dirname(os.path.abspath(out))
     kept = f"the log keeps epochs 1..{on_disk}" if on_disk else "the log holds no epoch yet"
     message = f"{reason} in {folder} after epoch {trainer.epoch}; {kept}"
-    marked = log is not None and _try(lambda: log.set_status("interrupted", message))
+    marked = log is not None and _mark(log, "interrupted", message)
     files.remove_stale_temps(out)
     print(f"error: {message}{'' if marked else ' (its status could not be updated)'}; free space and {resume_hint}.",
           file=sys.stderr, flush=True)

@@ -13,9 +13,21 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isfile(os.path.join(_ROOT, "bioplaus", "__init__.py")):
     sys.path.insert(0, _ROOT)
 
-from bioplaus.command import quietly
-from bioplaus.figures import main
+from bioplaus.command import quietly  # these three are light: the signal handlers come before the heavy imports
 from bioplaus.program import scripts_from_argv0
+from bioplaus.startup import command
+
+
+def __getattr__(name: str):
+    """``main`` of this file loaded as a module (as the tests load it): bioplaus.figures's, imported on first
+    use, so that a program started from this file installs its signal handlers before any heavy import."""
+    if name == "main":
+        from bioplaus.figures import main
+
+        return main
+    raise AttributeError(name)
+
 
 if __name__ == "__main__":
-    sys.exit(quietly(lambda: main(prog=scripts_from_argv0(sys.argv[0]).figures)))
+    sys.exit(quietly(lambda: command("bioplaus.figures",
+                                     lambda main: main(prog=scripts_from_argv0(sys.argv[0]).figures))))

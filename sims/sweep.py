@@ -21,11 +21,23 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isfile(os.path.join(_ROOT, "bioplaus", "__init__.py")):
     sys.path.insert(0, _ROOT)
 
-from bioplaus.command import quietly
+from bioplaus.command import quietly  # these three are light: the signal handlers come before the heavy imports
 from bioplaus.program import scripts_from_argv0
-from bioplaus.sweep import main
+from bioplaus.startup import command
 
 RUN_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "run.py")
 
+
+def __getattr__(name: str):
+    """``main`` of this file loaded as a module (as the tests load it): bioplaus.sweep's, imported on first
+    use, so that a program started from this file installs its signal handlers before any heavy import."""
+    if name == "main":
+        from bioplaus.sweep import main
+
+        return main
+    raise AttributeError(name)
+
+
 if __name__ == "__main__":
-    sys.exit(quietly(lambda: main(run_script=RUN_SCRIPT, program=scripts_from_argv0(sys.argv[0]))))
+    sys.exit(quietly(lambda: command("bioplaus.sweep", lambda main: main(run_script=RUN_SCRIPT,
+                                                                         program=scripts_from_argv0(sys.argv[0])))))

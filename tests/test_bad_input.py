@@ -54,6 +54,7 @@ NUMERIC = [
     (["--probe-every", "-1"], "negative"),
     (["--lr-decay-milestones", "-5"], "at least 1"), (["--lr-decay-milestones", "0", "3"], "at least 1"),
     (["--lr-decay-milestones", "5", "3"], "increasing"),
+    (["--lr-decay-milestones", "3", str(2**31)], "too large"), (["--lr-decay-milestones", str(2**63)], "too large"),
     (["--optim", "adagrad"], "unknown optimizer"), (["--nonlin", "tanh"], "unknown nonlinearity"),
     (["--device", "tpu"], "unknown device"), (["--variant", "backprop"], "unknown variant"),
     (["--conv-algorithm", "fft"], "unknown --conv-algorithm"),

@@ -20,11 +20,13 @@ TINY = ["--num-layers", "1", "--num-hidden", "32", "--epochs", "2", "--device", 
 
 
 def listing(root) -> dict[str, str]:
-    """Every file and folder under root, with a hash of each regular file's bytes (and the kind of anything else)."""
-    out = {}
+    """Every file and folder under root (root included), with a hash of each regular file's bytes (and the
+    kind of anything else), and each folder's modification time: a folder in which a file was made and
+    removed again (a probe) has changed too."""
+    out = {"./": str(os.stat(root).st_mtime_ns)}
     for dirpath, dirnames, filenames in os.walk(root):
         for d in dirnames:
-            out[os.path.relpath(os.path.join(dirpath, d), root) + "/"] = ""
+            out[os.path.relpath(os.path.join(dirpath, d), root) + "/"] = str(os.lstat(os.path.join(dirpath, d)).st_mtime_ns)
         for f in filenames:
             p = os.path.join(dirpath, f)
             st = os.lstat(p)
@@ -251,7 +253,7 @@ def test_training_loop_output_and_divergence(work, capsys, monkeypatch, diverge_
     from bioplaus.checkpoint import load_checkpoint
     from bioplaus.log import read_run
 
-    monkeypatch.setattr(runner, "load_data", lambda cfg: None)
+    monkeypatch.setattr(runner, "load_data", lambda cfg, progress=False: None)
     monkeypatch.setattr(runner, "make_trainer", lambda cfg, backend, data, stages=None, factory=None: FakeTrainer(diverge_at))
     rc = main(["--variant", "pred", "--epochs", "3", "--device", "cpu", "--out", "o/run.h5"])
     captured = capsys.readouterr()

@@ -46,18 +46,24 @@ class Handler(SimpleHTTPRequestHandler):
         super().do_GET()
 
 
-@pytest.fixture
-def server(tmp_path):
-    """``(base_url, served_folder)`` of a live server; shut down after the test."""
+def serving(tmp_path, handler=None):
+    """``(base_url, served_folder)`` of a live server (``handler``: its request handler class, ``Handler``
+    by default), shut down when the generator is closed: the body of a fixture."""
     served = tmp_path / "served"
     served.mkdir()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(served)))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(handler or Handler, directory=str(served)))
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}", served
     httpd.shutdown()
     httpd.server_close()
     thread.join(5)
+
+
+@pytest.fixture
+def server(tmp_path):
+    """``(base_url, served_folder)`` of a live server; shut down after the test."""
+    yield from serving(tmp_path)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ files are looked for and how they are downloaded), :mod:`.batches` (augmentation
 """
 
 from .batches import TrainBatches, eval_batches
-from .dataset import Dataset, load_dataset
+from .dataset import Dataset, check_data, load_dataset
 from .registry import DATASETS, DataError, DatasetSpec, FileSpec, get_spec
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "DatasetSpec",
     "FileSpec",
     "TrainBatches",
+    "check_data",
     "eval_batches",
     "get_spec",
     "load_dataset",

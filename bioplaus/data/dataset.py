@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from . import formats
-from .fetch import DATA_DIR_ARG, SYSTEM_DATA_DIRS, check_folder, folder_name, locate_files, show
-from .registry import IDX_FILES, DataError, DatasetSpec, get_spec
+from .fetch import DATA_DIR_ARG, SYSTEM_DATA_DIRS, check_folder, check_sources, folder_name, locate_files, show
+from .registry import EMBEDDED_SHA256, IDX_FILES, DataError, DatasetSpec, get_spec
 
 EMBEDDED_DIR = Path(__file__).parent / "embedded"
 EMBEDDED_SUFFIX = ".xz"  # embedded IDX files are xz-compressed: train-images-idx3-ubyte.xz ...
@@ -43,30 +43,39 @@ def embedded_files(name: str) -> dict[str, Path]:
 def read_files(spec: DatasetSpec, paths: dict[str, Path]):
     """``(x_train, y_train, x_test, y_test)`` from the located files of ``spec``."""
     hw = spec.input_shape[1:]
+    limit = {f.filename: f.content for f in spec.files}  # the most each file's content may be (None: memory)
+    digests = EMBEDDED_SHA256.get(spec.name, {}) if spec.embedded else {}
     if spec.reader == "idx":
-        tr = formats.read_idx_pair(
-            paths["train-images-idx3-ubyte.gz"],
-            paths["train-labels-idx1-ubyte.gz"],
-            spec.num_classes,
-            hw,
-        )
-        te = formats.read_idx_pair(
-            paths["t10k-images-idx3-ubyte.gz"],
-            paths["t10k-labels-idx1-ubyte.gz"],
-            spec.num_classes,
-            hw,
-        )
+        tr, te = (formats.read_idx_pair(paths[x], paths[y], spec.num_classes, hw, (limit.get(x), limit.get(y)),
+                                        (digests.get(x), digests.get(y)))
+                  for x, y in (IDX_FILES[:2], IDX_FILES[2:]))
         return tr[0], tr[1], te[0], te[1]
     if spec.reader in ("cifar10", "cifar100"):
-        return formats.read_cifar(paths[spec.files[0].filename], spec.reader)
+        name = spec.files[0].filename
+        return formats.read_cifar(paths[name], spec.reader, limit.get(name))
     if spec.reader == "svhn":
-        parts = [formats.read_svhn_mat(paths[f]) for f in ("train_32x32.mat", "extra_32x32.mat", "test_32x32.mat")]
+        parts = [formats.read_svhn_mat(paths[f], limit.get(f)) for f in ("train_32x32.mat", "extra_32x32.mat",
+                                                                         "test_32x32.mat")]
         x_train = np.concatenate([parts[0][0], parts[1][0]])  # train + extra, as the authors
         y_train = np.concatenate([parts[0][1], parts[1][1]])
         return x_train, y_train, parts[2][0], parts[2][1]
     if spec.reader == "stl10":
-        return formats.read_stl10(paths[spec.files[0].filename])
+        name = spec.files[0].filename
+        return formats.read_stl10(paths[name], limit.get(name))
     raise DataError(f"{spec.name}: unknown reader {spec.reader!r}")
+
+
+def check_data(name: str | DatasetSpec, data_dir: str | os.PathLike | None = None, *, mirror: str | None = None,
+               system_dirs=SYSTEM_DATA_DIRS) -> bool:
+    """Every check of a dataset's settings that writes nothing and reads no data file: True when its files
+    are on disk (or in the package), False when they would be downloaded. DataError for bad settings (a
+    missing ``data_dir``, a folder with part of the dataset, an unusable cache or mirror)."""
+    spec = name if isinstance(name, DatasetSpec) else get_spec(name)
+    if spec.embedded:
+        if data_dir is not None:
+            check_folder(folder_name(data_dir, DATA_DIR_ARG), DATA_DIR_ARG)
+        return True
+    return check_sources(spec, data_dir, mirror=mirror, system_dirs=system_dirs)
 
 
 def load_dataset(
@@ -76,8 +85,10 @@ def load_dataset(
     *,
     mirror: str | None = None,
     system_dirs=SYSTEM_DATA_DIRS,
+    progress: bool = True,
 ) -> Dataset:
-    """Find (or download) and read a dataset; see :mod:`bioplaus.data.fetch` for where it looks."""
+    """Find (or download, with a progress bar unless ``progress`` is False) and read a dataset; see
+    :mod:`bioplaus.data.fetch` for where it looks."""
     spec = name if isinstance(name, DatasetSpec) else get_spec(name)
     if spec.embedded:
         # The embedded set always comes from the package, whatever data_dir says. A data_dir given
@@ -93,7 +104,8 @@ def load_dataset(
             if not path.is_file():
                 raise DataError(f"{spec.name}: the packaged file {show(path)} is missing; reinstall bioplaus")
     else:
-        paths, source = locate_files(spec, data_dir, download, mirror=mirror, system_dirs=system_dirs)
+        paths, source = locate_files(spec, data_dir, download, mirror=mirror, system_dirs=system_dirs,
+                                     progress=progress)
     x_train, y_train, x_test, y_test = read_files(spec, paths)
     for split, x, expected in (("train", x_train, spec.num_train), ("test", x_test, spec.num_test)):
         if len(x) == 0:

@@ -25,6 +25,13 @@ same folder while hashing, checked against the published checksum, then moved in
 created are removed again. The cache folder is checked for writing before the download starts,
 and nothing is created before the server has answered. The base URL may be overridden (a
 mirror) with the ``mirror`` argument or ``BIOPLAUS_DATA_MIRROR``.
+
+A download is bounded: a server that announces more than the file's registered size (or, where
+that is unknown, than its content can take compressed) is refused before anything is written, and
+one that sends more is cut off at that size; the free space is checked against the announced size
+first, and a disk that fills during the download is :class:`DataStorageFull` (the run's exit 74),
+not bad input. A redirect from https to anything else is refused (no downgrade). Where the registry
+holds the SHA-256 of a file's decompressed content, a download is checked against it too.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import http.client
 import os
 import stat
 import tempfile
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -44,6 +52,10 @@ from pathlib import Path
 from bioplaus import files
 
 from .registry import DataError, DatasetSpec, FileSpec
+
+
+class DataStorageFull(DataError):
+    """The cache's file system filled (or failed) during a download: a storage failure, not bad input."""
 
 SYSTEM_DATA_DIRS = ("/usr/share/datasets",)
 ENV_DATA = "BIOPLAUS_DATA"
@@ -299,6 +311,38 @@ def file_digest(path: str | os.PathLike, algorithm: str) -> str:
 
 
 # --------------------------------------------------------------------------- downloading
+class _NoDowngrade(urllib.request.HTTPRedirectHandler):
+    """Follows redirects as urllib does, but never from https to another scheme."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        old, new = (urllib.parse.urlsplit(u).scheme.lower() for u in (req.full_url, newurl))
+        if old == "https" and new != "https":
+            raise DataError(f"{show(req.full_url)} redirects to {new or 'a relative'} URL {show(newurl)}; a download "
+                            "that starts over https is never carried on without it")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_NoDowngrade)
+
+
+def _content_digest(path: Path, limit: int | None) -> str:
+    """SHA-256 of ``path``'s decompressed content (gzip; else the bytes), reading at most ``limit`` bytes."""
+    import gzip
+
+    h = hashlib.sha256()
+    with open(path, "rb") as raw:
+        gz = raw.read(2) == b"\x1f\x8b"
+        raw.seek(0)
+        stream = gzip.GzipFile(fileobj=raw) if gz else raw
+        seen = 0
+        for block in iter(lambda: stream.read(_CHUNK), b""):
+            seen += len(block)
+            if limit is not None and seen > limit:
+                break
+            h.update(block)
+    return h.hexdigest()
+
+
 def download_file(
     url: str,
     dest: str | os.PathLike,
@@ -307,12 +351,18 @@ def download_file(
     *,
     timeout: float = 60.0,
     progress: bool = True,
+    limit: int | None = None,
+    content_sha256: str | None = None,
+    content_limit: int | None = None,
 ) -> Path:
     """Download ``url`` to ``dest`` atomically, checking its checksum; return ``dest``.
 
     Nothing is left at ``dest`` (nor a temporary file, nor a folder this call created) unless the
-    whole file arrived and its ``algorithm`` digest equals ``digest``. Nothing at all is created
-    before the server has answered.
+    whole file arrived and its ``algorithm`` digest equals ``digest`` (and, with ``content_sha256``, the
+    SHA-256 of its decompressed content equals that). Nothing at all is created before the server has
+    answered. ``limit``: the most bytes the file may have; a longer announcement is refused before
+    anything is written and a longer stream is cut off there. A disk that fills meanwhile raises
+    :class:`DataStorageFull`.
     """
     from tqdm.auto import tqdm
 
@@ -321,19 +371,25 @@ def download_file(
     tmp = None
     ok = False
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with _OPENER.open(url, timeout=timeout) as response:
+            total = response.headers.get("Content-Length")
+            total = int(total) if total is not None and total.strip().isdigit() else None
+            if limit is not None and total is not None and total > limit:
+                raise DataError(f"{dest.name}: the server at {url} announces {total} bytes, more than the {limit} "
+                                "this file has; nothing was cached")
             try:
+                files.ensure_space(str(dest), total or 0)
                 created = files.make_folders(dest.parent)
                 fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
             except OSError as exc:
+                if files.is_storage_failure(exc):
+                    raise
                 raise DataError(
                     f"{dest.name}: cannot write into {show(dest.parent)} "
                     f"({exc.strerror or type(exc).__name__}); nothing was cached"
                 ) from None
             h = hashlib.new(algorithm)
             with os.fdopen(fd, "wb") as out:
-                total = response.headers.get("Content-Length")
-                total = int(total) if total is not None and total.strip().isdigit() else None
                 received = 0
                 with tqdm(
                     total=total,
@@ -348,9 +404,12 @@ def download_file(
                         block = response.read(_CHUNK)
                         if not block:
                             break
+                        received += len(block)
+                        if limit is not None and received > limit:
+                            raise DataError(f"{dest.name}: the server at {url} sent more than the {limit} bytes this "
+                                            "file has; the download was stopped there and nothing was cached")
                         out.write(block)
                         h.update(block)
-                        received += len(block)
                         bar.update(len(block))
                 if total is not None and received != total:
                     raise DataError(
@@ -365,12 +424,22 @@ def download_file(
                 f"{dest.name}: checksum mismatch after download from {url} ({algorithm} {got}, "
                 f"expected {digest}); nothing was cached"
             )
+        if content_sha256 is not None and _content_digest(Path(tmp), content_limit) != content_sha256:
+            raise DataError(f"{dest.name}: the content downloaded from {url} does not have its recorded SHA-256 "
+                            f"({content_sha256}); nothing was cached")
         os.replace(tmp, dest)
         ok = True
         return dest
     except DataError:
         raise
-    except (OSError, http.client.HTTPException, ValueError) as exc:  # URLError, IncompleteRead, timeout...
+    except OSError as exc:
+        if files.is_storage_failure(exc) and not isinstance(exc, urllib.error.URLError):
+            raise DataStorageFull(f"{dest.name}: no room to download it into {show(dest.parent)} "
+                                  f"({exc.strerror or exc}); nothing was cached, free space and run it again") from None
+        raise DataError(
+            f"{dest.name}: download from {url} failed ({type(exc).__name__}: {exc}); nothing was cached"
+        ) from None
+    except (http.client.HTTPException, ValueError) as exc:  # IncompleteRead, a bad URL...
         raise DataError(
             f"{dest.name}: download from {url} failed ({type(exc).__name__}: {exc}); nothing was cached"
         ) from None
@@ -416,16 +485,9 @@ def write_problem(target: Path) -> str | None:
     return None
 
 
-def locate_files(
-    spec: DatasetSpec,
-    data_dir: str | os.PathLike | None = None,
-    download: bool = True,
-    *,
-    mirror: str | None = None,
-    system_dirs=SYSTEM_DATA_DIRS,
-    progress: bool = True,
-) -> tuple[dict[str, Path], str]:
-    """``({filename: path}, source)`` for every file of ``spec``, downloading only if needed."""
+def _search(spec: DatasetSpec, data_dir, system_dirs) -> tuple[tuple[dict[str, Path], str] | None, list[Path]]:
+    """``(hit, searched)``: ``({filename: path}, folder)`` of the first folder that holds every file of
+    ``spec`` (None when none does), and the folders searched. Reads only; bad settings raise DataError."""
     dirs: list[Path] = []
 
     def scan(folders: list[Path], setting: str | None = None):
@@ -452,13 +514,15 @@ def locate_files(
         check_folder(root, setting)
         hit = scan(folders, setting)
         if hit:
-            return hit
+            return hit, dirs
+    target, _ = _cache_folder(spec)
+    return scan(([target] if target is not None else []) + _system_folders(spec, system_dirs)), dirs
+
+
+def _download_settings(spec: DatasetSpec, dirs: list[Path], mirror: str | None) -> tuple[Path, str | None]:
+    """``(cache folder, mirror)`` for a download of ``spec``, after checking that one can happen there
+    (a known home or cache, a usable mirror URL, a writable cache); DataError otherwise."""
     target, no_cache = _cache_folder(spec)
-    hit = scan(([target] if target is not None else []) + _system_folders(spec, system_dirs))
-    if hit:
-        return hit
-    if not download:
-        raise DataError(f"{spec.name}: files not found and downloading is off; {_where_to_put(spec, dirs)}")
     if no_cache is not None:
         raise DataError(
             f"{spec.name}: files not found and they cannot be downloaded because {no_cache}; set HOME or "
@@ -475,6 +539,36 @@ def locate_files(
             f"{spec.name}: files not found and they cannot be downloaded into {show(target)} because {problem}; "
             f"{_where_to_put(spec, dirs)}"
         )
+    return target, mirror
+
+
+def check_sources(spec: DatasetSpec, data_dir: str | os.PathLike | None = None, *, mirror: str | None = None,
+                  system_dirs=SYSTEM_DATA_DIRS) -> bool:
+    """Every check of where ``spec``'s files come from that writes nothing: True when they are on disk,
+    False when they would be downloaded (and a download could start: home, cache and mirror are
+    usable). Bad settings raise DataError, as :func:`locate_files` would."""
+    hit, dirs = _search(spec, data_dir, system_dirs)
+    if hit is None:
+        _download_settings(spec, dirs, mirror)
+    return hit is not None
+
+
+def locate_files(
+    spec: DatasetSpec,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = True,
+    *,
+    mirror: str | None = None,
+    system_dirs=SYSTEM_DATA_DIRS,
+    progress: bool = True,
+) -> tuple[dict[str, Path], str]:
+    """``({filename: path}, source)`` for every file of ``spec``, downloading only if needed."""
+    hit, dirs = _search(spec, data_dir, system_dirs)
+    if hit:
+        return hit
+    if not download:
+        raise DataError(f"{spec.name}: files not found and downloading is off; {_where_to_put(spec, dirs)}")
+    target, mirror = _download_settings(spec, dirs, mirror)
     created = [d for d in (target, *target.parents) if not os.path.lexists(d)]  # to undo if nothing arrives
     paths = {}
     try:
@@ -491,9 +585,11 @@ def _fetch_missing(spec, target: Path, mirror, dirs, paths: dict, progress: bool
         if hit is None:
             url = mirror.rstrip("/") + "/" + file.filename if mirror else file.url
             try:
-                hit = download_file(url, target / file.filename, file.algorithm, file.digest, progress=progress)
+                hit = download_file(url, target / file.filename, file.algorithm, file.digest, progress=progress,
+                                    limit=file.download_limit, content_sha256=file.content_sha256,
+                                    content_limit=file.content)
             except DataError as exc:
-                raise DataError(
+                raise type(exc)(  # a full disk stays one (DataStorageFull)
                     f"{spec.name}: files not found and {str(exc).rstrip('.')}; {_where_to_put(spec, dirs)}"
                 ) from None
         paths[file.filename] = hit

@@ -28,7 +28,15 @@ missing                                          starts the run
 being written by a live process (lock held)      waits for that process, then looks again
 another configuration, more epochs than asked,   refuses the whole sweep: one sentence, exit 2,
 unreadable, or a checkpoint without its log      nothing written
+a link, a FIFO or a device at the log, its       refuses the whole sweep (the sweep opens none of
+checkpoint, its lock or its ``.out``             them through a link, and none of them blocks)
 ===============================================  ==================================================
+
+Every run is also checked as sims/run.py would check it (the seed, every ``--set`` value, the device,
+the memory, where its data comes from, the length of its files' names) before the out-dir is made or
+touched. Two sweeps into one folder (the same command started twice, say): the second waits for the
+first to end (``DIR/.sweep.lock``, held while a sweep works and kept for good like a run's lock), then
+looks at every run again and carries on with what is left.
 
 "Another configuration" compares every field but ``device`` and ``data_dir`` (which a resumed run may
 change) and ``epochs`` (see above).

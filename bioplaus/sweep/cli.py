@@ -14,7 +14,17 @@ import sys
 from collections.abc import Sequence
 
 from bioplaus.errors import MPI_INSTALL, ConfigError, sentence
-from bioplaus.files import PathError, check_folder_writable, is_storage_failure, make_folders, remove_folders
+from bioplaus.files import (
+    FileLock,
+    PathError,
+    append_regular,
+    check_folder_writable,
+    is_storage_failure,
+    make_folders,
+    probe_folder,
+    refuse_unless_regular,
+    remove_folders,
+)
 from bioplaus.program import DEFAULT as DEFAULT_PROGRAM
 from bioplaus.program import Program
 from bioplaus.sweep.processes import LocalPool, MPIPool, mpi_executor
@@ -49,7 +59,8 @@ _EPILOG = """\
 logs: DIR/<recipe>[-<flag><value>...]-s<seed>.h5; only flags given several values are in the name
   (--set lr=1e-3,5e-4 -> <recipe>-lr1e-3-s1.h5 and <recipe>-lr5e-4-s1.h5); console output: DIR/<name>.out
 again: the same command skips completed runs, resumes interrupted or killed ones, extends completed ones
-  to a larger --epochs, and refuses (status 2, nothing written) logs of another configuration
+  to a larger --epochs, and refuses (status 2, nothing written) logs of another configuration; a second
+  sweep into the same folder waits for the first to end, then carries on with what is left
 --config FILE.toml: a [sweep] table (recipes, seeds, out_dir, epochs, jobs, threads_per_job, ranks_per_run,
   keep_checkpoint) and a [run] table (every run's settings; a list is a grid); the options typed win
 MPI: mpiexec -n K python -m mpi4py.futures {sweep} ...  (K-1 workers, one run each at a time)
@@ -101,9 +112,20 @@ def build_parser(program: Program = DEFAULT_PROGRAM) -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------------- the command line
-def _check_out_dir(path: str) -> None:
+RECORD = "sweeps.jsonl"  # DIR/sweeps.jsonl: each sweep's command and machine, one JSON object a line
+SWEEP_LOCK = ".sweep.lock"  # DIR/.sweep.lock: held by the sweep writing into DIR (kept for good, like a run's)
+
+
+def _check_out_dir(path: str, probe: bool = False) -> None:
+    """The out-dir can be written (``probe``: tried for real, which changes its modification time, so it
+    comes last), and the files the sweep keeps there are absent or regular files."""
     try:
+        if probe:
+            probe_folder(os.path.join(path, "*.h5"), "--out-dir")
+            return
         check_folder_writable(os.path.join(path, "*.h5"), "--out-dir")
+        refuse_unless_regular(os.path.join(path, RECORD), "the sweep's record")
+        refuse_unless_regular(os.path.join(path, SWEEP_LOCK), "the sweep's lock file")
     except PathError as exc:
         raise SweepError(f"--out-dir {path}: {exc}") from None
 
@@ -199,10 +221,12 @@ def prepare(ns: argparse.Namespace, program: Program = DEFAULT_PROGRAM) -> tuple
         raise SweepError("--seeds repeats a seed")
     epochs = int_option(ns.epochs, "--epochs", 1) if ns.epochs is not None else None
     out_dir = os.path.normpath(ns.out_dir)
-    _check_out_dir(out_dir)
     runs = build_runs(recipes, seeds, epochs, settings, out_dir, getattr(ns, "keep_checkpoint", None))
     check_with_cli(runs, ["--parallel", "layers", "--ranks", str(ns.ranks)] if ns.ranks else [])
+    _check_out_dir(out_dir)
     plans = [inspect(r) for r in runs]
+    if not ns.dry_run:
+        _check_out_dir(out_dir, probe=True)  # the one check that writes (and removes): last
     return plans, out_dir
 
 
@@ -214,32 +238,48 @@ def _record(out_dir: str, argv: Sequence[str], pool, threads: int | None, ranks:
              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
              "python": platform.python_version(), "jobs": pool.slots, "mpi": pool.mpi, "threads_per_job": threads,
              "ranks_per_run": ranks or 1}
-    with open(os.path.join(out_dir, "sweeps.jsonl"), "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(entry) + "\n")
+    with append_regular(os.path.join(out_dir, RECORD), "the sweep's record") as fh:
+        fh.write((json.dumps(entry) + "\n").encode("utf-8"))
 
 
 def _start_out_dir(out_dir: str, argv: Sequence[str], pool, threads: int | None, ranks: int | None,
-                   program: Program = DEFAULT_PROGRAM) -> int | None:
-    """Create the out-dir and record the sweep in it; None when done, else the exit status, with a
-    sentence said and anything this call created removed (a folder that refuses new entries, such as
-    one under /proc, passes the read-only checks)."""
+                   say, program: Program = DEFAULT_PROGRAM) -> tuple[int | None, FileLock | None]:
+    """Create the out-dir, take its sweep lock (waiting, with a word, while another sweep holds it) and
+    record the sweep there. Returns ``(None, lock)`` when done, else ``(exit status, None)`` with a
+    sentence said and anything this call created removed."""
     made: list[str] = []
+    lock = None
     try:
         made = make_folders(out_dir)
+        lock = FileLock(os.path.join(out_dir, SWEEP_LOCK))
+        if not lock.take():
+            say(f"sweep: another sweep is writing into {out_dir}; waiting for it to end (Ctrl-C stops this one)")
+            lock.take(wait=True)
         _record(out_dir, argv, pool, threads, ranks, program)
-        return None
-    except OSError as exc:
+        return None, lock
+    except (OSError, PathError, KeyboardInterrupt) as exc:
+        if lock is not None:
+            if lock.created:  # as a run does with its own lock: a refused start leaves nothing behind
+                with contextlib.suppress(OSError):
+                    os.unlink(lock.path)
+            lock.release()
         if made:  # a folder this call made: the record in it is this call's too
             with contextlib.suppress(OSError):
-                os.unlink(os.path.join(out_dir, "sweeps.jsonl"))
+                os.unlink(os.path.join(out_dir, RECORD))
         remove_folders(made)
+        if isinstance(exc, KeyboardInterrupt):
+            print("interrupted before any run started", file=sys.stderr)
+            return EXIT_INTERRUPTED, None
+        if isinstance(exc, PathError):
+            print(f"error: {sentence(str(exc))}", file=sys.stderr)
+            return EXIT_USAGE, None
         if is_storage_failure(exc):
             print(f"error: {sentence(f'cannot write into {out_dir}: {exc.strerror or exc}')} Nothing was "
                   "trained; free space and run it again.", file=sys.stderr)
-            return EXIT_IO
+            return EXIT_IO, None
         print(f"error: {sentence(f'cannot write into --out-dir {out_dir}: {(exc.strerror or str(exc)).lower()}')}",
               file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_USAGE, None
 
 
 def main(argv: Sequence[str] | None = None, run_script: str | None = None, out=None,
@@ -305,12 +345,28 @@ def main(argv: Sequence[str] | None = None, run_script: str | None = None, out=N
         pool = LocalPool(jobs or 1)
         threads = threads or max(1, usable_cores() // (pool.slots * (ns.ranks or 1)))
         where = f"{pool.slots} at a time" + (f", each over {ns.ranks} MPI ranks" if ns.ranks else "")
-    status = _start_out_dir(out_dir, argv, pool, threads, ns.ranks, program)
+    status, lock = _start_out_dir(out_dir, argv, pool, threads, ns.ranks,
+                                  lambda line: print(line, file=out, flush=True), program)
     if status is not None:
         pool.close()
         return status
-    print(f"sweep: {len(plans)} runs into {out_dir}: {summary}; {where}, {threads} thread"
-          f"{'s' if threads != 1 else ''} each", file=out, flush=True)
-    run_flags = ["--parallel", "layers"] if ns.ranks else []
-    return Sweep(plans, pool, run_command(run_script), out_dir, threads, out=out, launcher=launcher,
-                 run_flags=run_flags, report=program.report).run()
+    try:
+        try:  # another sweep may have worked meanwhile: look again (it saw the same configurations)
+            plans = [inspect(p.spec) for p in plans]
+        except SweepError as exc:
+            print(f"error: {sentence(str(exc))}", file=sys.stderr)
+            pool.close()
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            print("interrupted before any run started", file=sys.stderr)
+            pool.close()
+            return EXIT_INTERRUPTED
+        counts = {a: sum(1 for p in plans if p.action == a) for a in counts}
+        summary = ", ".join(f"{n} {a}" for a, n in counts.items() if n)
+        print(f"sweep: {len(plans)} runs into {out_dir}: {summary}; {where}, {threads} thread"
+              f"{'s' if threads != 1 else ''} each", file=out, flush=True)
+        run_flags = ["--parallel", "layers"] if ns.ranks else []
+        return Sweep(plans, pool, run_command(run_script), out_dir, threads, out=out, launcher=launcher,
+                     run_flags=run_flags, report=program.report).run()
+    finally:
+        lock.release()

@@ -16,6 +16,9 @@ import sys
 import time
 from typing import Any
 
+from bioplaus.files import PathError, append_regular, read_regular
+from bioplaus.startup import hold_signals
+
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 POLL_S = 0.2
 
@@ -35,8 +38,12 @@ def _load_prctl():
     return _prctl or None
 
 
-def _child_setup(parent: int) -> None:  # pragma: no cover - runs in the child between fork and exec
-    """The child gets SIGINT when its parent dies: a killed sweep leaves interrupted logs, not orphan runs."""
+def _child_setup(parent: int, hold: bool) -> None:  # pragma: no cover - runs in the child between fork and exec
+    """The child gets SIGINT when its parent dies: a killed sweep leaves interrupted logs, not orphan runs.
+    With ``hold``, SIGINT and SIGTERM are held over the exec until the child's own handlers are in place
+    (:mod:`bioplaus.startup` releases them), so a run stopped in its first instant ends cleanly too."""
+    if hold:
+        hold_signals()
     if _prctl:
         _prctl(_PR_SET_PDEATHSIG, int(signal.SIGINT), 0, 0, 0)
         if os.getppid() != parent:  # the parent died before prctl took effect: stop at once
@@ -47,7 +54,7 @@ def _spawn(task: dict[str, Any]) -> subprocess.Popen:
     _load_prctl()
     env = dict(os.environ)
     env.update(task["env"])
-    with open(task["console"], "ab") as fh:
+    with append_regular(task["console"], "a run's console output") as fh:
         stamp = _dt.datetime.now().isoformat(timespec="seconds")
         fh.write(f"\n=== {stamp} {platform.node()}: {' '.join(task['argv'])}\n".encode())
         fh.flush()
@@ -56,7 +63,8 @@ def _spawn(task: dict[str, Any]) -> subprocess.Popen:
         # one thread (LocalPool polls; an MPI worker runs its task on its main thread).
         return subprocess.Popen(task["argv"], stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
                                 env=env, cwd=task["cwd"], start_new_session=True,
-                                preexec_fn=functools.partial(_child_setup, os.getpid()))  # noqa: PLW1509
+                                preexec_fn=functools.partial(_child_setup, os.getpid(),  # noqa: PLW1509
+                                                             task.get("hold_signals", False)))
 
 
 def _interrupt(proc: subprocess.Popen, sig: int = signal.SIGINT) -> None:
@@ -68,12 +76,10 @@ def _tail(path: str) -> str:
     """Why a run stopped, from the end of its console output: its last ``error:`` or ``diverged:`` line of
     the latest attempt, else that attempt's last line."""
     try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - 8192))
-            lines = [ln.strip() for ln in fh.read().decode(errors="replace").splitlines() if ln.strip()]
-    except OSError:
+        text = read_regular(path, "a run's console output", 8192, tail=True).decode(errors="replace")
+    except (OSError, PathError):
         return ""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     starts = [i for i, ln in enumerate(lines) if ln.startswith("=== ")]
     lines = lines[starts[-1] + 1:] if starts else lines
     for ln in reversed(lines):

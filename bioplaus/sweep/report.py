@@ -5,30 +5,57 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import json
 import os
 import shlex
 import sys
 
-from bioplaus import files
+from bioplaus import files, limits
 from bioplaus.sweep.runs import EXIT_OK, SweepError
 
-# the header of the per-setting results.csv that bioplaus wrote before it wrote one row per run
-OLD_CSV_MARK = b"label,recipe,dataset,paper_dataset,model,variant,seeds,runs,seed_list,test_errors,"
+# The per-setting results.csv of bioplaus before it wrote one row per run, and before its CSV carried a mark
+# (files.CSV_MARK_COLUMN): its whole header line. Such a file, every row as wide as that header, is still
+# the report's own to replace; a table that merely starts like it (a user's, made from it) is not.
+OLD_CSV_HEADER = [
+    "label", "recipe", "dataset", "paper_dataset", "model", "variant", "seeds", "runs", "seed_list", "test_errors",
+    "test_error_mean", "test_error_std", "test_error_min", "paper_test_error", "difference", "epochs",
+    "seconds_per_run", "device", "matches_recipe", "differences", "notes", "paths",
+]
+
+
+def _old_report_csv(data: bytes) -> bool:
+    """True for a results.csv as an earlier bioplaus wrote it (see OLD_CSV_HEADER)."""
+    import csv
+    import io
+
+    try:
+        rows = list(csv.reader(io.StringIO(data.decode("utf-8"), newline="")))
+    except (UnicodeDecodeError, csv.Error):
+        return False
+    return len(rows) >= 2 and rows[0] == OLD_CSV_HEADER and all(len(row) == len(OLD_CSV_HEADER) for row in rows)
 
 
 # ---------------------------------------------------------------------- the report
-def _sweep_records(path: str) -> list[dict]:
+RECORD_LIMIT = 16 << 20  # DIR/sweeps.jsonl: a line of about 500 bytes per sweep; more is read no further
+
+
+def _sweep_records(path: str, bad: list[str]) -> list[dict]:
     """The sweeps recorded in ``DIR/sweeps.jsonl`` (one JSON object a line); a line that is not one (cut
-    short by a full disk, edited by hand) is skipped: the record only adds the commands to the report."""
+    short by a full disk, edited by hand, nested too deep) is skipped: the record only adds the commands
+    to the report. A record that is not a regular file (a link, a FIFO) is not read, and said so in ``bad``."""
+    try:
+        data = files.read_regular(path, "the sweep's record", RECORD_LIMIT)
+    except FileNotFoundError:
+        return []
+    except (OSError, files.PathError) as exc:
+        bad.append(f"{os.path.basename(path)} ({exc})")
+        return []
     records = []
-    with contextlib.suppress(OSError, UnicodeDecodeError), open(path, encoding="utf-8") as fh:
-        for line in fh:
-            with contextlib.suppress(ValueError):
-                entry = json.loads(line)
-                if isinstance(entry, dict) and all(isinstance(v, (str, int, float, bool, type(None)))
-                                                   for v in entry.values()):
-                    records.append(entry)
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            entry = limits.loads(line, "a line of the record")
+            if isinstance(entry, dict) and all(isinstance(v, (str, int, float, bool, type(None)))
+                                               for v in entry.values()):
+                records.append(entry)
     return records
 
 
@@ -53,7 +80,7 @@ def report(folder: str, layout: str = "recipes", out=None, command: str = "pytho
     if not runs:
         raise SweepError(f"no run logs in {folder}")
     rows = analysis.results_table(runs)
-    sweeps = _sweep_records(os.path.join(folder, "sweeps.jsonl"))
+    sweeps = _sweep_records(os.path.join(folder, "sweeps.jsonl"), bad)
     statuses: dict[str, int] = {}
     for r in runs:
         statuses[r.status] = statuses.get(r.status, 0) + 1
@@ -82,13 +109,11 @@ def report(folder: str, layout: str = "recipes", out=None, command: str = "pytho
     import matplotlib
 
     matplotlib.use("Agg")
-    csv_text = analysis.runs_csv(analysis.runs_table(runs))
     outputs = [
         files.Output.markdown(os.path.join(folder, "results.md"), command, text),
-        # a CSV has no room for a comment: its header's fixed first columns are the mark (or the header of the
-        # per-setting CSV of earlier versions)
-        files.Output(os.path.join(folder, "results.csv"), csv_text.encode(),
-                     (",".join(analysis.RUNS_CSV_KEY).encode() + b",", OLD_CSV_MARK)),
+        # its mark: a last column holding a digest of the table (files.csv_marked)
+        files.Output.csv(os.path.join(folder, "results.csv"), analysis.runs_csv(analysis.runs_table(runs)),
+                         legacy=(_old_report_csv,)),
         files.Output.png(os.path.join(folder, "results.png"), analysis.figure_png(analysis.plot_results(rows))),
     ]
     try:

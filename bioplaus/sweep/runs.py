@@ -14,12 +14,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from bioplaus import files
 from bioplaus.config import Config, ConfigError
-
-try:  # POSIX: see whether a live process holds a run's lock
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_IO, EXIT_INTERRUPTED = 0, 1, 2, 74, 130
 RUN_EXIT_DIVERGED, RUN_EXIT_USAGE, RUN_EXIT_IO, RUN_EXIT_INTERRUPTED = 1, 2, 74, 130
@@ -259,6 +255,17 @@ class RunSpec:
         """The run without its seed (runs that differ only in seed share it)."""
         return "-".join([self.recipe, *(point_label(f, t) for f, t in self.point)])
 
+    @property
+    def console(self) -> str:
+        """``DIR/<name>.out``: the run's console output, appended to by every attempt."""
+        return self.path[: -len(files.LOG_SUFFIX)] + ".out"
+
+    def files(self) -> dict[str, str]:
+        """Every file of this run that the sweep reads or writes, by what it must be (a regular file
+        or nothing): its log, checkpoint and lock (the run's own) and its console output."""
+        return {"a bioplaus run log": self.path, "a bioplaus checkpoint": files.checkpoint_path(self.path),
+                "a bioplaus lock file": files.lock_path(self.path), "a run's console output": self.console}
+
     def new_argv(self) -> list[str]:
         argv = ["--recipe", self.recipe, "--seed", str(self.seed), "--out", self.path, "--no-progress"]
         if self.epochs_flag is not None:
@@ -319,8 +326,18 @@ def build_runs(recipes: Sequence[str], seeds: Sequence[int], epochs: int | None,
             for i in range(len(points)):
                 cfg, point, flags = plans[(recipe, i)]
                 name = run_name(recipe, point, seed)
+                try:  # the seed too is checked as the run will check it
+                    seeded = cfg.replace(seed=seed)
+                    seeded.validate()
+                except ConfigError as exc:
+                    raise SweepError(f"{name}: {exc}") from exc
+                path = os.path.join(out_dir, name + files.LOG_SUFFIX)
+                try:
+                    files.check_name(path, "the run's log")
+                except files.PathError as exc:
+                    raise SweepError(f"{exc}; give --set values that make shorter names") from None
                 runs.append(RunSpec(name=name, recipe=recipe, seed=seed, point=point, flags=flags, epochs_flag=epochs,
-                                    config=cfg.replace(seed=seed), path=os.path.join(out_dir, name + ".h5"),
+                                    config=seeded, path=path,
                                     derived_schedule=all(s.field != "lr_decay_milestones" for s in settings),
                                     keep_checkpoint=keep_checkpoint))
     seen: dict[str, RunSpec] = {}
@@ -340,14 +357,28 @@ def build_runs(recipes: Sequence[str], seeds: Sequence[int], epochs: int | None,
 
 def check_with_cli(runs: Sequence[RunSpec], extra: Sequence[str] = ()) -> None:
     """Ask sims/run.py itself (``--describe``, in-process: it loads no data and writes nothing) whether it
-    accepts each distinct recipe and setting, so a bad model, dataset or value fails before any run.
-    ``extra``: flags every run gets (``--parallel layers --ranks K`` checks the rule and the split)."""
+    accepts each distinct recipe and setting, so a bad model, dataset or value fails before any run;
+    then make every check a run makes before it writes (:func:`bioplaus.runner.check_run`: the device,
+    the memory, where the data comes from), for each distinct configuration. ``extra``: flags every
+    run gets (``--parallel layers --ranks K`` checks the rule and the split)."""
     import io
 
     from bioplaus.cli import main as run_main
+    from bioplaus.runner import BadInput, check_run
 
     done: set[str] = set()
+    checked: set[str] = set()
     for r in runs:
+        key = json.dumps({**r.config.to_dict(), "seed": 0}, sort_keys=True)  # the seed changes no check
+        if key not in checked:
+            checked.add(key)
+            try:  # the memory against the host's, the data; the GPU in a process of its own (below)
+                check_run(r.config.replace(device="cpu"))
+            except BadInput as exc:
+                raise SweepError(f"{r.group}: {exc}") from None
+            if r.config.device == "gpu" and "gpu" not in checked:
+                checked.add("gpu")
+                _check_gpu(r.group)
         if r.group in done:
             continue
         done.add(r.group)
@@ -364,6 +395,28 @@ def check_with_cli(runs: Sequence[RunSpec], extra: Sequence[str] = ()) -> None:
             raise SweepError(f"{r.group}: {msg}")
 
 
+def _check_gpu(group: str) -> None:
+    """``--device gpu`` needs a working GPU: asked of a short-lived process, so that the sweep itself never
+    holds a GPU context (and its memory) while its runs train."""
+    import subprocess
+    import sys
+
+    import bioplaus
+
+    code = ("import sys\nfrom bioplaus.backend import BackendError, get_backend\ntry:\n    get_backend('gpu')\n"
+            "except BackendError as exc:\n    print(exc)\n    sys.exit(2)\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(bioplaus.__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])]))
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                              check=False)
+    except subprocess.TimeoutExpired:
+        raise SweepError(f"{group}: --device gpu: the GPU did not answer within 300 s") from None
+    if done.returncode != 0:
+        lines = [ln for ln in (done.stdout + done.stderr).splitlines() if ln.strip()]
+        raise SweepError(f"{group}: {lines[-1] if lines else 'no usable GPU'}")
+
+
 # ---------------------------------------------------------------------- the state of each run's log
 @dataclasses.dataclass
 class Plan:
@@ -376,20 +429,25 @@ class Plan:
 
 
 def lock_held(log_path: str) -> bool:
-    """True when a live process holds ``<log>.lock`` (sims/run.py holds it while it writes the log)."""
-    lock = log_path + ".lock"
-    if fcntl is None or not os.path.exists(lock):
-        return False
+    """True when a live process holds ``<log>.lock`` (sims/run.py holds it while it writes the log). The
+    lock is opened read-only, without following a link or blocking; anything but a regular file there
+    counts as not held (:func:`check_files` refuses it before)."""
     try:
-        with open(lock, "rb") as fh:  # read-only: looking writes nothing
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                return True
-            fcntl.flock(fh, fcntl.LOCK_UN)
-    except OSError:
+        return files.lock_held(files.lock_path(log_path))
+    except (OSError, files.PathError):
         return False
-    return False
+
+
+def check_files(spec: RunSpec) -> None:
+    """Every file of the run (:meth:`RunSpec.files`) is absent or a regular file (never a link, a FIFO, a
+    device or a folder: the sweep opens them without following links or blocking, and refuses them here
+    first, before anything is written); a lock beside the log is empty or bioplaus's."""
+    try:
+        for what, path in spec.files().items():
+            files.refuse_unless_regular(path, what)
+        files.check_lock_file(spec.path)
+    except files.PathError as exc:
+        raise SweepError(str(exc)) from None
 
 
 def _config_difference(have: Config, want: Config, ignore: Sequence[str] = ()) -> str | None:
@@ -405,13 +463,14 @@ def inspect(spec: RunSpec) -> Plan:
     """What to do with ``spec`` given what is on disk; raises SweepError when its log is not this run's."""
     from bioplaus.log import LogError, read_run
 
-    ckpt = spec.path + ".ckpt.npz"
+    ckpt = files.checkpoint_path(spec.path)
+    if os.path.isdir(spec.path) and not os.path.islink(spec.path):
+        raise SweepError(f"{spec.path} is a directory, where this sweep would write a run log")
+    check_files(spec)
     if not os.path.lexists(spec.path):
         if os.path.lexists(ckpt):
             raise SweepError(f"{ckpt} exists without its log {spec.path}; move it away and run the sweep again")
         return Plan(spec, "new")
-    if os.path.isdir(spec.path):
-        raise SweepError(f"{spec.path} is a directory, where this sweep would write a run log")
     try:
         run = read_run(spec.path)
     except LogError as exc:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bioplaus.analysis import duration_text
+from bioplaus.files import PathError
 from bioplaus.sweep.runs import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -103,10 +104,11 @@ class Sweep:
         spec = plan.spec
         argv = spec.new_argv() if plan.action == "new" else spec.resume_argv()
         threads = ["--threads", str(self.threads)] if self.threads else []  # each run sets its own pools
+        # A run started directly holds its signals over its start-up (bioplaus.startup); one started by
+        # mpiexec does not: mpiexec would inherit them held, and could not forward a stop to its ranks.
         return {"name": spec.name, "argv": [*self.launcher, *self.run_command, *argv, *threads, *self.run_flags],
-                "env": {},
-                "console": os.path.join(self.out_dir, spec.name + ".out"), "cwd": os.getcwd(),
-                "stop_file": self.stop_file}
+                "env": {}, "console": spec.console, "cwd": os.getcwd(), "stop_file": self.stop_file,
+                "hold_signals": not self.launcher}
 
     # --- progress
     def eta(self) -> float | None:
@@ -168,7 +170,13 @@ class Sweep:
             stopping = self.stop_signal is not None or self.io_failure
             while not stopping and self.queue and len(self.pool) < self.pool.slots:
                 plan = self.queue.pop(0)
-                self.pool.start(self.task(plan))
+                try:
+                    self.pool.start(self.task(plan))
+                except (OSError, PathError) as exc:  # its .out became a link or a FIFO meanwhile, a full disk
+                    self.results[plan.spec.name] = {"name": plan.spec.name, "rc": -1, "seconds": 0.0,
+                                                    "tail": str(exc)}
+                    self.tick(f"{plan.spec.name} failed to start: {exc}")
+                    continue
                 self.running.add(plan.spec.name)
                 self.started[plan.spec.name] = time.monotonic()
                 what = {"new": "start", "resume": "resume", "extend": "extend"}[plan.action]
@@ -212,7 +220,7 @@ class Sweep:
             return  # not a result: it is still to do
         self.results[name] = res
         trained = max(0, epochs_in_log(plan.spec.path) - plan.epochs_done)
-        console = os.path.join(self.out_dir, name + ".out")
+        console = plan.spec.console
         if rc == 0:
             if trained:
                 self.cost.setdefault(plan.spec.group, []).append(res["seconds"] / trained)
