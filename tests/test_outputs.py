@@ -312,9 +312,15 @@ def test_report_replaces_the_per_setting_csv_of_earlier_versions(logs, capsys):
     """results.csv was one row per setting; the report's own file of then is still its own to replace."""
     import pandas as pd
 
+    from bioplaus.sweep.report import OLD_CSV_HEADER
+
     folder = pathlib.Path(logs[0]).parent
-    (folder / "results.csv").write_text("label,recipe,dataset,paper_dataset,model,variant,seeds,runs,seed_list,"
-                                        "test_errors,test_error_mean\nx,,,,,,1,1,1,1,1\n")
+    old_row = ["x", "", "", "", "", "", "1", "1", "1", "1", "1", *[""] * (len(OLD_CSV_HEADER) - 11)]
+    # a table that merely starts with that header (a user's, made from one) is not the report's to replace
+    (folder / "results.csv").write_text(",".join(OLD_CSV_HEADER[:11]) + "\nx,,,,,,1,1,1,1,1\n")
+    assert sweep_mod.main(["--report", str(folder)], out=io.StringIO()) == 2
+    assert "results.csv was not written by bioplaus" in capsys.readouterr().err
+    (folder / "results.csv").write_text(",".join(OLD_CSV_HEADER) + "\n" + ",".join(old_row) + "\n")
     assert sweep_mod.main(["--report", str(folder)], out=io.StringIO()) == 0
     df = pd.read_csv(folder / "results.csv")
     assert list(df.run) == ["a", "b"] and list(df.variant) == ["glob", "predsim"]

@@ -114,6 +114,17 @@ def test_a_run(tmp_path, offset, sig):
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
 
 
+@pytest.mark.parametrize("offset,sig", OTHER[::2], ids=OTHER_IDS[::2])
+def test_a_run_started_as_python_m_bioplaus(tmp_path, offset, sig):
+    """The same through the installed command's entry (``python -m bioplaus run``, as ``bioplaus run``)."""
+    out = tmp_path / "run.h5"
+    rc, stdout, err = _signalled([sys.executable, "-m", "bioplaus", "run", *TINY, "--out", str(out)], sig, offset,
+                                 lambda pid: _handles(pid, signal.SIGTERM), tmp_path)
+    line = _assert_stopped(rc, stdout, err, sig, offset)
+    assert "interrupted" in line, line
+    _log_not_half_written(out)
+
+
 @pytest.mark.parametrize("offset,sig", OTHER, ids=OTHER_IDS)
 def test_a_sweep(tmp_path, offset, sig):
     out_dir = tmp_path / "sweep"
