@@ -98,6 +98,8 @@ def read_toml(path: str, flag: str = "--config") -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{flag} {path} is not valid TOML: {exc}") from None
+    except RecursionError:  # arrays or tables nested thousands deep: the parser recurses (a crafted file)
+        raise ConfigError(f"{flag} {path} nests its values too deeply to be a configuration") from None
 
 
 def _closest(key: str, known: Sequence[str]) -> str:

@@ -236,6 +236,12 @@ def test_a_sweep_record_nested_without_end_is_skipped(base_log, capsys):
     assert "--recipes good" in (folder / "results.md").read_text()
 
 
+def test_a_toml_configuration_nested_without_end_is_one_sentence(work, capsys):  # noqa: F811
+    config = work / "cwd" / "deep.toml"
+    config.write_text("lr = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    assert_refused([*TINY, "--config", str(config)], work, capsys, "nests its values too deeply")
+
+
 def test_json_is_checked_for_depth_and_length_before_it_is_parsed():
     assert limits.json_depth('{"a": [1, {"b": "[[[["}]}') == 3  # brackets in strings do not count
     for text in (DEEP, "[" * (limits.JSON_MAX_DEPTH + 1)):
