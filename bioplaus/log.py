@@ -380,6 +380,9 @@ def _convert(f: h5py.File, declared: dict[str, dict[str, tuple[str, str]]]) -> N
             if name not in lg:
                 _append(lg, name, None, n, units, description)
     f.attrs["format_version"] = FORMAT_VERSION
+    status = _attr(f.attrs.get("status", ""))
+    if status in STATUSES:  # a format-1 status has no fixed length: given one, a full disk can rewrite it in place
+        _set_status_attr(f, status)
 
 
 def _write_image(path: str, buf: io.BytesIO) -> None:

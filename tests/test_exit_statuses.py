@@ -21,6 +21,7 @@ from test_analysis import make_log
 from test_bounded_data import rich_server  # noqa: F401 -- a fixture
 from test_cli import listing
 from test_data_download import cache, tiny_idx_dataset  # noqa: F401 -- cache: a fixture
+from test_log import series_of
 from test_parallel import HAVE_MPI, MPIEXEC
 from test_storage import _mount_tmpfs
 from test_unsafe_files import assert_one_error
@@ -186,3 +187,17 @@ def test_a_log_without_a_fixed_status_is_left_as_it_is(tmp_path):
     data = path.read_bytes()
     assert RunLog(str(path)).set_status_in_place("interrupted") is False
     assert path.read_bytes() == data
+
+
+def test_a_format_1_log_converted_on_resume_gets_a_fixed_status(tmp_path):
+    """golden/v1-run.h5 (format 1, a variable-length status): converted for a resume, its status takes the
+    fixed length, so that a full disk later in the resumed run can still mark it in place."""
+    old = tmp_path / "old.h5"
+    old.write_bytes((ROOT / "tests" / "golden" / "v1-run.h5").read_bytes())
+    status = read_run(str(old)).status
+    assert RunLog(str(old)).set_status_in_place("interrupted") is False
+    RunLog.open_for_resume(str(old), series=series_of(read_run(str(old)).config))
+    with h5py.File(old, "r") as f:
+        assert f.attrs.get_id("status").get_type().get_size() == STATUS_BYTES and f.attrs["status"].decode() == status
+    assert RunLog(str(old)).set_status_in_place("interrupted") is True
+    assert read_run(str(old)).status == "interrupted"
