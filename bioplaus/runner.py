@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import bioplaus
-from bioplaus import files
+from bioplaus import files, startup
 from bioplaus import threads as threads_mod
 from bioplaus.config import Config, ConfigError
 from bioplaus.errors import sentence
@@ -63,8 +63,10 @@ class BadInput(ValueError):
     """Bad input: ``str(e)`` is one sentence for the user; nothing was written."""
 
 
-class Interrupted(Exception):
-    """SIGINT or SIGTERM arrived."""
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived. Not an Exception (as KeyboardInterrupt is not): raised wherever the signal
+    lands, also inside library code that catches ``Exception`` to try a fallback, it must not be taken for
+    an error there and dropped."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
@@ -505,9 +507,8 @@ class Signals:
         self.saved: dict[int, Any] = {}
 
     def _handle(self, signum, frame) -> None:
-        if self.depth:
-            self.pending = signum
-        else:
+        self.pending = signum  # kept even when raised: code that catches everything cannot make it be forgotten
+        if not self.depth:
             raise Interrupted(signum)
 
     def install(self) -> None:
@@ -516,6 +517,8 @@ class Signals:
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.saved[sig] = signal.signal(sig, self._handle)
         _INSTALLED.append(self)
+        if startup.stopped() is not None:  # the command was signalled before, and something swallowed its Stop
+            self.pending = startup.stopped()
 
     def restore(self) -> None:
         for sig, old in self.saved.items():
@@ -632,7 +635,10 @@ def _execute_locked(prepared: Prepared, progress, echo, on_epoch, lock, made) ->
     signals.install()
     try:
         try:
-            log = _open_log(prepared, lock, made)
+            if signals.pending is not None:  # (see Signals.install): no log, no epoch
+                raise Interrupted(signals.pending)
+            with signals.deferred():  # a log made is a log marked: a signal meanwhile waits until it is open
+                log = _open_log(prepared, lock, made)
             echo(summary(prepared))
             if prepared.resume_from is not None:
                 echo(f"resuming after epoch {trainer.epoch}")
@@ -656,9 +662,12 @@ def _execute_locked(prepared: Prepared, progress, echo, on_epoch, lock, made) ->
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(ckpt)
         except Interrupted as exc:
+            signals.depth += 1  # a second signal (mpiexec forwards Ctrl-C to every rank) waits: the run is ending
             message = f"stopped by {exc} after epoch {trainer.epoch}"
             if log is not None:
                 _mark(log, "interrupted", message)
+            else:
+                _leave_nothing(lock, made)
             print(f"interrupted by {exc} after epoch {trainer.epoch}; log: {out}; {resume_hint}",
                   file=sys.stderr, flush=True)
             return RunResult(out, "interrupted", trainer.epoch, message)
@@ -670,10 +679,8 @@ def _execute_locked(prepared: Prepared, progress, echo, on_epoch, lock, made) ->
         except OSError as exc:
             if not files.is_storage_failure(exc):
                 raise
-            if log is None and lock.created:  # not even the log could be written: leave nothing behind
-                with contextlib.suppress(OSError):
-                    os.unlink(lock.path)
-                files.remove_folders(made)
+            if log is None:  # not even the log could be written: leave nothing behind
+                _leave_nothing(lock, made)
             return _storage_failure(exc, log, trainer, out, resume_hint)
     finally:
         signals.restore()
@@ -682,6 +689,14 @@ def _execute_locked(prepared: Prepared, progress, echo, on_epoch, lock, made) ->
     echo(f"plot it: {prepared.program.figures} --logs {out} --out-dir figures  (or "
          f"bioplaus.analysis.load_runs({out!r}) and the notebooks in analysis/); browse it: h5ls -r {out}")
     return RunResult(out, "completed", cfg.epochs)
+
+
+def _leave_nothing(lock, made: list[str]) -> None:
+    """A run that ends before its log exists removes what it made: its lock file and new folders."""
+    if lock.created:
+        with contextlib.suppress(OSError):
+            os.unlink(lock.path)
+        files.remove_folders(made)
 
 
 def _kept(prepared: Prepared) -> str:

@@ -201,3 +201,52 @@ def test_a_format_1_log_converted_on_resume_gets_a_fixed_status(tmp_path):
         assert f.attrs.get_id("status").get_type().get_size() == STATUS_BYTES and f.attrs["status"].decode() == status
     assert RunLog(str(old)).set_status_in_place("interrupted") is True
     assert read_run(str(old)).status == "interrupted"
+
+
+# ---------------------------------------------------------------------- a signal inside code that catches errors
+@pytest.mark.parametrize("caught", [Exception, BaseException], ids=["except-Exception", "except-BaseException"])
+def test_a_signal_caught_by_code_inside_an_epoch_still_stops_the_run(tmp_path, monkeypatch, caught):
+    """A signal lands anywhere in an epoch, also inside code that catches errors and goes on (library code
+    tries a fallback with ``except Exception``; a few catch everything). Before: the runner's interruption
+    was an Exception, swallowed there, and the run trained to its end with status 0 (seen once in
+    test_startup_signals, the figures command signalled in its first epochs). Now it is not an Exception,
+    and a signal once received stops the run after that epoch even where something swallowed it."""
+    import signal
+
+    from bioplaus.train import Trainer
+
+    train_epoch = Trainer.train_epoch
+
+    def swallowing(self, *args, **kwargs):
+        stats = train_epoch(self, *args, **kwargs)
+        if stats["epoch"] == 2:
+            try:
+                signal.raise_signal(signal.SIGINT)
+                sum(range(1000))  # the handler runs by here at the latest
+            except caught:
+                pass
+        return stats
+
+    monkeypatch.setattr(Trainer, "train_epoch", swallowing)
+    out = tmp_path / "run.h5"
+    result = runner.run({"variant": "predsim", "dataset": "fashion-mnist-mini", "num_layers": 1, "num_hidden": 16,
+                         "epochs": 6, "device": "cpu"}, out=str(out))
+    assert result.status == "interrupted" and result.exit_code == 130
+    run = read_run(str(out))
+    # through an ``except Exception``, epoch 2 never ends; swallowed whole, it ends and the run stops after it
+    assert run.status == "interrupted" and run.num_epochs == (1 if caught is Exception else 2)
+
+
+def test_a_command_signalled_before_its_run_does_not_start_it(tmp_path, monkeypatch):
+    """The command's start-up handler raised its Stop and something swallowed it (a library's bare
+    ``except:``): the run that follows does not begin (no log) and says it was interrupted."""
+    import signal
+
+    from bioplaus import startup
+
+    monkeypatch.setattr(startup, "_pending", [signal.SIGTERM])
+    out = tmp_path / "run.h5"
+    result = runner.run({"variant": "predsim", "dataset": "fashion-mnist-mini", "num_layers": 1, "num_hidden": 16,
+                         "epochs": 2, "device": "cpu"}, out=str(out))
+    assert result.status == "interrupted" and result.exit_code == 130 and result.epochs == 0
+    assert list(tmp_path.iterdir()) == []
