@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -199,6 +200,13 @@ def cpu_threads() -> int:
     return cores
 
 
+def _thread_pool() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=cpu_threads(), thread_name_prefix="bioplaus-blocked")
+    return _pool
+
+
 def blocked(xp, n: int, body: Callable[[int, int], None], block: int = BLOCK) -> None:
     """Run ``body(lo, hi)`` over ``[0, n)``, for a body of several element-wise passes.
 
@@ -208,13 +216,12 @@ def blocked(xp, n: int, body: Callable[[int, int], None], block: int = BLOCK) ->
     blocks are shared among the CPU's cores (NumPy's ufuncs release the GIL). ``body`` must touch
     only items in ``[lo, hi)``.
     """
-    global _pool
     if on_device(xp):
         if n > 0:
             body(0, n)
         return
     block = max(1, block)
-    workers = min(cpu_threads(), max(1, n // (2 * block)))
+    workers = 1 if getattr(_in_chunk, "busy", False) else min(cpu_threads(), max(1, n // (2 * block)))
 
     def run(lo: int, hi: int) -> None:
         for start in range(lo, hi, block):
@@ -223,14 +230,158 @@ def blocked(xp, n: int, body: Callable[[int, int], None], block: int = BLOCK) ->
     if workers == 1:
         run(0, n)
         return
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=cpu_threads(), thread_name_prefix="bioplaus-blocked")
     share = -(-n // (workers * block)) * block  # whole blocks per worker
     bounds = [(lo, min(n, lo + share)) for lo in range(0, n, share)]
-    futures = [_pool.submit(run, lo, hi) for lo, hi in bounds[1:]]
+    futures = [_thread_pool().submit(run, lo, hi) for lo, hi in bounds[1:]]
     run(*bounds[0])  # this thread takes the first share
     for future in futures:
         future.result()  # re-raises a worker's exception here
+
+
+PART_MIN = 1 << 16  # items below which a pass is not worth splitting among threads
+
+
+def in_parts(xp, n: int, body: Callable[[int, int], None], items: int = 0) -> None:
+    """Run ``body(lo, hi)`` over ``[0, n)`` in one contiguous part per CPU thread, all at once.
+
+    For a pass that NumPy runs on one core (a strided copy, a layout change) and that splits into
+    independent slices of one axis (``n`` of them, ``items`` elements in all): the slices go to the
+    CPU's cores (NumPy's copies release the GIL). On CuPy, or for fewer than a couple of
+    :data:`PART_MIN` items: once, over everything. ``body`` must touch only its slice.
+    """
+    workers = 1 if on_device(xp) or getattr(_in_chunk, "busy", False) else min(cpu_threads(), n, max(1, items // PART_MIN))
+    if workers <= 1:
+        if n > 0:
+            body(0, n)
+        return
+    share = -(-n // workers)
+    bounds = [(lo, min(n, lo + share)) for lo in range(0, n, share)]
+    futures = [_thread_pool().submit(body, lo, hi) for lo, hi in bounds[1:]]
+    body(*bounds[0])  # this thread takes the first part
+    for future in futures:
+        future.result()  # re-raises a worker's exception here
+
+
+_in_chunk = threading.local()  # .busy: this thread runs one of several chunks at once (in_chunks)
+_blas_libraries: Any = None  # threadpoolctl's controller of the loaded BLAS libraries; False: not installed
+
+
+def _blas() -> Any:
+    global _blas_libraries
+    if _blas_libraries is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            _blas_libraries = ThreadpoolController().select(user_api="blas")
+        except Exception:  # noqa: BLE001 -- not installed, or a library it cannot read: BLAS left as it is
+            _blas_libraries = False
+    return _blas_libraries or None
+
+
+def chunk_workers(xp, chunks: int) -> int:
+    """How many chunks of a convolution :func:`in_chunks` runs at once: one per CPU thread (no more than
+    the BLAS's own threads, where threadpoolctl can read them), one on a device or without threadpoolctl."""
+    libraries = _blas() if not on_device(xp) and chunks > 1 else None
+    if libraries is None:
+        return 1
+    limits = [lib["num_threads"] for lib in libraries.info()]
+    return max(1, min(cpu_threads(), chunks, *limits))
+
+
+def in_chunks(xp, chunks: int, body: Callable[[int, int], None]) -> int:
+    """Run ``body(k, worker)`` for every chunk ``k`` in ``[0, chunks)``, on :func:`chunk_workers` threads at
+    once (``worker``: which one, so that each keeps its own buffers), each chunk's GEMMs and copies in its
+    own thread with the BLAS held to one thread: the cores work on different chunks, not on halves of
+    one small GEMM or copy after another (thousands of hand-offs a layer, each a wait on a busy machine).
+    Chunks are handed out in order. Returns the number of workers (1: in order, in this thread, the
+    BLAS as it was). The results must not depend on which worker ran which chunk: the body adds what
+    the chunks share in chunk order (:class:`InOrder`)."""
+    workers = chunk_workers(xp, chunks)
+    if workers <= 1:
+        for k in range(chunks):
+            body(k, 0)
+        return 1
+    lock = threading.Lock()
+    handed = iter(range(chunks))
+
+    def work(worker: int) -> None:
+        _in_chunk.busy = True  # the other cores are busy with the other chunks: passes inside run inline
+        try:
+            while True:
+                with lock:
+                    k = next(handed, None)
+                if k is None:
+                    return
+                body(k, worker)
+        finally:
+            _in_chunk.busy = False
+
+    with _blas().limit(limits=1):
+        futures = [_thread_pool().submit(work, w) for w in range(1, workers)]
+        try:
+            work(0)
+        finally:
+            for future in futures:
+                future.result()  # waits for every worker (re-raises a worker's exception here)
+    return workers
+
+
+class InOrder:
+    """``add(k, part)`` adds ``part`` into a total in the order k = 0, 1, 2, ... whatever order the chunks
+    finish in (a chunk's worker waits for its turn), so the sum is the same for any number of workers.
+    ``total`` is the first part itself (held, not copied: its chunk gives it up)."""
+
+    def __init__(self) -> None:
+        self.total: Any = None
+        self._next = 0
+        self._failed = False
+        self._turn = threading.Condition()
+
+    def add(self, k: int, part, take: bool = False) -> None:
+        """Add ``part`` (chunk k's) in turn; ``take``: the first part may be kept as the total itself."""
+        with self._turn:
+            while self._next != k and not self._failed:
+                self._turn.wait()
+            if self._failed:
+                raise RuntimeError("another chunk failed")
+            if self.total is None:
+                self.total = part if take else part.copy()
+            else:
+                self.total += part
+            self._next += 1
+            self._turn.notify_all()
+
+    def fail(self) -> None:
+        """A chunk failed: the others waiting for their turn stop (their error names this one's)."""
+        with self._turn:
+            self._failed = True
+            self._turn.notify_all()
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+
+
+def keep_freed_memory() -> bool:
+    """Let this process reuse the memory of the arrays it frees instead of returning it to the system.
+
+    A training step allocates and frees the same large arrays (feature maps, their errors, the
+    convolutions' buffers) every step. glibc's malloc serves each block above 32 MB (and, after its
+    threshold adapts, most above 128 KB) by a fresh ``mmap`` and unmaps it on ``free``, so the next
+    step takes a page fault for every page it writes again: measured 0.35-0.45 ms a MB on this
+    project's 2-core machine (a virtual one), 15-20 % of a vgg8b step on one core. With no ``mmap``
+    for blocks and no trimming of the heap, freed blocks are reused as they are (the peak resident
+    memory of a vgg8b step: within 11 %). Called once by a run's process (``runner.execute``, each
+    rank of a layer-parallel run) and by the benchmarks, for every side they time; not on import (a
+    notebook's memory is its own business). Returns True where it applied (glibc), False elsewhere.
+    """
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def gpu_count() -> int:

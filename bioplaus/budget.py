@@ -6,8 +6,9 @@ failure an hour into a run. The estimate counts, in the training dtype (float32)
     parameters P (blocks, heads, output layer) and fixed matrices; gradients of one block at a time;
     optimizer state: 2 P (Adam), 3 P (AMSGrad), P (SGD with momentum);
     activations of one step: local rules hold one block at a time (its input, pre-activation, output,
-    BN's normalised copy, the heads' maps and errors, an im2col buffer), backprop holds every block's
-    cache until its backward;
+    BN's normalised copy, the heads' maps and errors, its convolution's workspace: one chunk's im2col
+    columns or Winograd buffers, whichever the block's ``--conv-algorithm`` runs it by on this device),
+    backprop holds every block's cache until its backward;
     the training images in uint8 (once, padded for cropping) and one batch in float32.
 
 It is an estimate (within a factor of about 1.5 of what the benchmarks measure), meant to catch
@@ -24,7 +25,6 @@ import math
 
 from bioplaus.limits import host_memory, human  # noqa: F401 -- human: re-exported, the estimate's unit
 from bioplaus.models import NetSpec
-from bioplaus.ops.conv import DEVICE_IM2COL_MAX_BYTES, IM2COL_MAX_BYTES
 from bioplaus.probes import Cost
 from bioplaus.rules import Rule, compose, get_rule
 
@@ -81,18 +81,16 @@ def estimate_bytes(cfg, spec: NetSpec, num_train: int, on_gpu: bool = False) -> 
     largest_block = max(b.num_parameters(spec.batch_norm) for b in spec.blocks) if spec.blocks else 0
     param_bytes = FLOAT * (P * (1 + states) + largest_block)  # + one block's gradients at a time
     N = cfg.batch_size
-    maps = []  # elements per sample of each block's input, its hidden output and its largest op's workspace
+    maps = []  # elements per sample of each block's input and hidden output, and its largest op's workspace bytes
     c, h, w = spec.input_shape
     prev = c * h * w
     for b in spec.blocks:
-        footprint = b.kind.footprint(b)
-        maps.append((prev, footprint.hidden, footprint.workspace))
+        maps.append((prev, b.kind.footprint(b).hidden, b.kind.workspace_bytes(b, N, on_gpu, FLOAT)))
         prev = b.out_features
-    limit = DEVICE_IM2COL_MAX_BYTES if on_gpu else IM2COL_MAX_BYTES
     heads = 2 if rule.heads else 0  # a head's map (sim's learned conv output) and its error
 
-    def block_bytes(inp, out, cols):
-        return FLOAT * (N * (inp + (4 + heads) * out) + min(N * cols * FLOAT, limit) // FLOAT)
+    def block_bytes(inp, out, work):
+        return FLOAT * N * (inp + (4 + heads) * out) + work
 
     if rule.global_error:
         act = sum(FLOAT * N * (inp + 3 * out) for inp, out, _ in maps) + max(block_bytes(*m) for m in maps)

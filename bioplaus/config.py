@@ -16,6 +16,14 @@ A configuration is data: this module imports nothing of the engine, so the log, 
 sweep report read one (:meth:`Config.validate`) without loading it. Resolving one for a run
 (:meth:`Config.resolve`) asks the engine, at that moment, for what it alone knows: the rules (a rule
 registered at run time included) and their default β, the models and the convolution algorithms.
+
+``conv_algorithm``: how 3x3 stride-1 convolutions are computed (:mod:`bioplaus.ops.conv`): "im2col",
+"winograd" (Winograd's F(4x4, 3x3) for every one), a versioned rule such as "auto-cpu-1" (Winograd
+where it measured faster on the CPU, im2col elsewhere), or "auto". A run resolves "auto" when it
+starts, on its device (:func:`on_device`: the CPU's rule, or "winograd" on a GPU), and records what it
+resolved to, so ``--resume`` computes as the run began, whatever "auto" means by then.
+A log that records "auto" (or nothing) was written before that: "auto" then meant im2col on the CPU
+and Winograd on a GPU, and no setting meant im2col; :func:`logged_config` reads it so.
 """
 
 from __future__ import annotations
@@ -34,8 +42,8 @@ OPTIMS = ("adam", "amsgrad", "sgd")
 DEVICES = ("auto", "cpu", "gpu")
 INT_MAX = 2**31 - 1  # every integer setting fits a 32-bit int (HDF5 attributes, array shapes)
 SEED_MAX = 2**32 - 1  # seeds key 32-bit random streams
-__all__ = ["DEVICES", "NONLINS", "OPTIMS", "Config", "ConfigError", "default_milestones", "scale_milestones",
-           "unset_meaning"]
+__all__ = ["DEVICES", "NONLINS", "OPTIMS", "Config", "ConfigError", "default_milestones", "logged_config",
+           "on_device", "scale_milestones", "unset_meaning"]
 
 # The paper's schedule as fractions of the run (decay after 100 150 175 188 of its 200 epochs).
 SCHEDULE_SHAPE = ((1, 2), (3, 4), (7, 8), (15, 16))
@@ -118,7 +126,7 @@ class Config:
     classes_per_batch_until_epoch: int = 0
     seed: int = 1
     device: str = "auto"
-    conv_algorithm: str = "auto"  # auto: Winograd F(4x4, 3x3) on a GPU, im2col on the CPU
+    conv_algorithm: str = "auto"  # resolved per device when a run starts (module docstring), recorded resolved
     data_dir: str | None = None
     probe_every: int = 0  # every k epochs, log the angle between each block's update and backprop's
     loss_unsup: str = "none"  # the authors' unsupervised local loss: none, sim (S(h) vs S(x)) or recon
@@ -301,6 +309,31 @@ class Config:
         if not isinstance(values, dict):
             raise ConfigError("the configuration is not a JSON object")
         return cls.from_dict(values)
+
+
+def on_device(cfg: Config, gpu: bool) -> Config:
+    """``cfg`` as a run on a GPU (``gpu``) or the CPU records it: "auto" for ``conv_algorithm`` replaced by
+    what it means there today (:func:`bioplaus.ops.conv.resolve_algorithm`), so that a resumed run
+    computes as the run began whatever "auto" means by then. Anything else is left as it is."""
+    from bioplaus.ops.conv import resolve_algorithm
+
+    return dataclasses.replace(cfg, conv_algorithm=resolve_algorithm(cfg.conv_algorithm, gpu))
+
+
+def logged_config(values: dict[str, Any], device: str | None = None) -> Config:
+    """The configuration a run log (or checkpoint) records, as this bioplaus runs it: a log written
+    before runs resolved ``conv_algorithm`` when they started holds "auto", which computed by im2col
+    on the CPU and by Winograd on a GPU (``device``, the log's device attribute, says which), or no
+    setting at all (older still: im2col everywhere). Raises ConfigError for a bad configuration."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"a configuration is a table of settings, not {type(values).__name__}")
+    values = dict(values)
+    algorithm = values.get("conv_algorithm")
+    if algorithm is None:
+        values["conv_algorithm"] = "im2col"
+    elif algorithm == "auto":
+        values["conv_algorithm"] = "winograd" if str(device or "").startswith("gpu") else "im2col"
+    return Config.from_dict(values)
 
 
 def _flag(name: str) -> str:

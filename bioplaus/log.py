@@ -56,7 +56,7 @@ import numpy as np
 
 import bioplaus
 from bioplaus import limits
-from bioplaus.config import Config, ConfigError
+from bioplaus.config import Config, ConfigError, logged_config, on_device
 from bioplaus.files import PathError, atomic_write, open_regular
 from bioplaus.probes import SPLITS, Probe
 
@@ -187,7 +187,8 @@ class RunLog:
                series: Series | None = None) -> RunLog:
         """A new log at ``path``, status ``running``, no epochs yet, with an empty series for every probe
         the run declares (``series``: layer -> probes; the trainer's ``series``). ``path`` must not exist
-        unless ``replace`` (the caller checked that it is a run log that may go)."""
+        unless ``replace`` (the caller checked that it is a run log that may go). ``cfg`` is recorded as it
+        runs on ``device`` ("auto" for --conv-algorithm resolved: :func:`bioplaus.config.on_device`)."""
         path = os.fspath(path)
         if os.path.lexists(path) and not replace:
             raise LogError(f"{path} already exists")
@@ -201,7 +202,7 @@ class RunLog:
             a["dataset"] = cfg.dataset
             a["seed"] = cfg.seed
             _set_status_attr(f, "running")
-            a["config"] = cfg.to_json()
+            a["config"] = on_device(cfg, str(device).startswith("gpu")).to_json()  # "auto" resolved (config)
             a["device"] = device
             a["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
             a["parameters"] = int(parameters)
@@ -506,7 +507,7 @@ def read_run(path: str) -> Run:
     except (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError) as exc:
         raise LogError(f"{path} is damaged ({exc.__class__.__name__} while reading it)") from exc
     try:
-        config = Config.from_dict(limits.loads(attrs["config"], "its config attribute"))
+        config = logged_config(limits.loads(attrs["config"], "its config attribute"), attrs.get("device"))
         config.validate()
     except (ValueError, TypeError, ConfigError) as exc:
         raise LogError(f"{path} holds a configuration this bioplaus cannot read ({_first_line(exc)})") from exc

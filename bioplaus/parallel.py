@@ -353,11 +353,13 @@ class PipelineTrainer(TrainerBase):
 def worker(comm, backend_for: Callable[[str], object]) -> int:
     """The loop of a rank > 0: build its stage when rank 0 says so, then follow its commands.
     Returns the exit status rank 0 decided (2 when rank 0 refused the input before starting)."""
+    from bioplaus.backend import keep_freed_memory
     from bioplaus.config import Config
     from bioplaus.models import build_spec
 
     for sig in (signal.SIGINT, signal.SIGTERM):  # rank 0 decides; mpiexec forwards signals to all ranks
         signal.signal(sig, signal.SIG_IGN)
+    keep_freed_memory()  # as rank 0's runner.execute
     message = comm.bcast(None, root=0)
     if message[0] != "start":
         return int(message[1]) if len(message) > 1 else 2

@@ -44,8 +44,9 @@ from typing import Any
 import bioplaus
 from bioplaus import files, startup
 from bioplaus import threads as threads_mod
-from bioplaus.config import Config, ConfigError
+from bioplaus.config import Config, ConfigError, logged_config, on_device
 from bioplaus.errors import sentence
+from bioplaus.limits import loads
 from bioplaus.program import DEFAULT as DEFAULT_PROGRAM
 from bioplaus.program import Program
 
@@ -362,6 +363,7 @@ def prepare(cfg: Config | dict, out: str | None = None, overwrite: bool = False,
     except files.PathError as exc:
         raise BadInput(str(exc)) from None
     _, _, backend, _ = check_run(cfg, backend_index)
+    cfg = on_device(cfg, backend.is_gpu)  # "auto" resolved: what the log records and the trainer runs
     check_new_out(out, overwrite)
     if keep_checkpoint == "all":
         try:
@@ -446,7 +448,7 @@ def prepare_resume(path: str, changes: dict[str, Any] | None = None, stages=None
         except CheckpointError as exc:
             raise BadInput(f"cannot resume: {_one(exc)}") from exc
         ckpt_epoch = meta["epoch"]
-        _check_checkpoint_config(meta, logged, ckpt)
+        _check_checkpoint_config(meta, logged, ckpt, run.attrs.get("device"))
     if state is None and done > 1:
         why = " (it was removed when the run completed: --keep-checkpoint none)" if logged_keep == "none" else ""
         raise BadInput(f"cannot resume: {path} holds {done} epochs but its checkpoint {ckpt} is gone{why}; "
@@ -477,18 +479,22 @@ def prepare_resume(path: str, changes: dict[str, Any] | None = None, stages=None
                     keep_checkpoint=keep, program=program)
 
 
-def _check_checkpoint_config(meta: dict, logged: Config, ckpt: str) -> None:
+def _check_checkpoint_config(meta: dict, logged: Config, ckpt: str, device: str | None = None) -> None:
     """The checkpoint was written by this log's run: its configuration matches (the settings a resume
-    may change aside)."""
+    may change aside). ``device``: the log's, for a configuration written before runs recorded what
+    "auto" resolved to (:func:`bioplaus.config.logged_config`)."""
     text = meta.get("config")
     try:
-        theirs = Config.from_json(text) if isinstance(text, str) else None
+        raw = loads(text, "the configuration") if isinstance(text, str) else None
+        theirs = logged_config(raw, device) if isinstance(raw, dict) else None
     except (ValueError, TypeError, ConfigError):  # ValueError: not JSON, too long or too deep (limits.loads)
         theirs = None
     if theirs is None:
         raise BadInput(f"cannot resume: the checkpoint {ckpt} has no readable configuration")
     a, b = theirs.to_dict(), logged.to_dict()
     for key in sorted(a):
+        if key == "conv_algorithm" and raw.get(key, "auto") == "auto" and b[key] in ("im2col", "winograd"):
+            continue  # an old "auto" was one of these, and the log may already say which (a resume began)
         if key not in RESUME_MAY_CHANGE and a[key] != b.get(key):
             raise BadInput(f"cannot resume: the checkpoint {ckpt} belongs to another run (its {key} is {a[key]!r}, "
                            f"the log's is {b.get(key)!r})")
@@ -562,7 +568,10 @@ def execute(prepared: Prepared, progress: bool = False, echo: Callable[[str], No
     """Write the log and train (see the module docstring). Bad input met only now (the lock taken by
     another process in the meantime, a log that cannot be created) raises :class:`BadInput`, with
     whatever this call created removed again."""
+    from bioplaus.backend import keep_freed_memory
+
     echo = echo or (lambda line: None)
+    keep_freed_memory()  # every step reuses the last one's memory (no page faults for it)
     out = prepared.out
     folder = os.path.dirname(os.path.abspath(out))
     made: list[str] = []

@@ -92,3 +92,53 @@ def test_thread_limits_are_honoured(monkeypatch):
     assert cpu_threads() == 1
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "junk")  # not a number: ignored
     assert cpu_threads() == cores
+
+
+def test_a_run_keeps_freed_memory_for_its_next_step():
+    """After ``keep_freed_memory`` (glibc), a large array freed and made again is not faulted in again
+    page by page (a fresh process: the setting is the process's)."""
+    import subprocess
+    import sys
+
+    code = """if True:
+        import resource, sys
+        import numpy as np
+        from bioplaus.backend import keep_freed_memory
+        def faults():
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            for _ in range(3):
+                a = np.empty(16 * 2**20, np.float32)  # 64 MB
+                a.fill(1.0)
+                del a
+            return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+        plain = faults()
+        if not keep_freed_memory():
+            print("skip"); sys.exit(0)
+        faults()  # the heap grows to hold the block once
+        print(plain, faults())
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    words = out.stdout.split()
+    if words == ["skip"]:
+        pytest.skip("not glibc: the allocator keeps its own ways")
+    plain, kept = map(int, words)
+    # 3 x 64 MB faulted in: at least 96 faults (2 MB pages; 49152 with 4 KB ones), then almost none
+    assert plain >= 90 and kept <= plain // 10, (plain, kept)
+
+
+def test_a_run_process_shortens_the_blas_spin():
+    """Importing bioplaus before NumPy sets OpenBLAS's idle spin (the environment, read when NumPy loads
+    OpenBLAS); a value already set is kept."""
+    import os
+    import subprocess
+    import sys
+
+    import bioplaus
+
+    code = "import os, bioplaus, numpy; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env, timeout=120)
+    assert out.stdout.strip() == bioplaus.BLAS_SPIN
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120,
+                         env=dict(env, OPENBLAS_THREAD_TIMEOUT="20"))
+    assert out.stdout.strip() == "20"

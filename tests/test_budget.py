@@ -125,3 +125,57 @@ def test_human():
     assert human(512) == "512 B"
     assert human(1536) == "1.5 KiB"
     assert human(3 * 2**30) == "3.0 GiB"
+
+
+# ------------------------------------------------------------------------------ convolution workspace
+@pytest.mark.parametrize("shape,F", [((32, 64, 16, 16), 128), ((64, 32, 28, 28), 64), ((16, 256, 4, 4), 256),
+                                     ((32, 3, 32, 32), 32)])
+@pytest.mark.parametrize("algorithm", ["im2col", "winograd", "auto"])
+def test_a_convolution_holds_about_its_workspace(shape, F, algorithm):
+    """What the budget counts for a conv block, the buffers of the algorithm it runs by, is what its
+    forward and backward hold besides the arrays they return (tracemalloc): Winograd's chunk buffers
+    (and its transformed filters, for each chunk running at once) to within 30 %; im2col's columns to
+    within 2x."""
+    import tracemalloc
+
+    from bioplaus.ops import conv
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape, dtype=np.float32)
+    W = rng.standard_normal((F, shape[1], 3, 3), dtype=np.float32)
+    dout = rng.standard_normal((shape[0], F, shape[2], shape[3]), dtype=np.float32)
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        out, cache = conv.conv2d_forward(x, W, None, 1, 1, algorithm)
+        dx, dW, _ = conv.conv2d_backward(dout, cache)
+        held = tracemalloc.get_traced_memory()[1] - base - (out.nbytes + dx.nbytes + dW.nbytes)
+    finally:
+        tracemalloc.stop()
+    work = conv.workspace_bytes(shape, W.shape, 1, 1, algorithm, False, 4)
+    low, high = (0.8, 1.3) if isinstance(cache, conv.WinogradConv) else (0.5, 2.0)
+    assert low * work <= held <= high * work, (held / work, isinstance(cache, conv.WinogradConv))
+
+
+def test_the_estimate_counts_the_algorithm_each_conv_block_runs_by():
+    """vgg8b on CIFAR-10: each block's workspace as its --conv-algorithm runs it, on the CPU (chunks) or a
+    GPU (the whole batch): "auto" is the device's own choice, and Winograd's chunks on the CPU hold less
+    than im2col's columns of the widest blocks."""
+    from bioplaus.ops import conv
+
+    def of(algorithm, gpu=False):
+        cfg = Config(variant="predsim-bpf", model="vgg8b", conv_algorithm=algorithm).resolve()
+        return estimate_bytes(cfg, spec_of(cfg, CIFAR), 1000, on_gpu=gpu)
+
+    assert of("auto") == of(conv.AUTO["cpu"]) and of("auto", gpu=True) == of(conv.AUTO["gpu"], gpu=True)
+    assert of("winograd") < of("im2col")
+    assert of("winograd", gpu=True) > of("winograd")  # on a GPU: the whole batch at once
+    cfg = Config(variant="predsim-bpf", model="vgg8b", conv_algorithm="winograd").resolve()
+    spec = spec_of(cfg, CIFAR)
+    conv2 = spec.blocks[1]  # 128 -> 256 channels at 32x32, the largest maps
+    work = conv.workspace_bytes((128, conv2.c_in, 32, 32), (conv2.c_out, conv2.c_in, 3, 3), 1, 1, "winograd", False,
+                                FLOAT)
+    chunk = conv.winograd_chunk((128, conv2.c_in, 32, 32), conv2.c_out, 1, FLOAT)
+    workers = conv.chunk_workers(np, -(-128 // chunk))  # chunks side by side, each with its own buffers
+    assert work == conv.winograd.buffer_bytes((128, conv2.c_in, 32, 32), conv2.c_out, 1, conv.WINOGRAD_TILE, FLOAT,
+                                              chunk, workers)

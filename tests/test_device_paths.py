@@ -3,8 +3,8 @@
 Ops are checked on those paths one by one (the ``xp`` fixture's ``numpy-device-paths``); here every
 variant's step on a small mlp and a small vgg runs on them and must agree with the CPU paths to
 float32 rounding, as a GPU run must (``test_gpu.py``, the same comparisons). The paths differ in how
-they compute, not what: fused element-wise passes, unchunked buffers, and 3x3 convolutions by
-Winograd's F(4x4, 3x3) instead of im2col.
+they compute, not what: fused element-wise passes, unchunked buffers, and every 3x3 convolution by
+Winograd's F(4x4, 3x3) ("auto" on a device); the CPU's reference here is im2col, the exact one.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ def test_one_step_on_device_paths_agrees_with_cpu_paths(variant, kind, winograd_
     else:
         assert winograd_calls == {"forward": 0, "backward": 0}
     calls_on_device_paths = dict(winograd_calls)
-    ref = parity.step(NUMPY, variant, kind)
-    assert winograd_calls == calls_on_device_paths  # the CPU paths keep im2col
+    ref = parity.step(NUMPY, variant, kind, conv_algorithm="im2col")
+    assert winograd_calls == calls_on_device_paths  # the reference ran by im2col
     parity.assert_steps_agree(ours, ref, np, (variant, kind))
 
 
@@ -59,7 +59,7 @@ def test_device_paths_with_im2col_are_the_cpu_paths_for_convolutions():
     with device_paths_on_cpu():
         wino = parity.step(NUMPY, "predsim", "conv")
         im2col = parity.step(NUMPY, "predsim", "conv", conv_algorithm="im2col")
-    ref = parity.step(NUMPY, "predsim", "conv")
+    ref = parity.step(NUMPY, "predsim", "conv", conv_algorithm="im2col")
     parity.assert_steps_agree(im2col, ref, np, ("im2col",))
     err = {name: max(float(np.abs(g[k] - ref[0][i][k]).max()) for i, g in run[0].items() for k in g)
            for name, run in (("winograd", wino), ("im2col", im2col))}

@@ -28,6 +28,7 @@ from bioplaus.log import (
 )
 from bioplaus.models import build_spec
 from bioplaus.train import run_series
+from bioplaus.ops import conv
 
 LAYERS = ["fc1", "fc2"]
 B = 6
@@ -74,7 +75,7 @@ def test_roundtrip_every_number(tmp_path):
     path = tmp_path / "run.h5"
     cfg, _, written = write_run(path)
     run = read_run(str(path))
-    assert run.config == cfg
+    assert run.config == cfg.replace(conv_algorithm=conv.AUTO["cpu"])  # "auto" as it resolved on the CPU
     assert run.attrs["status"] == "running" and run.attrs["parameters"] == 1234
     assert run.attrs["variant"] == "predsim-bpf" and run.attrs["format_version"] == FORMAT_VERSION == 2
     assert run.attrs["epochs_planned"] == 5 and json.loads(run.attrs["config"])["beta"] == 0.01
@@ -288,3 +289,14 @@ def test_checkpoint_roundtrip_and_atomicity(tmp_path):
         load_checkpoint(path)
     with pytest.raises(CheckpointError, match="no checkpoint"):
         load_checkpoint(str(tmp_path / "none.npz"))
+
+
+def test_a_log_records_what_auto_resolved_to_on_its_device(tmp_path):
+    """A log never holds "auto" (which, in a log, means a log written before runs resolved it): written
+    for a CPU it holds the CPU's rule, for a GPU "winograd"; a concrete setting as it is."""
+    for device, algorithm, recorded in (("cpu (test)", "auto", conv.AUTO["cpu"]), ("gpu (test)", "auto", "winograd"),
+                                        ("gpu (test)", "im2col", "im2col")):
+        path = tmp_path / f"{device[:3]}-{algorithm}.h5"
+        RunLog.create(str(path), Config(conv_algorithm=algorithm).resolve(), device, 1)
+        assert json.loads(read_attrs(str(path))["config"])["conv_algorithm"] == recorded
+        assert read_run(str(path)).config.conv_algorithm == recorded

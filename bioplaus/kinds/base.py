@@ -15,6 +15,7 @@ of the kind's :class:`BlockKind` object, never switched on by name:
                   output_backward(do, cache), carry(spec, M)
     declared      probes(spec), probe_values(p, snapshot(p))   what it records (weight and update norms)
                   cost(spec, batch, need_dx), footprint(spec)  what a step of it costs, what it holds
+                  workspace_bytes(spec, batch, gpu, itemsize)  its largest op's buffers (the memory budget)
 
 **Taps.** A tap is a point inside the block where a local rule's heads read a hidden output ``h``
 (before dropout) and send their error back. A plain block (dense, conv) has one tap, its own ``h``,
@@ -190,6 +191,12 @@ class BlockKind:
 
     def footprint(self, spec: BlockSpec) -> Footprint:
         return Footprint(math.prod(self.output_shape(spec)))
+
+    def workspace_bytes(self, spec: BlockSpec, batch: int, gpu: bool, itemsize: int) -> int:
+        """Bytes its largest op holds at once on ``batch`` samples on a GPU (``gpu``) or the CPU: by default
+        the footprint's workspace, built in chunks of at most the device's im2col limit."""
+        limit = ops.conv.DEVICE_IM2COL_MAX_BYTES if gpu else ops.conv.IM2COL_MAX_BYTES
+        return min(batch * self.footprint(spec).workspace * itemsize, limit)
 
 
 KINDS: dict[str, BlockKind] = {}

@@ -34,6 +34,13 @@ class ConvBlock(EncoderBlock):
         side2 = spec.size * spec.size
         return Footprint(spec.c_out * side2, spec.c_in * spec.kernel * spec.kernel * side2)
 
+    def workspace_bytes(self, spec, batch: int, gpu: bool, itemsize: int) -> int:
+        """The buffers of the algorithm this block's convolution runs by on that device (ops.conv: one
+        chunk's im2col columns, or Winograd's buffers for each chunk running at once)."""
+        side_in = (spec.size - 1) * spec.stride + spec.kernel - 2 * spec.pad  # the input map's side
+        return ops.conv.workspace_bytes((batch, spec.c_in, side_in, side_in), self.weight_shape(spec), spec.stride,
+                                        spec.pad, spec.conv_algorithm, gpu, itemsize)
+
     def describe_encoder(self, spec) -> str:
         k = spec.kernel
         return f"Conv{k}x{k}(s{spec.stride}, p{spec.pad}) {spec.c_in}->{spec.c_out} @ {spec.size}x{spec.size}"

@@ -16,29 +16,56 @@ so the peak memory per layer stays about one chunk above the layer's input and o
 
 ``algorithm``: 3x3 convolutions at stride 1 (every conv of the paper's VGGs and of the sim heads) may
 run by Winograd's F(4x4, 3x3) instead (:mod:`bioplaus.ops.winograd`: 4x fewer multiplications, float32
-results within about 1e-5 of im2col's), the whole batch at once, where its buffers stay under the
-device limit below (im2col, chunked, otherwise). "auto" takes it on a device (on an H200, cuDNN's
-Winograd weight gradient took 0.89 ms where im2col + one GEMM took 1.58 ms) and keeps im2col on the
-CPU, where every run log, golden run and resumed run of this engine rests on im2col's numbers
-("winograd" there: vgg8b's steps 1.15-1.29x faster on 2 cores, sims/benchmarks/bench_train.py).
+results within about 1e-5 of im2col's), in chunks of the batch as im2col's (on the CPU, chunks whose
+largest buffer is about :data:`WINOGRAD_MAX_BYTES`; on a device, the whole batch where it fits).
+"im2col" and "winograd" take one for every such convolution; "auto" takes, per device, the one that
+measured faster there: on a GPU Winograd (on an H200, cuDNN's Winograd weight gradient took 0.89 ms
+where im2col + one GEMM took 1.58 ms), on the CPU a rule per layer shape (:data:`AUTO_RULES`: Winograd
+from 16 input channels where its tiles save at least 3x the multiplications; im2col for the first
+convolutions of 1 or 3 channels and for maps of 3x3 pixels or less). A run resolves "auto" when it
+starts and records the result ("auto-cpu-1", "winograd"), so a resume computes as the run began
+(:mod:`bioplaus.config`); the golden runs and every log that says "auto" rest on im2col's numbers.
 """
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from bioplaus.backend import device_memory_bytes, get_array_module, on_device
+import numpy as np
+
+from bioplaus.backend import chunk_workers, device_memory_bytes, get_array_module, on_device
 from bioplaus.ops import winograd
 from bioplaus.ops.winograd import WinogradCache
 
 IM2COL_MAX_BYTES = 32 * 2**20  # largest im2col buffer built at once (32 MB measured faster than 64 MB on 2 cores)
 # On a GPU each chunk costs a dozen launches and small GEMMs fill the device poorly: chunks there are
-# as large as this share of the device's memory allows (the whole batch for the paper's nets). Winograd's
-# buffers (the whole batch) are held to the same limit, on any device.
+# as large as this share of the device's memory allows (the whole batch for the paper's nets), for
+# im2col and Winograd alike.
 DEVICE_IM2COL_SHARE = 1 / 16
 DEVICE_IM2COL_MAX_BYTES = 2 * 2**30
-ALGORITHMS = ("auto", "im2col", "winograd")
+# Winograd on the CPU: chunks whose largest buffer stays near the caches (measured below), but of at
+# least this many tiles, or the t² GEMMs get too thin to run at the matmul rate (a 4x4 map is one tile).
+WINOGRAD_MAX_BYTES = 8 * 2**20
+WINOGRAD_MIN_TILES = 256
 WINOGRAD_TILE = 4  # F(4x4, 3x3); 2 is F(2x2, 3x3): 2.25x fewer multiplications, about 20x smaller rounding error
+
+# What "auto" computes a 3x3 stride-1 convolution with, per device. A run resolves "auto" once, when
+# it starts, and records the result (a versioned rule, or "winograd"), so a resumed run computes as it
+# began whatever this table says later. A rule: Winograd F(4x4, 3x3) where the convolution has at
+# least ``min_in_channels`` input channels and Winograd's tiles make at least ``min_saving`` times
+# fewer multiplications than im2col (9 Ho Wo over 36 per 4x4 tile: 4 on maps of a multiple of 4 pixels,
+# 3.06 on 7x7 and 14x14, 2.25 on 3x3, 1 on 2x2), im2col elsewhere; ``measured``: what chose it.
+AUTO_RULES = {
+    "auto-cpu-1": {
+        "min_in_channels": 16,
+        "min_saving": 3.0,
+        "measured": "bench_ops.py --conv-algorithms, batch 128, 1 thread (README, Measured): Winograd 1.1-2.4x "
+                    "faster from 16 input channels on maps of 4x4 or more, 0.8x at 8 channels, 0.5-0.9x for the "
+                    "first convs (1 and 3 channels), 0.8x for 512 channels at 3x3, 0.3-0.5x at 2x2",
+    },
+}
+AUTO = {"cpu": "auto-cpu-1", "gpu": "winograd"}  # what "auto" resolves to on each device, today
+ALGORITHMS = ("auto", "im2col", "winograd", *AUTO_RULES)
 
 
 class ConvCache(NamedTuple):
@@ -132,15 +159,71 @@ def _chunk_size(xp, N: int, rows: int, pixels: int, itemsize: int) -> int:
     return max(1, min(N, limit // max(per_sample, 1)))
 
 
-def uses_winograd(xp, x_shape: tuple, W_shape: tuple, stride: int, pad: int, itemsize: int,
-                  algorithm: str = "auto") -> bool:
-    """True where :func:`conv2d_forward` runs by Winograd: asked for ("winograd", or "auto" on a
-    device), a 3x3 stride-1 kernel, and its buffers for the whole batch under the device limit."""
+def winograd_chunk(x_shape: tuple, F: int, pad: int, itemsize: int, device_limit: int | None = None) -> int:
+    """Samples per chunk of a Winograd convolution: on a device (``device_limit``: its byte limit),
+    as many as the limit allows (the whole batch for the paper's nets); on the CPU (None), chunks
+    whose largest buffer is about :data:`WINOGRAD_MAX_BYTES` but that hold at least
+    :data:`WINOGRAD_MIN_TILES` tiles (and at most :data:`IM2COL_MAX_BYTES`)."""
+    N = x_shape[0]
+    per_sample = winograd.sample_bytes(x_shape, F, pad, WINOGRAD_TILE, itemsize)
+    if device_limit is not None:
+        return max(1, min(N, device_limit // per_sample))
+    tiles = winograd.tiles_per_sample(x_shape, pad, WINOGRAD_TILE)
+    chunk = max(WINOGRAD_MAX_BYTES // per_sample, -(-WINOGRAD_MIN_TILES // tiles))
+    return max(1, min(N, chunk, IM2COL_MAX_BYTES // per_sample))
+
+
+def resolve_algorithm(algorithm: str, gpu: bool) -> str:
+    """What ``algorithm`` means on a GPU (``gpu``) or the CPU: "auto" -> that device's entry of
+    :data:`AUTO`; any other name is itself. A run records this, not "auto" (module docstring)."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"conv2d: unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
-    wanted = algorithm == "winograd" or (algorithm == "auto" and on_device(xp))
-    return (wanted and winograd.applies(W_shape, stride)
-            and winograd.buffer_bytes(x_shape, W_shape[0], pad, WINOGRAD_TILE, itemsize) <= _device_limit(xp))
+    return AUTO["gpu" if gpu else "cpu"] if algorithm == "auto" else algorithm
+
+
+def takes_winograd(x_shape: tuple, W_shape: tuple, stride: int, pad: int, algorithm: str, gpu: bool) -> bool:
+    """True where a convolution runs by Winograd on a GPU (``gpu``) or the CPU: a 3x3 stride-1 kernel,
+    and "winograd", or a rule of :data:`AUTO_RULES` that takes it for this shape ("auto": the rule
+    of that device)."""
+    name = resolve_algorithm(algorithm, gpu)
+    if name == "im2col" or not winograd.applies(W_shape, stride):
+        return False
+    if name == "winograd":
+        return True
+    rule = AUTO_RULES[name]
+    return x_shape[1] >= rule["min_in_channels"] and winograd_saving(x_shape, pad) >= rule["min_saving"]
+
+
+def winograd_saving(x_shape: tuple, pad: int) -> float:
+    """How many times fewer multiplications Winograd's F(4x4, 3x3) makes than im2col for a 3x3 stride-1
+    convolution of ``x_shape``: 9 per output pixel, against 36 per 4x4 tile (a tile cut by the map's
+    edge costs as much as a whole one)."""
+    Ho, Wo = x_shape[2] + 2 * pad - 2, x_shape[3] + 2 * pad - 2
+    return 9 * Ho * Wo / ((WINOGRAD_TILE + 2) ** 2 * winograd.tiles_per_sample(x_shape, pad, WINOGRAD_TILE))
+
+
+def uses_winograd(xp, x_shape: tuple, W_shape: tuple, stride: int, pad: int, algorithm: str = "auto") -> bool:
+    """:func:`takes_winograd` on ``xp``'s device: where :func:`conv2d_forward` runs by Winograd."""
+    return takes_winograd(x_shape, W_shape, stride, pad, algorithm, on_device(xp))
+
+
+def workspace_bytes(x_shape: tuple, W_shape: tuple, stride: int, pad: int, algorithm: str, gpu: bool,
+                    itemsize: int, device_limit: int = DEVICE_IM2COL_MAX_BYTES) -> int:
+    """The most memory a convolution's forward and backward hold at once besides x, W, the output
+    and their gradients: one chunk's columns (im2col, made twice over in the backward), or one chunk's
+    buffers for each chunk running at once (Winograd, with what the forward keeps for the backward).
+    For the memory budget."""
+    N, C, H, Wd = x_shape
+    F, _, kh, kw = W_shape
+    limit = device_limit if gpu else None
+    if takes_winograd(x_shape, W_shape, stride, pad, algorithm, gpu):
+        chunk = winograd_chunk(x_shape, F, pad, itemsize, limit)
+        workers = 1 if gpu else chunk_workers(np, -(-N // chunk))  # chunks side by side, each its own buffers
+        return winograd.buffer_bytes(x_shape, F, pad, WINOGRAD_TILE, itemsize, chunk, workers)
+    Ho, Wo = _out_size(H, kh, stride, pad), _out_size(Wd, kw, stride, pad)
+    per_sample = C * kh * kw * Ho * Wo * itemsize
+    chunk = max(1, min(N, (limit or IM2COL_MAX_BYTES) // per_sample))
+    return 2 * chunk * per_sample
 
 
 def conv2d_forward(x, W, b=None, stride: int = 1, pad: int = 0, algorithm: str = "auto"):
@@ -151,8 +234,9 @@ def conv2d_forward(x, W, b=None, stride: int = 1, pad: int = 0, algorithm: str =
     F, C2, kh, kw = W.shape
     if C2 != C:
         raise ValueError(f"conv2d: input has {C} channels but the weights expect {C2}")
-    if uses_winograd(xp, x.shape, W.shape, stride, pad, x.dtype.itemsize, algorithm):
-        out, cache = winograd.winograd_conv3x3_forward(x, W, pad, WINOGRAD_TILE)  # (N, F, Ho, Wo)
+    if uses_winograd(xp, x.shape, W.shape, stride, pad, algorithm):
+        chunk = winograd_chunk(x.shape, F, pad, x.dtype.itemsize, _device_limit(xp) if on_device(xp) else None)
+        out, cache = winograd.winograd_conv3x3_forward(x, W, pad, WINOGRAD_TILE, chunk)  # (N, F, Ho, Wo)
         if b is not None:
             out += b.reshape(1, F, 1, 1)
         return out, WinogradConv(cache, b is not None)

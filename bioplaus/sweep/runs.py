@@ -452,8 +452,10 @@ def check_files(spec: RunSpec) -> None:
 
 def _config_difference(have: Config, want: Config, ignore: Sequence[str] = ()) -> str | None:
     """'lr 0.001 (this sweep: 0.0005)' for the first fields that differ, ignoring device, data_dir, epochs
-    and ``ignore``."""
+    and ``ignore`` (and conv_algorithm where the sweep asks for "auto": the log holds what that resolved to)."""
     a, b = have.to_dict(), want.to_dict()
+    if b.get("conv_algorithm") == "auto":  # a run records what "auto" resolved to on its device
+        b["conv_algorithm"] = a["conv_algorithm"]
     diffs = [f"{k} {a[k]!r} (this sweep: {b[k]!r})" for k in a
              if k not in (*_NOT_IDENTITY, "epochs", *ignore) and a[k] != b.get(k)]
     return ", ".join(diffs[:3]) if diffs else None

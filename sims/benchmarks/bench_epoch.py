@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import machine
 
-from bioplaus.backend import get_backend
+from bioplaus.backend import get_backend, keep_freed_memory
 from bioplaus.config import Config
 from bioplaus.data import load_dataset
 from bioplaus.recipes import get_recipe
@@ -51,6 +51,7 @@ def main(argv=None) -> int:
     ap.add_argument("--every", type=int, default=4, help="time one pure step every this many epoch batches")
     ap.add_argument("--json", type=machine.json_path)
     args = ap.parse_args(argv)
+    keep_freed_memory()  # as a run's process does (runner.execute)
     facts = machine.print_header()
     values = get_recipe(args.recipe)
     if args.dataset:

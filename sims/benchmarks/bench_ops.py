@@ -1,6 +1,6 @@
 """Benchmark the engine's heavy ops on this CPU against its own float32 matmul rate.
 
-    python sims/benchmarks/bench_ops.py [--quick] [--repeat N] [--json PATH]
+    python sims/benchmarks/bench_ops.py [--quick] [--repeat N] [--threads N] [--conv-algorithms] [--json PATH]
 
 Prints the machine's float32 GEMM rate (2048^3 sgemm, best of --repeat), then forward+backward
 GFLOP/s of the dense and conv ops at the paper's layer sizes as a percentage of that rate, and the
@@ -13,10 +13,13 @@ timed forward + backward on one feature map and reported in ms and as multiples 
 map (``np.copyto``, the machine's memory speed, timed next to them).
 Also times building the im2col buffer two ways (kh*kw per-offset copies vs the op's one copy of a
 strided window view), and a whole conv forward + backward at vgg's layer sizes with either (interleaved,
-median of --repeat, same numbers checked), the layout choice the conv op rests on. Then vgg's 3x3
-convolutions by im2col against Winograd's F(2x2, 3x3) and F(4x4, 3x3) (``--conv-algorithm winograd``),
-forward + backward interleaved, median of --repeat, with each one's largest float32 error against the
-float64 convolution (relative to the largest output).
+median of --repeat, same numbers checked), the layout choice the conv op rests on. Then the 3x3
+convolutions of the paper's nets (``CONV_SHAPES``: vgg8b on 32x32x3 and 28x28x1, at --feat-mult 1 and
+0.25, vgg11b's 2x2 maps) by im2col and by Winograd's F(4x4, 3x3) (``--conv-algorithm im2col`` and
+``winograd``), forward + backward with dx and with dW only, interleaved, median of --repeat, with each
+one's largest float32 error against the float64 convolution (relative to the largest output) and the
+one "auto" takes on the CPU: the measurement behind ``ops.conv.AUTO_RULES`` (``--conv-algorithms``: this
+table alone).
 
 BLAS kernels: benchmarks are run with ``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` unset in the
 benchmark's command alone (they force older OpenBLAS kernels; a user's machine has no such override):
@@ -220,24 +223,25 @@ def bench_im2col_in_conv(N: int, layers, repeat: int) -> list[dict]:
     return rows
 
 
-def _conv_by_im2col(x, W, dout):
-    out, cache = conv_module.conv2d_forward(x, W, None, 1, 1, "im2col")
-    conv_module.conv2d_backward(dout, cache)
+def _conv_step(x, W, dout, algorithm, need_dx):
+    out, cache = conv_module.conv2d_forward(x, W, None, 1, 1, algorithm)
+    conv_module.conv2d_backward(dout, cache, need_dx=need_dx)
     return out
 
 
-def _conv_by_winograd(x, W, dout, m):
-    from bioplaus.ops import winograd
-
-    out, cache = winograd.winograd_conv3x3_forward(x, W, 1, m)
-    winograd.winograd_conv3x3_backward(dout, cache)
-    return out
+# 3x3 convolutions (C, F, size) of the paper's nets: vgg8b on 32x32x3 and 28x28x1 (its first convs by 3 and 1
+# channels, its last maps of 4x4 and 3x3), at --feat-mult 0.25 (32..128 channels), and vgg11b's 2x2 maps
+CONV_SHAPES = [(3, 128, 32), (128, 256, 32), (256, 256, 16), (256, 512, 16), (512, 512, 8), (512, 512, 4),
+               (1, 128, 28), (128, 256, 28), (256, 256, 14), (512, 512, 7), (512, 512, 3), (512, 512, 2),
+               (1, 32, 28), (32, 64, 28), (64, 64, 14), (64, 128, 14), (128, 128, 7), (128, 128, 3),
+               (8, 16, 14), (16, 16, 7)]
 
 
 def bench_conv_algorithms(N: int, layers, repeat: int) -> list[dict]:
-    """conv forward + backward (dW and dx) by im2col and by Winograd, interleaved, median of ``repeat``."""
-    from bioplaus.ops import winograd
-
+    """3x3 convolutions by im2col and by Winograd F(4x4, 3x3) through ``conv2d_forward`` (chunked as runs
+    chunk them), forward + backward with dx and with dW only (a local rule's encoder), interleaved,
+    median of ``repeat``; each one's largest float32 error against the float64 convolution; and which
+    of the two "auto" takes on the CPU (ops.conv.AUTO_RULES)."""
     rng = np.random.default_rng(6)
     rows = []
     for C, F, size in layers:
@@ -246,21 +250,35 @@ def bench_conv_algorithms(N: int, layers, repeat: int) -> list[dict]:
         x, W = x64.astype(np.float32), W64.astype(np.float32)
         dout = np.ones((N, F, size, size), np.float32)
         ref = conv_module.conv2d_forward(x64, W64, None, 1, 1, "im2col")[0]
-
-        sides = {"im2col": functools.partial(_conv_by_im2col, x, W, dout),
-                 **{f"F({m}x{m})": functools.partial(_conv_by_winograd, x, W, dout, m) for m in winograd.TILES}}
+        sides = {f"{a}{'' if dx else '_dW'}": functools.partial(_conv_step, x, W, dout, a, dx)
+                 for a in ("im2col", "winograd") for dx in (True, False)}
         times = {k: [] for k in sides}
         errors = {}
         for rep in range(repeat + 1):  # the first round warms up
-            for name, fn in sides.items():
+            names = list(sides)[rep % len(sides):] + list(sides)[:rep % len(sides)]
+            for name in names:
                 t0 = time.perf_counter()
-                out = fn()
+                out = sides[name]()
                 if rep:
                     times[name].append(time.perf_counter() - t0)
-                errors[name] = float(np.abs(out - ref).max() / np.abs(ref).max())
-        rows.append({"name": f"conv {C}->{F} at {size}x{size}", **{f"{k}_s": float(np.median(v)) for k, v in times.items()},
-                     **{f"{k}_error": v for k, v in errors.items()}})
+                errors[name.split("_")[0]] = float(np.abs(out - ref).max() / np.abs(ref).max())
+        auto = conv_module.uses_winograd(np, x.shape, W.shape, 1, 1, "auto")
+        rows.append({"name": f"conv {C}->{F} at {size}x{size}", "C": C, "F": F, "size": size,
+                     **{f"{k}_s": float(np.median(v)) for k, v in times.items()},
+                     **{f"{k}_error": v for k, v in errors.items()}, "auto": "winograd" if auto else "im2col"})
     return rows
+
+
+def print_conv_algorithms(rows: list[dict]) -> None:
+    print(f"{'3x3 conv, forward + backward, median ms':40s} {'im2col':>8s} {'winograd':>8s} {'gain':>6s} "
+          f"{'dW only: im2col':>15s} {'winograd':>8s} {'gain':>6s}  auto      float32 error: im2col, winograd")
+    for r in rows:
+        print(f"{r['name']:40s} {1e3 * r['im2col_s']:8.1f} {1e3 * r['winograd_s']:8.1f} "
+              f"{r['im2col_s'] / r['winograd_s']:5.2f}x {1e3 * r['im2col_dW_s']:15.1f} {1e3 * r['winograd_dW_s']:8.1f} "
+              f"{r['im2col_dW_s'] / r['winograd_dW_s']:5.2f}x  {r['auto']:9s} {r['im2col_error']:.1e}, "
+              f"{r['winograd_error']:.1e}")
+    print(f"gain = im2col / winograd (F(4x4, 3x3) in chunks, as runs use it); auto: what --conv-algorithm auto "
+          f"takes on the CPU ({conv_module.AUTO['cpu']}: {conv_module.AUTO_RULES[conv_module.AUTO['cpu']]})")
 
 
 def main(argv=None) -> int:
@@ -268,10 +286,24 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="batch 32 and a 1024^3 GEMM, for a smoke run")
     ap.add_argument("--repeat", type=int, default=3, help="timed repetitions; the best is reported")
     ap.add_argument("--json", type=machine.json_path, help="also write the results to this new JSON file")
+    ap.add_argument("--conv-algorithms", action="store_true",
+                    help="only the 3x3 convolutions by im2col and by Winograd, at the paper's layer shapes")
+    ap.add_argument("--threads", type=int, default=None, help="BLAS threads (threadpoolctl; default: numpy's)")
     args = ap.parse_args(argv)
+    if args.threads:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=args.threads, user_api="blas")
     facts = machine.print_header()
     N = 32 if args.quick else 128
     repeat = 1 if args.quick else max(1, args.repeat)
+    if args.conv_algorithms:
+        algorithms = bench_conv_algorithms(N, [(16, 32, 16)] if args.quick else CONV_SHAPES, repeat)
+        print_conv_algorithms(algorithms)
+        if args.json:
+            machine.write_json(args.json, {"machine": facts, "batch": N, "conv_algorithms": algorithms})
+            print(f"wrote {args.json}")
+        return 0
 
     n = 1024 if args.quick else 2048
     gemm = matmul_rate(n, repeat)
@@ -290,7 +322,7 @@ def main(argv=None) -> int:
     conv_layers = [(16, 32, 16)] if args.quick else [(3, 128, 32), (128, 256, 32), (256, 256, 16), (256, 512, 16),
                                                       (512, 512, 8), (512, 512, 4)]
     im2col_in_conv = bench_im2col_in_conv(N, conv_layers, repeat)
-    algorithms = bench_conv_algorithms(N, [c for c in conv_layers if c[0] > 3], repeat)
+    algorithms = bench_conv_algorithms(N, [(16, 32, 16)] if args.quick else CONV_SHAPES, repeat)
     memory_bound = bench_memory_bound(N, repeat)
 
     env = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS")}
@@ -315,13 +347,7 @@ def main(argv=None) -> int:
         print(f"{r['name']:42s} {1e3 * r['per_offset']:14.1f} {1e3 * r['strided_view']:10.1f} "
               f"{r['strided_view'] / r['per_offset']:6.2f}  {'yes' if r['same'] else 'NO'}")
     print(f"im2col buffer limit: {conv_module.IM2COL_MAX_BYTES / 2**20:.0f} MB per chunk")
-    print(f"{'3x3 conv forward + backward, median ms':42s} {'im2col':>8s} {'F(2x2)':>8s} {'F(4x4)':>8s} {'gain':>6s}"
-          f"  float32 error: im2col, F(2x2), F(4x4)")
-    for r in algorithms:
-        print(f"{r['name']:42s} {1e3 * r['im2col_s']:8.1f} {1e3 * r['F(2x2)_s']:8.1f} {1e3 * r['F(4x4)_s']:8.1f} "
-              f"{r['im2col_s'] / r['F(4x4)_s']:5.2f}x  {r['im2col_error']:.1e}, {r['F(2x2)_error']:.1e}, "
-              f"{r['F(4x4)_error']:.1e}")
-    print("gain = im2col / F(4x4) (--conv-algorithm winograd)")
+    print_conv_algorithms(algorithms)
     print(f"{'memory-bound op (forward + backward)':42s} {'ms':>8s} {'x copy':>7s}")
     for r in memory_bound:
         print(f"{r['name']:42s} {1e3 * r['seconds']:8.1f} {r['copies']:7.1f}")

@@ -11,14 +11,19 @@ after an update; the twin: ``sims/benchmarks/torch_twin.py``). Both use the same
 sets both). After a warm-up
 (mlp; a vgg8b step is long enough without), bioplaus, the twin and a 1024^3 float32 GEMM are timed in
 turn (interleaved, A/B order alternating, so a busy neighbour on a shared machine slows all three
-alike) ``--repeat`` times; the table shows medians and the ratio of samples/s. For the VGGs a fourth
-side, interleaved with them, is our step with ``--conv-algorithm winograd`` (3x3 convolutions by
-Winograd's F(4x4, 3x3) instead of im2col, the CPU's default): the columns ``wino ms`` and ``gain``.
+alike) ``--repeat`` times; the table shows medians and the ratio of samples/s. Our step runs with
+``--conv-algorithm auto`` (on the CPU its rule: 3x3 convolutions by Winograd's F(4x4, 3x3) where that
+measured faster, im2col elsewhere); for the VGGs a fourth side, interleaved with them, is our step
+with every convolution by im2col (``--conv-algorithm im2col``): the columns ``im2col ms`` and
+``gain`` (im2col ms / ours ms).
 
 NOTE (shared machines): torch's OpenMP threads spin-wait by default, which on an oversubscribed
 2-core machine makes the twin 3-8x slower than it is, so this script sets ``OMP_WAIT_POLICY=PASSIVE``.
 OpenBLAS's own threads suffer the same way when the load is above the core count; run with
 ``--threads 1`` then (both sides get one thread).
+
+Both sides run with the allocator setting of a bioplaus run (``backend.keep_freed_memory``: freed
+arrays are reused, not returned to the system and faulted back in the next step), in one process.
 
 FLOPs of a step are counted from the shapes, as the blocks' kinds, the heads and the carriers declare
 them (``budget.step_costs``): forward 2*MACs of every dense/conv layer (encoders, heads, the similarity
@@ -53,12 +58,15 @@ import numpy as np
 # steal the cores from the other side of the A/B pair (and from torch itself), making torch look 3-8x
 # slower than it is. Passive waiting gives the twin its fair speed.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# and OpenBLAS's idle threads (ours) spin for a tenth of a second after each call, taking a core from our own
+# threads: a bioplaus run shortens that spin (bioplaus/__init__.py, read by OpenBLAS when NumPy loads), so here too
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "12")
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import machine
 
-from bioplaus.backend import get_backend
+from bioplaus.backend import get_backend, keep_freed_memory
 from bioplaus.blocks import LEAKY_SLOPE
 from bioplaus.budget import step_costs
 from bioplaus.config import Config
@@ -158,11 +166,11 @@ def bench_case(model: str, shape, variant: str, repeat: int, warmup: int) -> dic
     y = rng.integers(0, 10, BATCH)
     ours, theirs = bioplaus_step(cfg, spec, x, y), torch_step(cfg, spec, x, y)
     gemm, gemm_flop = gemm_seconds()
-    t_ours, t_theirs, t_wino, t_gemm = [], [], [], []
+    t_ours, t_theirs, t_im2col, t_gemm = [], [], [], []
     sides = [(ours, t_ours), (theirs, t_theirs)]
     if model != "mlp":
-        wino_cfg = cfg.replace(conv_algorithm="winograd")
-        sides.append((bioplaus_step(wino_cfg, build_spec(wino_cfg, shape, 10), x, y), t_wino))
+        im2col_cfg = cfg.replace(conv_algorithm="im2col")
+        sides.append((bioplaus_step(im2col_cfg, build_spec(im2col_cfg, shape, 10), x, y), t_im2col))
     for _ in range(warmup):
         for fn, _acc in sides:
             fn()
@@ -173,7 +181,7 @@ def bench_case(model: str, shape, variant: str, repeat: int, warmup: int) -> dic
             acc.append(timed(fn))
         t_gemm.append(statistics.median(timed(gemm) for _ in range(5)))  # a 15 ms GEMM: 5 tries per round
     s_ours, s_theirs, s_gemm = (statistics.median(t) for t in (t_ours, t_theirs, t_gemm))
-    s_wino = statistics.median(t_wino) if t_wino else None
+    s_im2col = statistics.median(t_im2col) if t_im2col else None
     flop = step_flops(spec, variant, BATCH, cfg.target_proj_size)
     gflops, mm = flop / s_ours / 1e9, gemm_flop / s_gemm / 1e9
     return {
@@ -182,8 +190,8 @@ def bench_case(model: str, shape, variant: str, repeat: int, warmup: int) -> dic
         "bioplaus_ms": 1e3 * s_ours, "torch_ms": 1e3 * s_theirs, "bioplaus_adam_ms": 1e3 * ours.adam_seconds / repeat,
         "bioplaus_samples_per_s": BATCH / s_ours, "torch_samples_per_s": BATCH / s_theirs,
         "ratio": s_theirs / s_ours,
-        "bioplaus_winograd_ms": None if s_wino is None else 1e3 * s_wino,
-        "winograd_gain": None if s_wino is None else s_ours / s_wino,
+        "bioplaus_im2col_ms": None if s_im2col is None else 1e3 * s_im2col,
+        "gain_over_im2col": None if s_im2col is None else s_im2col / s_ours,
         "bioplaus_gflops": gflops, "matmul_gflops": mm, "pct_of_matmul": 100 * gflops / mm,
         "repeat": repeat,
     }
@@ -206,6 +214,7 @@ def main(argv=None) -> int:
         from threadpoolctl import threadpool_limits
 
         limiter = threadpool_limits(limits=args.threads, user_api="blas")
+    keep_freed_memory()  # as a run's process does (runner.execute); the twin, in this process, gets it too
     facts = machine.print_header()  # after the limit: the threads the steps run with
     threads = facts["blas_threads"] or os.cpu_count() or 1
     torch.set_num_threads(threads)
@@ -235,16 +244,16 @@ def main(argv=None) -> int:
           f"medians of interleaved runs")
     head = (f"{'model':6s} {'input':8s} {'variant':12s} {'GFLOP':>6s} {'ours ms':>8s} {'torch ms':>8s} "
             f"{'Adam ms':>7s} {'ours/s':>7s} {'torch/s':>7s} {'ratio':>6s} {'GFLOP/s':>7s} {'mm GF/s':>7s} {'% mm':>5s} "
-            f"{'wino ms':>8s} {'gain':>6s}")
+            f"{'im2col ms':>9s} {'gain':>6s}")
     print(head)
     for r in rows:
-        wino = (f"{r['bioplaus_winograd_ms']:8.1f} {r['winograd_gain']:5.2f}x" if r["bioplaus_winograd_ms"] is not None
-                else f"{'-':>8s} {'-':>6s}")
+        wino = (f"{r['bioplaus_im2col_ms']:9.1f} {r['gain_over_im2col']:5.2f}x" if r["bioplaus_im2col_ms"] is not None
+                else f"{'-':>9s} {'-':>6s}")
         print(f"{r['model']:6s} {r['input']:8s} {r['variant']:12s} {r['gflop_per_step']:6.1f} {r['bioplaus_ms']:8.1f} "
               f"{r['torch_ms']:8.1f} {r['bioplaus_adam_ms']:7.1f} {r['bioplaus_samples_per_s']:7.0f} {r['torch_samples_per_s']:7.0f} "
               f"{r['ratio']:5.2f}x {r['bioplaus_gflops']:7.1f} {r['matmul_gflops']:7.1f} {r['pct_of_matmul']:4.0f}% {wino}")
-    print("ratio = bioplaus samples/s / torch samples/s (>1: bioplaus faster); wino ms: ours with --conv-algorithm "
-          "winograd (gain = ours ms / wino ms)")
+    print("ratio = bioplaus samples/s / torch samples/s (>1: bioplaus faster); ours: --conv-algorithm auto; im2col ms: "
+          "ours with --conv-algorithm im2col (gain = im2col ms / ours ms)")
     if args.json:
         for r in rows:
             r["load_1min"] = load
