@@ -172,10 +172,12 @@ def test_an_old_log_that_says_auto_resumes_with_im2col(tmp_path):
     assert read_run(str(old)).config.conv_algorithm == "im2col"
     _run("--resume", str(old), "--epochs", "2", "--no-progress")
     straight = tmp_path / "straight.h5"
+    # the old log keeps its schedule, (5, 8): no decay within 2 epochs; a new run of 2 epochs cannot be given
+    # those milestones, so it runs at a constant rate (the logged lr series are compared all the same)
     _run("--variant", "predsim", "--model", "vgg6b", "--feat-mult", "0.0625", "--num-hidden", "32", "--epochs", "2",
          "--nonlin", "leakyrelu", "--dim-in-decoder", "256", "--dropout", "0.1", "--seed", "7", "--device", "cpu",
-         "--no-progress", "--conv-algorithm", "im2col", "--out", str(straight))
-    assert_same_run(str(straight), str(old))
+         "--no-progress", "--conv-algorithm", "im2col", "--lr-decay-milestones", "--out", str(straight))
+    assert_same_run(str(straight), str(old), ignore=("lr_decay_milestones",))
     assert read_run(str(old)).config.conv_algorithm == "im2col"
 
 

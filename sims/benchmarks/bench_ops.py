@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import machine
 
 from bioplaus import ops
+from bioplaus.backend import set_cpu_threads
 from bioplaus.ops import conv as conv_module
 
 
@@ -288,12 +289,14 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=machine.json_path, help="also write the results to this new JSON file")
     ap.add_argument("--conv-algorithms", action="store_true",
                     help="only the 3x3 convolutions by im2col and by Winograd, at the paper's layer shapes")
-    ap.add_argument("--threads", type=int, default=None, help="BLAS threads (threadpoolctl; default: numpy's)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="BLAS threads (threadpoolctl) and bioplaus's own (default: numpy's, the cores)")
     args = ap.parse_args(argv)
     if args.threads:
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(limits=args.threads, user_api="blas")
+        set_cpu_threads(args.threads)  # bioplaus's own passes and convolution chunks too, as a run's --threads
     facts = machine.print_header()
     N = 32 if args.quick else 128
     repeat = 1 if args.quick else max(1, args.repeat)

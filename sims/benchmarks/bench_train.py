@@ -8,7 +8,8 @@ For {mlp 3x1024 on 28x28, vgg8b on 32x32x3, vgg8b on 28x28x1} x {glob, predsim, 
 ``Stage.train_step``, with the dropout masks it draws and its update, Adam and whatever the rule does
 after an update; the twin: ``sims/benchmarks/torch_twin.py``). Both use the same number of threads
 (numpy's BLAS threads, read with threadpoolctl, given to ``torch.set_num_threads``; ``--threads N``
-sets both). After a warm-up
+sets both, and bioplaus's own element-wise passes and convolution chunks, as a run's ``--threads``).
+After a warm-up
 (mlp; a vgg8b step is long enough without), bioplaus, the twin and a 1024^3 float32 GEMM are timed in
 turn (interleaved, A/B order alternating, so a busy neighbour on a shared machine slows all three
 alike) ``--repeat`` times; the table shows medians and the ratio of samples/s. Our step runs with
@@ -66,7 +67,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import machine
 
-from bioplaus.backend import get_backend, keep_freed_memory
+from bioplaus.backend import get_backend, keep_freed_memory, set_cpu_threads
 from bioplaus.blocks import LEAKY_SLOPE
 from bioplaus.budget import step_costs
 from bioplaus.config import Config
@@ -214,6 +215,7 @@ def main(argv=None) -> int:
         from threadpoolctl import threadpool_limits
 
         limiter = threadpool_limits(limits=args.threads, user_api="blas")
+        set_cpu_threads(args.threads)  # our element-wise passes and convolution chunks too, as a run's --threads
     keep_freed_memory()  # as a run's process does (runner.execute); the twin, in this process, gets it too
     facts = machine.print_header()  # after the limit: the threads the steps run with
     threads = facts["blas_threads"] or os.cpu_count() or 1
