@@ -27,8 +27,8 @@ from bioplaus.log import (
     read_runs,
 )
 from bioplaus.models import build_spec
-from bioplaus.train import run_series
 from bioplaus.ops import conv
+from bioplaus.train import run_series
 
 LAYERS = ["fc1", "fc2"]
 B = 6
