@@ -29,6 +29,7 @@ from bioplaus.checkpoint import load_checkpoint
 from bioplaus.cli import main
 from bioplaus.config import Config, logged_config
 from bioplaus.data import load_dataset
+from bioplaus.kinds.conv import CONV as CONV_KIND
 from bioplaus.log import read_run
 from bioplaus.ops import conv
 from bioplaus.sweep import runs as sweep_runs
@@ -111,7 +112,7 @@ def test_a_new_run_records_what_auto_resolved_to(tmp_path):
     for asked, recorded in (("auto", conv.AUTO["cpu"]), ("im2col", "im2col"), ("winograd", "winograd")):
         prepared = runner.prepare(runner.config_from({**flags, "conv_algorithm": asked}), str(tmp_path / "run.h5"))
         assert prepared.cfg.conv_algorithm == recorded
-        assert {s.conv_algorithm for s in prepared.trainer.spec.blocks if s.kind == "conv"} == {recorded}
+        assert {s.conv_algorithm for s in prepared.trainer.spec.blocks if s.kind is CONV_KIND} == {recorded}
     assert os.listdir(tmp_path) == []  # prepared, nothing written
 
 
