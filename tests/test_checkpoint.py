@@ -43,13 +43,20 @@ def _run(*argv):
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
-def test_a_format_1_checkpoint_resumes_bit_identically(tmp_path):
+def golden_copy(name: str, tmp_path) -> Path:
+    """``tmp_path/old.h5``: a copy of the stored run ``golden/<name>`` and its checkpoint, to resume with the
+    pinned arithmetic (the test is skipped where it cannot be pinned)."""
     reason = pinned_unavailable()
     if reason:
         pytest.skip(reason)
     old = tmp_path / "old.h5"
-    shutil.copy(GOLDEN / "v1-run.h5", old)
-    shutil.copy(GOLDEN / "v1-run.h5.ckpt.npz", str(old) + ".ckpt.npz")
+    shutil.copy(GOLDEN / name, old)
+    shutil.copy(GOLDEN / f"{name}.ckpt.npz", str(old) + ".ckpt.npz")
+    return old
+
+
+def test_a_format_1_checkpoint_resumes_bit_identically(tmp_path):
+    old = golden_copy("v1-run.h5", tmp_path)
     _run("--resume", str(old), "--epochs", "2", "--no-progress")
     assert load_checkpoint(str(old) + ".ckpt.npz")[1]["checkpoint_format"] == CHECKPOINT_FORMAT
     straight = tmp_path / "straight.h5"

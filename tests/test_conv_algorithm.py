@@ -12,14 +12,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import pinned_env, pinned_unavailable
+from test_checkpoint import _run, golden_copy
 from test_cli import assert_refused
 from test_resume import assert_same_run
 from test_stage import CONV, assert_same_state, config, train
@@ -33,9 +29,6 @@ from bioplaus.kinds.conv import CONV as CONV_KIND
 from bioplaus.log import read_run
 from bioplaus.ops import conv
 from bioplaus.sweep import runs as sweep_runs
-
-GOLDEN = Path(__file__).resolve().parent / "golden"
-RUN = Path(__file__).resolve().parents[1] / "sims" / "run.py"
 
 
 @pytest.fixture(scope="module")
@@ -163,12 +156,7 @@ def test_an_old_log_that_says_auto_resumes_with_im2col(tmp_path):
 
     Resumed to 2 epochs, it equals, bit for bit, a run made with ``--conv-algorithm im2col`` from the
     start, and its log now says im2col."""
-    reason = pinned_unavailable()
-    if reason:
-        pytest.skip(reason)
-    old = tmp_path / "old.h5"
-    shutil.copy(GOLDEN / "auto-cpu-conv-run.h5", old)
-    shutil.copy(GOLDEN / "auto-cpu-conv-run.h5.ckpt.npz", str(old) + ".ckpt.npz")
+    old = golden_copy("auto-cpu-conv-run.h5", tmp_path)
     assert json.loads(load_checkpoint(str(old) + ".ckpt.npz")[1]["config"])["conv_algorithm"] == "auto"
     assert read_run(str(old)).config.conv_algorithm == "im2col"
     _run("--resume", str(old), "--epochs", "2", "--no-progress")
@@ -180,12 +168,6 @@ def test_an_old_log_that_says_auto_resumes_with_im2col(tmp_path):
          "--no-progress", "--conv-algorithm", "im2col", "--lr-decay-milestones", "--out", str(straight))
     assert_same_run(str(straight), str(old), ignore=("lr_decay_milestones",))
     assert read_run(str(old)).config.conv_algorithm == "im2col"
-
-
-def _run(*argv):
-    proc = subprocess.run([sys.executable, str(RUN), *argv], capture_output=True, text=True, env=pinned_env(),
-                          check=False, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_results_table_keeps_the_algorithms_apart(tmp_path):
