@@ -59,9 +59,10 @@ AUTO_RULES = {
     "auto-cpu-1": {
         "min_in_channels": 16,
         "min_saving": 3.0,
-        "measured": "bench_ops.py --conv-algorithms, batch 128, 1 thread (README, Measured): Winograd 1.1-2.4x "
-                    "faster from 16 input channels on maps of 4x4 or more, 0.8x at 8 channels, 0.5-0.9x for the "
-                    "first convs (1 and 3 channels), 0.8x for 512 channels at 3x3, 0.3-0.5x at 2x2",
+        "measured": "bench_ops.py --conv-algorithms --threads 1, batch 128 (README, Measured): Winograd 1.4-2.6x "
+                    "faster from 32 input channels on maps of 4x4 or more, 0.4-0.75x for the first convs (1 and 3 "
+                    "channels), 0.6x at 2x2; at 3x3 0.63-0.93x in the run that chose the rule (1.6-1.7x in a "
+                    "later one: kept on im2col); 8 and 16 channels within noise",
     },
 }
 AUTO = {"cpu": "auto-cpu-1", "gpu": "winograd"}  # what "auto" resolves to on each device, today
