@@ -5,8 +5,8 @@ The same code runs on NumPy (CPU) and CuPy (GPU); see :mod:`bioplaus.backend`.
 
 NOTE (threads): OpenBLAS's idle threads spin for 2^28 clock cycles (a tenth of a second) after each
 call before they sleep, and on a small machine that takes a core from the engine's own threads (the
-element-wise passes, the convolutions' chunks run side by side): a vgg8b step on 2 cores measured
-0.73-0.95x the PyTorch twin so and 1.13-1.15x with a spin of 2^4-2^18 cycles (README, "Threads").
+element-wise passes, the convolutions' chunks run side by side); a shorter spin costs nothing but a
+thread's wake-up (README, "Threads").
 OpenBLAS reads ``OPENBLAS_THREAD_TIMEOUT`` (the log2 of that spin) when NumPy is first imported, so
 it is set here, where a run's process (``sims/run.py``, ``bioplaus-run``, ``python -m bioplaus``)
 imports bioplaus before NumPy; a value already in the environment is kept, and a process that
