@@ -113,7 +113,7 @@ class Blocks:
 
     @property
     def dtype(self):
-        return self.blocks[0].params["W"].dtype if self.blocks else self.out.params["W"].dtype
+        return next(iter(self.blocks[0].params.values())).dtype if self.blocks else self.out.params["W"].dtype
 
 
 def _uniform(rng: np.random.Generator, shape, bound: float) -> np.ndarray:

@@ -58,6 +58,10 @@ class BlockSpec:
     dec_pad: tuple[int, int] = (0, 0)
     dec_features: int = 0  # flattened size of the (pooled) h read by the pred decoder / sim-bpf
     conv_algorithm: str = "auto"  # how its 3x3 convolutions (and its sim head's) are computed: ops.conv
+    # blocks of several layers (bioplaus.kinds.layered): input side, the heads' decoder input, the network's tail
+    size_in: int = 0  # input feature-map side (0: as size)
+    dim_in_decoder: int = 0  # each tap's heads pool its h to at most this many features (0: 2048)
+    tail: str = ""  # the block ends the network: "avg" (global average pool), "bn-avg", "bn-max2" (BN -> ReLU -> pool)
 
     def __post_init__(self) -> None:
         if isinstance(self.kind, str):
@@ -139,8 +143,81 @@ def vgg(cfg, input_shape: tuple[int, int, int]) -> list[BlockSpec]:
     return blocks + dense_blocks(cfg, blocks[-1].out_features)
 
 
+RESNETS = {"resnet18": ("basic", (2, 2, 2, 2)), "resnet34": ("basic", (3, 4, 6, 3)),
+           "resnet50": ("bottleneck", (3, 4, 6, 3))}
+WRNS = {f"wresnet{d}-{k}{a}": (d, k, a == "a") for d, k in ((10, 8), (16, 4), (16, 8), (28, 10), (40, 10))
+        for a in ("", "a")}
+EXPANSION = {"basic": 1, "bottleneck": 4}
+
+
+def _letter(j: int) -> str:
+    return "abcdefghijklmnopqrstuvwxyz"[j] if j < 26 else str(j)
+
+
+def _strided(side: int, stride: int) -> int:
+    """The output side of a 3x3 convolution with padding 1 and ``stride``."""
+    return (side + 2 - 3) // stride + 1
+
+
+def resnet(cfg, input_shape: tuple[int, int, int]) -> list[BlockSpec]:
+    """The authors' ResNet: a 3x3 conv stem (no bias, BN, φ), four stages of ``basic`` or ``bottleneck``
+    blocks of 64, 128, 256, 512 (× ``feat_mult``) planes, strides 1, 2, 2, 2, then global average pooling
+    (their ``avg_pool2d(x, 4)``, the same on the 4x4 map of 28 and 32 px inputs). Blocks ``res<stage><j>``."""
+    kind, counts = RESNETS[cfg.model]
+    channels, side, _ = input_shape
+    extra = {"dim_in_decoder": cfg.dim_in_decoder, "conv_algorithm": cfg.conv_algorithm}
+
+    def width(c: int) -> int:
+        w = int(c * cfg.feat_mult)
+        if w < 1:
+            raise ConfigError(f"--feat-mult {cfg.feat_mult:g} leaves {cfg.model} with no channels ({c} x "
+                              f"{cfg.feat_mult:g} < 1); use at least {1 / c:g}")
+        return w
+
+    blocks = [BlockSpec("conv1", "res-stem", channels, width(64), size=side, size_in=side, **extra)]
+    c_in = width(64)
+    for stage, (planes, n, stride) in enumerate(zip((64, 128, 256, 512), counts, (1, 2, 2, 2)), 1):
+        for j in range(n):
+            s = stride if j == 0 else 1
+            out = _strided(side, s)
+            c_out = width(planes) * EXPANSION[kind]
+            blocks.append(BlockSpec(f"res{stage}{_letter(j)}", kind, c_in, c_out, stride=s, size=out, size_in=side,
+                                    **extra))
+            c_in, side = c_out, out
+    blocks[-1] = replace(blocks[-1], tail="avg")
+    return blocks
+
+
+def wresnet(cfg, input_shape: tuple[int, int, int]) -> list[BlockSpec]:
+    """The authors' Wide ResNet of depth 6n+4 and widen factor k: a 3x3 conv stem (bias) of 16 channels (16k
+    in the adapted ``a`` version), three stages of n pre-activation blocks of 16k, 32k, 64k channels, strides
+    1, 2, 2, then BN -> ReLU -> global average pooling (their ``avg_pool2d(x, 8)``, the same on the 8x8 map
+    of 32 px inputs), or -> 2x2 max pooling in the adapted version. Their WRN takes no ``feat_mult``."""
+    depth, k, adapted = WRNS[cfg.model]
+    if cfg.feat_mult != 1.0:
+        raise ConfigError(f"--feat-mult has no meaning for {cfg.model} (its widen factor is {k}); leave it at 1")
+    n = (depth - 4) // 6
+    stages = [16 * k if adapted else 16, 16 * k, 32 * k, 64 * k]
+    channels, side, _ = input_shape
+    extra = {"dim_in_decoder": cfg.dim_in_decoder, "conv_algorithm": cfg.conv_algorithm}
+    blocks = [BlockSpec("conv1", "wide-stem", channels, stages[0], size=side, size_in=side, **extra)]
+    c_in = stages[0]
+    for stage, (c_out, stride) in enumerate(zip(stages[1:], (1, 2, 2)), 1):
+        for j in range(n):
+            s = stride if j == 0 else 1
+            out = _strided(side, s)
+            blocks.append(BlockSpec(f"res{stage}{_letter(j)}", "wide-basic-a" if adapted else "wide-basic", c_in,
+                                    c_out, stride=s, size=out, size_in=side, **extra))
+            c_in, side = c_out, out
+    if adapted and side < 2:
+        raise ConfigError(f"{cfg.model} max-pools a {side}x{side} map; the input is too small")
+    blocks[-1] = replace(blocks[-1], tail="bn-max2" if adapted else "bn-avg")
+    return blocks
+
+
 Model = Callable[..., Sequence[BlockSpec]]  # (cfg, input_shape (C, H, W)) -> the network's blocks
-MODELS: dict[str, Model] = {"mlp": mlp, **{name: vgg for name in VGG_CFGS}}
+MODELS: dict[str, Model] = {"mlp": mlp, **{name: vgg for name in VGG_CFGS}, **{name: resnet for name in RESNETS},
+                            **{name: wresnet for name in WRNS}}
 
 
 def register_model(name: str, build: Model) -> None:

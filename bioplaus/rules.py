@@ -368,6 +368,9 @@ def init_blocks(spec: NetSpec, rule: Rule, seed: int, target_proj_size: int, slo
             tp, tf = _init_heads(rule, tap, i == 0 and k == 0, K, target_proj_size, rng)
             p.update({tap.prefix + name: v for name, v in tp.items()})
             f.update({tap.prefix + name: v for name, v in tf.items()})
+        if rule.direct is not None and len(b.kind.taps(b)) > 1:
+            raise ConfigError(f"{rule.direct.name} sends its error to a block's output only, so the inner layers of a "
+                              f"{b.kind.name} block ({b.name}) would never learn; use glob or a local rule")
         fb_rng = init_stream(seed, FEEDBACK_STREAM + i)
         fb = rule.carrier.init(_carried_shape(rule, b), fb_rng) if rule.carrier is not None else {}
         if rule.direct is not None:
@@ -405,7 +408,7 @@ def _init_heads(rule: Rule, tap: Tap, first: bool, K: int, T: int, rng) -> tuple
 def _carried_shape(rule: Rule, b) -> tuple | None:
     """The weight the rule's carrier stands in for in block ``b`` (ConfigError where its kind has none)."""
     shape = b.kind.weight_shape(b)
-    if shape is None and rule.carrier.stands_in:
+    if shape is None and rule.carrier is not None and rule.carrier.stands_in:
         raise ConfigError(f"{rule.carrier.name} needs a weight to stand in for, and a {b.kind.name} block "
                           f"({b.name}) has none; use a local rule or glob")
     return shape
@@ -524,7 +527,7 @@ def alignment(rule: Rule, block: Block, first: bool) -> dict:
         for head in rule.heads:
             if head.applies(tap, first and k == 0):
                 out.update({(tap.layer(block.name), key): v for key, v in head.alignment(p, f).items()})
-    if rule.carrier is not None:
+    if rule.carrier is not None and rule.carrier.stands_in:
         carried = rule.carrier.alignment(block.params["W"], block.feedback)
         out.update({(block.name, key): v for key, v in carried.items()})
     return out
@@ -577,8 +580,7 @@ def _local_step(net, rule, x, y, Y, masks, update, weights, w_out) -> StepResult
         else:
             stats.update({tap.layer(block.name): {} for tap in kind.taps(spec)})
         if rule.direct is not None:  # drtp: the target, projected, arrives at the block's output
-            d_direct = kind.output_backward(rule.direct.error(None, Y, block.feedback, x.shape), cache)
-            dhs[-1] = d_direct if dhs[-1] is None else dhs[-1] + d_direct
+            dhs = kind.add_output_error(list(dhs), rule.direct.error(None, Y, block.feedback, x.shape), cache, False)
         del hs, inputs  # the block's own backward needs only its cache (memory)
         # the input is a constant: no error leaves; the errors are ours, their buffers may be reused (memory)
         _, grads = kind.backward(tuple(dhs), cache, spec, need_dx=False, overwrite_dh=True)
@@ -618,20 +620,17 @@ def _global_step(net, rule, x, y, Y, masks, update, weights) -> StepResult:
         block = net.blocks[j]
         spec, kind = block.spec, block.kind
         cache, hs, inputs = saved[j]
-        if carrier is not None:
-            dh = kind.output_backward(do, cache)
-        else:  # dfa: the output error reaches this block directly
-            shape = (x.shape[0], *kind.output_shape(spec))
-            dh = kind.output_backward(rule.direct.error(dlogits, Y, block.feedback, shape), cache)
-        dhs, head_grads = [None] * (len(kind.taps(spec)) - 1) + [dh], {}
+        if carrier is None:  # dfa: the output error reaches this block directly
+            do = rule.direct.error(dlogits, Y, block.feedback, (x.shape[0], *kind.output_shape(spec)))
+        dhs, head_grads = [None] * len(kind.taps(spec)), {}
         if rule.heads:  # glob+sim and kin: each tap's local error joins the global one
-            local, head_grads, block_stats = tap_errors(rule, block, hs, inputs, y, Y, net.slope, j == 0, weights)
-            dhs = [d if d_local is None else (d_local if d is None else d + d_local) for d, d_local in zip(dhs, local)]
+            dhs, head_grads, block_stats = tap_errors(rule, block, hs, inputs, y, Y, net.slope, j == 0, weights)
             stats.update(block_stats)
-            del local
-        del dh, hs, inputs
+        dhs = kind.add_output_error(list(dhs), do, cache, carrier is not None)
+        del hs, inputs
         carry = None
-        if carrier is not None and (M := carrier.matrix(block.params["W"], block.feedback)) is not None:
+        if carrier is not None and carrier.stands_in and (M := carrier.matrix(block.params["W"], block.feedback)) \
+                is not None:
             carry = kind.carry(spec, M)
         # the errors are fresh arrays (or the fresh δx from the block above): handed over, as the cache is
         need_dx = j > 0 and carrier is not None

@@ -12,9 +12,15 @@ from bioplaus.kinds.base import (
     get_kind,
     register,
 )
+from bioplaus.kinds.basic import BASIC, RES_STEM, BasicBlock, ResStem
+from bioplaus.kinds.bottleneck import BOTTLENECK, Bottleneck
 from bioplaus.kinds.conv import CONV, ConvBlock
 from bioplaus.kinds.dense import DENSE, DenseBlock
 from bioplaus.kinds.encoder import EncoderBlock, EncoderCache
+from bioplaus.kinds.layered import Layer, LayeredBlock, OutputError, Shortcut
+from bioplaus.kinds.wide import WIDE_BASIC, WIDE_BASIC_A, WIDE_STEM, WideBasic, WideBasicAdapted, WideStem
 
-__all__ = ["CONV", "DENSE", "KINDS", "BlockForward", "BlockKind", "ConvBlock", "DenseBlock", "EncoderBlock",
-           "EncoderCache", "Footprint", "MaskShape", "Tap", "draw_masks", "get_kind", "register"]
+__all__ = ["BASIC", "BOTTLENECK", "CONV", "DENSE", "KINDS", "RES_STEM", "WIDE_BASIC", "WIDE_BASIC_A", "WIDE_STEM",
+           "BasicBlock", "BlockForward", "BlockKind", "Bottleneck", "ConvBlock", "DenseBlock", "EncoderBlock",
+           "EncoderCache", "Footprint", "Layer", "LayeredBlock", "MaskShape", "OutputError", "ResStem", "Shortcut",
+           "Tap", "WideBasic", "WideBasicAdapted", "WideStem", "draw_masks", "get_kind", "register"]

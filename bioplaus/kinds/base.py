@@ -12,7 +12,7 @@ of the kind's :class:`BlockKind` object, never switched on by name:
     arrays        init(spec, batch_norm, rng)        its parameters and statistics, drawn on the host
     math          forward(x, p, running, spec, train, masks, slope)  -> BlockForward (a named cache in it)
                   backward(dhs, cache, spec, need_dx, overwrite_dh, carry)  -> (δx, grads)
-                  output_backward(do, cache), carry(spec, M)
+                  output_backward(do, cache), add_output_error(dhs, do, cache, through), carry(spec, M)
     declared      probes(spec), probe_values(p, snapshot(p))   what it records (weight and update norms)
                   cost(spec, batch, need_dx), footprint(spec)  what a step of it costs, what it holds
                   workspace_bytes(spec, batch, gpu, itemsize)  its largest op's buffers (the memory budget)
@@ -168,6 +168,15 @@ class BlockKind:
     def output_backward(self, do, cache):
         """An error at the block's output o -> the error at its last tap's h (global errors only)."""
         raise NotImplementedError
+
+    def add_output_error(self, dhs: list, do, cache, through: bool) -> list:
+        """The taps' errors ``dhs`` (None where a tap has none) joined by an error ``do`` at the block's output
+        o, as :meth:`backward` takes them. ``through``: the error is the global one (backprop and kin), which
+        runs through the whole block; else a rule sends it to this block alone. A block of one tap adds
+        :meth:`output_backward`'s error at h to its tap's."""
+        dh = self.output_backward(do, cache)
+        dhs[-1] = dh if dhs[-1] is None else dhs[-1] + dh
+        return dhs
 
     def carry(self, spec: BlockSpec, M) -> Callable:
         """``carry(δa, enc_cache) -> δx`` through the matrix ``M`` (of :meth:`weight_shape`) instead of W."""

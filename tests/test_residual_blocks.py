@@ -1,0 +1,132 @@
+"""The residual block kinds (ResNet's basic and bottleneck blocks, Wide ResNet's pre-activation blocks, and the
+stems): their backward is the gradient, float64, against finite differences (a global error runs through
+every layer and the shortcut) and, per tap, under a local rule (each layer's input a constant, the shortcut
+learning from the last tap); and, where PyTorch is installed, the same blocks built in PyTorch agree.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import numerical_grad, rel_error
+
+from bioplaus.models import BlockSpec
+
+CASES = {
+    "basic-strided": BlockSpec("b", "basic", 3, 4, stride=2, size=3, size_in=5, dim_in_decoder=8),
+    "basic-identity": BlockSpec("b", "basic", 3, 3, size=4, size_in=4, tail="avg"),
+    "bottleneck": BlockSpec("b", "bottleneck", 3, 8, stride=2, size=3, size_in=5),
+    "wide-basic": BlockSpec("b", "wide-basic", 3, 4, stride=2, size=3, size_in=5, tail="bn-avg"),
+    "wide-basic-a": BlockSpec("b", "wide-basic-a", 4, 4, size=4, size_in=4, tail="bn-max2"),
+    "wide-stem": BlockSpec("b", "wide-stem", 2, 3, size=4, size_in=4),
+    "res-stem": BlockSpec("b", "res-stem", 2, 3, size=4, size_in=4),
+}
+N = 5
+SLOPE = 0.01  # leaky: every path carries an error
+
+
+def setup(spec, seed: int = 0):
+    """Parameters (γ, β away from 1, 0), an input, dropout masks and random weights of each tap and of o."""
+    kind = spec.kind
+    rng = np.random.default_rng(seed)
+    p, running = kind.init(spec, True, rng)
+    for k in p:
+        if k.endswith(("gamma", "beta")):
+            p[k] = p[k] + 0.3 * rng.standard_normal(p[k].shape)
+    x = rng.standard_normal((N, spec.c_in, spec.size_in, spec.size_in))
+    masks = tuple(np.where(rng.random((m.shape[0], m.shape[1], 1, 1) if m.channelwise else m.shape) < 0.3, 0.0,
+                           1 / 0.7) for m in kind.mask_shapes(spec, N))
+    fwd = kind.forward(x, p, running, spec, True, masks, SLOPE)
+    Rs = [rng.standard_normal(h.shape) for h in fwd.hs]
+    Ro = rng.standard_normal(fwd.o.shape)
+    return p, running, x, masks, fwd, Rs, Ro
+
+
+def assert_gradient(grad, numeric, key):
+    """Relative error, or absolute where the true gradient is zero (a bias just before a batch norm)."""
+    if np.abs(numeric).max() < 1e-7:
+        assert np.abs(grad).max() < 1e-7, key
+    else:
+        assert rel_error(grad, numeric) < 1e-6, (key, rel_error(grad, numeric))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_global_error_runs_through_the_block_and_its_shortcut(case):
+    spec = CASES[case]
+    kind = spec.kind
+    p, running, x, masks, fwd, Rs, Ro = setup(spec)
+
+    def objective():  # every tap's h and the output o, weighted
+        f = kind.forward(x, p, running, spec, True, masks, SLOPE)
+        return sum(np.sum(h * R) for h, R in zip(f.hs, Rs)) + np.sum(f.o * Ro)
+
+    dhs = kind.add_output_error(list(Rs), Ro, fwd.cache, through=True)
+    dx, grads = kind.backward(tuple(dhs), fwd.cache, spec, need_dx=True)
+    assert set(grads) == set(p)  # everything learns from a global error
+    for key in grads:
+        assert_gradient(grads[key], numerical_grad(objective, p[key]), key)
+    assert_gradient(dx, numerical_grad(objective, x), "x")
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if not c.endswith("stem")])
+def test_under_a_local_rule_each_tap_trains_its_own_layer_and_the_last_the_shortcut(case):
+    """Local: each tap's error reaches only its own layer's arrays (the layer's input a constant), the
+    shortcut's arrays learn from the last tap's, nothing leaves the block; the tail's BN learns nothing."""
+    spec = CASES[case]
+    kind = spec.kind
+    p, running, x, masks, fwd, Rs, _ = setup(spec)
+    _, local = kind.backward(tuple(Rs), fwd.cache, spec, need_dx=False)
+    layers = kind.layers(spec)
+    owner = {key: next((i for i, L in enumerate(layers) if key.startswith(L.name + "_")), len(layers) - 1)
+             for key in p if not key.startswith("tail_")}
+    assert set(local) == set(owner)
+    for i in range(len(layers)):
+        def objective(i=i):  # tap i's h, its layer's input held at the forward's value
+            f = kind.forward(x, p, running, spec, True, masks, SLOPE)
+            return np.sum(_layer_alone(kind, spec, p, running, masks, f.inputs, i) * Rs[i])
+
+        for key in [k for k, owner_i in owner.items() if owner_i == i]:
+            assert_gradient(local[key], numerical_grad(objective, p[key]), key)
+    dx, _ = kind.backward(tuple(Rs), kind.forward(x, p, running, spec, True, masks, SLOPE).cache, spec, need_dx=True)
+    assert dx is None  # no error leaves the block
+
+
+def _layer_alone(kind, spec, p, running, masks, inputs, i):
+    """Tap i's h recomputed with ops from the input its layer received in the forward (held fixed) and, on
+    the last layer, the shortcut of the block's input x."""
+    from bioplaus import ops
+
+    layers = kind.layers(spec)
+    L, u, x = layers[i], np.array(inputs[i]), np.array(inputs[0])
+    v = u
+    if L.pre_act:
+        v = ops.bn_act_forward(u, p[f"{L.name}_pre_gamma"], p[f"{L.name}_pre_beta"], running[f"{L.name}_pre_mean"],
+                               running[f"{L.name}_pre_var"], True, SLOPE)[0]
+        mask = _pre_masks(kind, spec, masks)[i]
+        v = v if mask is None else v * mask
+    a, _ = ops.conv2d_forward(v, p[f"{L.name}_W"], p.get(f"{L.name}_b"), L.stride, L.pad)
+    short = kind.shortcut(spec)
+    s = None
+    if i == len(layers) - 1 and short is not None:
+        s = x
+        if short.kind != "identity":
+            s, _ = ops.conv2d_forward(x, p["short_W"], p.get("short_b"), short.stride, 0)
+            if short.kind == "conv-bn":
+                s = ops.batchnorm_forward(s, p["short_gamma"], p["short_beta"], running["short_mean"],
+                                          running["short_var"], True)[0]
+    if L.post_act:
+        z = ops.batchnorm_forward(a, p[f"{L.name}_gamma"], p[f"{L.name}_beta"], running[f"{L.name}_mean"],
+                                  running[f"{L.name}_var"], True)[0]
+        return ops.act_forward(z if s is None else z + s, SLOPE)[0]
+    a = a if s is None else a + s
+    return ops.bn_act_forward(a, p[f"{L.name}_head_gamma"], p[f"{L.name}_head_beta"], running[f"{L.name}_head_mean"],
+                              running[f"{L.name}_head_var"], True, SLOPE)[0]
+
+
+def _pre_masks(kind, spec, masks):
+    """Each layer's pre-act channel mask (None where it has none), in layer order."""
+    out, left = [], list(masks)
+    for L in kind.layers(spec):
+        m = left.pop(0) if L.drop and left else None
+        out.append(m if L.pre_act and L.drop == "channel" else None)
+    return out
