@@ -130,3 +130,79 @@ def _pre_masks(kind, spec, masks):
         m = left.pop(0) if L.drop and left else None
         out.append(m if L.pre_act and L.drop == "channel" else None)
     return out
+
+
+# ------------------------------------------------------------------------------ the same blocks in PyTorch
+def _torch_block(torch, kind, spec, p, running, x, masks, train=True):
+    """The block written with torch.nn.functional from its layer list, an independent forward in float64:
+    returns (hs, o, new running statistics); autograd gives the reference gradients."""
+    F = torch.nn.functional
+    t = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in p.items()}
+    new = {}
+
+    def bn(name, a, momentum=0.1):
+        rm, rv = torch.tensor(running[f"{name}_mean"]), torch.tensor(running[f"{name}_var"])
+        out = F.batch_norm(a, rm, rv, t[f"{name}_gamma"], t[f"{name}_beta"], train, momentum, 1e-5)
+        new[f"{name}_mean"], new[f"{name}_var"] = rm.numpy(), rv.numpy()
+        return out
+
+    act = lambda a: F.leaky_relu(a, SLOPE)
+    xt = torch.tensor(x, requires_grad=True)
+    left = [torch.tensor(m) for m in masks]
+    short, layers = kind.shortcut(spec), kind.layers(spec)
+    s = None
+    if short is not None:
+        s = xt
+        if short.kind != "identity":
+            s = F.conv2d(xt, t["short_W"], t.get("short_b"), short.stride)
+            s = bn("short", s) if short.kind == "conv-bn" else s
+    u, hs = xt, []
+    for i, L in enumerate(layers):
+        last = i == len(layers) - 1
+        v = u
+        if L.pre_act:
+            v = act(bn(f"{L.name}_pre", u))
+            v = v * left.pop(0) if L.drop == "channel" and left else v
+        a = F.conv2d(v, t[f"{L.name}_W"], t.get(f"{L.name}_b"), L.stride, L.pad)
+        if L.post_act:
+            z = bn(L.name, a)
+            h = act(z + s if last and s is not None else z)
+            out = h * left.pop(0) if L.drop == "channel" and left else h
+        else:
+            a = a + s if last and s is not None else a
+            h = act(bn(f"{L.name}_head", a))
+            out = a * left.pop(0) if L.drop == "element" and left else a
+        hs.append(h)
+        u = out
+    o = u
+    if spec.tail.startswith("bn"):
+        o = F.relu(bn("tail", o, 0.9))  # PyTorch's momentum 0.9: the WRN's final BatchNorm2d
+    if spec.tail in ("avg", "bn-avg"):
+        o = F.avg_pool2d(o, o.shape[-1])
+    elif spec.tail == "bn-max2":
+        o = F.max_pool2d(o, 2)
+    return t, xt, hs, o, new
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_block_agrees_with_pytorch_in_float64(case):
+    torch = pytest.importorskip("torch")
+    spec = CASES[case]
+    kind = spec.kind
+    p, running, x, masks, fwd, Rs, Ro = setup(spec, seed=3)
+    t, xt, hs, o, new_running = _torch_block(torch, kind, spec, p, running, x, masks)
+    for ours, theirs in zip(fwd.hs, hs):
+        assert rel_error(ours, theirs.detach().numpy()) < 1e-10
+    assert rel_error(fwd.o, o.detach().numpy()) < 1e-10
+    for key, value in new_running.items():
+        assert rel_error(fwd.running[key], value) < 1e-10, key
+    loss = sum((h * torch.tensor(R)).sum() for h, R in zip(hs, Rs)) + (o * torch.tensor(Ro)).sum()
+    loss.backward()
+    dx, grads = kind.backward(tuple(kind.add_output_error(list(Rs), Ro, fwd.cache, True)), fwd.cache, spec, True)
+    for key, g in grads.items():
+        ref = t[key].grad.numpy()
+        assert (np.abs(g - ref).max() < 1e-10) if np.abs(ref).max() < 1e-9 else rel_error(g, ref) < 1e-9, key
+    assert rel_error(dx, xt.grad.numpy()) < 1e-9
+    eval_fwd = kind.forward(x, p, fwd.running, spec, False, None, SLOPE)  # eval: the running statistics
+    _, _, _, o_eval, _ = _torch_block(torch, kind, spec, p, fwd.running, x, (), train=False)
+    assert rel_error(eval_fwd.o, o_eval.detach().numpy()) < 1e-10
