@@ -189,11 +189,16 @@ def resnet(cfg, input_shape: tuple[int, int, int]) -> list[BlockSpec]:
 
 
 def wresnet(cfg, input_shape: tuple[int, int, int]) -> list[BlockSpec]:
+    """``cfg.model``'s Wide ResNet (:data:`WRNS`: depth, widen factor, adapted), see :func:`wide_resnet`."""
+    depth, k, adapted = WRNS[cfg.model]
+    return wide_resnet(cfg, input_shape, depth, k, adapted)
+
+
+def wide_resnet(cfg, input_shape: tuple[int, int, int], depth: int, k: int, adapted: bool) -> list[BlockSpec]:
     """The authors' Wide ResNet of depth 6n+4 and widen factor k: a 3x3 conv stem (bias) of 16 channels (16k
     in the adapted ``a`` version), three stages of n pre-activation blocks of 16k, 32k, 64k channels, strides
     1, 2, 2, then BN -> ReLU -> global average pooling (their ``avg_pool2d(x, 8)``, the same on the 8x8 map
     of 32 px inputs), or -> 2x2 max pooling in the adapted version. Their WRN takes no ``feat_mult``."""
-    depth, k, adapted = WRNS[cfg.model]
     if cfg.feat_mult != 1.0:
         raise ConfigError(f"--feat-mult has no meaning for {cfg.model} (its widen factor is {k}); leave it at 1")
     n = (depth - 4) // 6

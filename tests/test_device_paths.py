@@ -45,7 +45,20 @@ def test_one_step_on_device_paths_agrees_with_cpu_paths(variant, kind, winograd_
     parity.assert_steps_agree(ours, ref, np, (variant, kind))
 
 
-@pytest.mark.parametrize("kind", ["mlp", "conv"])
+@pytest.mark.parametrize("kind", ["resnet", "wrn", "wrn-a"])
+@pytest.mark.parametrize("variant", parity.RESIDUAL_VARIANTS)
+def test_a_residual_step_on_device_paths_agrees_with_cpu_paths(variant, kind):
+    """ResNet's and Wide ResNet's blocks (their shortcuts, pre-activations, tails) on the GPU's paths: with
+    im2col as close as the CPU paths (the fused element-wise passes, unchunked buffers); with Winograd within
+    parity.RESIDUAL_STEP_TOL (float32 rounding near φ's kink; the blocks agree to 1e-10 in float64)."""
+    with device_paths_on_cpu():
+        im2col = parity.step(NUMPY, variant, kind, conv_algorithm="im2col")
+        wino = parity.step(NUMPY, variant, kind)
+    parity.assert_steps_agree(im2col, parity.step(NUMPY, variant, kind, conv_algorithm="im2col"), np, (variant, kind))
+    parity.assert_steps_agree(wino, parity.step(NUMPY, variant, kind), np, (variant, kind), parity.RESIDUAL_STEP_TOL)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "conv", "resnet", "wrn"])
 @pytest.mark.parametrize("variant", ["glob", "predsim", "predsim-bpf"])
 def test_evaluation_on_device_paths_agrees_with_cpu_paths(variant, kind):
     with device_paths_on_cpu():

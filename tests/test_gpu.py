@@ -31,7 +31,17 @@ def test_one_step_agrees_with_numpy(variant, kind):
                               (variant, kind))
 
 
-@pytest.mark.parametrize("kind", ["mlp", "conv"])
+@pytest.mark.parametrize("kind", ["resnet", "wrn", "wrn-a"])
+@pytest.mark.parametrize("variant", parity.RESIDUAL_VARIANTS)
+def test_a_residual_step_agrees_with_numpy(variant, kind):
+    """Within parity.RESIDUAL_STEP_TOL (float32 rounding near φ's kink in 17 batch-normed layers); the blocks
+    themselves agree to 1e-10 in float64 (tests/test_residual_blocks.py, the cupy parameter)."""
+    gpu = get_backend("gpu")
+    parity.assert_steps_agree(parity.step(gpu, variant, kind), parity.step(NUMPY, variant, kind), gpu.xp,
+                              (variant, kind), parity.RESIDUAL_STEP_TOL)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "conv", "resnet", "wrn"])
 @pytest.mark.parametrize("variant", ["glob", "predsim", "predsim-bpf"])
 def test_evaluation_agrees_with_numpy(variant, kind):
     """Eval mode: running BN statistics (moved away from 0/1 by a few train steps), no dropout."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import numerical_grad, rel_error
+from helpers import host, numerical_grad, rel_error
 
 from bioplaus.models import BlockSpec
 
@@ -206,3 +206,33 @@ def test_the_block_agrees_with_pytorch_in_float64(case):
     eval_fwd = kind.forward(x, p, fwd.running, spec, False, None, SLOPE)  # eval: the running statistics
     _, _, _, o_eval, _ = _torch_block(torch, kind, spec, p, fwd.running, x, (), train=False)
     assert rel_error(eval_fwd.o, o_eval.detach().numpy()) < 1e-10
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_array_module_computes_the_block_alike(case, xp):
+    """Forward and backward (global and local errors) on NumPy's GPU paths (Winograd for the 3x3 convolutions,
+    fused element-wise passes) and on CuPy agree with NumPy's CPU paths in float64 (a step of a whole net in
+    float32 is compared in tests/test_device_paths.py and tests/test_gpu.py)."""
+    spec = CASES[case]
+    kind = spec.kind
+    p, running, x, masks, fwd, Rs, Ro = setup(spec, seed=5)
+    ref_global = kind.backward(tuple(kind.add_output_error(list(Rs), Ro, fwd.cache, True)), fwd.cache, spec, True)
+    ref_local = kind.backward(tuple(Rs), kind.forward(x, p, running, spec, True, masks, SLOPE).cache, spec, False)
+    dev = lambda a: xp.asarray(a)
+    pd, rd = {k: dev(v) for k, v in p.items()}, {k: dev(v) for k, v in running.items()}
+    md = tuple(dev(m) for m in masks)
+    got = kind.forward(dev(x), pd, rd, spec, True, md, SLOPE)
+    assert all(isinstance(h, xp.ndarray) for h in got.hs) and isinstance(got.o, xp.ndarray)
+    assert rel_error(host(got.o), fwd.o) < 1e-10
+    for key in fwd.running:
+        assert rel_error(host(got.running[key]), fwd.running[key]) < 1e-10, key
+    dx, grads = kind.backward(tuple(kind.add_output_error([dev(R) for R in Rs], dev(Ro), got.cache, True)), got.cache,
+                              spec, True)
+    assert rel_error(host(dx), ref_global[0]) < 1e-10
+    for key, g in ref_global[1].items():
+        assert np.abs(host(grads[key]) - g).max() <= 1e-10 * max(1.0, np.abs(g).max()), key
+    got = kind.forward(dev(x), pd, rd, spec, True, md, SLOPE)
+    _, grads = kind.backward(tuple(dev(R) for R in Rs), got.cache, spec, False)
+    assert set(grads) == set(ref_local[1])
+    for key, g in ref_local[1].items():
+        assert np.abs(host(grads[key]) - g).max() <= 1e-10 * max(1.0, np.abs(g).max()), key
