@@ -266,17 +266,24 @@ def _main(argv: Sequence[str] | None, program: Program, describe: bool) -> int:
 
 
 def list_recipes(patterns: Sequence[str] = ()) -> int:
-    """Print every recipe (or those matching the glob ``patterns``) with its epochs, lr and the paper's error."""
+    """Print every recipe (or those matching the glob ``patterns``) with its epochs, lr, the paper's error, and
+    the paper's parameter count beside ours (the forward network's, as ``--describe`` counts it)."""
     import fnmatch
 
-    from bioplaus.recipes import recipe_rows
+    from bioplaus.data import get_spec
+    from bioplaus.models import build_spec
+    from bioplaus.recipes import get_recipe, recipe_rows
 
     for row in recipe_rows():
         if patterns and not any(fnmatch.fnmatchcase(row["name"], p) for p in patterns):
             continue
         err = row.get("paper_test_error")
         paper = f"paper {err:.2f}%" if err is not None else "paper -"
-        print(f"{row['name']:40s} {row['epochs']:4d} epochs  lr {row['lr']:.0e}  {paper}")
+        data = get_spec(row["dataset"])
+        ours = build_spec(Config.from_dict(get_recipe(row["name"])).resolve(), tuple(data.input_shape),
+                          data.num_classes).num_parameters
+        params = f"params paper {row.get('paper_params') or '-'}, ours {ours / 1e6:.1f}M"
+        print(f"{row['name']:40s} {row['epochs']:4d} epochs  lr {row['lr']:.0e}  {paper:13s}  {params}")
     return EXIT_OK
 
 

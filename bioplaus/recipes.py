@@ -6,7 +6,12 @@
 - a readable unique ``name``: ``<dataset>-<model>[-<k>x]-<variant>[-cutout]``
   (``fashion-mnist-mlp-predsim``, ``cifar10-vgg11b-3x-predsim-cutout``, ``cifar10-vgg8b-2x-predsim-bpf``);
 - the row's own settings, with Config field names;
-- ``paper_test_error``: the paper's published test error (percent) for that run, or null.
+- ``paper_test_error``: the paper's published test error (percent) for that run, or null;
+- ``paper_params``: the paper's parameter count of the network (as printed, "7.3M"), or null.
+
+Ten more rows are the paper's reference rows for Wide ResNets (global backprop only; the numbers are
+quoted from other papers): each has a ``reference`` saying where its number and settings come from and
+how the row differs (random erasing, "RE", is not implemented: its row runs without it).
 
 A row is silent where the authors' script used its defaults; ``defaults`` in the same file lists
 those (batch 128, Adam, decay factor 0.25, β 0.99, decoder input 4096, one 1024-unit dense block
@@ -26,7 +31,7 @@ from typing import Any
 from bioplaus.config import Config, ConfigError
 
 # Keys of a row that describe it rather than configure a run.
-_META_KEYS = ("name", "paper_test_error")
+_META_KEYS = ("name", "paper_test_error", "paper_params", "reference")
 
 
 @lru_cache(maxsize=1)
@@ -53,6 +58,11 @@ def list_recipes() -> list[str]:
 def paper_test_error(name: str) -> float | None:
     """The paper's test error (percent) for recipe ``name``; None where the paper gives none."""
     return _find(name).get("paper_test_error")
+
+
+def paper_params(name: str) -> str | None:
+    """The paper's parameter count of recipe ``name``'s network ("7.3M"), or None where the paper gives none."""
+    return _find(name).get("paper_params")
 
 
 def get_recipe(name: str) -> dict[str, Any]:

@@ -192,7 +192,7 @@ def test_subprocess_usage_error_is_one_line(work):
 def test_help_and_list_recipes(capsys):
     assert main(["--list-recipes"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert len(out) == 86 and out[0].startswith("mnist-mlp-glob")
+    assert len(out) == 96 and out[0].startswith("mnist-mlp-glob")
     assert main(["--help"]) == 0
     assert "--resume" in capsys.readouterr().out
 
