@@ -289,7 +289,9 @@ def probe(net: Blocks, cfg, backend: Backend, x, y) -> dict:
     true = rule_gradients(net, REFERENCE_RULE, cfg.beta, x, y)
     values = {}
     for i, spec in enumerate(net.specs):
-        values[spec.name] = angle_degrees(xp, ours[i]["W"], true[i]["W"])
+        names = spec.kind.weight_names(spec)  # a block of several convolutions: all its weights, as one vector
+        flat = lambda g, names=names: g[names[0]] if len(names) == 1 else xp.concatenate([g[k].ravel() for k in names])
+        values[spec.name] = angle_degrees(xp, flat(ours[i]), flat(true[i]))
     sims = {}
     h = x
     for block in net.blocks:  # S of the block's h (its last tap's)

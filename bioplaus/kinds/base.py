@@ -8,6 +8,7 @@ of the kind's :class:`BlockKind` object, never switched on by name:
                   output_shape(spec)    one sample of the block's output o, what the next block receives
                   weight_shape(spec)    the weight a carrier (feedback alignment and kin) stands in for
                   mask_shapes(spec, n)  the dropout masks one step draws for the block
+                  weight_names(spec)    its forward weights among its params (the probe's bp_angle)
                   num_parameters, describe
     arrays        init(spec, batch_norm, rng)        its parameters and statistics, drawn on the host
     math          forward(x, p, running, spec, train, masks, slope)  -> BlockForward (a named cache in it)
@@ -140,6 +141,11 @@ class BlockKind:
 
     def mask_shapes(self, spec: BlockSpec, n: int) -> tuple[MaskShape, ...]:
         return ()
+
+    def weight_names(self, spec: BlockSpec) -> tuple[str, ...]:
+        """The block's forward weights among its params, whose gradient the probe compares with backprop's
+        (``bp_angle``, over all of them as one vector)."""
+        return ("W",)
 
     def num_parameters(self, spec: BlockSpec, batch_norm: bool) -> int:
         raise NotImplementedError

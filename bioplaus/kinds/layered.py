@@ -153,6 +153,11 @@ class LayeredBlock(BlockKind):
                 masks.append(MaskShape((n, L.c_out, L.size, L.size)))
         return tuple(masks)
 
+    def weight_names(self, spec) -> tuple[str, ...]:
+        """Every convolution's weight: the layers' and the shortcut's."""
+        s = self.shortcut(spec)
+        return (*(f"{L.name}_W" for L in self.layers(spec)), *(("short_W",) if s and s.kind != "identity" else ()))
+
     def num_parameters(self, spec, batch_norm: bool) -> int:
         """The convolutions (and biases), the post-act BNs, the pre-act BN_pre, a non-pre-act head BN where
         the authors count it (the WRN's stem), the shortcut and the tail's BN (both as theirs, also without
