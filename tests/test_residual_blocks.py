@@ -25,11 +25,11 @@ N = 5
 SLOPE = 0.01  # leaky: every path carries an error
 
 
-def setup(spec, seed: int = 0):
+def setup(spec, seed: int = 0, batch_norm: bool = True):
     """Parameters (γ, β away from 1, 0), an input, dropout masks and random weights of each tap and of o."""
     kind = spec.kind
     rng = np.random.default_rng(seed)
-    p, running = kind.init(spec, True, rng)
+    p, running = kind.init(spec, batch_norm, rng)
     for k in p:
         if k.endswith(("gamma", "beta")):
             p[k] = p[k] + 0.3 * rng.standard_normal(p[k].shape)
@@ -50,11 +50,15 @@ def assert_gradient(grad, numeric, key):
         assert rel_error(grad, numeric) < 1e-6, (key, rel_error(grad, numeric))
 
 
+@pytest.mark.parametrize("batch_norm", [True, False])
 @pytest.mark.parametrize("case", CASES)
-def test_a_global_error_runs_through_the_block_and_its_shortcut(case):
+def test_a_global_error_runs_through_the_block_and_its_shortcut(case, batch_norm):
+    """Without --batch-norm the layers lose theirs; the shortcut's and the tail's stay, as the authors'."""
     spec = CASES[case]
     kind = spec.kind
-    p, running, x, masks, fwd, Rs, Ro = setup(spec)
+    p, running, x, masks, fwd, Rs, Ro = setup(spec, batch_norm=batch_norm)
+    assert sum(v.size for v in p.values()) == kind.num_parameters(spec, batch_norm) + sum(
+        p[k].size for k in p if "_head_" in k and not kind.counts_head_bn)  # heads' BNs: not the network's
 
     def objective():  # every tap's h and the output o, weighted
         f = kind.forward(x, p, running, spec, True, masks, SLOPE)
