@@ -368,9 +368,7 @@ def init_blocks(spec: NetSpec, rule: Rule, seed: int, target_proj_size: int, slo
             tp, tf = _init_heads(rule, tap, i == 0 and k == 0, K, target_proj_size, rng)
             p.update({tap.prefix + name: v for name, v in tp.items()})
             f.update({tap.prefix + name: v for name, v in tf.items()})
-        if rule.direct is not None and len(b.kind.taps(b)) > 1:
-            raise ConfigError(f"{rule.direct.name} sends its error to a block's output only, so the inner layers of a "
-                              f"{b.kind.name} block ({b.name}) would never learn; use glob or a local rule")
+        check_block(rule, b)
         fb_rng = init_stream(seed, FEEDBACK_STREAM + i)
         fb = rule.carrier.init(_carried_shape(rule, b), fb_rng) if rule.carrier is not None else {}
         if rule.direct is not None:
@@ -405,13 +403,28 @@ def _init_heads(rule: Rule, tap: Tap, first: bool, K: int, T: int, rng) -> tuple
     return p, f
 
 
-def _carried_shape(rule: Rule, b) -> tuple | None:
-    """The weight the rule's carrier stands in for in block ``b`` (ConfigError where its kind has none)."""
-    shape = b.kind.weight_shape(b)
-    if shape is None and rule.carrier is not None and rule.carrier.stands_in:
+def check_block(rule: Rule, b) -> None:
+    """ConfigError (one sentence) where ``rule`` cannot train block ``b``: a carrier that stands in for a weight
+    the block's kind has not, or an error sent to the block's output that would not reach its inner layers."""
+    if rule.carrier is not None and rule.carrier.stands_in and b.kind.weight_shape(b) is None:
         raise ConfigError(f"{rule.carrier.name} needs a weight to stand in for, and a {b.kind.name} block "
                           f"({b.name}) has none; use a local rule or glob")
-    return shape
+    if rule.direct is not None and len(b.kind.taps(b)) > 1:
+        raise ConfigError(f"{rule.direct.name} sends its error to a block's output only, so the inner layers of a "
+                          f"{b.kind.name} block ({b.name}) would never learn; use glob or a local rule")
+
+
+def check_network(spec: NetSpec, rule: Rule) -> None:
+    """:func:`check_block` for every block: a run asks before it creates anything (and before the ranks of a
+    pipeline build their stages, each only its own blocks)."""
+    for b in spec.blocks:
+        check_block(rule, b)
+
+
+def _carried_shape(rule: Rule, b) -> tuple | None:
+    """The weight the rule's carrier stands in for in block ``b`` (:func:`check_block` has refused a kind
+    without one)."""
+    return b.kind.weight_shape(b)
 
 
 def init_network(spec: NetSpec, cfg, backend: Backend, dtype=np.float32) -> Blocks:

@@ -175,10 +175,13 @@ def dataset_spec(cfg: Config):
 
 def network_spec(cfg: Config, data_spec):
     from bioplaus.models import build_spec
+    from bioplaus.rules import check_network, compose
 
     try:
         cfg.check_dataset(data_spec.num_classes, tuple(data_spec.input_shape), data_spec.num_train)
-        return build_spec(cfg, tuple(data_spec.input_shape), data_spec.num_classes)
+        spec = build_spec(cfg, tuple(data_spec.input_shape), data_spec.num_classes)
+        check_network(spec, compose(cfg))  # a rule that cannot train the network (fa on a ResNet): before anything
+        return spec
     except ConfigError as exc:
         raise BadInput(_one(exc)) from exc
 

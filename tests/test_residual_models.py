@@ -105,6 +105,22 @@ def test_a_refused_rule_exits_2_and_creates_nothing(tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1 and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_MPI, reason="needs mpi4py and mpiexec (pip install '.[mpi]')")
+def test_a_refused_rule_stops_a_pipeline_before_its_ranks_build_anything(tmp_path):
+    """drtp is local, so it may pipeline; on a ResNet it is refused by rank 0 before any rank builds its stage
+    (a rank holding only the stem would have taken it): one sentence, status 2, nothing created."""
+    proc = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-m", "bioplaus", "run", "--parallel", "layers",
+                           "--variant", "drtp", "--model", "resnet18", "--feat-mult", "0.0625", "--dataset",
+                           "fashion-mnist-mini", "--no-progress", "--out", str(tmp_path / "d.h5")],
+                          capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=300, check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip() == ("error: direct random target projection sends its error to a block's output "
+                                   "only, so the inner layers of a basic block (res1a) would never learn; use glob "
+                                   "or a local rule.")
+    assert list(tmp_path.iterdir()) == []
+
+
 # ------------------------------------------------------------------------------ training
 TINY = {"model": "resnet18", "feat_mult": 0.0625, "dropout": 0.1, "seed": 2, "device": "cpu", "batch_size": 32,
         "lr_decay_milestones": (), "dim_in_decoder": 256}
