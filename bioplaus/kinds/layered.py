@@ -429,6 +429,12 @@ class LayeredBlock(BlockKind):
             passes += m * (2 if need_dx else 1)
         return Cost(macs, passes, BN_ACT_BYTES * elements)
 
+    def workspace_bytes(self, spec, batch: int, gpu: bool, itemsize: int) -> int:
+        """The largest of its convolutions' buffers, by the algorithm each runs by on that device (ops.conv)."""
+        return max(ops.conv.workspace_bytes((batch, L.c_in, L.size_in, L.size_in), (L.c_out, L.c_in, L.kernel, L.kernel),
+                                            L.stride, L.pad, spec.conv_algorithm, gpu, itemsize)
+                   for L in self.layers(spec))
+
     def footprint(self, spec) -> Footprint:
         """What a step keeps per sample: every layer's output and its head's h (the caches stay until the
         block's backward), and the largest im2col workspace."""
