@@ -214,7 +214,8 @@ def _main(argv: Sequence[str] | None, program: Program, describe: bool) -> int:
             ns = build_parser(program.describe if describe else program.run, describe).parse_args(argv)
         except SystemExit as exc:  # --help
             return int(exc.code or 0)
-        parallel = getattr(ns, "parallel", None) and not getattr(ns, "describe", False)
+        # describe (the subcommand or --describe) trains nothing, also with --parallel layers under mpiexec
+        parallel = getattr(ns, "parallel", None) and not (describe or getattr(ns, "describe", False))
         if note and not parallel:  # (under MPI, rank 0 alone says it)
             print(note, file=sys.stderr, flush=True)
         show_toml = describe and getattr(ns, "config", None) is not None

@@ -62,6 +62,15 @@ def test_a_run_quotes_the_command_in_its_hints(tmp_path, capsys):
     assert read_run(out).status == "completed"
 
 
+def test_describe_with_parallel_layers_describes_and_trains_nothing(tmp_path, capsys, monkeypatch):
+    """``bioplaus describe --parallel layers`` (as under mpiexec) printed nothing and started a pipelined run."""
+    monkeypatch.chdir(tmp_path)
+    assert dispatch(["describe", "--model", "mlp", "--parallel", "layers", "--ranks", "2"], "bioplaus") == 0
+    text = capsys.readouterr().out
+    assert "rank" in text and text.strip().splitlines()[-1].startswith("parameters: ")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_python_m_bioplaus_and_the_wrappers(tmp_path):
     proc = python_m("--version", cwd=str(tmp_path))
     assert proc.returncode == 0 and proc.stdout.strip() == f"bioplaus {bioplaus.__version__}"
