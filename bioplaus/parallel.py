@@ -320,7 +320,7 @@ class PipelineTrainer(TrainerBase):
 
     def probe(self) -> dict:
         x, y = self.probe_batch()
-        return probe(whole_network(self._gather_arrays()), self.cfg, self.backend, x, y)
+        return probe(whole_network(self._gather_arrays()), self.cfg, self.backend, x, y, self.probe_sets())
 
     def state_dict(self) -> dict:
         with deferred_signals():

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from bioplaus import ops
-from bioplaus.backend import TRAIN_DTYPE, Backend
+from bioplaus.backend import TRAIN_DTYPE, Backend, get_array_module
 from bioplaus.blocks import Blocks
 from bioplaus.checkpoint import describe_mismatch
 from bioplaus.config import Config
@@ -28,12 +28,17 @@ from bioplaus.describe import describe_model
 from bioplaus.heads import angle_degrees
 from bioplaus.models import NetSpec, build_spec
 from bioplaus.probes import PROBE, Probe
+from bioplaus.represent import PROBE_TEST, PROBE_TRAIN, ridge_probe
 from bioplaus.rules import REFERENCE_RULE, compose, declared_probes, one_hot, train_step
 from bioplaus.stage import Stage
 
 PROBE_SIZE = 128
 BP_ANGLE = Probe("bp_angle", "degrees", "angle between the block's update and the true backprop gradient on the "
                  "probe batch", PROBE)  # NaN on epochs without a probe
+LINEAR_PROBE = Probe("probe_accuracy", "%", "test accuracy of a linear probe on the block's frozen output (ridge "
+                     f"regression to one-hot labels, first {PROBE_TRAIN} training and {PROBE_TEST} test images)",
+                     PROBE)  # NaN on epochs without a probe
+FEATURE_CHUNK = 256  # images per eval forward of the linear probe's features (bounds its memory)
 
 
 class Diverged(RuntimeError):
@@ -66,11 +71,12 @@ def whole_network(nets: Sequence[Blocks]) -> Blocks:
 
 def run_series(spec: NetSpec, cfg) -> dict[str, tuple[Probe, ...]]:
     """Every statistic a run of ``cfg`` records, by layer: what its blocks, heads and carriers declare
-    (:func:`bioplaus.rules.declared_probes`), and the probe's angle when ``--probe-every`` is on."""
+    (:func:`bioplaus.rules.declared_probes`), and the probe's angle and linear-probe accuracy when
+    ``--probe-every`` is on."""
     series = declared_probes(spec, compose(cfg))
     if cfg.probe_every:
         for b in spec.blocks:
-            series[b.name] = (*series.get(b.name, ()), BP_ANGLE)
+            series[b.name] = (*series.get(b.name, ()), BP_ANGLE, LINEAR_PROBE)
     return series
 
 
@@ -90,6 +96,7 @@ class TrainerBase:
             classes_per_batch_until_epoch=cfg.classes_per_batch_until_epoch)
         self.epoch = 0
         self._probe_batch = None
+        self._probe_sets = None
 
     @property
     def layer_names(self) -> list[str]:
@@ -109,6 +116,12 @@ class TrainerBase:
         if self._probe_batch is None:
             self._probe_batch = probe_batch(self.dataset, self.backend)
         return self._probe_batch
+
+    def probe_sets(self):
+        """The linear probe's fixed images: ``(x_train, y_train, x_test, y_test)`` (:func:`probe_sets`)."""
+        if self._probe_sets is None:
+            self._probe_sets = probe_sets(self.dataset, self.backend)
+        return self._probe_sets
 
     def expected_state(self) -> dict[str, tuple[tuple, str]]:
         """Name -> (shape, dtype) of every array of the state dict."""
@@ -188,7 +201,7 @@ class Trainer(TrainerBase):
     def probe(self) -> dict:
         """The angle of each block's update to backprop's, and S(h), on the probe batch (:func:`probe`)."""
         x, y = self.probe_batch()
-        return probe(self.net, self.cfg, self.backend, x, y)
+        return probe(self.net, self.cfg, self.backend, x, y, self.probe_sets())
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -270,6 +283,43 @@ def probe_batch(dataset, backend):
     return x[idx], y[idx]
 
 
+def probe_sets(dataset, backend) -> tuple:
+    """The linear probe's fixed images, normalised, no augmentation: the first ``PROBE_TRAIN`` training and
+    the first ``PROBE_TEST`` test images (fewer when a split is smaller), with their labels. Fixed, not
+    drawn: the probe is the same on every epoch, after a resume and in every split of a pipeline."""
+    from bioplaus.data.batches import normalization, normalize
+
+    xp = backend.xp
+    a, b = normalization(dataset.spec, xp)
+    out = []
+    for split, n in (("train", PROBE_TRAIN), ("test", PROBE_TEST)):
+        x, y = dataset.split(split)
+        out += [normalize(backend.asarray(x[:n]), a, b), backend.asarray(np.asarray(y[:n], np.int64))]
+    return tuple(out)
+
+
+def block_features(net: Blocks, x) -> list:
+    """Each block's output on ``x`` (eval mode: running BN statistics, no dropout), flattened to ``(N, D)``;
+    ``FEATURE_CHUNK`` images per forward."""
+    xp = get_array_module(x)
+    feats: list[list] = [[] for _ in net.blocks]
+    for start in range(0, x.shape[0], FEATURE_CHUNK):
+        h = x[start : start + FEATURE_CHUNK]
+        for i, block in enumerate(net.blocks):
+            _, _, h, _, _ = block.kind.forward(h, block.params, block.running, block.spec, False, None, net.slope)
+            feats[i].append(h.reshape(h.shape[0], -1))  # (n, D)
+    return [xp.concatenate(f) for f in feats]
+
+
+def linear_probes(net: Blocks, sets) -> dict[str, float]:
+    """Each block's linear-probe test accuracy in % (:func:`bioplaus.represent.ridge_probe`) on the fixed
+    ``sets`` of :func:`probe_sets`."""
+    x_train, y_train, x_test, y_test = sets
+    train, test = block_features(net, x_train), block_features(net, x_test)
+    return {block.name: ridge_probe(a, y_train, b, y_test, net.num_classes)
+            for block, a, b in zip(net.blocks, train, test)}
+
+
 def rule_gradients(net: Blocks, variant, beta: float, x, y) -> list[dict]:
     """Each layer's gradients under ``variant`` (a Rule or a name) on (x, y): no dropout, nothing updated."""
     grads: dict = {}
@@ -281,9 +331,10 @@ def rule_gradients(net: Blocks, variant, beta: float, x, y) -> list[dict]:
     return [grads[i] for i in range(len(net.specs))] + [grads[-1]]
 
 
-def probe(net: Blocks, cfg, backend: Backend, x, y) -> dict:
+def probe(net: Blocks, cfg, backend: Backend, x, y, sets=None) -> dict:
     """How backprop-like is the rule? The angle between each block's weight gradient under the rule
-    and the true backprop gradient of the output loss, on the probe batch; plus S(h) of each block."""
+    and the true backprop gradient of the output loss, on the probe batch; plus S(h) of each block;
+    and, given the fixed ``sets`` (:func:`probe_sets`), how linearly separable each block's output is."""
     xp = backend.xp
     ours = rule_gradients(net, compose(cfg), cfg.beta, x, y)
     true = rule_gradients(net, REFERENCE_RULE, cfg.beta, x, y)
@@ -301,8 +352,10 @@ def probe(net: Blocks, cfg, backend: Backend, x, y) -> dict:
     angles = backend.to_host(xp.stack([xp.asarray(values[n], dtype=xp.float64) for n in names]))
     Y = one_hot(y, net.num_classes, x.dtype)
     target, _ = ops.similarity_forward(Y)
+    separable = linear_probes(net, sets) if sets is not None else {}
     return {
-        "layers": {n: {"bp_angle": float(a)} for n, a in zip(names, angles)},
+        "layers": {n: {"bp_angle": float(a), **({"probe_accuracy": separable[n]} if n in separable else {})}
+                   for n, a in zip(names, angles)},
         "similarity": {n: backend.to_host(s) for n, s in sims.items()},
         "target_similarity": backend.to_host(target),
         "labels": backend.to_host(y),
