@@ -16,6 +16,12 @@ What the figures show (Nøkland & Eidnes 2019, §4-5):
   rule the angle between a block's actual update and the true backprop gradient on the probe batch.
 - **similarity** (:func:`plot_similarity`): ``S(h)`` of each block on the fixed probe batch sorted by
   class, next to ``S(Y)``; the sim loss pulls ``S(h)`` towards the block structure of ``S(Y)``.
+- **what each layer has learned** (:func:`layer_features` from a run's checkpoint, :func:`linear_probes`,
+  :func:`cka_between`, :func:`effective_dimensionality`, :func:`label_alignments`, :func:`plot_representations`,
+  :func:`plot_cka`; the measures themselves in :mod:`bioplaus.represent`): how linearly separable each
+  block's output is, how similar two runs' blocks are (linear CKA), how many dimensions a block uses, and
+  how close its ``S(h)`` is to ``S(Y)``. ``--probe-every`` logs the linear probe during a run
+  (``probe_accuracy``).
 - **paper comparison** (:func:`paper_comparison`, :func:`comparison_markdown`): the measured test
   error of each run beside the paper's number for the same dataset / model / variant
   (``bioplaus/paper_tables.json``, the project's copy of the paper's tables), with every way the
@@ -56,6 +62,7 @@ from typing import Any
 import numpy as np
 
 from bioplaus.log import Run, read_run
+from bioplaus.represent import cka_matrix, label_alignment, linear_cka, participation_ratio, ridge_probe  # noqa: F401
 
 # Datasets whose runs compare to another dataset's paper row, and what differs.
 DATASET_ALIASES = {
@@ -864,6 +871,122 @@ def make_small_runs(variants: Sequence[str], out_dir: str | os.PathLike | None =
             raise RunFailed(variant, result)
         paths.append(path)
     return paths
+
+
+# ---------------------------------------------------------------------- what each layer has learned
+@dataclass(frozen=True)
+class Features:
+    """Each block's output on the linear probe's fixed images (:func:`bioplaus.train.probe_sets`: the first
+    ``PROBE_TRAIN`` training and ``PROBE_TEST`` test images), computed by the engine's own eval forward from
+    a run's checkpoint: ``train``/``test`` hold one ``(N, D)`` float32 array per block of ``blocks``."""
+
+    variant: str
+    blocks: tuple[str, ...]
+    train: tuple[np.ndarray, ...]
+    y_train: np.ndarray
+    test: tuple[np.ndarray, ...]
+    y_test: np.ndarray
+    num_classes: int
+
+
+def layer_features(run: RunLike) -> Features:
+    """The blocks' features of a run's network as its checkpoint holds it (the last epoch's, or the epoch
+    it stopped at), on the CPU; the data is loaded as the run's configuration names it. Raises
+    :class:`bioplaus.checkpoint.CheckpointError` when the run kept no checkpoint (``--keep-checkpoint none``)."""
+    from bioplaus import files
+    from bioplaus.backend import NUMPY
+    from bioplaus.checkpoint import load_checkpoint, upgrade
+    from bioplaus.runner import load_data, make_trainer
+    from bioplaus.train import block_features, probe_sets
+
+    r = _run(run)
+    state, meta = load_checkpoint(files.checkpoint_path(r.path))
+    dataset = load_data(r.config)
+    trainer = make_trainer(r.config, NUMPY, dataset)
+    trainer.load_state_dict(upgrade(state, meta["checkpoint_format"], [b.name for b in trainer.spec.blocks]))
+    x_train, y_train, x_test, y_test = probe_sets(dataset, NUMPY)
+    net = trainer.net
+    return Features(r.config.variant, tuple(b.name for b in net.blocks), tuple(block_features(net, x_train)), y_train,
+                    tuple(block_features(net, x_test)), y_test, net.num_classes)
+
+
+def _features(source: RunLike | Features) -> Features:
+    return source if isinstance(source, Features) else layer_features(source)
+
+
+def linear_probes(source: RunLike | Features) -> dict[str, float]:
+    """Each block's linear-probe test accuracy in % (:func:`bioplaus.represent.ridge_probe`: ridge regression
+    to one-hot labels on the fixed training images, scored on the fixed test images); the same numbers the
+    run's ``probe_accuracy`` series logs at a probe epoch."""
+    f = _features(source)
+    return {b: ridge_probe(a, f.y_train, t, f.y_test, f.num_classes) for b, a, t in zip(f.blocks, f.train, f.test)}
+
+
+def effective_dimensionality(source: RunLike | Features) -> dict[str, float]:
+    """Each block's participation ratio on the fixed test images (:func:`bioplaus.represent.participation_ratio`)."""
+    f = _features(source)
+    return {b: participation_ratio(t) for b, t in zip(f.blocks, f.test)}
+
+
+def label_alignments(source: RunLike | Features) -> dict[str, dict[str, float]]:
+    """Each block's ``S(h)`` against the labels' ``S(Y)`` on the fixed test images: the sim loss and the
+    correlation of the off-diagonal entries (:func:`bioplaus.represent.label_alignment`)."""
+    f = _features(source)
+    return {b: label_alignment(t, f.y_test, f.num_classes) for b, t in zip(f.blocks, f.test)}
+
+
+def cka_between(a: RunLike | Features, b: RunLike | Features) -> np.ndarray:
+    """Linear CKA between every block of run ``a`` (rows) and every block of run ``b`` (columns) on the same
+    fixed test images (:func:`bioplaus.represent.cka_matrix`)."""
+    fa, fb = _features(a), _features(b)
+    if not np.array_equal(fa.y_test, fb.y_test):
+        raise ValueError("CKA compares two runs on the same images: these runs were made on different data")
+    return cka_matrix(list(fa.test), list(fb.test))
+
+
+def plot_representations(sources: Sequence[RunLike | Features], axes=None):
+    """Three panels over block depth, one line per run in its rule's colour: linear-probe test accuracy,
+    effective dimensionality (participation ratio) and the correlation of ``S(h)`` with the labels' ``S(Y)``.
+    Returns the Figure."""
+    feats = [_features(s) for s in sources]
+    panels = [("linear probe test accuracy (%)", linear_probes),
+              ("effective dimensionality (participation ratio)", effective_dimensionality),
+              ("corr(S(h), S(Y)) off the diagonal",
+               lambda f: {k: v["correlation"] for k, v in label_alignments(f).items()})]
+    fig, axs = _grid(axes, len(panels), panel=(4.0, 3.2), max_cols=3)
+    for axis, (title, measure) in zip(axs, panels):
+        for f in feats:
+            values = measure(f)
+            axis.plot(np.arange(1, len(values) + 1), list(values.values()), "-o", ms=4, color=rule_color(f.variant),
+                      label=f.variant)
+        depth = max(len(f.blocks) for f in feats)
+        axis.set_xticks(np.arange(1, depth + 1))
+        axis.set_xlabel("block (depth)")
+        axis.set_title(textwrap.fill(title, 40), fontsize="medium")
+        axis.grid(alpha=0.3)
+    fig.suptitle("what each block has learned (fixed test images)")
+    fig.tight_layout()
+    _legend_right(fig, _rule_handles([f.variant for f in feats]))
+    return fig
+
+
+def plot_cka(a: RunLike | Features, b: RunLike | Features, ax=None):
+    """The linear CKA map between the blocks of two runs (:func:`cka_between`): rows ``a``'s blocks, columns
+    ``b``'s, 0 (white) to 1 (dark), each cell written out. Returns the Figure."""
+    fa, fb = _features(a), _features(b)
+    m = cka_between(fa, fb)
+    fig, (axis,) = _axes(ax, 1, (1.2 * len(fb.blocks) + 2.2, 1.0 * len(fa.blocks) + 1.4))
+    image = axis.imshow(m, vmin=0.0, vmax=1.0, cmap="Greys")
+    for (i, j), v in np.ndenumerate(m):
+        axis.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v > 0.6 else "black", fontsize="small")
+    axis.set_xticks(range(len(fb.blocks)), fb.blocks)
+    axis.set_yticks(range(len(fa.blocks)), fa.blocks)
+    axis.set_xlabel(fb.variant, color=rule_color(fb.variant))
+    axis.set_ylabel(fa.variant, color=rule_color(fa.variant))
+    axis.set_title(f"linear CKA, {fa.variant} × {fb.variant}")
+    fig.colorbar(image, ax=axis, fraction=0.046)
+    fig.tight_layout()
+    return fig
 
 
 # ---------------------------------------------------------------------- tidy data (xarray, pandas)

@@ -407,12 +407,30 @@ def test_every_rule_gets_a_non_empty_panel_for_each_series_it_logs(every_rule):
         plt.close("all")
     fa = next(r for r in every_rule if r.config.variant == "fa")
     held = {q.name: q for q in analysis.layer_quantities(fa)}
-    assert set(held) == {"weight_norm", "update_norm", "bp_angle", "fb_angle"}
+    assert set(held) == {"weight_norm", "update_norm", "bp_angle", "fb_angle", "probe_accuracy"}
     assert held["fb_angle"].title == "angle between the matrix that carries the error back through the layer and " \
                                      "the layer's forward weights"  # the log's description, asides dropped
     for fig in (analysis.plot_depth(every_rule), analysis.plot_angles(every_rule)):
         for ax in _visible(fig):
             assert [ln for ln in ax.get_lines() if not ln.get_label().startswith("_")], ax.get_title()
+
+
+def test_the_linear_probe_is_logged_declared_and_drawn_for_every_rule(every_rule):
+    """--probe-every logs each block's linear-probe accuracy with its units and description, and the
+    figures command's depth and layer-dynamics figures give it a panel (one line per rule)."""
+    for run in every_rule:
+        for block in analysis.block_names(run):
+            values = np.asarray(run.layers[block]["probe_accuracy"])
+            assert values.shape == (2,) and np.all((values >= 0) & (values <= 100)), (run.config.variant, block)
+            units, description = analysis.series_info(run, f"layers/{block}/probe_accuracy")
+            assert units == "%" and description.startswith("test accuracy of a linear probe"), run.config.variant
+        assert "probe_accuracy" not in run.layers.get("out", {})
+    glob = next(r for r in every_rule if r.config.variant == "glob")
+    assert np.nanmean(glob.layers["fc2"]["probe_accuracy"]) > 30.0  # well above chance (10 %) after 2 epochs
+    depth = {ax.get_ylabel(): ax for ax in _visible(analysis.plot_depth(every_rule))}
+    lines = [ln for ln in depth["probe_accuracy (%)"].get_lines() if not ln.get_label().startswith("_")]
+    assert len(lines) == len(every_rule)
+    assert "probe_accuracy (%)" in [ax.get_ylabel() for ax in _visible(analysis.plot_layer_dynamics(glob))]
 
 
 def test_one_colour_per_rule_in_every_plot(every_rule):
@@ -484,3 +502,25 @@ def test_a_new_heads_statistics_get_their_own_panels(tmp_path):
     axes = _visible(analysis.plot_layer_dynamics(run))
     panel = next(ax for ax in axes if ax.get_ylabel() == mine_held.ylabel)
     assert any(np.allclose(ln.get_ydata(), [0.5, 0.25]) for ln in panel.get_lines())
+
+
+# ---------------------------------------------------------------------- what each layer has learned
+def test_representations_from_checkpoints_match_the_logged_probe(tmp_path):
+    """The features come from the run's checkpoint through the engine's eval forward: the linear probe
+    on them gives exactly what --probe-every logged at the last epoch; CKA of a run with itself is 1 on the
+    diagonal; the figures draw a line per run and a cell per pair of blocks."""
+    paths = analysis.make_small_runs(["glob", "predsim"], out_dir=tmp_path, epochs=1, num_layers=2, num_hidden=32)
+    runs = analysis.load_runs(paths)
+    feats = [analysis.layer_features(r) for r in runs]
+    for run, f in zip(runs, feats):
+        assert f.blocks == ("fc1", "fc2") and f.test[0].shape == (512, 32) and f.train[0].shape == (1024, 32)
+        probes = analysis.linear_probes(f)
+        assert probes == {b: float(run.layers[b]["probe_accuracy"][-1]) for b in f.blocks}
+        assert all(1.0 <= d <= 32.0 for d in analysis.effective_dimensionality(f).values())
+    same = analysis.cka_between(feats[0], feats[0])
+    np.testing.assert_allclose(np.diag(same), 1.0)
+    cross = analysis.cka_between(feats[0], feats[1])
+    assert cross.shape == (2, 2) and np.all((cross > 0) & (cross < 1))
+    fig = analysis.plot_representations(feats)
+    assert [len(ax.get_lines()) for ax in _visible(fig)] == [2, 2, 2]
+    assert len(analysis.plot_cka(feats[0], feats[1]).axes[0].texts) == 4
