@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ANALYSIS = ROOT / "analysis"
 SOLUTIONS = ANALYSIS / "labs" / "solutions"
 NOTEBOOKS = ["optimization_vs_generalization.ipynb", "layer_dynamics.ipynb", "paper_comparison.ipynb",
-             "rules_family.ipynb"]
+             "rules_family.ipynb", "why_local_works.ipynb"]
 LABS = ["labs/01_global_vs_local.ipynb", "labs/02_similarity_matching.ipynb", "labs/03_backprop_free.ipynb"]
 KERNEL = "bioplaus-test"
 TIMEOUT = 300  # seconds per cell
