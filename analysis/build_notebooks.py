@@ -602,8 +602,8 @@ is an unrelated direction, below 90° the rule still descends the loss. A few mi
     code("import matplotlib.pyplot as plt\n" + LAB_SETUP.strip()),
     code(CHECK),
     params("""
-LOGS = []  # this lab trains its own NumPy network; LOGS is unused (kept as in every notebook)
-RUNS_DIR = None  # unused: nothing is written
+LOGS = []  # engine run logs for the last section; empty: make small runs there
+RUNS_DIR = None  # where small runs are made; None: a temporary folder, removed when the kernel stops
 N_TRAIN = 3000  # training images (of the embedded 6,000)
 HIDDEN = 128
 EPOCHS = 6
@@ -776,9 +776,21 @@ happen for FA and not for DRTP? (Hint: what does the layer above learn from, and
 the layer below ever depend on what the network gets wrong?) The answer is in
 `solutions/why_fa_aligns.md`.
 
-The same rules run in the engine, on any network, with `python sims/run.py --variant fa` (or
-`sign-symmetry`, `kolen-pollack`, `dfa`, `drtp`) and `--probe-every 1`; the notebook
-[`rules_family.ipynb`](../rules_family.ipynb) draws their angles from the logs.
+## The same rules in the engine
+
+bioplaus has every one of these rules (`python sims/run.py --list-variants`), on any network, with the
+angle of each block's update to backprop's logged by `--probe-every 1`. A short run of each on the same
+data (2x64 MLP, batch norm and Adam as the engine's defaults; `LOGS` can name your own runs instead):
+"""),
+    code("""
+if not LOGS:
+    LOGS = analysis.make_small_runs(["fa", "kolen-pollack", "dfa", "drtp"], epochs=2, num_layers=2,
+                                    num_hidden=64, out_dir=RUNS_DIR)
+runs = analysis.load_runs(LOGS)
+fig = analysis.plot_angles(runs)
+"""),
+    md("""
+The notebook [`rules_family.ipynb`](../rules_family.ipynb) runs every rule of the engine side by side.
 """),
 ]
 
@@ -861,7 +873,7 @@ learn? This notebook trains the same small MLP with global backprop (`glob`), th
 A few minutes on a laptop CPU with the defaults below; give your own logs (made with a kept
 checkpoint, the default) in `LOGS` to look at longer runs.
 """),
-    code(SETUP),
+    code("import numpy as np\n" + SETUP.strip()),
     params("""
 LOGS = []  # run logs with their checkpoints; empty: make small runs below
 RUNS_DIR = None  # where small runs are made; None: a temporary folder, removed when the kernel stops
@@ -915,6 +927,8 @@ fig.tight_layout()
 fig = analysis.plot_cka(features["glob"], features["predsim"])
 if "predsim-bpf" in features:
     fig = analysis.plot_cka(features["glob"], features["predsim-bpf"])
+for v in VARIANTS[1:]:
+    print(f"CKA glob x {v} (rows glob's blocks):\\n{np.round(analysis.cka_between(features['glob'], features[v]), 2)}")
 """),
     md("""
 ## Reading (these short runs, not the paper's)
