@@ -840,14 +840,16 @@ def small_run_configs(variants: Sequence[str], epochs: int = 3, num_layers: int 
 
 def make_small_runs(variants: Sequence[str], out_dir: str | os.PathLike | None = None, epochs: int = 3,
                     num_layers: int = 1, num_hidden: int = 64, probe_every: int = 1, seed: int = 1,
-                    extra: dict[str, Any] | None = None, progress: bool = False) -> list[str]:
+                    extra: dict[str, Any] | None = None, progress: bool = False,
+                    threads: int | None = None) -> list[str]:
     """Train one small run per variant with :func:`bioplaus.runner.run` and return the log paths.
 
     The logs go to a new folder ``small-runs-*`` under ``out_dir``, kept (nothing is ever overwritten).
     Without ``out_dir`` (the notebooks and labs) they go to a new temporary folder that is removed when
     this Python process ends (a notebook's kernel stops), so running a notebook leaves nothing in the
     checkout; :func:`load_runs` reads logs into memory, so the figures need them only while loading.
-    ``extra`` holds further configuration fields (``{"lr": 1e-3}``). Defaults: a 1x64 mlp on the
+    ``extra`` holds further configuration fields (``{"lr": 1e-3}``); ``threads`` the runs' BLAS threads, as
+    ``--threads`` (None: the default). Defaults: a 1x64 mlp on the
     embedded fashion-mnist-mini for 3 epochs, CPU, probe every epoch. Raises
     :class:`bioplaus.runner.BadInput` for a configuration that cannot run (every one is checked, with
     :func:`small_run_configs`, before anything is made), and
@@ -866,7 +868,7 @@ def make_small_runs(variants: Sequence[str], out_dir: str | os.PathLike | None =
     paths = []
     for variant, cfg in zip(variants, configs):
         path = os.path.join(folder, f"{variant}.h5")
-        result = run(cfg, out=path, progress=progress)
+        result = run(cfg, out=path, progress=progress, threads=threads)
         if result.status != "completed":
             raise RunFailed(variant, result)
         paths.append(path)
