@@ -27,7 +27,8 @@ ANALYSIS = ROOT / "analysis"
 SOLUTIONS = ANALYSIS / "labs" / "solutions"
 NOTEBOOKS = ["optimization_vs_generalization.ipynb", "layer_dynamics.ipynb", "paper_comparison.ipynb",
              "rules_family.ipynb", "why_local_works.ipynb"]
-LABS = ["labs/01_global_vs_local.ipynb", "labs/02_similarity_matching.ipynb", "labs/03_backprop_free.ipynb"]
+LABS = ["labs/01_global_vs_local.ipynb", "labs/02_similarity_matching.ipynb", "labs/03_backprop_free.ipynb",
+        "labs/04_weight_transport.ipynb", "labs/05_layers_in_parallel.ipynb"]
 KERNEL = "bioplaus-test"
 TIMEOUT = 300  # seconds per cell
 
