@@ -1163,6 +1163,7 @@ LOGS = []  # run logs with their checkpoints; empty: make small runs below
 RUNS_DIR = None  # where small runs are made; None: a temporary folder, removed when the kernel stops
 VARIANTS = ["glob", "predsim", "predsim-bpf"]
 EPOCHS = 4
+FIGURE_DIR = None  # a folder: save the depth figure there as why_local_works.png (the README's: ../docs/figures)
 """),
     code("""
 if not LOGS:
@@ -1213,6 +1214,10 @@ if "predsim-bpf" in features:
     fig = analysis.plot_cka(features["glob"], features["predsim-bpf"])
 for v in VARIANTS[1:]:
     print(f"CKA glob x {v} (rows glob's blocks):\\n{np.round(analysis.cka_between(features['glob'], features[v]), 2)}")
+"""),
+    code("""
+if FIGURE_DIR:  # with bioplaus's mark: a later save replaces it, a file of anyone else's is refused
+    analysis.save_figure(analysis.plot_representations(list(features.values())), f"{FIGURE_DIR}/why_local_works.png")
 """),
     md("""
 ## Reading (these short runs, not the paper's)

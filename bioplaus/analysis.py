@@ -808,6 +808,20 @@ def figure_bytes(fig, fmt: str = "png", dpi: float = 150) -> bytes:
     return data
 
 
+def save_figure(fig, path: str | os.PathLike, dpi: float = 150) -> str:
+    """Write ``fig`` to ``path`` (its format from the suffix: png, svg or pdf) with bioplaus's mark, as the
+    figures command writes its own (:func:`figure_bytes`; closes ``fig``): a file already at ``path`` is
+    replaced only when bioplaus wrote it, otherwise :class:`bioplaus.files.PathError` and nothing is written.
+    Returns the path. The notebooks save the README's figure of theirs with it."""
+    from bioplaus import files
+
+    path = os.fspath(path)
+    fmt = os.path.splitext(path)[1].lstrip(".").lower()
+    if fmt not in FIGURE_FORMATS:
+        raise ValueError(f"a figure's path ends in .png, .svg or .pdf, not {path!r}")
+    return files.write_outputs([files.Output.figure(path, figure_bytes(fig, fmt, dpi), fmt)], "path")[0]
+
+
 def figure_png(fig, dpi: float = 150) -> bytes:
     """``fig`` as PNG bytes carrying bioplaus's mark (:func:`figure_bytes`); closes ``fig``."""
     return figure_bytes(fig, "png", dpi)

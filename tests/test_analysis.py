@@ -524,3 +524,19 @@ def test_representations_from_checkpoints_match_the_logged_probe(tmp_path):
     fig = analysis.plot_representations(feats)
     assert [len(ax.get_lines()) for ax in _visible(fig)] == [2, 2, 2]
     assert len(analysis.plot_cka(feats[0], feats[1]).axes[0].texts) == 4
+
+
+def test_save_figure_writes_with_the_mark_and_replaces_only_its_own(tmp_path):
+    from bioplaus import files
+
+    path = tmp_path / "sub" / "f.png"
+    assert analysis.save_figure(plt.figure(), path) == str(path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and files.PNG_MARK in path.read_bytes()
+    analysis.save_figure(plt.figure(), path)  # its own: replaced
+    (tmp_path / "mine.png").write_bytes(b"a user's file")
+    with pytest.raises(files.PathError):
+        analysis.save_figure(plt.figure(), tmp_path / "mine.png")
+    assert (tmp_path / "mine.png").read_bytes() == b"a user's file"
+    with pytest.raises(ValueError, match="png, .svg or .pdf"):
+        analysis.save_figure(plt.figure(), tmp_path / "f.jpg")
+    assert not (tmp_path / "f.jpg").exists()
