@@ -119,7 +119,7 @@ def test_every_dataset_has_units_and_description(tmp_path):
         assert set(f["layers"]) == set(declared) == {"fc1", "fc2"}
         assert set(f["layers/fc1"]) == set(declared["fc1"]) == {  # exactly what predsim-bpf produces
             "train_loss_pred", "test_loss_pred", "train_error_pred", "test_error_pred", "train_loss_sim",
-            "test_loss_sim", "weight_norm", "update_norm", "fa_angle", "bp_angle"}
+            "test_loss_sim", "weight_norm", "update_norm", "fa_angle", "bp_angle", "probe_accuracy"}
         for name, (units, description) in declared["fc1"].items():
             attrs = f["layers/fc1"][name].attrs
             assert (attrs["units"], attrs["description"]) == (units, description)
