@@ -890,7 +890,7 @@ def make_small_runs(variants: Sequence[str], out_dir: str | os.PathLike | None =
 
 
 # ---------------------------------------------------------------------- what each layer has learned
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays inside: compared by identity
 class Features:
     """Each block's output on the linear probe's fixed images (:func:`bioplaus.train.probe_sets`: the first
     ``PROBE_TRAIN`` training and ``PROBE_TEST`` test images), computed by the engine's own eval forward from
