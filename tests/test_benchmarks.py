@@ -95,7 +95,7 @@ def test_warning_exactly_when_forced(env_vars, warned):
         assert "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE" in warnings[0]
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", (*SCRIPTS, "profile_step.py"))
 def test_script_parses_help(script):
     out = subprocess.run([sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True, timeout=120,
                          check=False, cwd=ROOT)
@@ -124,6 +124,59 @@ def test_a_benchmark_never_replaces_a_file_with_its_json(tmp_path):
     for script in ("bench_epoch", "bench_gpu", "bench_memory", "bench_ops", "bench_pipeline", "bench_train"):
         text = (BENCH / f"{script}.py").read_text()
         assert "machine.json_path" in text and "write_text" not in text, script
+
+
+@pytest.mark.parametrize("script", ["bench_train", "profile_step"])
+def test_openblas_spin_is_set_before_numpy_loads(script):
+    """OpenBLAS reads OPENBLAS_THREAD_TIMEOUT once, when NumPy loads it: a training benchmark must set it (as a
+    run's process does) before its first ``import numpy``, or its BLAS threads spin after every GEMM and take a
+    core from our element-wise threads (2-thread steps measured 1.2-1.5x slower so, 2026-12-03). Checked by
+    importing the script in a fresh interpreter that notes the variable at the moment NumPy is first imported."""
+    code = textwrap.dedent(f"""
+        import os, sys
+        seen = []
+
+        class Watch:
+            def find_spec(self, name, path=None, target=None):
+                if name == "numpy" and not seen:
+                    seen.append(os.environ.get("OPENBLAS_THREAD_TIMEOUT"))
+                return None
+
+        sys.meta_path.insert(0, Watch())
+        sys.path.insert(0, {str(BENCH)!r})
+        import {script}
+        print(seen)
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False,
+                         cwd=ROOT, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "['12']"
+
+
+def test_the_profile_times_every_op_of_a_step():
+    """profile_step.py on a small mlp, one thread, one step: its table names the ops the step runs (exclusive
+    times, so the dense layers' forward and backward and the optimizer each get a row) and the step's total,
+    and taking its wrappers out puts the engine's own functions back."""
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(BENCH)!r})
+        import profile_step
+        import bioplaus.ops as ops
+        original = ops.dense_forward
+        assert profile_step.main(["--model", "mlp", "--variant", "predsim", "--threads", "1", "--repeat", "1",
+                                  "--top", "40"]) == 0
+        profile_step.use_wrappers(False)
+        assert ops.dense_forward is original
+        print("restored")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False,
+                         cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    text = out.stdout
+    for row in ("dense.dense_forward", "dense.dense_backward", "optim.update (Adam)", "similarity.similarity_forward",
+                "step, ops timed", "step, unwrapped (same run)", "restored"):
+        assert row in text, row
 
 
 def test_the_benchmark_step_is_the_engines_step():

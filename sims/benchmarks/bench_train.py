@@ -10,7 +10,7 @@ after an update; the twin: ``sims/benchmarks/torch_twin.py``). Both use the same
 (numpy's BLAS threads, read with threadpoolctl, given to ``torch.set_num_threads``; ``--threads N``
 sets both, and bioplaus's own element-wise passes and convolution chunks, as a run's ``--threads``).
 After a warm-up
-(mlp; a vgg8b step is long enough without), bioplaus, the twin and a 1024^3 float32 GEMM are timed in
+(two steps a side for the mlp, one for the vggs), bioplaus, the twin and a 1024^3 float32 GEMM are timed in
 turn (interleaved, A/B order alternating, so a busy neighbour on a shared machine slows all three
 alike) ``--repeat`` times; the table shows medians and the ratio of samples/s. Our step runs with
 ``--conv-algorithm auto`` (on the CPU its rule: 3x3 convolutions by Winograd's F(4x4, 3x3) where that
@@ -53,19 +53,20 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 # torch's OpenMP threads otherwise spin after each parallel region; on a shared 2-core machine they
 # steal the cores from the other side of the A/B pair (and from torch itself), making torch look 3-8x
 # slower than it is. Passive waiting gives the twin its fair speed.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # and OpenBLAS's idle threads (ours) spin for a tenth of a second after each call, taking a core from our own
-# threads: a bioplaus run shortens that spin (bioplaus/__init__.py, read by OpenBLAS when NumPy loads), so here too
+# element-wise threads: a bioplaus run shortens that spin (bioplaus/__init__.py), so here too. OpenBLAS reads
+# the variable when NumPy loads it: it must be set before the first `import numpy` of the process (until
+# 2026-12-03 it was set after it, and had no effect: the 2-thread rows measured before then ran with the spin).
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "12")
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import machine
+import numpy as np
 
 from bioplaus.backend import get_backend, keep_freed_memory, set_cpu_threads
 from bioplaus.blocks import LEAKY_SLOPE
@@ -229,10 +230,11 @@ def main(argv=None) -> int:
     rows = []
     for model, shape, variant in cases:
         small = model == "mlp"
-        # a vgg8b step is 0.7-1.4 TFLOP (tens of seconds on 2 cores): no warm-up step (its one-off costs,
-        # first-touch page faults and oneDNN primitive creation, are small against that) and 2 timed steps
+        # a vgg8b step is 0.4-1.8 TFLOP (seconds on 2 cores): one warm-up step a side (its one-off costs, first-touch
+        # page faults, Winograd's transformed filters and buffers, oneDNN's primitives, made the first step 1.7-2.4x
+        # a later one, measured 2026-12-03) and 2 timed steps; an epoch is hundreds of steps
         repeat = args.repeat or ((3 if small else 1) if args.quick else (7 if small else 2))
-        warmup = 2 if small else 0
+        warmup = 2 if small else 1
         rows.append(bench_case(model, shape, variant, repeat, warmup))
         r = rows[-1]
         print(f"  done {model} {r['input']} {variant}: ours {r['bioplaus_ms']:.0f} ms, torch {r['torch_ms']:.0f} ms, "
