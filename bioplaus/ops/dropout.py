@@ -9,7 +9,7 @@ owns its randomness and a rerun with the same key draws the same mask.
 
 from __future__ import annotations
 
-from bioplaus.backend import get_array_module
+from bioplaus.backend import get_array_module, in_parts
 
 
 def dropout_mask(rng, shape, p: float, dtype, channelwise: bool = False):
@@ -31,6 +31,16 @@ def dropout_mask(rng, shape, p: float, dtype, channelwise: bool = False):
     return mask
 
 
+def _masked(x, mask, out) -> None:
+    """``out = x * mask``, sample by sample on the CPU's threads (an element-wise pass NumPy runs on one
+    core: the parts are the same products, so the result does not depend on the split)."""
+    xp = get_array_module(x)
+    if mask.ndim != x.ndim or mask.shape[0] != x.shape[0]:  # a mask broadcast over the batch: one pass
+        xp.multiply(x, mask, out=out)
+        return
+    in_parts(xp, x.shape[0], lambda lo, hi: xp.multiply(x[lo:hi], mask[lo:hi], out=out[lo:hi]), x.size)
+
+
 def dropout_forward(x, mask, overwrite: bool = False):
     """``x`` and a broadcastable scaled ``mask`` (or None: no dropout) -> out, cache.
 
@@ -38,10 +48,10 @@ def dropout_forward(x, mask, overwrite: bool = False):
     """
     if mask is None:
         return x, None
-    if overwrite:
-        x *= mask
-        return x, mask
-    return x * mask, mask
+    xp = get_array_module(x)
+    out = x if overwrite and xp.result_type(x, mask) == x.dtype else xp.empty(x.shape, xp.result_type(x, mask))
+    _masked(x, mask, out)
+    return out, mask
 
 
 def dropout_backward(dout, cache):
@@ -49,4 +59,7 @@ def dropout_backward(dout, cache):
     mask = cache
     if mask is None:
         return dout
-    return dout * mask
+    xp = get_array_module(dout)
+    dx = xp.empty(dout.shape, xp.result_type(dout, mask))
+    _masked(dout, mask, dx)
+    return dx
