@@ -17,8 +17,10 @@ after a stop):
 2. **Run the authors' side**: ``PY train.py ...`` per variant and seed, with ``OMP_NUM_THREADS`` (and
    MKL's) set to ``--threads``, its console output time-stamped line by line into
    ``DIR/authors/logs/<variant>-s<seed>.log`` (the authors' code prints no times: an epoch's seconds
-   are from the end of the previous epoch's test pass to its own "Train" line). A log that did not
-   reach its last epoch is run again from the start.
+   are from the end of the previous epoch's test pass to its own "Train" line). A run stopped after a
+   completed epoch is resumed with their own ``--resume`` from the ``chkp_last_epoch.tar`` they wrote
+   then (their checkpoint restores the weights and batch-norm statistics; the local losses' Adam moments
+   and the random stream start afresh, so the report marks such a run); otherwise it starts again.
 3. **Run ours** with ``sims/sweep.py`` (one sweep per variant into ``DIR/ours/<variant>/``, one job,
    ``--threads-per-job`` = ``--threads``): completed runs are skipped, interrupted ones resumed.
 4. **Report** (``--report PREFIX``): ``PREFIX.md``, ``PREFIX.csv`` (one row per side, variant, seed
@@ -95,6 +97,10 @@ PATCHES = (
     (("Function.saved_variables, which LinearFAFunction.backward reads (the feedback-alignment decoder of "
      "--bio), was removed from PyTorch; saved_tensors is the same tuple under its current name"),
      "context.saved_variables", "context.saved_tensors"),
+    (("torch.load, which their --resume calls, refuses pickled Python objects since PyTorch 2.6 (weights_only "
+      "became the default) and their checkpoint holds the run's argparse Namespace; weights_only=False loads it "
+      "as the PyTorch of their time did (only used when a stopped run is resumed)"),
+     "torch.load(args.resume)", "torch.load(args.resume, weights_only=False)"),
 )
 # The thread count needs no change: torch sizes its pool from OMP_NUM_THREADS, set in the environment.
 
@@ -125,11 +131,14 @@ def fetch_train_py(source: str, scratch: Path) -> bytes:
 
 
 def patch(text: str) -> str:
+    """The authors' train.py with every change of :data:`PATCHES`; a change already made is left as it is, so a
+    scratch folder prepared by an earlier version of this script gets the changes added since."""
     for why, old, new in PATCHES:
-        if old not in text:
+        if old in text:
+            text = text.replace(old, new)
+        elif new not in text:
             raise CompareError(f"the authors' train.py has no {old!r} to change ({why.split(',')[0]}); "
                                "is it anokland/local-loss's?")
-        text = text.replace(old, new)
     return text
 
 
@@ -151,7 +160,11 @@ def prepare(args, scratch: Path) -> Path:
     work = scratch / "authors"
     train_py = work / "train.py"
     source_record = work / "SOURCE.txt"
-    if not train_py.is_file():
+    if train_py.is_file():
+        text = train_py.read_text(encoding="utf-8")
+        if patch(text) != text:
+            train_py.write_text(patch(text), encoding="utf-8")
+    else:
         original = fetch_train_py(args.authors, scratch)
         work.mkdir(parents=True, exist_ok=True)
         train_py.write_text(patch(original.decode("utf-8")), encoding="utf-8")
@@ -191,16 +204,34 @@ def authors_command(python: str, variant: Variant, seed: int, save_dir: Path, tr
             "--save-dir", str(save_dir)]
 
 
+def resume_point(work: Path, variant: str, seed: int, done: int) -> Path | None:
+    """The authors' own checkpoint to resume a stopped run from: their ``chkp_last_epoch.tar``, when it was
+    written at the end of the last epoch the log completed (``done``), else None (the run starts again)."""
+    folder = work / "checkpoints" / f"{variant}-s{seed}"
+    for last in folder.glob("**/chkp_last_epoch.tar"):
+        same_epoch = list(last.parent.glob(f"chkp_ep{done}_*.tar"))
+        later = list(last.parent.glob(f"chkp_ep{done + 1}_*.tar"))
+        if same_epoch and not later and last.stat().st_mtime >= max(f.stat().st_mtime for f in same_epoch):
+            return last
+    return None
+
+
 def run_authors(args, work: Path, variant: Variant, seed: int) -> None:
     log = authors_log(work.parent, variant.name, seed)
-    if log.is_file() and len(parse_authors(log.read_text(encoding="utf-8"))["test_error"]) >= EPOCHS:
+    done = len(parse_authors(log.read_text(encoding="utf-8"))["test_error"]) if log.is_file() else 0
+    if done >= EPOCHS:
         print(f"authors {variant.name} seed {seed}: done ({log})")
         return
     log.parent.mkdir(parents=True, exist_ok=True)
     cmd = authors_command(args.authors_python, variant, seed, work / "checkpoints" / f"{variant.name}-s{seed}",
                           str(work / "train.py"))
+    resume = resume_point(work, variant.name, seed, done) if done else None
+    if resume is not None:
+        cmd += ["--resume", str(resume)]
     print(f"authors {variant.name} seed {seed}: {shlex.join(cmd)}", flush=True)
-    with open(log, "w", encoding="utf-8") as out:
+    with open(log, "a" if resume is not None else "w", encoding="utf-8") as out:
+        if resume is not None:
+            out.write(f"{time.time():.3f} # resumed after epoch {done} with their --resume\n")
         out.write(f"{time.time():.3f} # command (in {work / 'run'}): {shlex.join(cmd)}\n")
         proc = subprocess.Popen(cmd, cwd=work / "run", env=thread_env(args.threads), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, bufsize=1)
@@ -237,15 +268,24 @@ _TEST = re.compile(r"^([\d.]+) Test loss_global=([\d.naninf+-]+), error=([\d.]+)
 _START = re.compile(r"^([\d.]+) Model \S+ has \d+ parameters")
 
 
+_RESUMED = re.compile(r"^[\d.]+ # resumed after epoch (\d+)")
+
+
 def parse_authors(text: str) -> dict:
-    """Per epoch: train and test error (%) and training seconds, from a time-stamped authors' log."""
-    out = {"train_error": [], "test_error": [], "seconds": [], "lr": []}
+    """Per epoch: train and test error (%) and training seconds, from a time-stamped authors' log; and the
+    epochs after which the run was stopped and resumed (an epoch cut short by the stop is dropped: the resumed
+    run trains it again)."""
+    out = {"train_error": [], "test_error": [], "seconds": [], "lr": [], "resumed_after": []}
     last = None
     for line in text.splitlines():
         if m := _START.match(line):
             last = float(m.group(1))
+        elif m := _RESUMED.match(line):
+            out["resumed_after"].append(int(m.group(1)))
         elif m := _TRAIN.match(line):
-            t = float(m.group(1))
+            t, epoch = float(m.group(1)), int(m.group(2))
+            for key in ("train_error", "test_error", "seconds", "lr"):
+                del out[key][epoch - 1:]
             out["seconds"].append(t - last if last is not None else float("nan"))
             out["lr"].append(float(m.group(3)))
             out["train_error"].append(float(m.group(4)))
@@ -253,7 +293,7 @@ def parse_authors(text: str) -> dict:
             last = float(m.group(1))
             out["test_error"].append(float(m.group(3)))
     n = len(out["test_error"])
-    return {k: v[:n] for k, v in out.items()}
+    return {k: v if k == "resumed_after" else v[:n] for k, v in out.items()}
 
 
 def read_sides(scratch: Path, variants, seeds) -> list[dict]:
@@ -330,7 +370,8 @@ def _f(x, fmt="{:.2f}"):
     return "–" if math.isnan(x) else fmt.format(x)
 
 
-def markdown(rows, summary, variants, seeds, command: str, source: str, environment=()) -> str:
+def markdown(rows, summary, variants, seeds, command: str, source: str, environment=(), resumed=None) -> str:
+    resumed = resumed or {}
     lines = [
         "# VGG8B on full Fashion-MNIST, short schedule: bioplaus beside the authors' code", "",
         ("Both sides: vgg8b with `--feat-mult 0.25`, full Fashion-MNIST (Debian's `dataset-fashion-mnist`), "
@@ -355,9 +396,17 @@ def markdown(rows, summary, variants, seeds, command: str, source: str, environm
     lines += ["", ("Test error in %, means over the seeds that completed both sides' 10 epochs; Δ = ours − "
               "the authors'. s/epoch: training time of an epoch (evaluation not counted), mean over the "
               "epochs run. A variant that has not run all its epochs on both sides is \"not finished\": run the "
-              "same command again and our runs resume where they stopped (an unfinished run of the authors' "
-              "code, which cannot resume its optimizer, starts again)."), "",
-              "## Every epoch", ""]
+              "same command again and both sides resume where they stopped (ours bit for bit; the authors' from "
+              "their own checkpoint of the last completed epoch, see below)."), ""]
+    for (v, seed), after in sorted(resumed.items()):
+        lines.append(f"- The authors' {v} (seed {seed}) was stopped and resumed after epoch "
+                     f"{', '.join(map(str, after))} with their own `--resume`: their checkpoint restores the weights "
+                     "and batch-norm statistics, but not the local losses' Adam moments (each layer's optimiser "
+                     "starts afresh) nor the random stream (re-seeded), so the epochs after it are not the ones an "
+                     "unbroken run would give.")
+    if resumed:
+        lines.append("")
+    lines += ["## Every epoch", ""]
     for v in variants:
         sides = {side: _series(rows, side, v) for side in ("authors", "bioplaus")}
         header = ["epoch"] + [f"{'authors' if side == 'authors' else 'ours'} s{seed}"
@@ -460,7 +509,14 @@ def write_report(args, scratch: Path, command: str) -> None:
     summary = summarise(rows, args.variants)
     source = (scratch / "authors" / "SOURCE.txt").read_text(encoding="utf-8").strip().replace("\n", "; ") \
         if (scratch / "authors" / "SOURCE.txt").is_file() else args.authors
-    text = markdown(rows, summary, args.variants, args.seeds, command, source, describe_environment(args, scratch))
+    resumed = {}
+    for v in args.variants:
+        for seed in args.seeds:
+            log = authors_log(scratch, v, seed)
+            if log.is_file() and (after := parse_authors(log.read_text(encoding="utf-8"))["resumed_after"]):
+                resumed[v, seed] = after
+    text = markdown(rows, summary, args.variants, args.seeds, command, source, describe_environment(args, scratch),
+                    resumed)
     buf = io.StringIO()
     fields = ["side", "variant", "seed", "epoch", "train_error", "test_error", "seconds"]
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")

@@ -1,0 +1,70 @@
+"""sims/compare_authors.py's own logic, without the authors' code or any run: reading their time-stamped
+console logs (a stopped and resumed run included), choosing the checkpoint a stopped run resumes from, and
+the changes made to their train.py (each applied once, a folder prepared earlier brought up to date)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "sims"))
+
+import compare_authors as ca  # noqa: E402
+
+
+def _epoch(t: float, epoch: int, train: float, test: float | None) -> list[str]:
+    lines = [f"{t:.3f} Train epoch={epoch}, lr=5.00e-04, loss_local=0.4, loss_global=0.01, error={train}%, mem=0MiB"]
+    if test is not None:
+        lines.append(f"{t + 5:.3f} Test loss_global=0.0031, error={test}%")
+    return lines
+
+
+def test_a_resumed_log_reads_as_one_run_without_the_epoch_cut_short():
+    log = ["100.000 # command (in run): python train.py", "101.000 Model vgg8b has 10250 parameters influenced"]
+    log += _epoch(200, 1, 30.0, 20.0) + _epoch(300, 2, 20.0, 15.0)
+    log += _epoch(400, 3, 18.0, None)  # stopped in epoch 3's test pass
+    log += ["500.000 # resumed after epoch 2 with their --resume", "501.000 # command (in run): python train.py",
+            "510.000 Model vgg8b has 10250 parameters influenced"]
+    log += _epoch(600, 3, 17.5, 13.0)
+    got = ca.parse_authors("\n".join(log))
+    assert got["train_error"] == [30.0, 20.0, 17.5]
+    assert got["test_error"] == [20.0, 15.0, 13.0]
+    assert got["resumed_after"] == [2]
+    # seconds: from the previous test line (or the start) to the Train line; the resumed epoch from its restart
+    assert got["seconds"] == [pytest.approx(99.0), pytest.approx(95.0), pytest.approx(90.0)]
+
+
+def _checkpoint(folder: Path, name: str, mtime: float) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_bytes(b"x")
+    os.utime(folder / name, (mtime, mtime))
+
+
+def test_a_stopped_run_resumes_only_from_the_checkpoint_of_its_last_logged_epoch(tmp_path):
+    deep = tmp_path / "checkpoints" / "predsim-s1" / "FashionMNIST" / "vgg8b_mult0.2" / "settings"
+    _checkpoint(deep, "chkp_ep1_lr5.00e-04_testerr19.99.tar", 1000)
+    _checkpoint(deep, "chkp_ep2_lr5.00e-04_testerr14.98.tar", 2000)
+    _checkpoint(deep, "chkp_last_epoch.tar", 2000)
+    assert ca.resume_point(tmp_path, "predsim", 1, 2) == deep / "chkp_last_epoch.tar"
+    assert ca.resume_point(tmp_path, "predsim", 1, 1) is None  # the log is behind the checkpoints: start again
+    assert ca.resume_point(tmp_path, "predsim", 1, 3) is None  # no checkpoint of epoch 3
+    assert ca.resume_point(tmp_path, "glob", 1, 2) is None
+    _checkpoint(deep, "chkp_last_epoch.tar", 1500)  # older than epoch 2's own file: not the end of epoch 2
+    assert ca.resume_point(tmp_path, "predsim", 1, 2) is None
+
+
+def test_every_change_to_their_code_is_made_once_and_a_missing_one_is_refused():
+    original = ("    def backward(context, grad_output):\n        input, weight = context.saved_variables\n"
+                "        checkpoint = torch.load(args.resume)\n")
+    once = ca.patch(original)
+    assert "context.saved_tensors" in once and "saved_variables" not in once
+    assert "torch.load(args.resume, weights_only=False)" in once
+    assert ca.patch(once) == once  # a folder prepared before: left as it is
+    half = original.replace("context.saved_variables", "context.saved_tensors")  # prepared before a newer change
+    assert ca.patch(half) == once
+    with pytest.raises(ca.CompareError, match="saved_variables"):
+        ca.patch("print('not their train.py')\n")
