@@ -126,7 +126,7 @@ def test_a_benchmark_never_replaces_a_file_with_its_json(tmp_path):
         assert "machine.json_path" in text and "write_text" not in text, script
 
 
-@pytest.mark.parametrize("script", ["bench_train", "profile_step"])
+@pytest.mark.parametrize("script", ["bench_train", "bench_epoch", "bench_ops", "profile_step"])
 def test_openblas_spin_is_set_before_numpy_loads(script):
     """OpenBLAS reads OPENBLAS_THREAD_TIMEOUT once, when NumPy loads it: a training benchmark must set it (as a
     run's process does) before its first ``import numpy``, or its BLAS threads spin after every GEMM and take a

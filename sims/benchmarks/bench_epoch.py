@@ -30,6 +30,9 @@ import sys
 import time
 from pathlib import Path
 
+# a run's short OpenBLAS spin (bioplaus/__init__.py), set before NumPy loads OpenBLAS (bench_train.py says why)
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "12")
+
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
