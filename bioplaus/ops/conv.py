@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from bioplaus.backend import chunk_workers, device_memory_bytes, get_array_module, on_device
+from bioplaus.backend import chunk_workers, device_memory_bytes, get_array_module, in_parts, on_device
 from bioplaus.ops import winograd
 from bioplaus.ops.winograd import WinogradCache
 
@@ -142,6 +142,25 @@ def _columns_to_image(dcols, dx, kh: int, kw: int, stride: int, pad: int, Ho: in
     dx[...] = dxt[:, :, pad : pad + H, pad : pad + Wd].transpose(1, 0, 2, 3)
 
 
+def _to_maps(xp, src, dst) -> None:
+    """``dst = src`` with the first two axes swapped (``src (A, B, h, w)``, ``dst (B, A, h, w)``): a strided copy,
+    split along ``dst``'s first axis among the CPU's threads (NumPy copies on one core; the same values)."""
+    def copy(lo: int, hi: int) -> None:
+        dst[lo:hi] = src[:, lo:hi].transpose(1, 0, 2, 3)
+
+    in_parts(xp, dst.shape[0], copy, dst.size)
+
+
+def _add_bias(xp, out, b) -> None:
+    """``out += b`` per channel of ``out (N, F, Ho, Wo)``, sample by sample on the CPU's threads (the same sums)."""
+    bias = b.reshape(1, -1, 1, 1)
+
+    def add(lo: int, hi: int) -> None:
+        out[lo:hi] += bias
+
+    in_parts(xp, out.shape[0], add, out.size)
+
+
 def _bias_grad(dout):
     """``db = sum of dout over n, i, j`` (F,). On a device: along each map's contiguous positions
     first, then over the batch (one reduction over axes (0, 2, 3) strides through memory)."""
@@ -239,7 +258,7 @@ def conv2d_forward(x, W, b=None, stride: int = 1, pad: int = 0, algorithm: str =
         chunk = winograd_chunk(x.shape, F, pad, x.dtype.itemsize, _device_limit(xp) if on_device(xp) else None)
         out, cache = winograd.winograd_conv3x3_forward(x, W, pad, WINOGRAD_TILE, chunk)  # (N, F, Ho, Wo)
         if b is not None:
-            out += b.reshape(1, F, 1, 1)
+            _add_bias(xp, out, b)
         return out, WinogradConv(cache, b is not None)
     Ho, Wo = _out_size(H, kh, stride, pad), _out_size(Wd, kw, stride, pad)
     K = C * kh * kw
@@ -252,10 +271,10 @@ def conv2d_forward(x, W, b=None, stride: int = 1, pad: int = 0, algorithm: str =
         cols = a2 = None  # the last chunk's buffers go before this chunk's are made (peak memory)
         cols = _columns(x[n0:n1], kh, kw, stride, pad, Ho, Wo)  # (K, n*Ho*Wo)
         a2 = W2 @ cols  # (F, n*Ho*Wo)
-        out[n0:n1] = a2.reshape(F, n1 - n0, Ho, Wo).transpose(1, 0, 2, 3)
+        _to_maps(xp, a2.reshape(F, n1 - n0, Ho, Wo), out[n0:n1])
     del a2
     if b is not None:
-        out += b.reshape(1, F, 1, 1)
+        _add_bias(xp, out, b)
     # one chunk: keep the columns for the backward; several: keep only x and rebuild per chunk
     keep = cols if chunk >= N else None
     cache = ConvCache(x if keep is None else None, keep, W, b is not None, stride, pad, x.shape, chunk)
@@ -292,7 +311,8 @@ def conv2d_backward(dout, cache, need_dx: bool = True, overwrite_dout: bool = Fa
             c = _columns(x[n0:n1], kh, kw, stride, pad, Ho, Wo)  # (K, n*Ho*Wo)
         else:
             c = cols
-        d2 = dout[n0:n1].transpose(1, 0, 2, 3).reshape(F, -1)  # (F, n*Ho*Wo), one copy
+        d2 = xp.empty((F, (n1 - n0) * Ho * Wo), dtype=dout.dtype)  # (F, n*Ho*Wo)
+        _to_maps(xp, dout[n0:n1], d2.reshape(F, n1 - n0, Ho, Wo))
         dW2 = d2 @ c.T if dW2 is None else dW2 + d2 @ c.T  # (F, K)
         del c  # a rebuilt chunk's columns can go before dcols is made (peak memory)
         if need_dx:
