@@ -96,6 +96,10 @@ def main(argv=None) -> int:
     ap.add_argument("--input", default="1x28x28")
     ap.add_argument("--variant", default="predsim-bpf")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--feat-mult", type=float, default=1.0, help="the vgg's channel multiplier")
+    ap.add_argument("--dim-in-decoder", type=int, default=None, help="the pred heads' pooled input (default: "
+                    "bench_train's 2048)")
+    ap.add_argument("--dropout", type=float, default=None, help="default: bench_train's")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--top", type=int, default=16)
     args = ap.parse_args(argv)
@@ -104,6 +108,9 @@ def main(argv=None) -> int:
     keep_freed_memory()  # as a run's process does (and bench_train)
     shape = tuple(int(v) for v in args.input.split("x"))
     cfg = bench_train.case_config(args.model, args.variant)
+    changes = {k: v for k, v in (("feat_mult", args.feat_mult if args.model != "mlp" else 1.0),
+                                 ("dim_in_decoder", args.dim_in_decoder), ("dropout", args.dropout)) if v is not None}
+    cfg = cfg.replace(**changes)
     spec = build_spec(cfg, shape, 10)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((bench_train.BATCH, *shape), dtype=np.float32)
@@ -122,7 +129,8 @@ def main(argv=None) -> int:
 
     step.stage.update = update
     facts = machine.print_header()
-    print(f"{args.model} {args.input} {args.variant}, batch {bench_train.BATCH}: {n_wrapped} op functions timed")
+    print(f"{args.model} {args.input} {args.variant} (feat-mult {cfg.feat_mult:g}, decoder input {cfg.dim_in_decoder}, "
+          f"dropout {cfg.dropout:g}), batch {bench_train.BATCH}: {n_wrapped} op functions timed")
     per: dict = {t: defaultdict(list) for t in args.threads}
     whole: dict = {t: [] for t in args.threads}
     bare: dict = {t: [] for t in args.threads}
