@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "sims"))
 
-import compare_authors as ca  # noqa: E402
+import compare_authors as ca
 
 
 def _epoch(t: float, epoch: int, train: float, test: float | None) -> list[str]:
