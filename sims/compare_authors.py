@@ -31,6 +31,14 @@ the recipes' nonlinearities and decoder sizes) made affordable the same way on b
 ``--feat-mult 0.25``, 10 epochs, milestones 5 7 9. The backprop-free rows are the authors' ``--bio``
 on the same settings (β 0.01 for predsim, as in the authors' published bpf runs).
 
+The authors' Python (``--authors-python``): any Python with a *matching* torch and torchvision, e.g. a
+virtual environment of its own, ``python3 -m venv authors-venv && authors-venv/bin/pip install torch
+torchvision`` (the pair the package index resolves together; the runs of
+``docs/results/fashion-mnist-vgg8b-short.md`` used PyTorch 2.14.1 and torchvision 0.29.1, CUDA builds,
+which train on the CPU under ``--no-cuda``). A CPU-only torch next to a torchvision built for another
+torch fails at ``import torchvision`` ("operator torchvision::nms does not exist"): install the two
+together.
+
 Not part of CI: a run of every variant on both sides takes hours on a CPU. Run it with the BLAS
 override variables unset, as the benchmarks are (``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE``).
 """
