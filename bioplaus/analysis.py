@@ -650,7 +650,10 @@ def paper_tables() -> dict[str, Any]:
 
 def paper_model_key(model: str, feat_mult: float = 1.0, cutout: bool = False, num_layers: int = 3,
                     num_hidden: int = 1024) -> str:
-    """The paper's name of a network: ``mlp-3x1024``, ``vgg8b``, ``vgg11b(3x)+cutout``."""
+    """The paper's name of a network: ``mlp-3x1024``, ``vgg8b``, ``vgg11b(3x)+cutout``; a wide ResNet is the
+    paper's reference row, ``wrn (reference, global only)`` (a WRN-28-10 trained by backprop, from the literature)."""
+    if model.startswith("wresnet"):
+        return "wrn+cutout (reference, global only)" if cutout else "wrn (reference, global only)"
     if model == "mlp":
         key = f"mlp-{num_layers}x{num_hidden}"
     else:
@@ -682,6 +685,8 @@ def _paper_setting(run: Run) -> tuple[str, str, list[str]]:
         dataset, why = DATASET_ALIASES[dataset]
         notes.append(why)
     key = paper_model_key(c.model, c.feat_mult, c.cutout, c.num_layers, c.num_hidden)
+    if c.model.startswith("wresnet") and c.model.removesuffix("a") != "wresnet28-10":
+        notes.append(f"network {c.model}, the paper's reference row is a WRN-28-10")
     if c.model == "mlp":
         t = paper_tables()["tables"].get(dataset, {}).get("rows", [])
         mlps = [r["model"] for r in t if r["model"].startswith("mlp-")]

@@ -306,6 +306,12 @@ def test_paper_error_lookup_bpf_and_glob_sim():
     assert analysis.paper_test_error("fashion-mnist", "mlp-3x1024", "pred-bpf") is None
     assert analysis.paper_model_key("vgg11b", 3.0, True) == "vgg11b(3x)+cutout"
     assert analysis.paper_model_key("mlp", num_layers=3, num_hidden=3000) == "mlp-3x3000"
+    # a wide ResNet: the paper's reference rows (backprop only, so no local-rule number)
+    assert analysis.paper_model_key("wresnet28-10") == "wrn (reference, global only)"
+    assert analysis.paper_test_error("cifar10", analysis.paper_model_key("wresnet28-10"), "glob") == 3.87
+    assert analysis.paper_test_error("cifar10", analysis.paper_model_key("wresnet28-10", cutout=True), "glob") == 3.08
+    assert analysis.paper_test_error("cifar10", analysis.paper_model_key("wresnet28-10"), "predsim") is None
+    assert analysis.paper_test_error("fashion-mnist", analysis.paper_model_key("wresnet28-10"), "glob") is None
 
 
 def test_paper_comparison_small_run_says_what_differs(tmp_path):
