@@ -77,24 +77,42 @@ def gram(X):
 
 
 # ---------------------------------------------------------------------- linear probes
+PROBE_COLUMNS = 1 << 14  # feature columns the dual probe turns into float64 at a time (1,024 × 16,384: 128 MB)
+
+
 def ridge_probe(X_train, y_train, X_test, y_test, num_classes: int | None = None, ridge: float = RIDGE) -> float:
     """Test accuracy in % of a ridge-regression linear probe (module docstring) trained on
-    ``(X_train (N, ...), y_train (N,))`` and scored on ``(X_test (M, ...), y_test (M,))``."""
+    ``(X_train (N, ...), y_train (N,))`` and scored on ``(X_test (M, ...), y_test (M,))``.
+
+    With more features than samples (a conv block's maps) the dual form needs only ``Xc Xcᵀ (N, N)`` and
+    ``Tc Xcᵀ (M, N)``: they are summed over :data:`PROBE_COLUMNS` feature columns at a time, so the features
+    are never held in float64 whole (a 131,072-feature map: 1 GB each for the training and centred copies)."""
     xp = get_array_module(X_train)
-    X = _flat64(X_train)  # (N, D)
-    T = _flat64(X_test)  # (M, D)
+    n, m = X_train.shape[0], X_test.shape[0]
+    Xr, Tr = X_train.reshape(n, -1), X_test.reshape(m, -1)  # (N, D), (M, D): views, the caller's dtype
+    d = Xr.shape[1]
     y = xp.asarray(y_train).astype(xp.int64)
     k = int(num_classes) if num_classes is not None else int(max(_host(y).max(), _host(y_test).max())) + 1
     Y = (y[:, None] == xp.arange(k)[None, :]).astype(xp.float64)  # (N, K)
-    mx, my = X.mean(axis=0, keepdims=True), Y.mean(axis=0, keepdims=True)
-    Xc, Yc = X - mx, Y - my  # (N, D), (N, K)
-    n, d = Xc.shape
-    scale = float(_host((Xc * Xc).sum())) / n
-    lam = ridge * scale if scale > 0 else 1.0
-    if d > n:  # dual: W = Xcᵀ (Xc Xcᵀ + λI)⁻¹ Yc
-        A = xp.linalg.solve(Xc @ Xc.T + lam * xp.eye(n), Yc)  # (N, K)
-        scores = (T - mx) @ (Xc.T @ A)  # (M, K)
+    Yc = Y - Y.mean(axis=0, keepdims=True)  # (N, K)
+    if d > n:  # dual: W = Xcᵀ (Xc Xcᵀ + λI)⁻¹ Yc, scores = Tc W = (Tc Xcᵀ) (Xc Xcᵀ + λI)⁻¹ Yc
+        G = xp.zeros((n, n))
+        C = xp.zeros((m, n))
+        for j in range(0, d, PROBE_COLUMNS):
+            Xj = xp.asarray(Xr[:, j : j + PROBE_COLUMNS], dtype=xp.float64)
+            mj = Xj.mean(axis=0, keepdims=True)
+            Xj -= mj  # centred by the training features' mean, the test features too
+            G += Xj @ Xj.T
+            C += (xp.asarray(Tr[:, j : j + PROBE_COLUMNS], dtype=xp.float64) - mj) @ Xj.T
+        scale = float(_host(xp.trace(G))) / n  # the mean squared norm of a centred training feature vector
+        lam = ridge * scale if scale > 0 else 1.0
+        scores = C @ xp.linalg.solve(G + lam * xp.eye(n), Yc)  # (M, K)
     else:  # primal: W = (Xcᵀ Xc + λI)⁻¹ Xcᵀ Yc
+        X, T = _flat64(X_train), _flat64(X_test)
+        mx = X.mean(axis=0, keepdims=True)
+        Xc = X - mx
+        scale = float(_host((Xc * Xc).sum())) / n
+        lam = ridge * scale if scale > 0 else 1.0
         W = xp.linalg.solve(Xc.T @ Xc + lam * xp.eye(d), Xc.T @ Yc)  # (D, K)
         scores = (T - mx) @ W  # (M, K)
     pred = scores.argmax(axis=1)

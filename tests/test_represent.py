@@ -99,6 +99,32 @@ def test_primal_and_dual_probe_agree():
         wide[:40], y[:40], wide[40:], y[40:])
 
 
+def test_the_dual_probe_in_column_chunks_is_the_whole_dual_form(monkeypatch):
+    """The dual probe sums Xc Xcᵀ and Tc Xcᵀ over chunks of feature columns: its scores are the one-shot
+    dual form's (written out here from the module's definition), whatever the chunk, float32 input included."""
+    rng = _rng(8)
+    X, y = _separable(90, rng, d=70)
+    X = (X + 40.0 * rng.standard_normal(X.shape)).astype(np.float32).reshape(90, 7, 10)  # maps, noisy
+    train, test = X[:30], X[30:]
+
+    def one_shot():
+        Xc = train.reshape(30, -1).astype(np.float64)
+        mx = Xc.mean(axis=0, keepdims=True)
+        Xc = Xc - mx
+        Y = np.eye(4)[y[:30]]
+        Yc = Y - Y.mean(axis=0, keepdims=True)
+        lam = represent.RIDGE * float((Xc * Xc).sum()) / 30
+        A = np.linalg.solve(Xc @ Xc.T + lam * np.eye(30), Yc)
+        pred = ((test.reshape(60, -1) - mx) @ (Xc.T @ A)).argmax(axis=1)
+        return 100.0 * float((pred == y[30:]).mean())
+
+    expected = one_shot()
+    assert 30.0 < expected < 100.0  # noisy enough that the scores decide
+    for columns in (1, 7, 16, 70, 1 << 14):
+        monkeypatch.setattr(represent, "PROBE_COLUMNS", columns)
+        assert represent.ridge_probe(train, y[:30], test, y[30:], num_classes=4) == expected, columns
+
+
 def test_participation_ratio_of_isotropic_data_is_its_dimension_and_of_a_line_is_one():
     rng = _rng(6)
     Q = _orthogonal(8, rng)
