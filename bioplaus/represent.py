@@ -88,6 +88,7 @@ def ridge_probe(X_train, y_train, X_test, y_test, num_classes: int | None = None
     ``Tc Xcᵀ (M, N)``: they are summed over :data:`PROBE_COLUMNS` feature columns at a time, so the features
     are never held in float64 whole (a 131,072-feature map: 1 GB each for the training and centred copies)."""
     xp = get_array_module(X_train)
+    X_train, X_test = xp.asarray(X_train), xp.asarray(X_test)
     n, m = X_train.shape[0], X_test.shape[0]
     Xr, Tr = X_train.reshape(n, -1), X_test.reshape(m, -1)  # (N, D), (M, D): views, the caller's dtype
     d = Xr.shape[1]
@@ -99,7 +100,7 @@ def ridge_probe(X_train, y_train, X_test, y_test, num_classes: int | None = None
         G = xp.zeros((n, n))
         C = xp.zeros((m, n))
         for j in range(0, d, PROBE_COLUMNS):
-            Xj = xp.asarray(Xr[:, j : j + PROBE_COLUMNS], dtype=xp.float64)
+            Xj = Xr[:, j : j + PROBE_COLUMNS].astype(xp.float64)  # a copy, also of float64 features
             mj = Xj.mean(axis=0, keepdims=True)
             Xj -= mj  # centred by the training features' mean, the test features too
             G += Xj @ Xj.T

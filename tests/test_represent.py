@@ -123,6 +123,10 @@ def test_the_dual_probe_in_column_chunks_is_the_whole_dual_form(monkeypatch):
     for columns in (1, 7, 16, 70, 1 << 14):
         monkeypatch.setattr(represent, "PROBE_COLUMNS", columns)
         assert represent.ridge_probe(train, y[:30], test, y[30:], num_classes=4) == expected, columns
+        wide = train.astype(np.float64)  # float64 features: centred in a copy, the caller's array untouched
+        kept = wide.copy()
+        assert represent.ridge_probe(wide, y[:30], test, y[30:], num_classes=4) == expected, columns
+        assert np.array_equal(wide, kept)
 
 
 def test_participation_ratio_of_isotropic_data_is_its_dimension_and_of_a_line_is_one():
