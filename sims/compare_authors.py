@@ -467,7 +467,11 @@ def figure(rows, variants):
                         label=f"{'authors' if side == 'authors' else 'bioplaus'} s{seed}")
         ax.set_title(v)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.lines:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "not run yet", ha="center", va="center", transform=ax.transAxes, color="0.4")
+            ax.set_yticks([])
     for ax in axes.ravel()[len(variants):]:
         ax.set_visible(False)
     for ax in axes[:, 0]:
