@@ -314,6 +314,20 @@ def test_paper_error_lookup_bpf_and_glob_sim():
     assert analysis.paper_test_error("fashion-mnist", analysis.paper_model_key("wresnet28-10"), "glob") is None
 
 
+def test_a_wide_resnet_is_compared_with_the_papers_reference_row():
+    from types import SimpleNamespace
+
+    def setting(model, cutout=False):
+        config = SimpleNamespace(dataset="cifar10", model=model, feat_mult=1.0, cutout=cutout, num_layers=3,
+                                 num_hidden=1024)
+        return analysis._paper_setting(SimpleNamespace(config=config))
+
+    assert setting("wresnet28-10") == ("cifar10", "wrn (reference, global only)", [])
+    assert setting("wresnet28-10", cutout=True)[1] == "wrn+cutout (reference, global only)"
+    _dataset, key, notes = setting("wresnet16-4")
+    assert key == "wrn (reference, global only)" and notes == ["network wresnet16-4, the paper's reference row is a WRN-28-10"]
+
+
 def test_paper_comparison_small_run_says_what_differs(tmp_path):
     path, w = make_log(tmp_path / "p.h5", "predsim", n_epochs=3)
     (row,) = analysis.paper_comparison([path])
