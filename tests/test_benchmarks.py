@@ -181,6 +181,63 @@ def test_the_profile_times_every_op_of_a_step():
         assert row in text, row
 
 
+def load_profile_step():
+    spec = importlib.util.spec_from_file_location("profile_step_module", BENCH / "profile_step.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_twins_profiled_ops_go_to_the_part_that_encloses_them():
+    """profile_step --twin: an aten op counts for the part its own name or its nearest enclosing op's name says
+    (a multiply inside a convolution's backward is convolution, inside the optimizer's step Adam), one that no
+    such op encloses for the losses and the rest; ours by the module of bioplaus.ops."""
+    profile_step = load_profile_step()
+
+    class Event:
+        def __init__(self, name, parent=None):
+            self.name, self.cpu_parent = name, parent
+
+    conv_bwd = Event("autograd::engine::evaluate_function: ConvolutionBackward0")
+    adam = Event("Optimizer.step#Adam.step")
+    linear = Event("aten::linear")
+    cases = {Event("aten::mul", conv_bwd): "convolution", Event("aten::mkldnn_convolution", Event("aten::conv2d")):
+             "convolution", Event("aten::add_", adam): "Adam", Event("aten::addmm", linear): "dense",
+             Event("aten::t", linear): "dense", Event("aten::native_batch_norm"): "batch norm + φ",
+             Event("aten::leaky_relu"): "batch norm + φ", Event("aten::bernoulli_", Event("aten::dropout")): "dropout",
+             Event("aten::max_pool2d_with_indices"): "pooling", Event("aten::mul"): profile_step.REST,
+             Event("aten::mm", Event("aten::matmul")): profile_step.REST}
+    for event, part in cases.items():
+        assert profile_step.twin_part(event) == part, event.name
+    assert profile_step.our_part("winograd.winograd_conv3x3_backward") == "convolution"
+    assert profile_step.our_part("bn_act._over_samples") == "batch norm + φ"
+    assert profile_step.our_part("optim.update (Adam)") == "Adam"
+    assert profile_step.our_part("similarity.similarity_forward") == profile_step.REST
+    assert profile_step.our_part("(not in an op)") == profile_step.REST
+    assert set(profile_step.OUR_PARTS.values()) | {profile_step.REST} == set(profile_step.PARTS)
+
+
+def test_the_profile_puts_the_twin_beside_ours():
+    """profile_step --twin on a small mlp: the step by part, ours beside the twin's, with both totals."""
+    pytest.importorskip("torch")
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(BENCH)!r})
+        import profile_step
+        assert profile_step.main(["--model", "mlp", "--variant", "predsim", "--threads", "1", "--repeat", "1",
+                                  "--twin"]) == 0
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False,
+                         cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    start = lines.index(next(line for line in lines if line.startswith("part of the step (ms)")))
+    rows = {line[:24].strip(): line[24:].split() for line in lines[start + 1:] if line[:24].strip()}
+    for part in ("dense", "Adam", "step, profiled", "step, unprofiled"):
+        ours, twin = float(rows[part][0]), float(rows[part][1])
+        assert ours > 0 and twin > 0, part  # an mlp step has dense layers and Adam on both sides
+
+
 def test_the_benchmark_step_is_the_engines_step():
     """bench_train's (and so bench_gpu's) step is the engine's ``Stage.train_step``, not a copy: two steps of a
     Kolen-Pollack mlp leave every array as a stage stepped directly leaves it, its B included (the rule's

@@ -15,6 +15,16 @@ keeps a gain near 1.0 while the step's is higher is a pass that runs on one core
 
 The wrappers cost a few microseconds a call (a step makes a few hundred calls); the total is shown next
 to the unwrapped step's time measured in the same run. Not part of CI; prints a table.
+
+``--twin`` adds a second table: the same step by part (convolution, batch norm + φ, pooling, dropout,
+dense, Adam, and the losses with the rest) for ours and for ``bench_train.py``'s PyTorch twin side by
+side, at each thread count, so that a step slower than the twin's shows which part is. The twin's parts
+come from ``torch.profiler``: every aten op's self time goes to the part of its nearest enclosing op that
+names one (``aten::conv2d``, ``ConvolutionBackward0``, ``Optimizer.step``, ...); element-wise ops that no
+such op encloses (the similarity's arithmetic, the losses' scaling, dropout's mask in the backward:
+PyTorch records them as plain ``aten::mul``) land in the last row, with the losses. Ours are grouped by
+the ``bioplaus.ops`` module of each op. The parts are therefore close, not exact: compare the large rows.
+The profiler costs the twin time on small ops (an mlp's step most); its unprofiled step is shown too.
 """
 
 from __future__ import annotations
@@ -90,6 +100,71 @@ def use_wrappers(on: bool) -> None:
         setattr(mod, attr, wrapper if on else original)
 
 
+# the parts of a step (--twin): ours by the module of bioplaus.ops an op is in
+REST = "losses and the rest"
+PARTS = ("convolution", "batch norm + φ", "pooling", "dropout", "dense", "Adam", REST)
+OUR_PARTS = {"winograd": "convolution", "conv": "convolution", "bn_act": "batch norm + φ",
+             "batchnorm": "batch norm + φ", "activation": "batch norm + φ", "pool": "pooling", "dropout": "dropout",
+             "dense": "dense", "optim": "Adam"}
+# the twin's by words in the name of an aten op or of an enclosing one (autograd nodes, the optimizer)
+TWIN_PARTS = (("convolution", ("conv",)), ("batch norm + φ", ("batch_norm", "batchnorm", "relu", "threshold")),
+              ("pooling", ("pool",)), ("dropout", ("dropout", "bernoulli")), ("dense", ("linear", "addmm")),
+              ("Adam", ("optimizer", "adam", "_foreach", "zero_grad")))
+
+
+def our_part(op: str) -> str:
+    return OUR_PARTS.get(op.split(".")[0], REST)
+
+
+def twin_part(event) -> str:
+    """The part of a profiled PyTorch op: of itself or of the nearest enclosing op whose name says one."""
+    while event is not None:
+        name = event.name.lower()
+        for part, words in TWIN_PARTS:
+            if any(w in name for w in words):
+                return part
+        event = event.cpu_parent
+    return REST
+
+
+def profile_twin(twin_step) -> tuple[dict, float]:
+    """One profiled step of the twin: ms per part (self times) and the profiled step's wall ms."""
+    from torch.profiler import ProfilerActivity, profile
+
+    parts: dict = defaultdict(float)
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        twin_step()
+    wall = 1e3 * (time.perf_counter() - t0)
+    for event in prof.events():
+        parts[twin_part(event)] += event.self_cpu_time_total / 1e3
+    return parts, wall
+
+
+def print_parts(threads: list, ours: dict, twin: dict, ours_step: dict, twin_step: dict) -> None:
+    """ours/twin: thread count -> part -> list of ms per step; *_step: thread count -> list of unwrapped ms."""
+    med = statistics.median
+    head = "".join(f"{f'ours @{t}':>10s}{f'twin @{t}':>10s}{'twin/ours':>10s}" for t in threads)
+    print(f"\n{'part of the step (ms)':24s}{head}")
+    for part in PARTS:
+        row = ""
+        for t in threads:
+            o, w = med(ours[t].get(part, [0.0])), med(twin[t].get(part, [0.0]))
+            row += f"{o:10.1f}{w:10.1f}" + (f"{w / o:10.2f}" if o > 0.05 else f"{'':10s}")
+        print(f"{part:24s}{row}")
+    for label, o_series, w_series in (("step, profiled", ours, twin), ("step, unprofiled", ours_step, twin_step)):
+        row = ""
+        for t in threads:
+            if label == "step, profiled":
+                o, w = (sum(med(v) for v in side[t].values()) for side in (o_series, w_series))
+            else:
+                o, w = med(o_series[t]), med(w_series[t])
+            row += f"{o:10.1f}{w:10.1f}{w / o:10.2f}"
+        print(f"{label:24s}{row}")
+    print("twin/ours > 1: ours faster at that part. The twin's parts: torch.profiler self times, by the nearest "
+          "enclosing op that names one (docstring)")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="vgg8b")
@@ -102,6 +177,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dropout", type=float, default=None, help="default: bench_train's")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--top", type=int, default=16)
+    ap.add_argument("--twin", action="store_true", help="also the step by part, ours beside the PyTorch twin's "
+                    "(torch.profiler)")
     args = ap.parse_args(argv)
     from threadpoolctl import threadpool_limits
 
@@ -116,6 +193,7 @@ def main(argv=None) -> int:
     x = rng.standard_normal((bench_train.BATCH, *shape), dtype=np.float32)
     y = rng.integers(0, 10, bench_train.BATCH)
     plain = bench_train.bioplaus_step(cfg, spec, x, y)  # the same step, run with the ops unwrapped
+    twin = bench_train.torch_step(cfg, spec, x, y) if args.twin else None
     step = bench_train.bioplaus_step(cfg, spec, x, y)
     n_wrapped = wrap_ops()
     original_update = step.stage.update
@@ -134,17 +212,34 @@ def main(argv=None) -> int:
     per: dict = {t: defaultdict(list) for t in args.threads}
     whole: dict = {t: [] for t in args.threads}
     bare: dict = {t: [] for t in args.threads}
+    twin_per: dict = {t: defaultdict(list) for t in args.threads}
+    twin_bare: dict = {t: [] for t in args.threads}
+
+    def set_threads(t: int) -> None:
+        set_cpu_threads(t)
+        if twin is not None:
+            import torch
+
+            torch.set_num_threads(t)
+
     for t in args.threads:  # warm-up at every count (pools, caches)
         with threadpool_limits(limits=t, user_api="blas"):
-            set_cpu_threads(t)
+            set_threads(t)
             use_wrappers(True)
             step()
             use_wrappers(False)
             plain()
+            if twin is not None:
+                twin()
     for r in range(args.repeat):
         for t in bench_train.in_turn(list(args.threads), r):
             with threadpool_limits(limits=t, user_api="blas"):
-                set_cpu_threads(t)
+                set_threads(t)
+                if twin is not None:
+                    twin_bare[t].append(bench_train.timed(twin))
+                    parts, _ = profile_twin(twin)
+                    for part in PARTS:
+                        twin_per[t][part].append(parts.get(part, 0.0))
                 use_wrappers(False)
                 bare[t].append(bench_train.timed(plain))
                 use_wrappers(True)
@@ -169,6 +264,17 @@ def main(argv=None) -> int:
         ms = [1e3 * statistics.median(series[t]) for t in args.threads]
         print(f"{label:44s}" + "".join(f"{m:10.1f}" for m in ms) + f"{ms[0] / ms[-1]:8.2f}")
     print(f"\nmedians of {args.repeat} steps per count, counts interleaved; BLAS {facts.get('blas', '?')}")
+    if twin is not None:
+        ours_parts = {t: defaultdict(list) for t in args.threads}
+        for t in args.threads:
+            for r in range(args.repeat):
+                grouped: dict = defaultdict(float)
+                for name, series in per[t].items():
+                    grouped[our_part(name)] += series[r] if r < len(series) else 0.0
+                for part in PARTS:
+                    ours_parts[t][part].append(1e3 * grouped.get(part, 0.0))
+        print_parts(list(args.threads), ours_parts, twin_per, {t: [1e3 * v for v in bare[t]] for t in args.threads},
+                    {t: [1e3 * v for v in twin_bare[t]] for t in args.threads})
     return 0
 
 
