@@ -15,7 +15,11 @@ library only):
   handled (a terminal's Ctrl-C reaches mpiexec and every rank) is dropped, so the clean-up it
   interrupts is never itself interrupted. The run loop and the sweep install their own handlers
   while they work, and give these back when they are done;
-- a signal that escapes the command ends it with one line and status 130;
+- a signal that escapes the command ends it with one line and status 130; one whose Stop was raised
+  where Python cannot let an exception out (a weakref callback or ``__del__`` that the garbage
+  collector runs, importlib's module-lock callbacks among them) is swallowed there without a word
+  (:func:`_unraisable`) and still ends the command: the run loop and the commands ask
+  :func:`stopped`;
 - a parent may hold both signals over a child's start-up (a sweep does, :func:`hold_signals` between
   fork and exec): the mask is inherited, and :func:`guard` lets them through once its handlers are
   in place, so a child stopped in its first instant still ends cleanly;
@@ -66,6 +70,18 @@ def _stop(signum, frame) -> None:
         raise Stop(signum)
 
 
+def _unraisable(info) -> None:
+    """``sys.unraisablehook`` from :func:`guard` on: a :class:`Stop` raised where Python can only report it
+    (a weakref callback or ``__del__`` run by the garbage collector) is dropped without a traceback, since the
+    signal is noted in ``_pending`` and acted on; anything else goes to the hook that was there before."""
+    if isinstance(info.exc_value, Stop):
+        return
+    _previous_unraisablehook[0](info)
+
+
+_previous_unraisablehook: list = [sys.unraisablehook]
+
+
 def stopped() -> int | None:
     """The signal that stopped this command (SIGINT or SIGTERM), or None."""
     return _pending[0] if _pending else None
@@ -91,6 +107,9 @@ def guard(argv: Sequence[str] | None = None) -> None:
         return
     argv = sys.argv[1:] if argv is None else argv
     action = signal.SIG_IGN if is_parallel_follower(argv) else _stop
+    if sys.unraisablehook is not _unraisable:
+        _previous_unraisablehook[0] = sys.unraisablehook
+        sys.unraisablehook = _unraisable
     for sig in SIGNALS:
         signal.signal(sig, action)
     release_signals()  # a parent that held them over our start-up (a sweep does): they arrive now
