@@ -127,18 +127,16 @@ def twin_part(event) -> str:
     return REST
 
 
-def profile_twin(twin_step) -> tuple[dict, float]:
-    """One profiled step of the twin: ms per part (self times) and the profiled step's wall ms."""
+def profile_twin(twin_step) -> dict:
+    """One profiled step of the twin: ms per part (self times)."""
     from torch.profiler import ProfilerActivity, profile
 
     parts: dict = defaultdict(float)
-    t0 = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         twin_step()
-    wall = 1e3 * (time.perf_counter() - t0)
     for event in prof.events():
         parts[twin_part(event)] += event.self_cpu_time_total / 1e3
-    return parts, wall
+    return parts
 
 
 def print_parts(threads: list, ours: dict, twin: dict, ours_step: dict, twin_step: dict) -> None:
@@ -237,7 +235,7 @@ def main(argv=None) -> int:
                 set_threads(t)
                 if twin is not None:
                     twin_bare[t].append(bench_train.timed(twin))
-                    parts, _ = profile_twin(twin)
+                    parts = profile_twin(twin)
                     for part in PARTS:
                         twin_per[t][part].append(parts.get(part, 0.0))
                 use_wrappers(False)
