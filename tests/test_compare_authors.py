@@ -68,3 +68,23 @@ def test_every_change_to_their_code_is_made_once_and_a_missing_one_is_refused():
     assert ca.patch(half) == once
     with pytest.raises(ca.CompareError, match="saved_variables"):
         ca.patch("print('not their train.py')\n")
+
+
+def _rows(side: str, errors: list[float], seconds: list[float]) -> list[dict]:
+    return [{"side": side, "variant": "glob", "seed": 1, "epoch": e, "train_error": 0.0, "test_error": err,
+             "seconds": s} for e, (err, s) in enumerate(zip(errors, seconds), start=1)]
+
+
+def test_the_summary_compares_the_last_epochs_and_times_an_epoch_by_its_median_and_fastest():
+    theirs = [20.0 - e for e in range(ca.EPOCHS)]  # ... 12, 11
+    ours = [x + 0.3 for x in theirs[:-1]] + [theirs[-1] + 0.6]
+    slow = [100.0] * (ca.EPOCHS - 3) + [900.0, 95.0, float("nan")]  # one epoch slowed (a pause), one not timed
+    (s,) = ca.summarise(_rows("authors", theirs, slow) + _rows("bioplaus", ours, [50.0] * ca.EPOCHS), ["glob"])
+    assert s["d_last"] == pytest.approx(0.6)
+    assert s["d_last3"] == pytest.approx((0.3 + 0.3 + 0.6) / 3)
+    assert not s["ok"]  # 0.6 pp at the last epoch is outside the goal
+    assert s["authors"]["seconds"] == 100.0 and s["authors"]["fastest"] == 95.0
+    assert "100 (95)" in ca.markdown(_rows("authors", theirs, slow), [s], ["glob"], [1], "cmd", "src")
+    (part,) = ca.summarise(_rows("authors", theirs[:4], slow[:4]) + _rows("bioplaus", ours, slow), ["glob"])
+    assert part["common"] == 4 and part["d_common"] == pytest.approx(0.3)
+    assert "not finished" in ca.markdown([], [part], ["glob"], [1], "cmd", "src")
