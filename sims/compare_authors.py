@@ -420,9 +420,9 @@ def markdown(rows, summary, variants, seeds, command: str, source: str, environm
               "epochs run and, in brackets, the fastest. These are not a speed comparison: the two sides ran at "
               "the same time on one machine, beside other work, and an epoch during which a run was paused counts "
               "its pause; the fastest epoch is the nearest to a quiet one. Speed side by side on a quiet machine is "
-              "`sims/benchmarks/bench_train.py`'s (README). A variant that has not run all its epochs on both sides is \"not finished\": run the "
-              "same command again and both sides resume where they stopped (ours bit for bit; the authors' from "
-              "their own checkpoint of the last completed epoch, see below)."), ""]
+              "`sims/benchmarks/bench_train.py`'s (README). A variant that has not run all its epochs on both "
+              "sides is \"not finished\": run the same command again and both sides resume where they stopped "
+              "(ours bit for bit; the authors' from their own checkpoint of the last completed epoch, see below)."), ""]
     for (v, seed), after in sorted(resumed.items()):
         lines.append(f"- The authors' {v} (seed {seed}) was stopped and resumed after epoch "
                      f"{', '.join(map(str, after))} with their own `--resume`: their checkpoint restores the weights "
