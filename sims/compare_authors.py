@@ -2,7 +2,7 @@
 """bioplaus beside the authors' own code: the same conv runs, both sides, one table.
 
     python sims/compare_authors.py --authors PATH_OR_URL --authors-python PY --scratch DIR \\
-        [--side both|authors|ours] [--variants glob pred ...] [--seeds 1] [--threads 1] \\
+        [--side both|authors|ours] [--variants glob pred ...] [--seeds 1] [--threads 1] [--jobs 1] \\
         [--data-dir DIR] [--report docs/results/fashion-mnist-vgg8b-short]
 
 What it does, in order (each step skips what is already done, so the same command can be run again
@@ -23,6 +23,10 @@ after a stop):
    and the random stream start afresh, so the report marks such a run); otherwise it starts again.
 3. **Run ours** with ``sims/sweep.py`` (one sweep per variant into ``DIR/ours/<variant>/``, one job,
    ``--threads-per-job`` = ``--threads``): completed runs are skipped, interrupted ones resumed.
+``--jobs N`` runs N of these runs at a time (the authors' and ours, every variant and seed: each is a
+process of ``--threads`` threads, so N × threads should not exceed the machine's cores); the default, 1,
+runs them one after another, variant by variant.
+
 4. **Report** (``--report PREFIX``): ``PREFIX.md``, ``PREFIX.csv`` (one row per side, variant, seed
    and epoch) and ``PREFIX.png`` (per-epoch test error, ours beside theirs), from whatever logs exist.
 
@@ -46,8 +50,10 @@ override variables unset, as the benchmarks are (``env -u OPENBLAS_CORETYPE -u O
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import csv
+import functools
 import gzip
 import hashlib
 import io
@@ -269,6 +275,36 @@ def run_ours(args, scratch: Path, variant: Variant) -> None:
     status = subprocess.run(cmd, cwd=ROOT, check=False).returncode
     if status != 0:
         raise CompareError(f"our {variant.name} sweep exited with status {status}")
+
+
+def runs(args, scratch: Path, work: Path | None) -> list:
+    """Every run the command asks for, in the order one at a time takes them: per variant, the authors'
+    seeds, then our sweep."""
+    out = []
+    for v in args.variants:
+        if args.side in ("both", "authors"):
+            out += [functools.partial(run_authors, args, work, VARIANTS[v], seed) for seed in args.seeds]
+        if args.side in ("both", "ours"):
+            out.append(functools.partial(run_ours, args, scratch, VARIANTS[v]))
+    return out
+
+
+def run_all(todo: list, jobs: int) -> None:
+    """``todo`` (callables, each one run) ``jobs`` at a time. A run that fails does not stop the others
+    (they are hours long and resumable); the first failure is raised when all have ended."""
+    if jobs == 1:
+        for run in todo:
+            run()
+        return
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs)
+    try:
+        futures = [pool.submit(run) for run in todo]
+        errors = [f.exception() for f in futures]  # waits for every run
+    finally:  # on Ctrl-C: the runs going end with it (same process group); none starts after it
+        pool.shutdown(wait=True, cancel_futures=True)
+    for exc in errors:
+        if exc is not None:
+            raise exc
 
 
 # ---------------------------------------------------------------------- reading both sides
@@ -574,6 +610,7 @@ def main(argv=None) -> int:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[1])
     parser.add_argument("--threads", type=int, default=1, help="threads of each run, on either side")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (either side, any variant and seed)")
     parser.add_argument("--data-dir", help="a folder with Fashion-MNIST's four IDX files (default: where bioplaus "
                         "looks)")
     parser.add_argument("--report", metavar="PREFIX", help="write PREFIX.md, .csv and .png from the logs")
@@ -581,16 +618,14 @@ def main(argv=None) -> int:
     scratch = Path(args.scratch).resolve()
     command = shlex.join(["python", "sims/compare_authors.py", *(argv if argv is not None else sys.argv[1:])])
     try:
+        if args.threads < 1 or args.jobs < 1:
+            raise CompareError(f"--threads and --jobs must be at least 1 (got {args.threads} and {args.jobs})")
+        work = None
         if args.side in ("both", "authors"):
             if not args.authors and not (scratch / "authors" / "train.py").is_file():
                 raise CompareError("--authors is needed to prepare the authors' side")
             work = prepare(args, scratch)
-        for v in args.variants:
-            if args.side in ("both", "authors"):
-                for seed in args.seeds:
-                    run_authors(args, work, VARIANTS[v], seed)
-            if args.side in ("both", "ours"):
-                run_ours(args, scratch, VARIANTS[v])
+        run_all(runs(args, scratch, work), args.jobs)
         if args.report:
             write_report(args, scratch, command)
     except CompareError as exc:

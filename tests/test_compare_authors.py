@@ -88,3 +88,45 @@ def test_the_summary_compares_the_last_epochs_and_times_an_epoch_by_its_median_a
     (part,) = ca.summarise(_rows("authors", theirs[:4], slow[:4]) + _rows("bioplaus", ours, slow), ["glob"])
     assert part["common"] == 4 and part["d_common"] == pytest.approx(0.3)
     assert "not finished" in ca.markdown([], [part], ["glob"], [1], "cmd", "src")
+
+
+def _args(**kw):
+    import argparse
+
+    base = {"side": "both", "variants": ["glob", "pred"], "seeds": [1, 2], "threads": 1, "jobs": 1}
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_the_runs_are_every_side_variant_and_seed_in_order(tmp_path):
+    got = [(r.func.__name__, r.args[2].name, r.args[3] if r.func is ca.run_authors else None)
+           for r in ca.runs(_args(), tmp_path, tmp_path / "authors")]
+    assert got == [("run_authors", "glob", 1), ("run_authors", "glob", 2), ("run_ours", "glob", None),
+                   ("run_authors", "pred", 1), ("run_authors", "pred", 2), ("run_ours", "pred", None)]
+    assert all(r.func is ca.run_ours for r in ca.runs(_args(side="ours"), tmp_path, None))
+
+
+def test_jobs_runs_side_by_side_and_a_failed_run_stops_none_of_the_others():
+    import threading
+
+    together = threading.Barrier(2, timeout=30)  # broken (an error) unless two runs wait at once
+    ended = []
+
+    def run(name, fail=False):
+        together.wait()
+        ended.append(name)
+        if fail:
+            raise ca.CompareError(f"{name} failed")
+
+    with pytest.raises(ca.CompareError, match="a failed"):
+        ca.run_all([lambda: run("a", fail=True), lambda: run("b"), lambda: run("c"), lambda: run("d")], jobs=2)
+    assert sorted(ended) == ["a", "b", "c", "d"]
+    order = []
+    ca.run_all([lambda i=i: order.append(i) for i in range(5)], jobs=1)
+    assert order == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("flags", [["--jobs", "0"], ["--threads", "0"]])
+def test_a_count_below_one_is_refused_before_anything_runs(tmp_path, flags, capsys):
+    assert ca.main(["--scratch", str(tmp_path / "s"), "--side", "ours", *flags]) == 2
+    assert "must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
