@@ -61,6 +61,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -135,12 +136,22 @@ def fetch_train_py(source: str, scratch: Path) -> bytes:
     if path.is_file():
         return path.read_bytes()
     if re.match(r"^https?://", source) and source.endswith(".py"):
-        with urllib.request.urlopen(source, timeout=60) as resp:
-            return resp.read()
+        try:
+            with urllib.request.urlopen(source, timeout=60) as resp:
+                return resp.read()
+        except OSError as exc:  # urllib's errors included
+            raise CompareError(f"--authors {source} could not be read ({exc})") from None
     if re.match(r"^(https?://|git@|file://)", source) or source.endswith(".git"):
         clone = scratch / "authors" / "checkout"
         if not clone.is_dir():
-            subprocess.run(["git", "clone", "--depth", "1", source, str(clone)], check=True)
+            try:
+                subprocess.run(["git", "clone", "--depth", "1", source, str(clone)], check=True)
+            except subprocess.CalledProcessError as exc:
+                raise CompareError(f"--authors {source} could not be cloned (git exited with {exc.returncode})") from None
+            except OSError as exc:
+                raise CompareError(f"--authors {source} could not be cloned ({exc})") from None
+        if not (clone / "train.py").is_file():
+            raise CompareError(f"--authors {source} has no train.py at its top")
         return (clone / "train.py").read_bytes()
     raise CompareError(f"--authors {source} is neither a folder with train.py, the file, nor an address")
 
@@ -172,34 +183,66 @@ def find_fashion_mnist(data_dir: str | None) -> dict:
 
 
 def prepare(args, scratch: Path) -> Path:
+    """``scratch/authors`` made ready (see the module's docstring). On an error, the folders this call
+    made are removed again, so a bad ``--authors`` or ``--data-dir`` leaves nothing behind."""
     work = scratch / "authors"
+    made = work
+    while not made.parent.exists():
+        made = made.parent
+    made = None if made.exists() else made  # the outermost folder this call may create
+    try:
+        return _prepare(args, work)
+    except BaseException:
+        if made is not None and made.is_dir():
+            shutil.rmtree(made)
+        raise
+
+
+def _prepare(args, work: Path) -> Path:
     train_py = work / "train.py"
-    source_record = work / "SOURCE.txt"
+    raw = work / "data" / "FashionMNIST" / "FashionMNIST" / "raw"  # root '../data/FashionMNIST' from work/run
+    # First everything that can fail on the user's input, then the writes.
+    original = None
     if train_py.is_file():
         text = train_py.read_text(encoding="utf-8")
-        if patch(text) != text:
-            train_py.write_text(patch(text), encoding="utf-8")
+        patched = patch(text)
     else:
-        original = fetch_train_py(args.authors, scratch)
-        work.mkdir(parents=True, exist_ok=True)
-        train_py.write_text(patch(original.decode("utf-8")), encoding="utf-8")
+        original = fetch_train_py(args.authors, work.parent)
+        try:
+            text, patched = "", patch(original.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise CompareError(f"--authors {args.authors}: its train.py is not UTF-8 text") from None
+    found = None if all((raw / f).is_file() for f in IDX_FILES) else find_fashion_mnist(args.data_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    if patched != text:
+        _write_whole(train_py, patched.encode("utf-8"))
+    if original is not None:
         commit = ""
         with contextlib.suppress(OSError, subprocess.CalledProcessError):
             if Path(args.authors, ".git").exists():
                 commit = subprocess.run(["git", "-C", args.authors, "rev-parse", "HEAD"], check=True,
                                         capture_output=True, text=True).stdout.strip()
-        source_record.write_text(f"source: {args.authors}{f' at commit {commit}' if commit else ''}\n"
-                                 f"sha256 of the original train.py: {hashlib.sha256(original).hexdigest()}\n",
-                                 encoding="utf-8")
-    raw = work / "data" / "FashionMNIST" / "FashionMNIST" / "raw"  # root '../data/FashionMNIST' from work/run
-    if not all((raw / f).is_file() for f in IDX_FILES):
-        found = find_fashion_mnist(args.data_dir)
+        _write_whole(work / "SOURCE.txt", (f"source: {args.authors}{f' at commit {commit}' if commit else ''}\n"
+                                           f"sha256 of the original train.py: {hashlib.sha256(original).hexdigest()}\n"
+                                           ).encode())
+    if found is not None:
         raw.mkdir(parents=True, exist_ok=True)
         for f in IDX_FILES:
             data = found[f].read_bytes()
-            (raw / f).write_bytes(gzip.decompress(data) if found[f].suffix == ".gz" else data)
+            _write_whole(raw / f, gzip.decompress(data) if found[f].suffix == ".gz" else data)
     (work / "run").mkdir(exist_ok=True)
     return work
+
+
+def _write_whole(path: Path, data: bytes) -> None:
+    """``path`` holds ``data`` whole or is left as it was (a full disk leaves no half file that a later
+    run would take as done)."""
+    part = path.with_name(path.name + ".part")
+    try:
+        part.write_bytes(data)
+        os.replace(part, path)
+    finally:
+        part.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------- running

@@ -130,3 +130,39 @@ def test_a_count_below_one_is_refused_before_anything_runs(tmp_path, flags, caps
     assert ca.main(["--scratch", str(tmp_path / "s"), "--side", "ours", *flags]) == 2
     assert "must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def _their_train_py(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "train.py").write_text("x = context.saved_variables\ny = torch.load(args.resume)\n", encoding="utf-8")
+    return folder
+
+
+@pytest.mark.parametrize("case", ["not their code", "no data", "not a source"])
+def test_bad_input_to_the_preparation_ends_2_and_leaves_nothing(tmp_path, case, capsys):
+    source = _their_train_py(tmp_path / "src")
+    if case == "not their code":
+        (source / "train.py").write_text("print('hello')\n", encoding="utf-8")
+    authors = str(tmp_path / "nowhere" if case == "not a source" else source)
+    scratch = tmp_path / "new" / "scratch"
+    before = sorted(tmp_path.rglob("*"))
+    argv = ["--scratch", str(scratch), "--side", "authors", "--authors", authors, "--data-dir", str(tmp_path / "none")]
+    assert ca.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_a_prepared_folder_gets_their_code_changed_and_the_data_laid_out(tmp_path, monkeypatch):
+    data = {name: name.encode() * 3 for name in ca.IDX_FILES}
+    for name, content in data.items():
+        (tmp_path / f"{name}.gz").write_bytes(__import__("gzip").compress(content))
+    monkeypatch.setattr(ca, "find_fashion_mnist", lambda _d: {n: tmp_path / f"{n}.gz" for n in ca.IDX_FILES})
+    import argparse
+
+    args = argparse.Namespace(authors=str(_their_train_py(tmp_path / "src")), data_dir=None)
+    work = ca.prepare(args, tmp_path / "scratch")
+    assert "saved_tensors" in (work / "train.py").read_text(encoding="utf-8")
+    raw = work / "data" / "FashionMNIST" / "FashionMNIST" / "raw"
+    assert {p.name: p.read_bytes() for p in raw.iterdir()} == data  # no .part file left
+    assert "sha256 of the original train.py" in (work / "SOURCE.txt").read_text(encoding="utf-8")
