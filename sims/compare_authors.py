@@ -246,6 +246,20 @@ def _write_whole(path: Path, data: bytes) -> None:
 
 
 # ---------------------------------------------------------------------- running
+def check_authors_python(python: str) -> None:
+    """``python`` runs and imports torch and torchvision (a torch and a torchvision built for different
+    torches fail here, not an hour into a run)."""
+    try:
+        probe = subprocess.run([python, "-c", "import torch, torchvision"], capture_output=True, text=True,
+                               timeout=300, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise CompareError(f"--authors-python {python} cannot be run ({exc})") from None
+    if probe.returncode != 0:
+        last = (probe.stderr.strip().splitlines() or ["no message"])[-1]
+        raise CompareError(f"--authors-python {python} cannot import torch and torchvision ({last})")
+
+
+
 def authors_log(scratch: Path, variant: str, seed: int) -> Path:
     return scratch / "authors" / "logs" / f"{variant}-s{seed}.log"
 
@@ -667,6 +681,7 @@ def main(argv=None) -> int:
         if args.side in ("both", "authors"):
             if not args.authors and not (scratch / "authors" / "train.py").is_file():
                 raise CompareError("--authors is needed to prepare the authors' side")
+            check_authors_python(args.authors_python)
             work = prepare(args, scratch)
         run_all(runs(args, scratch, work), args.jobs)
         if args.report:

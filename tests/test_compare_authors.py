@@ -166,3 +166,18 @@ def test_a_prepared_folder_gets_their_code_changed_and_the_data_laid_out(tmp_pat
     raw = work / "data" / "FashionMNIST" / "FashionMNIST" / "raw"
     assert {p.name: p.read_bytes() for p in raw.iterdir()} == data  # no .part file left
     assert "sha256 of the original train.py" in (work / "SOURCE.txt").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("python", ["/nonexistent/python", sys.executable])
+def test_an_authors_python_without_torchvision_is_refused_before_anything_is_made(tmp_path, python, capsys):
+    if python == sys.executable:
+        import importlib.util
+
+        if importlib.util.find_spec("torchvision") is not None:
+            pytest.skip("this Python has torchvision")
+    argv = ["--scratch", str(tmp_path / "s"), "--side", "authors", "--authors", str(_their_train_py(tmp_path / "src")),
+            "--authors-python", python]
+    assert ca.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --authors-python") and err.count("\n") == 1
+    assert not (tmp_path / "s").exists()
