@@ -100,7 +100,7 @@ def build_parser(prog: str = DEFAULT_PROGRAM.run, describe: bool = False) -> arg
     add("--conv-algorithm", dest="conv_algorithm", metavar="NAME",
         help="3x3 convolutions by im2col + one GEMM, or by winograd (F(4x4, 3x3): fewer multiplications, "
              "float32 results within about 1e-5); auto (default): per device the faster, recorded as what it "
-             "resolved to (the CPU's rule auto-cpu-1: winograd from 16 channels where its 4x4 tiles save 3x the "
+             "resolved to (the CPU's rule auto-cpu-2: winograd from 16 channels where its 4x4 tiles save 2x the "
              "multiplications, im2col elsewhere; winograd on a GPU)")
     add("--data-dir", dest="data_dir", metavar="DIR")
     add("--loss-unsup", dest="loss_unsup", metavar="KIND", help="none, sim or recon: an unsupervised local loss "

@@ -18,7 +18,7 @@ sweep report read one (:meth:`Config.validate`) without loading it. Resolving on
 registered at run time included) and their default β, the models and the convolution algorithms.
 
 ``conv_algorithm``: how 3x3 stride-1 convolutions are computed (:mod:`bioplaus.ops.conv`): "im2col",
-"winograd" (Winograd's F(4x4, 3x3) for every one), a versioned rule such as "auto-cpu-1" (Winograd
+"winograd" (Winograd's F(4x4, 3x3) for every one), a versioned rule such as "auto-cpu-2" (Winograd
 where it measured faster on the CPU, im2col elsewhere), or "auto". A run resolves "auto" when it
 starts, on its device (:func:`on_device`: the CPU's rule, or "winograd" on a GPU), and records what it
 resolved to, so ``--resume`` computes as the run began, whatever "auto" means by then.

@@ -20,11 +20,11 @@ results within about 1e-5 of im2col's), in chunks of the batch as im2col's (on t
 largest buffer is about :data:`WINOGRAD_MAX_BYTES`; on a device, the whole batch where it fits).
 "im2col" and "winograd" take one for every such convolution; "auto" takes, per device, the one that
 measured faster there: on a GPU Winograd (on an H200, cuDNN's Winograd weight gradient took 0.89 ms
-where im2col + one GEMM took 1.58 ms), on the CPU a rule per layer shape (:data:`AUTO_RULES`: Winograd
-from 16 input channels where its tiles save at least 3x the multiplications; im2col for the first
-convolutions of 1 or 3 channels and for maps of 3x3 pixels or less). A run resolves "auto" when it
-starts and records the result ("auto-cpu-1", "winograd"), so a resume computes as the run began
-(:mod:`bioplaus.config`); the golden runs and every log that says "auto" rest on im2col's numbers.
+where im2col + one GEMM took 1.58 ms), on the CPU a rule per layer shape (:data:`AUTO_RULES`; today's,
+``auto-cpu-2``: Winograd from 16 input channels where its tiles save at least 2x the multiplications;
+im2col for the first convolutions of 1 or 3 channels and for maps of 2x2 pixels or less). A run
+resolves "auto" when it starts and records the result ("auto-cpu-2", "winograd"), so a resume
+computes as the run began (:mod:`bioplaus.config`); the golden runs and every log that says "auto" rest on im2col's numbers.
 """
 
 from __future__ import annotations
@@ -64,8 +64,16 @@ AUTO_RULES = {
                     "channels), 0.6x at 2x2; at 3x3 0.63-0.93x in the run that chose the rule (1.6-1.7x in a "
                     "later one: kept on im2col); 8 and 16 channels within noise",
     },
+    "auto-cpu-2": {  # auto-cpu-1, and 3x3 maps too (2.25x fewer multiplications)
+        "min_in_channels": 16,
+        "min_saving": 2.0,
+        "measured": "bench_ops.py --conv-algorithms --threads 1 and --threads 2, batch 128, quiet (README, "
+                    "Measured): at 3x3 maps Winograd 1.41-1.72x faster forward + backward (1.11-1.39x dW only) "
+                    "at 128 and 512 channels on 1 and 2 threads, as in the later auto-cpu-1 run; the rest as "
+                    "auto-cpu-1",
+    },
 }
-AUTO = {"cpu": "auto-cpu-1", "gpu": "winograd"}  # what "auto" resolves to on each device, today
+AUTO = {"cpu": "auto-cpu-2", "gpu": "winograd"}  # what "auto" resolves to on each device, today
 ALGORITHMS = ("auto", "im2col", "winograd", *AUTO_RULES)
 
 

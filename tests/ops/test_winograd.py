@@ -194,20 +194,29 @@ def _conv_case(rng, C=3, F=4, k=3, size=6):
     return rand(rng, 2, C, size, size), rand(rng, F, C, k, k), rand(rng, F)
 
 
-CPU_RULE = conv.AUTO_RULES[conv.AUTO["cpu"]]
+# Where each CPU rule takes Winograd, by (input channels, map side, kernel, stride); a rule is never
+# changed once runs have recorded it (a resume computes as the run began), so these stay true.
+RULE_CASES = [
+    (16, 4, 3, 1, {"auto-cpu-1": True, "auto-cpu-2": True}),  # the fewest channels; a 4x4 map: one whole tile
+    (16, 7, 3, 1, {"auto-cpu-1": True, "auto-cpu-2": True}),  # 7x7: 3.06x fewer multiplications
+    (15, 8, 3, 1, {"auto-cpu-1": False, "auto-cpu-2": False}),  # a first conv (1 or 3 channels): im2col
+    (16, 3, 3, 1, {"auto-cpu-1": False, "auto-cpu-2": True}),  # a 3x3 map: 2.25x fewer multiplications
+    (16, 2, 3, 1, {"auto-cpu-1": False, "auto-cpu-2": False}),  # a 2x2 map: as many
+    (32, 8, 3, 2, {}), (32, 8, 1, 1, {})]  # only 3x3 stride-1 kernels, under any rule
 
 
-@pytest.mark.parametrize("C,size,k,stride,expected", [
-    (CPU_RULE["min_in_channels"], 4, 3, 1, True),  # the fewest channels it takes; a 4x4 map: one whole tile
-    (CPU_RULE["min_in_channels"], 7, 3, 1, True),  # 7x7: 3.06x fewer multiplications
-    (CPU_RULE["min_in_channels"] - 1, 8, 3, 1, False),  # a first conv (1 or 3 channels): im2col
-    (CPU_RULE["min_in_channels"], 3, 3, 1, False),  # a 3x3 map: 2.25x fewer multiplications only
-    (CPU_RULE["min_in_channels"], 2, 3, 1, False),  # a 2x2 map: as many
-    (32, 8, 3, 2, False), (32, 8, 1, 1, False)])  # only 3x3 stride-1 kernels
-def test_auto_on_the_cpu_follows_the_cpu_rule(C, size, k, stride, expected):
-    """"auto" on the CPU: Winograd where the rule (conv.AUTO_RULES) measured it faster, else im2col;
-    either way the convolution of im2col."""
-    assert conv.resolve_algorithm("auto", gpu=False) == conv.AUTO["cpu"] != "auto"
+def test_every_cpu_rule_has_its_cases_and_auto_is_the_newest():
+    assert {r for *_, want in RULE_CASES for r in want} == set(conv.AUTO_RULES)
+    newest = max(conv.AUTO_RULES, key=lambda r: int(r.rsplit("-", 1)[1]))
+    assert conv.resolve_algorithm("auto", gpu=False) == conv.AUTO["cpu"] == newest
+
+
+@pytest.mark.parametrize("rule", sorted(conv.AUTO_RULES))
+@pytest.mark.parametrize("C,size,k,stride,expected", RULE_CASES)
+def test_auto_on_the_cpu_follows_the_cpu_rule(rule, C, size, k, stride, expected):
+    """A CPU rule: Winograd where it measured faster (conv.AUTO_RULES), else im2col; either way the
+    convolution of im2col. "auto" on the CPU is today's rule."""
+    expected = expected.get(rule, False)
     assert [conv.winograd_saving((1, 1, s, s), 1) for s in (2, 3, 4, 7, 8, 14, 28, 32)] == \
         [1.0, 2.25, 4.0, 441 / 144, 4.0, 1764 / 576, 4.0, 4.0]
     rng = np.random.default_rng(C + size)
@@ -215,7 +224,7 @@ def test_auto_on_the_cpu_follows_the_cpu_rule(C, size, k, stride, expected):
     ref_out, ref_cache = ops.conv2d_forward(x, W, b, stride, k // 2, "im2col")
     R = rand(rng, *ref_out.shape)
     ref_grads = ops.conv2d_backward(R.copy(), ref_cache)
-    for algorithm in ("auto", conv.AUTO["cpu"]):
+    for algorithm in (rule, "auto") if rule == conv.AUTO["cpu"] else (rule,):
         out, cache = ops.conv2d_forward(x, W, b, stride, k // 2, algorithm)
         assert isinstance(cache, conv.WinogradConv) is expected
         assert rel_error(out, ref_out) < 1e-13
