@@ -23,10 +23,9 @@ after a stop):
    and the random stream start afresh, so the report marks such a run); otherwise it starts again.
 3. **Run ours** with ``sims/sweep.py`` (one sweep per variant into ``DIR/ours/<variant>/``, one job,
    ``--threads-per-job`` = ``--threads``): completed runs are skipped, interrupted ones resumed.
-``--jobs N`` runs N of these runs at a time (the authors' and ours, every variant and seed: each is a
-process of ``--threads`` threads, so N × threads should not exceed the machine's cores); the default, 1,
-runs them one after another, variant by variant.
-
+   ``--jobs N`` runs N of the runs of steps 2 and 3 at a time (the authors' and ours, every variant and
+   seed: each a process of ``--threads`` threads, so N × threads should not exceed the machine's cores);
+   the default, 1, runs them one after another, variant by variant.
 4. **Report** (``--report PREFIX``): ``PREFIX.md``, ``PREFIX.csv`` (one row per side, variant, seed
    and epoch) and ``PREFIX.png`` (per-epoch test error, ours beside theirs), from whatever logs exist.
 
@@ -257,7 +256,6 @@ def check_authors_python(python: str) -> None:
     if probe.returncode != 0:
         last = (probe.stderr.strip().splitlines() or ["no message"])[-1]
         raise CompareError(f"--authors-python {python} cannot import torch and torchvision ({last})")
-
 
 
 def authors_log(scratch: Path, variant: str, seed: int) -> Path:
