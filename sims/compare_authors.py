@@ -346,11 +346,8 @@ def runs(args, scratch: Path, work: Path | None) -> list:
 
 def run_all(todo: list, jobs: int) -> None:
     """``todo`` (callables, each one run) ``jobs`` at a time. A run that fails does not stop the others
-    (they are hours long and resumable); the first failure is raised when all have ended."""
-    if jobs == 1:
-        for run in todo:
-            run()
-        return
+    (they are hours long and resumable); the first failure is raised when all have ended. One job runs
+    them in order."""
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs)
     try:
         futures = [pool.submit(run) for run in todo]

@@ -121,8 +121,15 @@ def test_jobs_runs_side_by_side_and_a_failed_run_stops_none_of_the_others():
         ca.run_all([lambda: run("a", fail=True), lambda: run("b"), lambda: run("c"), lambda: run("d")], jobs=2)
     assert sorted(ended) == ["a", "b", "c", "d"]
     order = []
-    ca.run_all([lambda i=i: order.append(i) for i in range(5)], jobs=1)
-    assert order == [0, 1, 2, 3, 4]
+
+    def step(i):
+        order.append(i)
+        if i == 1:
+            raise ca.CompareError("1 failed")
+
+    with pytest.raises(ca.CompareError, match="1 failed"):
+        ca.run_all([lambda i=i: step(i) for i in range(5)], jobs=1)
+    assert order == [0, 1, 2, 3, 4]  # one at a time, in order, and a failure stops none of the rest
 
 
 @pytest.mark.parametrize("flags", [["--jobs", "0"], ["--threads", "0"]])
